@@ -1,0 +1,23 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid IDX file: {reason}")]
+    Idx { path: PathBuf, reason: String },
+    #[error("no usable image in {path} ({skipped} file(s) skipped as unreadable); expected png, jpg, jpeg, webp or bmp files")]
+    NoImages { path: PathBuf, skipped: usize },
+    #[error("data.path is required for source = \"{0}\"")]
+    MissingPath(&'static str),
+    #[error("cannot decode the embedded digits sheet: {0}")]
+    Embedded(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+}

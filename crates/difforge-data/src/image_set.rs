@@ -1,0 +1,56 @@
+//! A loaded, preprocessed dataset held in memory: decoding happens once, every epoch after the
+//! first reads from here.
+
+use crate::pixels::Pixels;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedFile {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageSet {
+    pub pixels: Vec<Pixels>,
+    /// Class index per image (None for unlabelled images).
+    pub labels: Vec<Option<usize>>,
+    pub captions: Vec<Option<String>>,
+    /// A stable identity per image (relative path or source position); splits hash it.
+    pub ids: Vec<String>,
+    pub class_names: Vec<String>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.pixels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pixels.is_empty()
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Images per class name (unlabelled ones under "(none)").
+    pub fn class_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for label in &self.labels {
+            let name = label.map_or("(none)".to_string(), |l| self.class_names[l].clone());
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub(crate) fn push(&mut self, pixels: Pixels, label: Option<usize>, caption: Option<String>, id: String) {
+        self.pixels.push(pixels);
+        self.labels.push(label);
+        self.captions.push(caption);
+        self.ids.push(id);
+    }
+}

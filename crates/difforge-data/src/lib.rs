@@ -1,0 +1,22 @@
+//! Datasets for difforge: where images come from (an image folder, IDX files, the embedded
+//! digits sheet), how they are preprocessed and cached, split into train and validation, and
+//! assembled into deterministic, resumable, augmented batches.
+
+pub mod augment;
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod grid;
+pub mod image_set;
+pub mod pixels;
+pub mod preprocess;
+pub mod source;
+pub mod split;
+
+pub use batch::{Batch, BatchSampler, Loader};
+pub use config::{AugmentConfig, ColorMode, CropMode, DataConfig, SourceKind};
+pub use error::DataError;
+pub use grid::{save_png, PlanarImages};
+pub use image_set::{ImageSet, SkippedFile};
+pub use pixels::Pixels;
+pub use split::Split;

@@ -1,0 +1,33 @@
+//! A decoded, preprocessed image kept in memory as 8-bit interleaved pixels (a quarter of the
+//! memory of floats), converted to [-1, 1] floats only when a batch is assembled.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: u32,
+    /// Row-major, channels interleaved: `data[(y * width + x) * channels + c]`.
+    pub data: Vec<u8>,
+}
+
+impl Pixels {
+    pub fn get(&self, x: u32, y: u32, c: u32) -> u8 {
+        self.data[((y * self.width + x) * self.channels + c) as usize]
+    }
+
+    /// A `side` x `side` window at (x0, y0) as planar floats in [-1, 1] (C, H, W order).
+    pub fn crop_to_planar(&self, x0: u32, y0: u32, side: u32) -> Vec<f32> {
+        let (c, s) = (self.channels as usize, side as usize);
+        let mut out = vec![0f32; c * s * s];
+        for y in 0..s {
+            for x in 0..s {
+                for ch in 0..c {
+                    let v = self.get(x0 + x as u32, y0 + y as u32, ch as u32);
+                    out[ch * s * s + y * s + x] = f32::from(v) / 127.5 - 1.0;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,31 @@
+//! Where images come from. Each source decodes into an [`ImageSet`] of preprocessed pixels.
+
+mod digits;
+mod folder;
+mod idx;
+
+pub use digits::{load_digits, DIGITS_PNG};
+pub use folder::load_folder;
+pub use idx::{load_idx, read_idx};
+
+use crate::config::{DataConfig, SourceKind};
+use crate::error::DataError;
+use crate::image_set::ImageSet;
+use crate::preprocess::Preprocess;
+
+/// Loads and preprocesses the dataset a `[data]` section describes.
+pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
+    let prep = Preprocess { size: config.image_size, color: config.color_mode(), pad: config.pad };
+    let set = match config.source {
+        SourceKind::Digits => load_digits(&prep)?,
+        SourceKind::Folder => {
+            let path = config.path.as_deref().ok_or(DataError::MissingPath("folder"))?;
+            load_folder(path, &prep, config.max_pixels)?
+        }
+        SourceKind::Idx => {
+            let path = config.path.as_deref().ok_or(DataError::MissingPath("idx"))?;
+            load_idx(path, config.labels_path.as_deref(), &config.class_names, &prep)?
+        }
+    };
+    Ok(set)
+}
