@@ -1,0 +1,37 @@
+//! DDIM (Song et al. 2021) with eta: eta = 0 is deterministic, eta = 1 matches DDPM's variance.
+
+use super::{alpha_bars, Sampler};
+use crate::schedule::NoiseSchedule;
+use tch::Tensor;
+
+pub struct Ddim {
+    ts: Vec<usize>,
+    ab: Vec<f64>,
+    ab_next: Vec<f64>,
+    eta: f64,
+}
+
+impl Ddim {
+    pub fn new(schedule: &NoiseSchedule, ts: Vec<usize>, eta: f64) -> Ddim {
+        let (ab, ab_next) = alpha_bars(schedule, &ts);
+        Ddim { ts, ab, ab_next, eta }
+    }
+}
+
+impl Sampler for Ddim {
+    fn timesteps(&self) -> &[usize] {
+        &self.ts
+    }
+
+    fn step(&mut self, i: usize, _x: &Tensor, x0: &Tensor, eps: &Tensor, noise: &mut dyn FnMut() -> Tensor) -> Tensor {
+        let (ab, abn) = (self.ab[i], self.ab_next[i]);
+        let sigma = self.eta * ((1.0 - abn) / (1.0 - ab)).sqrt() * (1.0 - ab / abn).sqrt();
+        let dir = (1.0 - abn - sigma * sigma).max(0.0).sqrt();
+        let x_next = x0 * abn.sqrt() + eps * dir;
+        if sigma > 0.0 {
+            x_next + noise() * sigma
+        } else {
+            x_next
+        }
+    }
+}

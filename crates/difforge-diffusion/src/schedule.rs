@@ -1,0 +1,103 @@
+//! Noise schedules: the betas of the forward process and their cumulative products, computed
+//! in f64 exactly as diffusers' DDPMScheduler defines them (checked against its values).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Betas evenly spaced from beta_start to beta_end (DDPM).
+    Linear,
+    /// alpha_bar(t) = cos^2(((t/T) + 0.008) / 1.008 * pi/2), betas capped at 0.999
+    /// (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2").
+    Cosine,
+    /// Betas along a sigmoid over [-6, 6], scaled into [beta_start, beta_end].
+    Sigmoid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseSchedule {
+    pub betas: Vec<f64>,
+    pub alphas_cumprod: Vec<f64>,
+}
+
+fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![a];
+    }
+    (0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64).collect()
+}
+
+fn cosine_alpha_bar(t: f64) -> f64 {
+    ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)
+}
+
+impl NoiseSchedule {
+    pub fn new(kind: ScheduleKind, timesteps: usize, beta_start: f64, beta_end: f64) -> NoiseSchedule {
+        let betas = match kind {
+            ScheduleKind::Linear => linspace(beta_start, beta_end, timesteps),
+            ScheduleKind::Cosine => (0..timesteps)
+                .map(|i| {
+                    // Float division on purpose: integer i / T would zero every beta but the last.
+                    let (t1, t2) = (i as f64 / timesteps as f64, (i + 1) as f64 / timesteps as f64);
+                    (1.0 - cosine_alpha_bar(t2) / cosine_alpha_bar(t1)).min(0.999)
+                })
+                .collect(),
+            ScheduleKind::Sigmoid => linspace(-6.0, 6.0, timesteps)
+                .into_iter()
+                .map(|x| 1.0 / (1.0 + (-x).exp()) * (beta_end - beta_start) + beta_start)
+                .collect(),
+        };
+        let alphas_cumprod = betas
+            .iter()
+            .scan(1.0, |acc, b| {
+                *acc *= 1.0 - b;
+                Some(*acc)
+            })
+            .collect();
+        NoiseSchedule { betas, alphas_cumprod }
+    }
+
+    pub fn from_config(c: &crate::DiffusionConfig) -> NoiseSchedule {
+        NoiseSchedule::new(c.schedule, c.timesteps, c.beta_start, c.beta_end)
+    }
+
+    pub fn len(&self) -> usize {
+        self.betas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.betas.is_empty()
+    }
+
+    /// alpha_bar at training timestep t; t = None means "before the first step" (clean), 1.0.
+    pub fn alpha_bar(&self, t: Option<usize>) -> f64 {
+        t.map_or(1.0, |t| self.alphas_cumprod[t])
+    }
+
+    /// Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at t.
+    pub fn snr(&self, t: usize) -> f64 {
+        let a = self.alphas_cumprod[t];
+        a / (1.0 - a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_betas_are_not_zeroed_by_integer_division() {
+        let s = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
+        assert!(s.betas[0] > 0.0 && s.betas[0] < 1e-3, "{}", s.betas[0]);
+        assert!(s.betas.iter().all(|&b| b > 0.0));
+        assert_eq!(s.betas[999], 0.999);
+        assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[test]
+    fn linear_ends_at_its_bounds() {
+        let s = NoiseSchedule::new(ScheduleKind::Linear, 1000, 1e-4, 0.02);
+        assert!((s.betas[0] - 1e-4).abs() < 1e-15 && (s.betas[999] - 0.02).abs() < 1e-15);
+    }
+}

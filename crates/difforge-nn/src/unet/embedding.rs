@@ -1,0 +1,47 @@
+//! Conditioning: sinusoidal timestep features through an MLP, plus a learnt class embedding
+//! with one extra row for the null class.
+
+use crate::activation::Activation;
+use tch::{nn, Kind, Tensor};
+
+/// Sinusoidal features of (possibly fractional) timesteps: [cos(t w_i), sin(t w_i)], with
+/// frequencies w_i = 10000^(-i / half) as in DDPM/diffusers.
+pub fn timestep_features(t: &Tensor, dim: i64) -> Tensor {
+    let half = dim / 2;
+    let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * (-(10000f64.ln()) / half as f64)).exp();
+    let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
+    Tensor::cat(&[args.cos(), args.sin()], 1)
+}
+
+#[derive(Debug)]
+pub struct Conditioning {
+    features: i64,
+    linear_1: nn::Linear,
+    linear_2: nn::Linear,
+    class_embedding: Option<nn::Embedding>,
+    activation: Activation,
+}
+
+impl Conditioning {
+    pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation) -> Conditioning {
+        let class_embedding = (num_classes > 0)
+            .then(|| nn::embedding(p / "class_embedding", num_classes + 1, dim, Default::default()));
+        Conditioning {
+            features,
+            linear_1: nn::linear(p / "time_embedding" / "linear_1", features, dim, Default::default()),
+            linear_2: nn::linear(p / "time_embedding" / "linear_2", dim, dim, Default::default()),
+            class_embedding,
+            activation,
+        }
+    }
+
+    /// The embedding added to every residual block: time MLP + class row.
+    pub fn forward(&self, t: &Tensor, class: Option<&Tensor>) -> Tensor {
+        let f = timestep_features(t, self.features);
+        let emb = self.activation.apply(&f.apply(&self.linear_1)).apply(&self.linear_2);
+        match (&self.class_embedding, class) {
+            (Some(table), Some(c)) => emb + c.apply(table),
+            _ => emb,
+        }
+    }
+}
