@@ -22,7 +22,16 @@ fn torch_lib_dir() -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// The torch version of the environment, for `difforge info`.
+fn torch_version() -> Option<String> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = Command::new(python).args(["-c", "import torch; print(torch.__version__)"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn link_torch() {
+    let version = torch_version().unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=DIFFORGE_LIBTORCH_VERSION={version}");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=PYTHON");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");

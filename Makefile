@@ -1,0 +1,24 @@
+# difforge: `make demo` trains and judges the embedded default; `make test` runs every test.
+# Both create the shared torch 2.11.0 environment first if it is missing (tools/setup_venv.sh).
+SHELL := /bin/bash
+CARGO_ENV := source ./env.sh &&
+
+.PHONY: setup build demo test lint clean
+
+setup:
+	bash tools/setup_venv.sh
+
+build: setup
+	$(CARGO_ENV) cargo build --release
+
+demo: build
+	bash tools/demo.sh
+
+test: setup
+	$(CARGO_ENV) cargo test --workspace --no-fail-fast
+
+lint: setup
+	$(CARGO_ENV) cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean

@@ -1,0 +1,146 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "difforge", version, about = "Train, sample and inspect diffusion image models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Version, libtorch, CUDA devices and threads.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a diffusion model (with no config: the embedded digits default).
+    Train(TrainArgs),
+    /// Generate images from a checkpoint.
+    Sample(SampleArgs),
+    /// Configs.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// The sample judge: a classifier trained on real data.
+    Classifier {
+        #[command(subcommand)]
+        command: ClassifierCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    /// A TOML run config; without it, the embedded digits default.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any config key, e.g. --set train.steps=200 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Run folder (default: runs/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its newest good checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// A checkpoint folder, or a run folder (its newest good checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// ddpm, ddim or dpm++2m (default: the run's [sample] config).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Denoising steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// DDIM eta.
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Noise seed of the first image; image k uses seed + k.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    pub raw: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Number of images.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Class index for every image (default: classes in turn, 0, 1, 2, ...).
+    #[arg(long = "class")]
+    pub class: Option<i64>,
+    /// The grid PNG to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write each image to this folder.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective config (defaults, file, then --set overrides) as TOML.
+    Show(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ClassifierCommand {
+    /// Train the classifier on the training split of a config's dataset.
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Output folder for classifier.safetensors and classifier.json.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        steps: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate samples per class and report how many the classifier labels as asked.
+    Judge {
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// A folder written by `classifier train`.
+        #[arg(long)]
+        classifier: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        per_class: usize,
+        /// Write the judged samples as a grid (one row per class).
+        #[arg(long)]
+        grid: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,61 @@
+//! `difforge classifier train|judge`.
+
+use crate::cli::{ConfigArgs, SamplingArgs};
+use difforge_train::classifier::{judge as judge_samples, load_judge, train_classifier, ClassifierTraining};
+use difforge_train::generate::{generate, save_grid, GenerateSpec};
+use std::path::Path;
+
+pub fn train(config: &ConfigArgs, out: &Path, steps: u64, device: &str, json: bool) -> anyhow::Result<()> {
+    let cfg = super::config::load(config)?;
+    let dev = difforge_train::trainer::device_for(device, cfg.train.threads)?;
+    let opts = ClassifierTraining { steps, ..Default::default() };
+    let meta = train_classifier(&cfg.data, cfg.seed, &opts, dev, out)?;
+    if json {
+        return super::print_json(&meta);
+    }
+    println!(
+        "classifier -> {}: {:.2}% accurate on {} held-out validation images ({} training images, {} steps)",
+        out.display(),
+        100.0 * meta.val_accuracy,
+        meta.val_images,
+        meta.train_images,
+        meta.steps
+    );
+    Ok(())
+}
+
+pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, grid: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let (model, sampler, _) = super::sample::load(sampling)?;
+    let judge = load_judge(classifier, model.device)?;
+    let k = model.config.model.num_classes;
+    if k == 0 || k as usize != judge.meta.class_names.len() {
+        anyhow::bail!("the model has {k} classes and the classifier {}: they must be the same dataset's", judge.meta.class_names.len());
+    }
+    let asked: Vec<i64> = (0..k).flat_map(|c| std::iter::repeat_n(c, per_class)).collect();
+    let seeds = (0..asked.len() as u64).map(|i| sampling.seed + i).collect();
+    let start = std::time::Instant::now();
+    let spec = GenerateSpec { classes: Some(asked.clone()), seeds, sampler: &sampler, use_ema: !sampling.raw, max_batch: 256 };
+    let images = generate(&model, &spec);
+    let seconds = start.elapsed().as_secs_f64();
+    let mut report = judge_samples(&judge, &images, &asked);
+    if let Some(path) = grid {
+        save_grid(&images, per_class, path)?;
+        report.grid = Some(path.to_path_buf());
+    }
+    if json {
+        return super::print_json(&report);
+    }
+    println!(
+        "{:.1}% of {} samples ({} per class; {} {} steps, guidance {}) classified as the class asked for; sampling took {:.1} s",
+        100.0 * report.accuracy,
+        report.samples,
+        per_class,
+        sampler.sampler.name(),
+        sampler.steps,
+        sampler.guidance,
+        seconds
+    );
+    let per: Vec<String> = report.per_class_accuracy.iter().enumerate().map(|(c, a)| format!("{}: {:.0}%", judge.meta.class_names[c], 100.0 * a)).collect();
+    println!("per class: {}", per.join(", "));
+    Ok(())
+}

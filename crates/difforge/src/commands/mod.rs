@@ -1,0 +1,30 @@
+//! One file per command.
+
+mod classifier;
+mod config;
+mod info;
+mod sample;
+mod train;
+
+use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info { json } => info::run(json),
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
+        Command::Classifier { command } => match command {
+            ClassifierCommand::Train { config, out, steps, device, json } => classifier::train(&config, &out, steps, &device, json),
+            ClassifierCommand::Judge { sampling, classifier, per_class, grid, json } => {
+                classifier::judge(&sampling, &classifier, per_class, grid.as_deref(), json)
+            }
+        },
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
