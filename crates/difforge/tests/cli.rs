@@ -170,3 +170,17 @@ fn folder_source_skips_corrupt_files_and_names_them() {
         .failure()
         .stderr(predicate::str::contains("no usable image").and(predicate::str::contains("1 file(s) skipped")));
 }
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            difforge().args(["config", "show", "--config"]).arg(&path).assert().success();
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "expected digits, fashion-mnist and emoji64 configs in {}", dir.display());
+}
