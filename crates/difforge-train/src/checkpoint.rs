@@ -29,7 +29,54 @@ pub struct TrainState {
     pub images_seen: u64,
     pub elapsed_s: f64,
     pub last_loss: f64,
+    /// Multiplies the scheduled learning rate; lowered at each rollback.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    #[serde(default)]
+    pub rollbacks: u32,
+    #[serde(default)]
+    pub skipped_steps: u64,
+    #[serde(default)]
+    pub loss_spikes: u64,
+    /// The best value of the early-stopping metric so far.
+    #[serde(default)]
+    pub best: Option<BestMetric>,
+    /// Validations since the best one.
+    #[serde(default)]
+    pub validations_without_improvement: u32,
 }
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestMetric {
+    pub metric: String,
+    pub value: f64,
+    pub step: u64,
+}
+
+impl TrainState {
+    pub fn fresh() -> TrainState {
+        TrainState {
+            step: 0,
+            optimizer_steps: 0,
+            images_seen: 0,
+            elapsed_s: 0.0,
+            last_loss: f64::NAN,
+            lr_scale: 1.0,
+            rollbacks: 0,
+            skipped_steps: 0,
+            loss_spikes: 0,
+            best: None,
+            validations_without_improvement: 0,
+        }
+    }
+}
+
+/// The folder of the best checkpoint (by the early-stopping metric) of a run.
+pub const BEST_DIR: &str = "best";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -56,10 +103,33 @@ fn torch_err(path: &Path) -> impl Fn(tch::TchError) -> TrainError + '_ {
 /// Writes a checkpoint of `model`, `opt` and `state` under `run_dir/checkpoints/`, then keeps
 /// only the newest `keep` ones. Returns the checkpoint folder.
 pub fn save(run_dir: &Path, model: &DiffusionModel, opt: &AdamW, state: &TrainState, keep: usize) -> Result<PathBuf, TrainError> {
+    let dir = write(run_dir, &step_dir_name(state.step), model, opt, state)?;
+    prune(&run_dir.join("checkpoints"), keep)?;
+    Ok(dir)
+}
+
+/// Writes (replaces) the run's best checkpoint, `checkpoints/best`.
+pub fn save_best(run_dir: &Path, model: &DiffusionModel, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
+    write(run_dir, BEST_DIR, model, opt, state)
+}
+
+/// Removes temporary folders left by a process that died while writing a checkpoint.
+pub fn remove_stale_temporaries(run_dir: &Path) -> Result<(), TrainError> {
+    let root = run_dir.join("checkpoints");
+    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            std::fs::remove_dir_all(entry.path()).map_err(|e| TrainError::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn write(run_dir: &Path, name: &str, model: &DiffusionModel, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
-    let final_dir = root.join(step_dir_name(state.step));
-    let tmp = root.join(format!(".tmp-{}-{}", step_dir_name(state.step), std::process::id()));
+    let final_dir = root.join(name);
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
@@ -89,11 +159,15 @@ pub fn save(run_dir: &Path, model: &DiffusionModel, opt: &AdamW, state: &TrainSt
     write_atomic(&tmp.join(MANIFEST_FILE), &bytes).map_err(|e| TrainError::io(tmp.join(MANIFEST_FILE), e))?;
 
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        // Move the old one aside first: a crash in between leaves a temporary, never a mix.
+        let old = root.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old).map_err(|e| TrainError::io(&final_dir, e))?;
+        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    } else {
+        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
     }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
     difforge_core::atomic::sync_dir(&root).map_err(|e| TrainError::io(&root, e))?;
-    prune(&root, keep)?;
     Ok(final_dir)
 }
 
@@ -143,13 +217,26 @@ pub fn verify(dir: &Path) -> Result<Manifest, TrainError> {
     Ok(manifest)
 }
 
-/// Resolves `--checkpoint PATH`: a checkpoint folder, or a run folder (its newest checkpoint
-/// that verifies; older good ones are used when newer ones are corrupt, with a warning).
+/// Resolves `--checkpoint PATH`: a checkpoint folder, or a run folder (its best checkpoint if it
+/// has a good one, else its newest checkpoint that verifies).
 pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
     if path.join(MANIFEST_FILE).exists() {
         verify(path)?;
         return Ok(path.to_path_buf());
     }
+    let best = path.join("checkpoints").join(BEST_DIR);
+    if best.is_dir() {
+        match verify(&best) {
+            Ok(_) => return Ok(best),
+            Err(e) => tracing::warn!("refusing the best checkpoint: {e}; using the newest good one"),
+        }
+    }
+    resolve_latest(path)
+}
+
+/// The newest checkpoint of a run folder that verifies; older good ones are used when newer
+/// ones are corrupt, with a warning that names the refused one.
+pub fn resolve_latest(path: &Path) -> Result<PathBuf, TrainError> {
     let all = list(path)?;
     if all.is_empty() {
         return Err(TrainError::checkpoint(path, "neither a checkpoint folder (no manifest.json) nor a run folder with checkpoints/step-*"));
@@ -157,7 +244,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
     for (_, dir) in all.iter().rev() {
         match verify(dir) {
             Ok(_) => return Ok(dir.clone()),
-            Err(e) => tracing::warn!("refusing checkpoint: {e}; trying an older one"),
+            Err(e) => eprintln!("warning: refusing checkpoint: {e}; trying an older one"),
         }
     }
     Err(TrainError::checkpoint(path, "no checkpoint in this run folder passes its manifest check"))
@@ -178,9 +265,15 @@ pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
 /// Loads model and EMA weights of a verified checkpoint folder into a new model.
 pub fn load_model(dir: &Path, config: &RunConfig, device: Device) -> Result<DiffusionModel, TrainError> {
     let mut model = DiffusionModel::new(config, device)?;
+    restore_weights(dir, &mut model)?;
+    Ok(model)
+}
+
+/// Overwrites a model's raw and EMA weights with a checkpoint's.
+pub fn restore_weights(dir: &Path, model: &mut DiffusionModel) -> Result<(), TrainError> {
     difforge_nn::weights::load(&mut model.vs, &dir.join(MODEL_FILE))?;
     difforge_nn::weights::load(&mut model.ema_vs, &dir.join(EMA_FILE))?;
-    Ok(model)
+    Ok(())
 }
 
 /// Restores the optimiser moments of a checkpoint.

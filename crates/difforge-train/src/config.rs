@@ -72,6 +72,51 @@ pub struct TrainConfig {
     pub threads: usize,
     /// "fp32", "tf32" or "bf16" (bf16 and tf32 apply on CUDA only).
     pub precision: Precision,
+    /// Evaluate the validation loss every N steps (and at the end); 0 turns validation off.
+    pub val_every: u64,
+    /// At most this many validation images are used.
+    pub val_images: usize,
+    /// Timesteps evaluated per validation image.
+    pub val_repeats: usize,
+    /// Timestep bands the validation loss is also reported in.
+    pub val_bands: usize,
+    /// Stop after this many validations without improvement; 0 turns early stopping off.
+    pub early_stop_patience: u32,
+    /// The smallest change that counts as an improvement.
+    pub early_stop_min_delta: f64,
+    /// The watched metric: "val_loss_ema" or "val_loss" (raw weights).
+    pub early_stop_metric: String,
+    /// "min" (lower is better) or "max".
+    pub early_stop_mode: MetricMode,
+    /// Never stop early before this step.
+    pub early_stop_min_steps: u64,
+    /// Consecutive non-finite steps that trigger a rollback to the last good checkpoint.
+    pub max_bad_steps: u32,
+    /// The learning rate is multiplied by this factor at each rollback.
+    pub rollback_lr_factor: f64,
+    /// Rollbacks allowed before the run stops with a report.
+    pub max_rollbacks: u32,
+    /// A loss this many standard deviations above the recent mean is logged as a spike; 0: off.
+    pub spike_zscore: f64,
+    /// For tests: steps whose loss is replaced by NaN (once each).
+    pub debug_nan_steps: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricMode {
+    Min,
+    Max,
+}
+
+impl MetricMode {
+    /// Whether `value` beats `best` by more than `min_delta`.
+    pub fn improves(self, value: f64, best: f64, min_delta: f64) -> bool {
+        match self {
+            MetricMode::Min => value < best - min_delta,
+            MetricMode::Max => value > best + min_delta,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -98,6 +143,20 @@ impl Default for TrainConfig {
             device: "auto".into(),
             threads: 0,
             precision: Precision::Tf32,
+            val_every: 500,
+            val_images: 500,
+            val_repeats: 2,
+            val_bands: 10,
+            early_stop_patience: 0,
+            early_stop_min_delta: 0.0,
+            early_stop_metric: "val_loss_ema".into(),
+            early_stop_mode: MetricMode::Min,
+            early_stop_min_steps: 0,
+            max_bad_steps: 5,
+            rollback_lr_factor: 0.5,
+            max_rollbacks: 3,
+            spike_zscore: 6.0,
+            debug_nan_steps: Vec::new(),
         }
     }
 }
@@ -123,6 +182,21 @@ impl TrainConfig {
         }
         if self.adam_eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return Err("train.adam_eps must be > 0, train.weight_decay and train.grad_clip >= 0".into());
+        }
+        if !["val_loss_ema", "val_loss"].contains(&self.early_stop_metric.as_str()) {
+            return Err(format!("train.early_stop_metric = \"{}\": expected \"val_loss_ema\" or \"val_loss\"", self.early_stop_metric));
+        }
+        if self.val_bands == 0 || self.val_repeats == 0 {
+            return Err("train.val_bands and train.val_repeats must be at least 1".into());
+        }
+        if !(self.rollback_lr_factor > 0.0 && self.rollback_lr_factor <= 1.0) {
+            return Err(format!("train.rollback_lr_factor = {}: expected 0 < x <= 1", self.rollback_lr_factor));
+        }
+        if self.max_bad_steps == 0 {
+            return Err("train.max_bad_steps = 0: expected at least 1".into());
+        }
+        if self.early_stop_patience > 0 && self.val_every == 0 {
+            return Err("train.early_stop_patience needs validation: set train.val_every > 0".into());
         }
         crate::device::parse_device(&self.device)?;
         Ok(())

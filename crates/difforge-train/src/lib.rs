@@ -15,6 +15,7 @@ pub mod model;
 pub mod optimizer;
 pub mod progress;
 pub mod trainer;
+pub mod validation;
 
 pub use config::{Precision, RunConfig, TrainConfig};
 pub use error::TrainError;

@@ -1,24 +1,27 @@
 //! The training loop. Every random draw of step s comes from (seed, s), the data of step s from
 //! its stream position, and the whole state lives in checkpoints: so a run of N steps gives the
 //! same weights every time on the same machine and thread count, and a resumed run continues
-//! exactly where the interrupted one was.
+//! exactly where the interrupted one was. Non-finite steps are skipped and, when they persist,
+//! rolled back; validation runs every `val_every` steps and drives early stopping.
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, BestMetric, TrainState};
 use crate::config::RunConfig;
 use crate::device;
 use crate::ema;
 use crate::error::TrainError;
 use crate::generate::{class_grid_spec, generate, save_grid, GenerateSpec};
 use crate::lr::learning_rate;
-use crate::metrics::JsonLines;
+use crate::metrics::{truncate_after_step, JsonLines};
 use crate::model::DiffusionModel;
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::progress::Progress;
+use crate::validation::{ValidationLoss, Validator};
 use difforge_core::{derive_seed, rng_for, Stream};
 use difforge_data::{source, Batch, ImageSet, Loader, Split};
 use difforge_diffusion::noise::gaussian;
 use rand::Rng;
 use serde::Serialize;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +32,8 @@ pub struct TrainOptions {
     pub out_dir: PathBuf,
     /// Continue from the newest good checkpoint in `out_dir`.
     pub resume: bool,
+    /// Overrides allowed on resume (train.steps and other [train] keys).
+    pub resume_sets: Vec<String>,
     /// Set by SIGINT/SIGTERM: finish the step, checkpoint, stop.
     pub stop: Arc<AtomicBool>,
 }
@@ -39,9 +44,16 @@ pub struct TrainSummary {
     pub final_step: u64,
     pub steps_planned: u64,
     pub stopped_because: String,
+    /// True when the run stopped because training diverged (too many non-finite steps).
+    pub diverged: bool,
     pub final_loss: f64,
     pub mean_loss_last_100: f64,
     pub skipped_steps: u64,
+    pub rollbacks: u32,
+    pub loss_spikes: u64,
+    pub final_validation: Option<ValidationSummary>,
+    pub best: Option<BestMetric>,
+    pub best_checkpoint: Option<PathBuf>,
     pub wall_time_s: f64,
     pub images_per_s: f64,
     pub device: String,
@@ -55,6 +67,13 @@ pub struct TrainSummary {
     pub weights_checksum: f64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationSummary {
+    pub step: u64,
+    pub val_loss: f64,
+    pub val_loss_ema: f64,
+}
+
 #[derive(Serialize)]
 struct StepRecord {
     step: u64,
@@ -63,6 +82,24 @@ struct StepRecord {
     grad_norm: f64,
     images_per_s: f64,
     elapsed_s: f64,
+}
+
+#[derive(Serialize)]
+struct ValidationRecord<'a> {
+    step: u64,
+    val_loss: f64,
+    val_loss_ema: f64,
+    bands: &'a [f64],
+    bands_ema: &'a [f64],
+    pairs: usize,
+    improved: bool,
+}
+
+#[derive(Serialize)]
+struct EventRecord<'a> {
+    step: u64,
+    event: &'a str,
+    detail: String,
 }
 
 /// Loads the dataset and checks it against the model's class count.
@@ -85,7 +122,7 @@ fn load_data(cfg: &RunConfig) -> Result<(Arc<ImageSet>, Split), TrainError> {
     Ok((Arc::new(set), split))
 }
 
-/// The tensors of one micro-batch: clean images, noisy images, timesteps, classes, target, weights.
+/// The tensors of one micro-batch.
 struct MicroBatch {
     x_t: Tensor,
     t: Tensor,
@@ -148,13 +185,168 @@ fn write_samples(model: &DiffusionModel, run_dir: &Path, step: u64) -> Result<Pa
     Ok(path)
 }
 
+/// What one step did.
+struct StepOutcome {
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+    applied: bool,
+}
+
+struct Trainer {
+    cfg: RunConfig,
+    run_dir: PathBuf,
+    model: DiffusionModel,
+    opt: AdamW,
+    ema_params: Vec<Tensor>,
+    loader: Loader,
+    validator: Option<Validator>,
+    metrics: JsonLines,
+    val_log: JsonLines,
+    state: TrainState,
+    recent: VecDeque<f64>,
+    bad_streak: u32,
+    injected: HashSet<u64>,
+    last_checkpoint: Option<PathBuf>,
+    best_checkpoint: Option<PathBuf>,
+    last_validation: Option<ValidationSummary>,
+}
+
+impl Trainer {
+    fn step(&mut self) -> StepOutcome {
+        let t = &self.cfg.train;
+        let step = self.state.step;
+        // Dropout is the one draw from libtorch's generator: seed it from the step.
+        tch::manual_seed((derive_seed(self.cfg.seed, Stream::Dropout, step) >> 1) as i64);
+        self.opt.zero_grad();
+        let mut loss_sum = 0.0;
+        for micro in 0..t.grad_accum as u64 {
+            let draw = step * t.grad_accum as u64 + micro;
+            let batch = self.loader.train_batch(draw, t.batch_size);
+            let mb = make_micro_batch(&self.model, &batch, draw);
+            let mut loss = loss_of(&self.model, &mb) / t.grad_accum as f64;
+            if t.debug_nan_steps.contains(&step) && self.injected.insert(step) {
+                loss = loss * f64::NAN;
+            }
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+        }
+        let grad_norm = self.opt.grad_norm();
+        let lr = learning_rate(t, step) * self.state.lr_scale;
+        let applied = loss_sum.is_finite() && grad_norm.is_finite();
+        if applied {
+            if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
+                self.opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
+            }
+            self.opt.step(lr);
+            ema::update(&self.ema_params, self.opt.params(), ema::ema_decay(t.ema_decay, self.opt.steps));
+            self.state.optimizer_steps = self.opt.steps;
+        }
+        self.state.step += 1;
+        self.state.images_seen += (t.batch_size * t.grad_accum) as u64;
+        self.state.last_loss = loss_sum;
+        StepOutcome { loss: loss_sum, grad_norm, lr, applied }
+    }
+
+    fn event(&mut self, event: &str, detail: String) -> Result<(), TrainError> {
+        eprintln!("{event} at step {}: {detail}", self.state.step);
+        let rec = EventRecord { step: self.state.step, event, detail };
+        self.metrics.write(&rec).map_err(|e| TrainError::io(self.metrics.path(), e))
+    }
+
+    /// Logs losses far above the recent ones.
+    fn watch_spikes(&mut self, loss: f64) -> Result<(), TrainError> {
+        let z = self.cfg.train.spike_zscore;
+        if self.recent.len() >= 20 && z > 0.0 {
+            let n = self.recent.len() as f64;
+            let mean = self.recent.iter().sum::<f64>() / n;
+            let sd = (self.recent.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n).sqrt();
+            if sd > 0.0 && (loss - mean) / sd > z {
+                self.state.loss_spikes += 1;
+                self.event("loss_spike", format!("loss {loss:.4} is {:.1} standard deviations above the recent mean {mean:.4}", (loss - mean) / sd))?;
+            }
+        }
+        self.recent.push_back(loss);
+        if self.recent.len() > 100 {
+            self.recent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Handles a skipped step; Some(reason) when the run must stop.
+    fn handle_bad_step(&mut self, out: &StepOutcome) -> Result<Option<String>, TrainError> {
+        self.state.skipped_steps += 1;
+        self.bad_streak += 1;
+        self.event("skipped_step", format!("non-finite loss {} or gradient norm {}; optimiser state untouched", out.loss, out.grad_norm))?;
+        if self.bad_streak < self.cfg.train.max_bad_steps {
+            return Ok(None);
+        }
+        if self.state.rollbacks >= self.cfg.train.max_rollbacks {
+            return Ok(Some(format!(
+                "{} consecutive non-finite steps after {} rollback(s) (train.max_rollbacks): stopped",
+                self.bad_streak, self.state.rollbacks
+            )));
+        }
+        let Ok(dir) = checkpoint::resolve_latest(&self.run_dir) else {
+            return Ok(Some(format!("{} consecutive non-finite steps and no checkpoint to roll back to: stopped", self.bad_streak)));
+        };
+        let saved = checkpoint::read_state(&dir)?;
+        checkpoint::restore_weights(&dir, &mut self.model)?;
+        checkpoint::load_optimizer(&dir, &mut self.opt, saved.optimizer_steps, self.model.device)?;
+        let (rollbacks, lr_scale) = (self.state.rollbacks + 1, self.state.lr_scale * self.cfg.train.rollback_lr_factor);
+        let (skipped, spikes) = (self.state.skipped_steps, self.state.loss_spikes);
+        self.state = TrainState { rollbacks, lr_scale, skipped_steps: skipped, loss_spikes: spikes, ..saved };
+        self.bad_streak = 0;
+        self.event("rollback", format!("reloaded {} (step {}); learning rate scaled to {lr_scale}", dir.display(), self.state.step))?;
+        Ok(None)
+    }
+
+    /// Runs validation and early stopping; Some(reason) when the run should stop.
+    fn validate(&mut self) -> Result<Option<String>, TrainError> {
+        let Some(v) = &self.validator else { return Ok(None) };
+        let raw: ValidationLoss = v.evaluate(&self.model, &self.model.unet);
+        let ema: ValidationLoss = v.evaluate(&self.model, &self.model.ema);
+        let t = &self.cfg.train;
+        let value = if t.early_stop_metric == "val_loss" { raw.loss } else { ema.loss };
+        let step = self.state.step;
+        let improved = value.is_finite() && self.state.best.as_ref().is_none_or(|b| t.early_stop_mode.improves(value, b.value, t.early_stop_min_delta));
+        if improved {
+            self.state.best = Some(BestMetric { metric: t.early_stop_metric.clone(), value, step });
+            self.state.validations_without_improvement = 0;
+        } else {
+            self.state.validations_without_improvement += 1;
+        }
+        let rec = ValidationRecord { step, val_loss: raw.loss, val_loss_ema: ema.loss, bands: &raw.bands, bands_ema: &ema.bands, pairs: raw.pairs, improved };
+        self.val_log.write(&rec).map_err(|e| TrainError::io(self.val_log.path(), e))?;
+        self.last_validation = Some(ValidationSummary { step, val_loss: raw.loss, val_loss_ema: ema.loss });
+        if improved {
+            self.best_checkpoint = Some(checkpoint::save_best(&self.run_dir, &self.model, &self.opt, &self.state)?);
+        }
+        let patience = t.early_stop_patience;
+        if patience > 0 && self.state.validations_without_improvement >= patience && step >= t.early_stop_min_steps {
+            let best = self.state.best.as_ref().map_or(String::new(), |b| format!(" (best {:.6} at step {})", b.value, b.step));
+            return Ok(Some(format!(
+                "early stopping: {} did not improve by more than {} in {patience} validations{best}",
+                t.early_stop_metric, t.early_stop_min_delta
+            )));
+        }
+        Ok(None)
+    }
+}
+
 /// Picks the config and starting point: fresh, or from the newest good checkpoint.
 fn start_state(config: RunConfig, opts: &TrainOptions) -> Result<(RunConfig, Option<(PathBuf, TrainState)>), TrainError> {
     if !opts.resume {
         return Ok((config, None));
     }
-    let dir = checkpoint::resolve(&opts.out_dir)?;
-    let cfg = checkpoint::read_config(&dir)?;
+    let dir = checkpoint::resolve_latest(&opts.out_dir)?;
+    let mut cfg = checkpoint::read_config(&dir)?;
+    if !opts.resume_sets.is_empty() {
+        if let Some(bad) = opts.resume_sets.iter().find(|s| !s.trim_start().starts_with("train.")) {
+            return Err(TrainError::Config(format!("--set {bad}: only [train] keys can change on --resume")));
+        }
+        cfg = RunConfig::from_toml(&cfg.to_toml(), &opts.resume_sets, "the resumed run's config")?;
+    }
     let state = checkpoint::read_state(&dir)?;
     Ok((cfg, Some((dir, state))))
 }
@@ -164,121 +356,130 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     let device = device::prepare(&cfg.train.device, cfg.train.threads, cfg.train.precision).map_err(TrainError::Config)?;
     let run_dir = opts.out_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
+    checkpoint::remove_stale_temporaries(&run_dir)?;
     difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
 
     let (set, split) = load_data(&cfg)?;
-    let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
-
-    let (model, mut state) = match &resume_from {
+    let loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
+    let (model, state) = match &resume_from {
         Some((dir, state)) => (checkpoint::load_model(dir, &cfg, device)?, state.clone()),
-        None => (DiffusionModel::new(&cfg, device)?, TrainState { step: 0, optimizer_steps: 0, images_seen: 0, elapsed_s: 0.0, last_loss: f64::NAN }),
+        None => (DiffusionModel::new(&cfg, device)?, TrainState::fresh()),
     };
-    let t = &cfg.train;
+    let t = cfg.train.clone();
     let mut opt = AdamW::new(model.parameters(), AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
     if let Some((dir, st)) = &resume_from {
         checkpoint::load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
         eprintln!("resuming from {} (step {})", dir.display(), st.step);
     }
-    let ema_params = model.ema_parameters();
-    let mut metrics = JsonLines::append(&run_dir.join("metrics.jsonl")).map_err(|e| TrainError::io(run_dir.join("metrics.jsonl"), e))?;
+    let (metrics_path, val_path) = (run_dir.join("metrics.jsonl"), run_dir.join("validation.jsonl"));
+    for p in [&metrics_path, &val_path] {
+        truncate_after_step(p, state.step).map_err(|e| TrainError::io(p, e))?;
+    }
+    let val_indices: Vec<usize> = split.val.iter().copied().take(t.val_images).collect();
+    let validator = (t.val_every > 0 && !val_indices.is_empty()).then(|| Validator::new(&model, &loader.fixed_batch(&val_indices), t.val_repeats, t.val_bands));
+    let mut tr = Trainer {
+        ema_params: model.ema_parameters(),
+        opt,
+        loader,
+        validator,
+        metrics: JsonLines::append(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?,
+        val_log: JsonLines::append(&val_path).map_err(|e| TrainError::io(&val_path, e))?,
+        state,
+        recent: VecDeque::new(),
+        bad_streak: 0,
+        injected: HashSet::new(),
+        last_checkpoint: None,
+        best_checkpoint: None,
+        last_validation: None,
+        run_dir: run_dir.clone(),
+        cfg,
+        model,
+    };
 
     let start = Instant::now();
-    let elapsed_before = state.elapsed_s;
-    let first_step = state.step;
+    let elapsed_before = tr.state.elapsed_s;
+    let first_step = tr.state.step;
     let mut progress = Progress::new("train", t.steps, first_step);
-    let mut recent: Vec<f64> = Vec::new();
-    let mut skipped = 0u64;
-    let mut last_checkpoint = None;
     let mut last_grid = None;
-    let mut stopped_because = "finished all steps".to_string();
+    let mut stopped_because = None;
+    let mut diverged = false;
+    let per_step = (t.batch_size * t.grad_accum) as u64;
 
-    while state.step < t.steps {
-        let step = state.step;
-        // Dropout is the one draw from libtorch's generator: seed it from the step.
-        tch::manual_seed((derive_seed(cfg.seed, Stream::Dropout, step) >> 1) as i64);
-        opt.zero_grad();
-        let mut loss_sum = 0.0;
-        for micro in 0..t.grad_accum as u64 {
-            let draw = step * t.grad_accum as u64 + micro;
-            let batch = loader.train_batch(draw, t.batch_size);
-            let mb = make_micro_batch(&model, &batch, draw);
-            let loss = loss_of(&model, &mb) / t.grad_accum as f64;
-            loss.backward();
-            loss_sum += loss.double_value(&[]);
+    while tr.state.step < t.steps {
+        let out = tr.step();
+        tr.state.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
+        if out.applied {
+            tr.bad_streak = 0;
+            tr.watch_spikes(out.loss)?;
+        } else if let Some(reason) = tr.handle_bad_step(&out)? {
+            stopped_because = Some(reason);
+            diverged = true;
+            break;
         }
-        let grad_norm = opt.grad_norm();
-        let lr = learning_rate(t, step);
-        if loss_sum.is_finite() && grad_norm.is_finite() {
-            if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
-                opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
-            }
-            opt.step(lr);
-            ema::update(&ema_params, opt.params(), ema::ema_decay(t.ema_decay, opt.steps));
-            state.optimizer_steps = opt.steps;
-        } else {
-            skipped += 1;
-            eprintln!("warning: step {step}: non-finite loss or gradient (loss {loss_sum}, grad norm {grad_norm}); step skipped");
+        let step = tr.state.step;
+        let rate = (step.saturating_sub(first_step) * per_step) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        if step % t.log_every == 0 || step == t.steps {
+            let rec = StepRecord { step, loss: out.loss, lr: out.lr, grad_norm: out.grad_norm, images_per_s: rate, elapsed_s: tr.state.elapsed_s };
+            tr.metrics.write(&rec).map_err(|e| TrainError::io(tr.metrics.path(), e))?;
+            progress.update(step, &format!("loss {:.4} lr {:.2e} {rate:.0} img/s", out.loss, out.lr));
         }
-        state.step += 1;
-        state.images_seen += (t.batch_size * t.grad_accum) as u64;
-        state.last_loss = loss_sum;
-        state.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
-        recent.push(loss_sum);
-        if recent.len() > 100 {
-            recent.remove(0);
+        let interrupted = opts.stop.load(Ordering::SeqCst);
+        let last = step == t.steps || interrupted;
+        if t.val_every > 0 && (step % t.val_every == 0 || last) {
+            stopped_because = tr.validate()?;
         }
-
-        let done_now = state.step - first_step;
-        let rate = (done_now * (t.batch_size * t.grad_accum) as u64) as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        if state.step % t.log_every == 0 || state.step == t.steps {
-            let rec = StepRecord { step: state.step, loss: loss_sum, lr, grad_norm, images_per_s: rate, elapsed_s: state.elapsed_s };
-            metrics.write(&rec).map_err(|e| TrainError::io(metrics.path(), e))?;
-            progress.update(state.step, &format!("loss {loss_sum:.4} lr {lr:.2e} {rate:.0} img/s"));
+        if interrupted && stopped_because.is_none() {
+            stopped_because = Some(format!("interrupted at step {step} (checkpoint written)"));
         }
-        let stop = opts.stop.load(Ordering::SeqCst);
-        let last = state.step == t.steps || stop;
-        if t.sample_every > 0 && state.step % t.sample_every == 0 && !last {
-            last_grid = Some(write_samples(&model, &run_dir, state.step)?);
+        let stopping = stopped_because.is_some();
+        if t.sample_every > 0 && step % t.sample_every == 0 && !last && !stopping {
+            last_grid = Some(write_samples(&tr.model, &run_dir, step)?);
         }
-        if last || (t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0) {
-            last_checkpoint = Some(checkpoint::save(&run_dir, &model, &opt, &state, t.keep_checkpoints)?);
+        if last || stopping || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
+            tr.last_checkpoint = Some(checkpoint::save(&run_dir, &tr.model, &tr.opt, &tr.state, t.keep_checkpoints)?);
         }
-        if stop {
-            stopped_because = format!("interrupted at step {} (checkpoint written)", state.step);
+        if stopping {
             break;
         }
     }
     progress.finish();
-    if state.step == t.steps && !opts.stop.load(Ordering::SeqCst) {
-        last_grid = Some(write_samples(&model, &run_dir, state.step)?);
+    let interrupted = opts.stop.load(Ordering::SeqCst);
+    if !interrupted {
+        last_grid = Some(write_samples(&tr.model, &run_dir, tr.state.step)?);
     }
-    let run_images = state.images_seen.saturating_sub(first_step * (t.batch_size * t.grad_accum) as u64);
+    let run_images = (tr.state.step.saturating_sub(first_step)) * per_step;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
-        final_step: state.step,
+        final_step: tr.state.step,
         steps_planned: t.steps,
-        stopped_because,
-        final_loss: state.last_loss,
-        mean_loss_last_100: if recent.is_empty() { f64::NAN } else { recent.iter().sum::<f64>() / recent.len() as f64 },
-        skipped_steps: skipped,
+        stopped_because: stopped_because.unwrap_or_else(|| "finished all steps".to_string()),
+        diverged,
+        final_loss: tr.state.last_loss,
+        mean_loss_last_100: if tr.recent.is_empty() { f64::NAN } else { tr.recent.iter().sum::<f64>() / tr.recent.len() as f64 },
+        skipped_steps: tr.state.skipped_steps,
+        rollbacks: tr.state.rollbacks,
+        loss_spikes: tr.state.loss_spikes,
+        final_validation: tr.last_validation.clone(),
+        best: tr.state.best.clone(),
+        best_checkpoint: tr.best_checkpoint.clone().or_else(|| Some(run_dir.join("checkpoints").join(checkpoint::BEST_DIR)).filter(|p| p.is_dir())),
         wall_time_s: start.elapsed().as_secs_f64(),
         images_per_s: run_images as f64 / start.elapsed().as_secs_f64().max(1e-9),
         device: device::describe(device),
         threads: device::resolve_threads(t.threads),
-        parameters: model.parameter_count(),
+        parameters: tr.model.parameter_count(),
         train_images: split.train.len(),
         val_images: split.val.len(),
         skipped_files: set.skipped.len(),
-        checkpoint: last_checkpoint,
+        checkpoint: tr.last_checkpoint.clone(),
         sample_grid: last_grid,
-        weights_checksum: model.checksum(),
+        weights_checksum: tr.model.checksum(),
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
     difforge_core::write_atomic(&run_dir.join("summary.json"), &json).map_err(|e| TrainError::io(run_dir.join("summary.json"), e))?;
     Ok(summary)
 }
 
-/// The device a config asks for (for commands that load a checkpoint).
+/// The device a command asks for (for commands that load a checkpoint).
 pub fn device_for(device: &str, threads: usize) -> Result<Device, TrainError> {
     device::prepare(device, threads, crate::config::Precision::Fp32).map_err(TrainError::Config)
 }

@@ -13,7 +13,14 @@ fn default_out(args: &TrainArgs) -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let config = super::config::load(&args.config)?;
+    let config = if args.resume.is_some() {
+        if args.config.config.is_some() {
+            anyhow::bail!("--config cannot be combined with --resume: a resumed run keeps its config (use --set train.KEY=VALUE to change [train] keys)");
+        }
+        difforge_train::RunConfig::default()
+    } else {
+        super::config::load(&args.config)?
+    };
     let (out_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => (args.out.clone().unwrap_or_else(|| default_out(&args)), false),
@@ -25,15 +32,29 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
     }
-    let opts = TrainOptions { out_dir: out_dir.clone(), resume, stop };
+    let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
+    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop };
     let summary = train(config, &opts)?;
     if args.json {
-        return super::print_json(&summary);
+        super::print_json(&summary)?;
+        if summary.diverged {
+            anyhow::bail!("training diverged: {}", summary.stopped_because);
+        }
+        return Ok(());
     }
     println!("{}: step {}/{}, {}", out_dir.display(), summary.final_step, summary.steps_planned, summary.stopped_because);
     println!("  loss (mean of last 100 steps)  {:.4}", summary.mean_loss_last_100);
     println!("  wall time                      {:.1} s ({:.0} images/s on {}, {} threads)", summary.wall_time_s, summary.images_per_s, summary.device, summary.threads);
     println!("  parameters                     {}", summary.parameters);
+    if let Some(v) = &summary.final_validation {
+        println!("  validation loss (raw / EMA)    {:.4} / {:.4} at step {}", v.val_loss, v.val_loss_ema, v.step);
+    }
+    if let Some(b) = &summary.best {
+        println!("  best {:<25} {:.4} at step {}", b.metric, b.value, b.step);
+    }
+    if summary.skipped_steps + u64::from(summary.rollbacks) + summary.loss_spikes > 0 {
+        println!("  skipped steps / rollbacks / loss spikes  {} / {} / {}", summary.skipped_steps, summary.rollbacks, summary.loss_spikes);
+    }
     if let Some(c) = &summary.checkpoint {
         println!("  checkpoint                     {}", c.display());
     }
@@ -42,7 +63,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     println!("  metrics                        {}", out_dir.join("metrics.jsonl").display());
     println!("  summary                        {}", out_dir.join("summary.json").display());
-    if summary.final_step < summary.steps_planned {
+    if summary.diverged {
+        anyhow::bail!("training diverged: {} (details in {})", summary.stopped_because, out_dir.join("metrics.jsonl").display());
+    }
+    if summary.final_step < summary.steps_planned && summary.stopped_because.starts_with("interrupted") {
         println!("resume with: difforge train --resume {}", out_dir.display());
     }
     Ok(())

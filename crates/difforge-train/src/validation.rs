@@ -1,0 +1,112 @@
+//! The validation loss: held-out images, each at fixed timesteps spread over the whole range
+//! (a low-discrepancy sequence) with fixed noise, so the same weights always give the same
+//! number. Reported overall and per timestep band, for the raw and the EMA weights.
+
+use crate::model::DiffusionModel;
+use difforge_core::Stream;
+use difforge_data::Batch;
+use difforge_diffusion::noise::gaussian;
+use difforge_nn::UNet;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+/// 1/golden ratio: consecutive multiples mod 1 fill [0, 1) evenly.
+const PHI: f64 = 0.618_033_988_749_894_9;
+
+pub struct Validator {
+    x0: Tensor,
+    classes: Option<Tensor>,
+    ts: Vec<usize>,
+    eps: Tensor,
+    weights: Vec<f64>,
+    bands: usize,
+    timesteps: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ValidationLoss {
+    /// The training objective (same target and weighting) averaged over all pairs.
+    pub loss: f64,
+    /// The same per timestep band: band b covers timesteps [b T / bands, (b + 1) T / bands).
+    pub bands: Vec<f64>,
+    /// (image, timestep) pairs evaluated.
+    pub pairs: usize,
+}
+
+impl Validator {
+    /// `batch` holds the validation images (centre-cropped); each is used `repeats` times.
+    pub fn new(model: &DiffusionModel, batch: &Batch, repeats: usize, bands: usize) -> Validator {
+        let cfg = &model.config;
+        let (n, c, s) = (batch.size as i64, batch.channels as i64, batch.side as i64);
+        let m = (n as usize) * repeats;
+        let t_max = cfg.diffusion.timesteps;
+        let ts: Vec<usize> = (0..m).map(|k| (((k as f64 + 1.0) * PHI).fract() * t_max as f64) as usize).collect();
+        let x0 = Tensor::from_slice(&batch.images).view([n, c, s, s]).repeat_interleave_self_int(repeats as i64, 0, None);
+        let eps = Tensor::from_slice(&gaussian(cfg.seed, Stream::Validation, 0, m * (c * s * s) as usize)).view([m as i64, c, s, s]);
+        let null = cfg.model.null_class();
+        let labels: Vec<i64> = batch.labels.iter().flat_map(|&l| std::iter::repeat_n(if l < 0 { null } else { l }, repeats)).collect();
+        let gamma = cfg.diffusion.min_snr_gamma;
+        let weights = ts
+            .iter()
+            .map(|&t| if gamma > 0.0 { cfg.diffusion.prediction.min_snr_weight(model.schedule.snr(t), gamma) } else { 1.0 })
+            .collect();
+        Validator {
+            x0,
+            classes: (cfg.model.num_classes > 0).then(|| Tensor::from_slice(&labels)),
+            ts,
+            eps,
+            weights,
+            bands,
+            timesteps: t_max,
+        }
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Per-pair losses of `unet` (in pair order).
+    pub fn per_pair(&self, model: &DiffusionModel, unet: &UNet) -> Vec<f64> {
+        let dev = model.device;
+        let pred = model.config.diffusion.prediction;
+        let mut out = Vec::with_capacity(self.ts.len());
+        tch::no_grad(|| {
+            let m = self.ts.len() as i64;
+            let mut start = 0i64;
+            while start < m {
+                let len = (m - start).min(256);
+                let ts = &self.ts[start as usize..(start + len) as usize];
+                let ab: Vec<f32> = ts.iter().map(|&t| model.schedule.alphas_cumprod[t] as f32).collect();
+                let ab = Tensor::from_slice(&ab).view([len, 1, 1, 1]).to_device(dev);
+                let (a, sg) = (ab.sqrt(), (-&ab + 1.0).sqrt());
+                let x0 = self.x0.narrow(0, start, len).to_device(dev);
+                let eps = self.eps.narrow(0, start, len).to_device(dev);
+                let x_t = &x0 * &a + &eps * &sg;
+                let t = Tensor::from_slice(&ts.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev);
+                let classes = self.classes.as_ref().map(|c| c.narrow(0, start, len).to_device(dev));
+                let y = tch::autocast(model.autocast(), || unet.forward(&x_t, &t, classes.as_ref(), false)).to_kind(Kind::Float);
+                let target = pred.target(&x0, &eps, &a, &sg);
+                let mse = (y - target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu);
+                out.extend(Vec::<f64>::try_from(&mse).unwrap_or_default());
+                start += len;
+            }
+        });
+        out.iter().zip(&self.weights).map(|(l, w)| l * w).collect()
+    }
+
+    pub fn evaluate(&self, model: &DiffusionModel, unet: &UNet) -> ValidationLoss {
+        let losses = self.per_pair(model, unet);
+        let mut sums = vec![0.0; self.bands];
+        let mut counts = vec![0usize; self.bands];
+        for (l, &t) in losses.iter().zip(&self.ts) {
+            let b = t * self.bands / self.timesteps;
+            sums[b] += l;
+            counts[b] += 1;
+        }
+        ValidationLoss {
+            loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+            bands: sums.iter().zip(&counts).map(|(s, &c)| if c == 0 { f64::NAN } else { s / c as f64 }).collect(),
+            pairs: losses.len(),
+        }
+    }
+}
