@@ -28,11 +28,49 @@ pub struct BatchSampler {
     indices: Vec<usize>,
     seed: u64,
     epoch: Option<(u64, Vec<usize>)>,
+    /// For class-balanced sampling: the indices of each class.
+    by_class: Option<Vec<Vec<usize>>>,
 }
 
 impl BatchSampler {
     pub fn new(indices: Vec<usize>, seed: u64) -> BatchSampler {
-        BatchSampler { indices, seed, epoch: None }
+        BatchSampler { indices, seed, epoch: None, by_class: None }
+    }
+
+    /// Class-balanced: each position draws a class uniformly, then that class's next image
+    /// in a per-epoch shuffled cycle. Unlabelled images form their own group.
+    pub fn balanced(indices: Vec<usize>, labels: &[Option<usize>], seed: u64) -> BatchSampler {
+        let mut groups: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
+        for &i in &indices {
+            groups.entry(labels[i]).or_default().push(i);
+        }
+        BatchSampler { indices, seed, epoch: None, by_class: Some(groups.into_values().collect()) }
+    }
+
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut rng = rng_for(self.seed, Stream::Shuffle, epoch);
+        match &self.by_class {
+            None => {
+                let mut order = self.indices.clone();
+                order.shuffle(&mut rng);
+                order
+            }
+            Some(groups) => {
+                let mut cycles: Vec<Vec<usize>> = groups.clone();
+                for c in &mut cycles {
+                    c.shuffle(&mut rng);
+                }
+                let mut next = vec![0usize; cycles.len()];
+                (0..self.indices.len())
+                    .map(|_| {
+                        let g = rng.random_range(0..cycles.len());
+                        let pick = cycles[g][next[g] % cycles[g].len()];
+                        next[g] += 1;
+                        pick
+                    })
+                    .collect()
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -48,9 +86,7 @@ impl BatchSampler {
         let n = self.indices.len() as u64;
         let epoch = pos / n;
         if self.epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let mut order = self.indices.clone();
-            order.shuffle(&mut rng_for(self.seed, Stream::Shuffle, epoch));
-            self.epoch = Some((epoch, order));
+            self.epoch = Some((epoch, self.epoch_order(epoch)));
         }
         let order = &self.epoch.as_ref().expect("set above").1;
         order[(pos % n) as usize]
@@ -71,6 +107,12 @@ pub struct Loader {
 impl Loader {
     pub fn new(set: Arc<ImageSet>, indices: Vec<usize>, side: u32, crop: CropMode, augment: AugmentConfig, seed: u64) -> Loader {
         Loader { set, sampler: BatchSampler::new(indices, seed), side: side as usize, crop, augment, seed }
+    }
+
+    /// Switches to class-balanced sampling.
+    pub fn balanced(mut self) -> Loader {
+        self.sampler = BatchSampler::balanced(self.sampler.indices.clone(), &self.set.labels, self.seed);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -152,6 +194,17 @@ mod tests {
             seen.sort_unstable();
             assert_eq!(seen, (0..10).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn balanced_sampling_evens_out_classes() {
+        // 90 images of class 0, 10 of class 1.
+        let labels: Vec<Option<usize>> = (0..100).map(|i| Some(usize::from(i >= 90))).collect();
+        let mut s = BatchSampler::balanced((0..100).collect(), &labels, 1);
+        let minority = (0..2000u64).filter(|&p| s.index_at(p) >= 90).count();
+        assert!((850..1150).contains(&minority), "{minority} of 2000 draws from the 10% class");
+        let mut plain = BatchSampler::new((0..100).collect(), 1);
+        assert_eq!((0..2000u64).filter(|&p| plain.index_at(p) >= 90).count(), 200);
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub enum ColorMode {
     Rgb,
 }
 
+/// How training batches draw from the classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Every image once per epoch.
+    None,
+    /// Each draw picks a class uniformly, then the next image of that class (minority classes
+    /// are repeated, majority classes thinned), for imbalanced data.
+    Class,
+}
+
 /// Random augmentations applied when a training batch is assembled. Each has a probability;
 /// all draws come from (seed, sample position), so a run is repeatable and resumable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +97,11 @@ pub struct DataConfig {
     pub val_fraction: f64,
     /// Skip files larger than this many pixels (width x height) without decoding them.
     pub max_pixels: u64,
+    /// Check the data before training (duplicates, corrupt files, imbalance, outliers) and
+    /// print the problems found.
+    pub check: bool,
+    /// "none" or "class" (class-balanced sampling).
+    pub balance: Balance,
     pub augment: AugmentConfig,
 }
 
@@ -102,6 +118,8 @@ impl Default for DataConfig {
             crop: CropMode::Center,
             val_fraction: 0.1,
             max_pixels: 64 * 1024 * 1024,
+            check: true,
+            balance: Balance::None,
             augment: AugmentConfig::default(),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod grid;
@@ -14,7 +15,7 @@ pub mod source;
 pub mod split;
 
 pub use batch::{Batch, BatchSampler, Loader};
-pub use config::{AugmentConfig, ColorMode, CropMode, DataConfig, SourceKind};
+pub use config::{AugmentConfig, Balance, ColorMode, CropMode, DataConfig, SourceKind};
 pub use error::DataError;
 pub use grid::{save_png, PlanarImages};
 pub use image_set::{ImageSet, SkippedFile};

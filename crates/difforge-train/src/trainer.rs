@@ -17,7 +17,8 @@ use crate::optimizer::{AdamW, AdamWConfig};
 use crate::progress::Progress;
 use crate::validation::{ValidationLoss, Validator};
 use difforge_core::{derive_seed, rng_for, Stream};
-use difforge_data::{source, Batch, ImageSet, Loader, Split};
+use difforge_data::check::{check_folder, check_set, CheckOptions};
+use difforge_data::{source, Balance, Batch, ImageSet, Loader, SourceKind, Split};
 use difforge_diffusion::noise::gaussian;
 use rand::Rng;
 use serde::Serialize;
@@ -115,11 +116,32 @@ fn load_data(cfg: &RunConfig) -> Result<(Arc<ImageSet>, Split), TrainError> {
     if cfg.model.num_classes == 0 && classes > 1 {
         eprintln!("note: the data has {classes} classes but model.num_classes = 0: training an unconditional model");
     }
+    if cfg.data.check {
+        for w in data_check_warnings(cfg, &set)? {
+            eprintln!("data check: {w}");
+        }
+    }
     let split = Split::new(&set.ids, cfg.data.val_fraction, cfg.seed);
     if split.train.is_empty() {
         return Err(TrainError::Config("no training images left after the validation split (data.val_fraction)".into()));
     }
     Ok((Arc::new(set), split))
+}
+
+/// The data check's warnings for the configured dataset (the full file check for folders).
+fn data_check_warnings(cfg: &RunConfig, set: &ImageSet) -> Result<Vec<String>, TrainError> {
+    let opts = CheckOptions { model_size: cfg.data.image_size, max_pixels: cfg.data.max_pixels, ..Default::default() };
+    match (cfg.data.source, &cfg.data.path) {
+        (SourceKind::Folder, Some(path)) => {
+            let report = check_folder(path, &opts)?;
+            let mut warnings = report.warnings;
+            if !warnings.is_empty() {
+                warnings.push(format!("details: difforge data check {}", path.display()));
+            }
+            Ok(warnings)
+        }
+        _ => Ok(check_set(set, &opts)),
+    }
 }
 
 /// The tensors of one micro-batch.
@@ -360,7 +382,10 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
 
     let (set, split) = load_data(&cfg)?;
-    let loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
+    let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
+    if cfg.data.balance == Balance::Class {
+        loader = loader.balanced();
+    }
     let (model, state) = match &resume_from {
         Some((dir, state)) => (checkpoint::load_model(dir, &cfg, device)?, state.clone()),
         None => (DiffusionModel::new(&cfg, device)?, TrainState::fresh()),

@@ -26,6 +26,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// The sample judge: a classifier trained on real data.
     Classifier {
         #[command(subcommand)]
@@ -104,6 +109,30 @@ pub struct SampleArgs {
     pub out_dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Report unreadable files, duplicates, near-duplicates, small images, colour modes, sizes,
+    /// class balance, caption coverage and outliers of an image folder.
+    Check {
+        /// The image folder.
+        path: std::path::PathBuf,
+        /// The model's image size: smaller images are reported.
+        #[arg(long, default_value_t = 32)]
+        model_size: u32,
+        /// Warn when the largest class has more than this many times the smallest's images.
+        #[arg(long, default_value_t = 3.0)]
+        imbalance_threshold: f64,
+        /// Perceptual-hash distance (bits of 64, at most 3) for near-duplicates.
+        #[arg(long, default_value_t = 2)]
+        near_distance: u32,
+        /// Write the files to remove (corrupt, duplicate, outlier) and pairs to review as JSON.
+        #[arg(long)]
+        fix_report: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

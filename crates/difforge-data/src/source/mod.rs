@@ -1,7 +1,7 @@
 //! Where images come from. Each source decodes into an [`ImageSet`] of preprocessed pixels.
 
 mod digits;
-mod folder;
+pub mod folder;
 mod idx;
 
 pub use digits::{load_digits, DIGITS_PNG};

@@ -2,11 +2,12 @@
 
 mod classifier;
 mod config;
+mod data;
 mod info;
 mod sample;
 mod train;
 
-use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand};
+use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand, DataCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -14,6 +15,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
+        Command::Data { command: DataCommand::Check { path, model_size, imbalance_threshold, near_distance, fix_report, json } } => {
+            data::check(&path, model_size, imbalance_threshold, near_distance, fix_report.as_deref(), json)
+        }
         Command::Classifier { command } => match command {
             ClassifierCommand::Train { config, out, steps, device, json } => classifier::train(&config, &out, steps, &device, json),
             ClassifierCommand::Judge { sampling, classifier, per_class, grid, json } => {
