@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod optimizer;
 pub mod progress;
+pub mod sweep;
 pub mod trainer;
 pub mod validation;
 

@@ -26,6 +26,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Train every combination of a grid and rank them by the validation metric.
+    Sweep(SweepArgs),
     /// Datasets.
     Data {
         #[command(subcommand)]
@@ -59,6 +61,26 @@ pub struct TrainArgs {
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// A key and its values, e.g. --grid train.lr=1e-3,3e-4 (repeatable; all combinations run).
+    #[arg(long = "grid", value_name = "KEY=V1,V2,...", required = true)]
+    pub grids: Vec<String>,
+    /// Steps per trial (default: train.steps).
+    #[arg(long)]
+    pub budget_steps: Option<u64>,
+    /// Successive halving: small budgets first, the better half continues with twice the steps.
+    #[arg(long)]
+    pub halving: bool,
+    /// Sweep folder (default: runs/sweep-<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

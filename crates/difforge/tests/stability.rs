@@ -214,3 +214,31 @@ fn early_stopping_stops_a_plateau_and_keeps_the_best_checkpoint() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["checkpoint"].as_str().unwrap().ends_with("checkpoints/best"), "{report}");
 }
+
+#[test]
+fn sweep_ranks_trials_and_halving_continues_the_better_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let run = difforge()
+        .arg("sweep")
+        .args(tiny_args(&["train.val_every=4", "train.val_images=32"]))
+        .args(["--grid", "train.lr=1e-6,3e-3,1e-3,1e-5", "--budget-steps", "8", "--halving", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let board: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let trials = board["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    let values: Vec<f64> = trials.iter().map(|t| t["value"].as_f64().unwrap()).collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "not sorted: {values:?}");
+    // Rungs of 2, 4 and 8 steps: 4 trials, then the best 2, then the best 1.
+    let mut steps: Vec<u64> = trials.iter().map(|t| t["steps"].as_u64().unwrap()).collect();
+    steps.sort_unstable();
+    assert_eq!(steps, vec![2, 2, 4, 8]);
+    assert_eq!(trials[0]["steps"], 8);
+    // The tiny learning rates cannot win.
+    assert!(!trials[0]["settings"][0].as_str().unwrap().ends_with("1e-6"));
+    let md = std::fs::read_to_string(out.join("leaderboard.md")).unwrap();
+    assert_eq!(md.lines().count(), 2 + 4);
+}

@@ -5,6 +5,7 @@ mod config;
 mod data;
 mod info;
 mod sample;
+mod sweep;
 mod train;
 
 use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand, DataCommand};
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info { json } => info::run(json),
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check { path, model_size, imbalance_threshold, near_distance, fix_report, json } } => {
             data::check(&path, model_size, imbalance_threshold, near_distance, fix_report.as_deref(), json)
