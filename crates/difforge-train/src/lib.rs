@@ -2,6 +2,7 @@
 //! EMA, checkpoints and resume, sampling from a trained model, and the sample judge
 //! (a classifier trained on the real data).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;

@@ -145,7 +145,7 @@ fn data_check_warnings(cfg: &RunConfig, set: &ImageSet) -> Result<Vec<String>, T
 }
 
 /// The tensors of one micro-batch.
-struct MicroBatch {
+pub(crate) struct MicroBatch {
     x_t: Tensor,
     t: Tensor,
     classes: Option<Tensor>,
@@ -153,7 +153,7 @@ struct MicroBatch {
     weights: Tensor,
 }
 
-fn make_micro_batch(model: &DiffusionModel, batch: &Batch, draw_index: u64) -> MicroBatch {
+pub(crate) fn make_micro_batch(model: &DiffusionModel, batch: &Batch, draw_index: u64) -> MicroBatch {
     let cfg = &model.config;
     let (n, c, s) = (batch.size as i64, batch.channels as i64, batch.side as i64);
     let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
@@ -190,7 +190,7 @@ fn make_micro_batch(model: &DiffusionModel, batch: &Batch, draw_index: u64) -> M
 }
 
 /// The weighted MSE of one micro-batch.
-fn loss_of(model: &DiffusionModel, mb: &MicroBatch) -> Tensor {
+pub(crate) fn loss_of(model: &DiffusionModel, mb: &MicroBatch) -> Tensor {
     let out = tch::autocast(model.autocast(), || model.unet.forward(&mb.x_t, &mb.t, mb.classes.as_ref(), true));
     let per_image = (out.to_kind(Kind::Float) - &mb.target).square().mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
     (per_image * &mb.weights).mean(Kind::Float)

@@ -26,6 +26,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Measure training and sampling throughput of a model (compare with tools/bench_torch.py).
+    Bench(crate::commands::bench::BenchArgs),
     /// Train every combination of a grid and rank them by the validation metric.
     Sweep(SweepArgs),
     /// Datasets.

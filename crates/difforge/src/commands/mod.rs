@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod bench;
 mod classifier;
 mod config;
 mod data;
@@ -16,6 +17,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check { path, model_size, imbalance_threshold, near_distance, fix_report, json } } => {
             data::check(&path, model_size, imbalance_threshold, near_distance, fix_report.as_deref(), json)

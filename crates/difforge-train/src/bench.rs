@@ -1,0 +1,1 @@
+//! Throughput benchmarks (placeholder: being written).
