@@ -17,6 +17,11 @@ pub struct GenerateSpec<'a> {
     pub use_ema: bool,
     /// Largest batch sent through the network at once.
     pub max_batch: usize,
+    /// Pad every chunk to exactly `max_batch` images. libtorch's CPU kernels give results that
+    /// differ in the last bits between batch sizes (not between neighbours at one size), so a
+    /// fixed size makes each image independent of what it was batched with: the server relies
+    /// on this to give the same bytes for the same request and seed.
+    pub fixed_batch: bool,
 }
 
 /// Images (N, C, S, S) on the CPU, clamped to [-1, 1].
@@ -25,10 +30,21 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Tensor {
     let shape = [c.model.in_channels, c.model.image_size, c.model.image_size];
     let denoiser = model.denoiser(spec.use_ema);
     let mut parts = Vec::new();
-    for (chunk_index, seeds) in spec.seeds.chunks(spec.max_batch.max(1)).enumerate() {
-        let offset = chunk_index * spec.max_batch.max(1);
-        let classes = spec.classes.as_ref().map(|cl| Tensor::from_slice(&cl[offset..offset + seeds.len()]).to_device(model.device));
-        let noise = NoiseSource::new(seeds.to_vec(), shape, model.device);
+    let chunk = spec.max_batch.max(1);
+    for (chunk_index, seeds) in spec.seeds.chunks(chunk).enumerate() {
+        let offset = chunk_index * chunk;
+        let real = seeds.len();
+        let mut seeds = seeds.to_vec();
+        let mut classes = spec.classes.as_ref().map(|cl| cl[offset..offset + real].to_vec());
+        if spec.fixed_batch {
+            // Padding: copies of the first image, dropped below.
+            seeds.resize(chunk, seeds[0]);
+            if let Some(c) = classes.as_mut() {
+                c.resize(chunk, c[0]);
+            }
+        }
+        let classes = classes.map(|c| Tensor::from_slice(&c).to_device(model.device));
+        let noise = NoiseSource::new(seeds, shape, model.device);
         let req = SampleRequest {
             schedule: &model.schedule,
             prediction: c.diffusion.prediction,
@@ -37,7 +53,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Tensor {
             null_class: c.model.null_class(),
             noise: &noise,
         };
-        parts.push(sample(&denoiser, &req, None).clamp(-1.0, 1.0).to_device(Device::Cpu));
+        parts.push(sample(&denoiser, &req, None).narrow(0, 0, real as i64).clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     Tensor::cat(&parts, 0)
 }

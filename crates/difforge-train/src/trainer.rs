@@ -199,7 +199,7 @@ pub(crate) fn loss_of(model: &DiffusionModel, mb: &MicroBatch) -> Tensor {
 fn write_samples(model: &DiffusionModel, run_dir: &Path, step: u64) -> Result<PathBuf, TrainError> {
     let cfg = &model.config;
     let (classes, seeds) = class_grid_spec(cfg.model.num_classes, cfg.train.sample_per_class, derive_seed(cfg.seed, Stream::Sample, 0) >> 16);
-    let spec = GenerateSpec { classes, seeds, sampler: &cfg.sample, use_ema: true, max_batch: 256 };
+    let spec = GenerateSpec { classes, seeds, sampler: &cfg.sample, use_ema: true, max_batch: 256, fixed_batch: false };
     let images = generate(model, &spec);
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
     let columns = if cfg.model.num_classes > 0 { cfg.train.sample_per_class } else { 8 };

@@ -34,7 +34,7 @@ pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, grid:
     let asked: Vec<i64> = (0..k).flat_map(|c| std::iter::repeat_n(c, per_class)).collect();
     let seeds = (0..asked.len() as u64).map(|i| sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec = GenerateSpec { classes: Some(asked.clone()), seeds, sampler: &sampler, use_ema: !sampling.raw, max_batch: 256 };
+    let spec = GenerateSpec { classes: Some(asked.clone()), seeds, sampler: &sampler, use_ema: !sampling.raw, max_batch: 256, fixed_batch: false };
     let images = generate(&model, &spec);
     let seconds = start.elapsed().as_secs_f64();
     let mut report = judge_samples(&judge, &images, &asked);

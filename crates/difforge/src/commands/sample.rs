@@ -58,7 +58,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     let seeds = (0..args.n as u64).map(|i| args.sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec = GenerateSpec { classes, seeds, sampler: &sampler, use_ema: !args.sampling.raw, max_batch: 256 };
+    let spec = GenerateSpec { classes, seeds, sampler: &sampler, use_ema: !args.sampling.raw, max_batch: 256, fixed_batch: false };
     let images = generate(&model, &spec);
     let seconds = start.elapsed().as_secs_f64();
     let columns = (args.n as f64).sqrt().ceil() as usize;
