@@ -30,6 +30,8 @@ pub enum Command {
     Bench(crate::commands::bench::BenchArgs),
     /// Train every combination of a grid and rank them by the validation metric.
     Sweep(SweepArgs),
+    /// Serve a checkpoint over HTTP (generation, metrics, hot reload).
+    Serve(ServeArgs),
     /// Datasets.
     Data {
         #[command(subcommand)]
@@ -65,6 +67,29 @@ pub struct TrainArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A checkpoint folder, or a run folder (its best, else newest good checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Address to listen on (overrides serve.toml's `bind`); port 0 picks a free port.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Server settings (batching, queue, limits); see the README.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// API keys, one per line; `admin:KEY` lines may also call /admin/*. Also read:
+    /// DIFFORGE_API_KEYS (comma-separated).
+    #[arg(long)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Logs as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+    /// cpu, cuda, cuda:N or auto (overrides serve.toml's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 #[derive(Args)]

@@ -1,0 +1,69 @@
+//! A checkpoint loaded for serving: the model, what /v1/models says about it, and the training
+//! data's pixel statistics that output drift is measured against.
+
+use crate::drift::Reference;
+use difforge_train::generate::{generate, GenerateSpec};
+use difforge_train::{checkpoint, DiffusionModel, RunConfig};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub checkpoint: PathBuf,
+    /// SHA-256 of the checkpoint's manifest (which lists the SHA-256 of every file).
+    pub checkpoint_hash: String,
+    pub step: u64,
+    pub parameters: i64,
+    pub image_size: i64,
+    pub channels: i64,
+    pub classes: Vec<String>,
+    pub defaults: difforge_diffusion::SamplerConfig,
+    pub timesteps: usize,
+    pub device: String,
+    pub config: RunConfig,
+}
+
+pub struct Loaded {
+    pub model: DiffusionModel,
+    pub info: ModelInfo,
+    pub reference: Option<Reference>,
+}
+
+/// Class names of the model's dataset, when they can be had cheaply.
+fn class_names(cfg: &RunConfig) -> Vec<String> {
+    let k = cfg.model.num_classes.max(0) as usize;
+    if !cfg.data.class_names.is_empty() {
+        return cfg.data.class_names.iter().take(k).cloned().collect();
+    }
+    (0..k).map(|c| c.to_string()).collect()
+}
+
+/// Loads and verifies a checkpoint (or a run folder's best/newest), then warms it up with one
+/// small generation so the first request does not pay for lazy initialisation.
+pub fn load(path: &Path, device: Device) -> Result<Loaded, String> {
+    let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
+    let cfg = checkpoint::read_config(&dir).map_err(|e| e.to_string())?;
+    let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
+    let model = checkpoint::load_model(&dir, &cfg, device).map_err(|e| e.to_string())?;
+    let manifest = std::fs::read(dir.join(checkpoint::MANIFEST_FILE)).map_err(|e| e.to_string())?;
+    let mut warm = cfg.sample.clone();
+    warm.steps = 1;
+    let classes = (cfg.model.num_classes > 0).then(|| vec![0]);
+    let _ = generate(&model, &GenerateSpec { classes, seeds: vec![0], sampler: &warm, use_ema: true, max_batch: 1, fixed_batch: false });
+    let info = ModelInfo {
+        checkpoint: dir,
+        checkpoint_hash: difforge_core::sha256_hex(&manifest),
+        step: state.step,
+        parameters: model.parameter_count(),
+        image_size: cfg.model.image_size,
+        channels: cfg.model.in_channels,
+        classes: class_names(&cfg),
+        defaults: cfg.sample.clone(),
+        timesteps: cfg.diffusion.timesteps,
+        device: format!("{device:?}").to_lowercase(),
+        config: cfg.clone(),
+    };
+    let reference = Reference::from_data(&cfg.data);
+    Ok(Loaded { model, info, reference })
+}

@@ -1,0 +1,145 @@
+//! The body of POST /v1/generate, checked field by field. Every problem is a 400 whose JSON
+//! names the field, what was given and what is allowed.
+
+use crate::config::ServeConfig;
+use difforge_diffusion::{SamplerConfig, SamplerKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    pub class: Option<i64>,
+    pub n: Option<usize>,
+    pub steps: Option<usize>,
+    pub sampler: Option<String>,
+    pub guidance: Option<f64>,
+    pub seed: Option<u64>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Png,
+    Json,
+}
+
+/// A validated request.
+#[derive(Debug, Clone)]
+pub struct Generate {
+    /// None: the null class (unconditional sample) or an unconditional model.
+    pub class: Option<i64>,
+    pub n: usize,
+    pub sampler: SamplerConfig,
+    pub seed: u64,
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: String) -> FieldError {
+        FieldError { field: field.to_string(), message }
+    }
+}
+
+/// Parses the body; unknown fields and wrong types name the field.
+pub fn parse(bytes: &[u8]) -> Result<GenerateBody, FieldError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(GenerateBody::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        // serde names an unknown field in its message, not in the path.
+        let field = if path == "." {
+            msg.split('`').nth(1).unwrap_or("body").to_string()
+        } else {
+            path
+        };
+        FieldError::new(&field, msg)
+    })
+}
+
+pub struct Limits<'a> {
+    pub serve: &'a ServeConfig,
+    pub num_classes: i64,
+    pub defaults: &'a SamplerConfig,
+    pub timesteps: usize,
+}
+
+pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<Generate, FieldError> {
+    let s = limits.serve;
+    let class = match (body.class, limits.num_classes) {
+        (None, _) => None,
+        (Some(_), 0) => return Err(FieldError::new("class", "this model is unconditional: omit `class`".into())),
+        (Some(c), k) if !(0..k).contains(&c) => {
+            return Err(FieldError::new("class", format!("{c} is out of range: expected 0..={} (or omit it for an unconditional sample)", k - 1)));
+        }
+        (Some(c), _) => Some(c),
+    };
+    let n = body.n.unwrap_or(1);
+    if !(1..=s.max_images).contains(&n) {
+        return Err(FieldError::new("n", format!("{n} is out of range: expected 1..={}", s.max_images)));
+    }
+    let mut sampler = limits.defaults.clone();
+    if let Some(steps) = body.steps {
+        let max = s.max_steps.min(limits.timesteps);
+        if !(1..=max).contains(&steps) {
+            return Err(FieldError::new("steps", format!("{steps} is out of range: expected 1..={max}")));
+        }
+        sampler.steps = steps;
+    }
+    if let Some(name) = &body.sampler {
+        sampler.sampler = SamplerKind::parse(name).ok_or_else(|| FieldError::new("sampler", format!("\"{name}\": expected \"ddpm\", \"ddim\" or \"dpm++2m\"")))?;
+    }
+    if let Some(g) = body.guidance {
+        if !(g.is_finite() && (0.0..=s.max_guidance).contains(&g)) {
+            return Err(FieldError::new("guidance", format!("{g} is out of range: expected 0..={}", s.max_guidance)));
+        }
+        sampler.guidance = g;
+    }
+    let format = match body.format.as_deref() {
+        None | Some("png") => Format::Png,
+        Some("json") => Format::Json,
+        Some(other) => return Err(FieldError::new("format", format!("\"{other}\": expected \"png\" or \"json\""))),
+    };
+    Ok(Generate { class, n, sampler, seed: body.seed.unwrap_or(fresh_seed), format })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits<'a>(serve: &'a ServeConfig, defaults: &'a SamplerConfig) -> Limits<'a> {
+        Limits { serve, num_classes: 10, defaults, timesteps: 1000 }
+    }
+
+    #[test]
+    fn fields_are_checked_and_named() {
+        let (serve, defaults) = (ServeConfig::default(), SamplerConfig::default());
+        let l = limits(&serve, &defaults);
+        let err = |json: &str| match parse(json.as_bytes()) {
+            Err(e) => e,
+            Ok(b) => validate(b, &l, 1).unwrap_err(),
+        };
+        assert_eq!(err(r#"{"class": 10}"#).field, "class");
+        assert_eq!(err(r#"{"n": 0}"#).field, "n");
+        assert_eq!(err(r#"{"n": 17}"#).field, "n");
+        assert_eq!(err(r#"{"steps": 0}"#).field, "steps");
+        assert_eq!(err(r#"{"sampler": "euler"}"#).field, "sampler");
+        assert_eq!(err(r#"{"guidance": -1}"#).field, "guidance");
+        assert_eq!(err(r#"{"format": "gif"}"#).field, "format");
+        assert_eq!(err(r#"{"n": "three"}"#).field, "n");
+        assert_eq!(err(r#"{"colour": 1}"#).field, "colour");
+        let ok = validate(parse(br#"{"class": 3, "n": 2, "seed": 9, "steps": 5, "format": "json"}"#).unwrap(), &l, 1).unwrap();
+        assert_eq!((ok.class, ok.n, ok.seed, ok.sampler.steps, ok.format), (Some(3), 2, 9, 5, Format::Json));
+        assert_eq!(validate(GenerateBody::default(), &l, 77).unwrap().seed, 77);
+    }
+}

@@ -1,0 +1,115 @@
+//! Building the router, listening, SIGHUP reloads and graceful shutdown (SIGTERM/SIGINT: stop
+//! accepting, answer everything queued, then exit).
+
+use crate::auth::Keys;
+use crate::config::ServeConfig;
+use crate::drift::Rolling;
+use crate::metrics::Metrics;
+use crate::routes::{self, AppState};
+use crate::worker::{self, Shared};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub struct ServeOptions {
+    pub checkpoint: PathBuf,
+    pub config: ServeConfig,
+    pub keys: Keys,
+}
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let limit = app.config.max_body_bytes;
+    Router::new()
+        .route("/", get(routes::page))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/generate", post(routes::generate))
+        .route("/admin/reload", post(routes::reload))
+        .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), routes::authorize))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(move |r: axum::response::Response| async move {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                routes::body_too_large(limit)
+            } else {
+                r
+            }
+        }))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), routes::observe))
+        .with_state(app)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    eprintln!("shutting down: finishing queued requests");
+}
+
+async fn reload_on_sighup(app: Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match routes::reload_checkpoint(&app, None).await {
+            Ok(info) => eprintln!("SIGHUP: reloaded {} ({})", info.checkpoint.display(), info.checkpoint_hash),
+            Err(e) => eprintln!("SIGHUP: reload refused, the running model stays: {e}"),
+        }
+    }
+}
+
+/// Loads the model, serves until SIGTERM/SIGINT, drains the queue and returns.
+pub fn serve(opts: ServeOptions) -> Result<(), String> {
+    let cfg = opts.config.clone();
+    let device = difforge_train::trainer::device_for(&cfg.device, cfg.threads).map_err(|e| e.to_string())?;
+    let loaded = crate::loaded::load(&opts.checkpoint, device)?;
+    let metrics = Metrics::new().map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        info: RwLock::new(loaded.info.clone()),
+        model: Mutex::new(loaded),
+        metrics,
+        rolling: Mutex::new(Rolling::new(cfg.drift_window)),
+        ready: AtomicBool::new(true),
+        worker_alive: AtomicBool::new(true),
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
+    let worker = worker::spawn(shared.clone(), rx, cfg.clone());
+    let seed0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let app = Arc::new(AppState {
+        shared,
+        jobs: Mutex::new(Some(tx)),
+        keys: opts.keys,
+        config: cfg.clone(),
+        checkpoint: tokio::sync::Mutex::new(opts.checkpoint.clone()),
+        device,
+        seeds: AtomicU64::new(seed0),
+        request_ids: AtomicU64::new(1),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&cfg.bind).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        if app.keys.is_open() {
+            eprintln!("warning: no API keys configured: the API is open to anyone who can reach {addr}");
+        }
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        tokio::spawn(reload_on_sighup(app.clone()));
+        axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+    })?;
+    // Every connection is closed: drop the queue's sender so the worker ends once drained.
+    app.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let _ = worker.join();
+    eprintln!("stopped");
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The one thread that owns the model. It takes requests from the bounded queue, merges the
+//! compatible ones (same sampler, steps and guidance) into a batch of at most `max_batch`
+//! images, waiting at most `max_wait_ms` for company, runs the batch and sends each request its
+//! own images back.
+
+use crate::config::ServeConfig;
+use crate::drift::Rolling;
+use crate::loaded::{Loaded, ModelInfo};
+use crate::metrics::Metrics;
+use crate::request::Generate;
+use difforge_train::generate::{generate, GenerateSpec};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Images of one request: planar floats in [-1, 1], `n` x C x S x S.
+#[derive(Debug)]
+pub struct Images {
+    pub data: Vec<f32>,
+    pub count: usize,
+    pub channels: usize,
+    pub side: usize,
+}
+
+pub struct Job {
+    pub request: Generate,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+    pub reply: tokio::sync::oneshot::Sender<Result<Images, String>>,
+}
+
+/// State shared by the worker and the HTTP handlers.
+pub struct Shared {
+    /// Locked by the worker for each batch; a reload swaps the model between batches, so
+    /// requests in flight finish on the model they started with.
+    pub model: Mutex<Loaded>,
+    pub info: RwLock<ModelInfo>,
+    pub metrics: Metrics,
+    pub rolling: Mutex<Rolling>,
+    pub ready: AtomicBool,
+    pub worker_alive: AtomicBool,
+}
+
+/// Requests that can share a batch agree on these.
+fn batch_key(g: &Generate) -> (&'static str, usize, u64, u64) {
+    (g.sampler.sampler.name(), g.sampler.steps, g.sampler.guidance.to_bits(), g.sampler.eta.to_bits())
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    rx: Receiver<Job>,
+    cfg: ServeConfig,
+    pending: VecDeque<Job>,
+}
+
+impl Worker {
+    fn next(&mut self, wait: Option<Duration>) -> Option<Job> {
+        if let Some(j) = self.pending.pop_front() {
+            return Some(j);
+        }
+        let job = match wait {
+            None => self.rx.recv().ok(),
+            Some(d) => match self.rx.recv_timeout(d) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        if job.is_some() {
+            self.shared.metrics.queue_depth.dec();
+        }
+        job
+    }
+
+    /// The first waiting request and those that can join it.
+    fn collect(&mut self, first: Job) -> Vec<Job> {
+        let key = batch_key(&first.request);
+        let mut images = first.request.n;
+        let mut batch = vec![first];
+        if !self.cfg.batching {
+            return batch;
+        }
+        let until = Instant::now() + Duration::from_millis(self.cfg.max_wait_ms);
+        let mut skipped = VecDeque::new();
+        while images < self.cfg.max_batch {
+            let left = until.saturating_duration_since(Instant::now());
+            // Queued requests are taken first, then the queue is watched until `until`.
+            let job = match self.pending.pop_front() {
+                Some(j) => Some(j),
+                None if left.is_zero() => match self.rx.try_recv() {
+                    Ok(j) => {
+                        self.shared.metrics.queue_depth.dec();
+                        Some(j)
+                    }
+                    Err(_) => None,
+                },
+                None => match self.rx.recv_timeout(left) {
+                    Ok(j) => {
+                        self.shared.metrics.queue_depth.dec();
+                        Some(j)
+                    }
+                    Err(_) => None,
+                },
+            };
+            let Some(job) = job else { break };
+            if batch_key(&job.request) == key && images + job.request.n <= self.cfg.max_batch {
+                images += job.request.n;
+                batch.push(job);
+            } else {
+                skipped.push_back(job);
+            }
+        }
+        skipped.extend(self.pending.drain(..));
+        self.pending = skipped;
+        batch
+    }
+
+    fn run(&mut self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
+        for j in expired {
+            let _ = j.reply.send(Err("timed out in the queue".into()));
+        }
+        if live.is_empty() {
+            return;
+        }
+        for j in &live {
+            self.shared.metrics.queue_wait.observe(now.duration_since(j.enqueued).as_secs_f64());
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live)));
+        match outcome {
+            Ok(per_job) => {
+                for (job, images) in live.into_iter().zip(per_job) {
+                    let _ = job.reply.send(Ok(images));
+                }
+            }
+            Err(_) => {
+                tracing::error!("the model failed on a batch of {} request(s)", live.len());
+                for job in live {
+                    let _ = job.reply.send(Err("the model failed on this batch".into()));
+                }
+            }
+        }
+    }
+
+    fn compute(&self, jobs: &[Job]) -> Vec<Images> {
+        let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
+        let cfg = &loaded.model.config;
+        let null = cfg.model.null_class();
+        let conditional = cfg.model.num_classes > 0;
+        let mut classes = Vec::new();
+        let mut seeds = Vec::new();
+        for j in jobs {
+            let r = &j.request;
+            classes.extend(std::iter::repeat_n(r.class.unwrap_or(null), r.n));
+            seeds.extend((0..r.n as u64).map(|k| r.seed.wrapping_add(k)));
+        }
+        let total = seeds.len();
+        let start = Instant::now();
+        let spec = GenerateSpec {
+            classes: conditional.then_some(classes),
+            seeds,
+            sampler: &jobs[0].request.sampler,
+            use_ema: true,
+            max_batch: self.cfg.max_batch,
+            fixed_batch: true,
+        };
+        let images = generate(&loaded.model, &spec);
+        let m = &self.shared.metrics;
+        m.compute.observe(start.elapsed().as_secs_f64());
+        m.batch_images.observe(total as f64);
+        m.images.inc_by(total as u64);
+        let (c, s) = (cfg.model.in_channels as usize, cfg.model.image_size as usize);
+        let data = difforge_train::generate::to_vec(&images);
+        let per = c * s * s;
+        {
+            let mut rolling = self.shared.rolling.lock().unwrap_or_else(|p| p.into_inner());
+            for img in data.chunks(per) {
+                rolling.push(img.iter().map(|&v| f64::from(v)).sum::<f64>() / per as f64);
+            }
+            if let Some(mean) = rolling.mean() {
+                m.output_mean.set(mean);
+            }
+            if let Some(d) = loaded.reference.as_ref().and_then(|r| rolling.drift(r)) {
+                m.output_drift.set(d);
+            }
+        }
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut offset = 0;
+        for j in jobs {
+            let n = j.request.n;
+            let label = j.request.class.map_or("none".to_string(), |c| c.to_string());
+            m.images_by_class.with_label_values(&[label.as_str()]).inc_by(n as u64);
+            out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, side: s });
+            offset += n;
+        }
+        out
+    }
+}
+
+/// Starts the worker; it ends when every sender is dropped and the queue is drained.
+pub fn spawn(shared: Arc<Shared>, rx: Receiver<Job>, cfg: ServeConfig) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("difforge-worker".into())
+        .spawn(move || {
+            let mut w = Worker { shared: shared.clone(), rx, cfg, pending: VecDeque::new() };
+            while let Some(first) = w.next(None) {
+                let batch = w.collect(first);
+                w.run(batch);
+            }
+            shared.worker_alive.store(false, Ordering::SeqCst);
+        })
+        .expect("the worker thread starts")
+}
