@@ -163,7 +163,8 @@ impl Worker {
             seeds,
             sampler: &jobs[0].request.sampler,
             use_ema: true,
-            max_batch: self.cfg.max_batch,
+            // Without batching every image runs alone: still a fixed size, so still repeatable.
+            max_batch: if self.cfg.batching { self.cfg.max_batch } else { 1 },
             fixed_batch: true,
         };
         let images = generate(&loaded.model, &spec);
