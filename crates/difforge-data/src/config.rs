@@ -83,7 +83,8 @@ pub struct DataConfig {
     pub path: Option<PathBuf>,
     /// IDX labels file; by default derived from `path` ("images-idx3" -> "labels-idx1").
     pub labels_path: Option<PathBuf>,
-    /// Class names in label order for IDX data (folders use subfolder names, digits "0".."9").
+    /// Class names in label order: for IDX data; for folders, the label of each subfolder
+    /// (default: the sorted subfolder names); unused for digits ("0".."9").
     pub class_names: Vec<String>,
     /// Side of the square images the model sees, in pixels.
     pub image_size: u32,

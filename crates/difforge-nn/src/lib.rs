@@ -5,10 +5,12 @@
 pub mod activation;
 pub mod classifier;
 pub mod error;
+pub mod lora;
 pub mod unet;
 pub mod weights;
 
 pub use activation::Activation;
 pub use classifier::{Classifier, ClassifierConfig};
 pub use error::NnError;
+pub use lora::{LoraConfig, LoraSpec, LoraTarget};
 pub use unet::{UNet, UNetConfig};

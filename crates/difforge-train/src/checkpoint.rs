@@ -127,23 +127,41 @@ pub fn remove_stale_temporaries(run_dir: &Path) -> Result<(), TrainError> {
 
 fn write(run_dir: &Path, name: &str, model: &DiffusionModel, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
+    let to_cpu = |v: Vec<(String, tch::Tensor)>| -> Vec<(String, tch::Tensor)> {
+        v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect()
+    };
+    let tensors = CheckpointTensors {
+        model: to_cpu(sorted_variables(&model.vs)),
+        ema: to_cpu(sorted_variables(&model.ema_vs)),
+        optimizer: to_cpu(opt.state()),
+    };
+    write_folder(&root.join(name), &tensors, state, &model.config)
+}
+
+/// What a checkpoint folder holds besides its state and config.
+pub struct CheckpointTensors {
+    pub model: Vec<(String, tch::Tensor)>,
+    pub ema: Vec<(String, tch::Tensor)>,
+    pub optimizer: Vec<(String, tch::Tensor)>,
+}
+
+/// Writes a complete checkpoint folder at `final_dir`: files into a temporary sibling, synced,
+/// listed with their SHA-256 in the manifest, then the folder renamed into place.
+pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &TrainState, config: &RunConfig) -> Result<PathBuf, TrainError> {
+    let root = final_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = final_dir.file_name().map_or("checkpoint".to_string(), |n| n.to_string_lossy().into_owned());
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
-    let final_dir = root.join(name);
     let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-
-    let to_cpu = |v: Vec<(String, tch::Tensor)>| -> Vec<(String, tch::Tensor)> {
-        v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect()
-    };
-    tch::Tensor::write_safetensors(&to_cpu(sorted_variables(&model.vs)), tmp.join(MODEL_FILE)).map_err(torch_err(&tmp))?;
-    tch::Tensor::write_safetensors(&to_cpu(sorted_variables(&model.ema_vs)), tmp.join(EMA_FILE)).map_err(torch_err(&tmp))?;
-    tch::Tensor::write_safetensors(&to_cpu(opt.state()), tmp.join(OPTIMIZER_FILE)).map_err(torch_err(&tmp))?;
+    tch::Tensor::write_safetensors(&tensors.model, tmp.join(MODEL_FILE)).map_err(torch_err(&tmp))?;
+    tch::Tensor::write_safetensors(&tensors.ema, tmp.join(EMA_FILE)).map_err(torch_err(&tmp))?;
+    tch::Tensor::write_safetensors(&tensors.optimizer, tmp.join(OPTIMIZER_FILE)).map_err(torch_err(&tmp))?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Other(e.to_string()))?;
     write_atomic(&tmp.join(STATE_FILE), &state_json).map_err(|e| TrainError::io(tmp.join(STATE_FILE), e))?;
-    write_atomic(&tmp.join(CONFIG_FILE), model.config.to_toml().as_bytes()).map_err(|e| TrainError::io(tmp.join(CONFIG_FILE), e))?;
+    write_atomic(&tmp.join(CONFIG_FILE), config.to_toml().as_bytes()).map_err(|e| TrainError::io(tmp.join(CONFIG_FILE), e))?;
 
     let mut files = Vec::new();
     for name in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE] {
@@ -161,14 +179,14 @@ fn write(run_dir: &Path, name: &str, model: &DiffusionModel, opt: &AdamW, state:
     if final_dir.exists() {
         // Move the old one aside first: a crash in between leaves a temporary, never a mix.
         let old = root.join(format!(".tmp-old-{name}-{}", std::process::id()));
-        std::fs::rename(&final_dir, &old).map_err(|e| TrainError::io(&final_dir, e))?;
-        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        std::fs::rename(final_dir, &old).map_err(|e| TrainError::io(final_dir, e))?;
+        std::fs::rename(&tmp, final_dir).map_err(|e| TrainError::io(final_dir, e))?;
         std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
     } else {
-        std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        std::fs::rename(&tmp, final_dir).map_err(|e| TrainError::io(final_dir, e))?;
     }
     difforge_core::atomic::sync_dir(&root).map_err(|e| TrainError::io(&root, e))?;
-    Ok(final_dir)
+    Ok(final_dir.to_path_buf())
 }
 
 /// Removes all but the newest `keep` checkpoints, and stale temporary folders.
@@ -282,4 +300,43 @@ pub fn load_optimizer(dir: &Path, opt: &mut AdamW, steps: u64, device: Device) -
     let named = tch::Tensor::read_safetensors(&path).map_err(torch_err(&path))?;
     let named = named.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
     opt.load_state(&named, steps).map_err(|e| TrainError::checkpoint(&path, e))
+}
+
+/// Starts `model` from a trained checkpoint's EMA weights (raw and EMA alike). Adapter variables
+/// keep their fresh initialisation; a class embedding that grew keeps the old rows, moves the
+/// null row to its new place and starts new classes at the mean of the old ones.
+pub fn init_from(dir: &Path, model: &mut DiffusionModel) -> Result<(), TrainError> {
+    let path = dir.join(EMA_FILE);
+    let base: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(&path).map_err(torch_err(&path))?.into_iter().collect();
+    for vs in [&model.vs, &model.ema_vs] {
+        for (name, var) in sorted_variables(vs) {
+            if difforge_nn::lora::is_lora_variable(&name) {
+                continue;
+            }
+            let src = base.get(&name).ok_or_else(|| TrainError::checkpoint(&path, format!("tensor `{name}` is missing from the base")))?;
+            let src = src.to_device(var.device());
+            let value = if name == "class_embedding.weight" && src.size() != var.size() {
+                grow_class_embedding(&src, &var, &path)?
+            } else if src.size() != var.size() {
+                return Err(TrainError::checkpoint(&path, format!("tensor `{name}` has shape {:?} in the base, the model expects {:?}", src.size(), var.size())));
+            } else {
+                src
+            };
+            tch::no_grad(|| var.shallow_clone().copy_(&value));
+        }
+    }
+    Ok(())
+}
+
+fn grow_class_embedding(src: &tch::Tensor, var: &tch::Tensor, path: &Path) -> Result<tch::Tensor, TrainError> {
+    let (old_rows, new_rows) = (src.size()[0], var.size()[0]);
+    if new_rows < old_rows || src.size()[1] != var.size()[1] {
+        return Err(TrainError::checkpoint(path, format!("the base has {} classes, the fine-tune {}: classes can be added, not removed", old_rows - 1, new_rows - 1)));
+    }
+    let (k_old, k_new) = (old_rows - 1, new_rows - 1);
+    let old_classes = src.narrow(0, 0, k_old);
+    let mean = old_classes.mean_dim([0i64].as_slice(), true, tch::Kind::Float);
+    let added = mean.expand([k_new - k_old, src.size()[1]], false);
+    Ok(tch::Tensor::cat(&[old_classes, added, src.narrow(0, k_old, 1)], 0))
 }

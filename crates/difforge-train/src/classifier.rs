@@ -147,6 +147,8 @@ pub fn load_judge(dir: &Path, device: Device) -> Result<Judge, TrainError> {
 pub struct JudgeReport {
     pub samples: usize,
     pub accuracy: f64,
+    /// Mean pixel value of the samples on [-1, 1] (a simple style statistic).
+    pub mean_pixel: f64,
     pub per_class_accuracy: Vec<f64>,
     /// confusion[asked][judged]
     pub confusion: Vec<Vec<usize>>,
@@ -173,6 +175,7 @@ pub fn judge(j: &Judge, images: &Tensor, asked: &[i64]) -> JudgeReport {
     let correct = asked.iter().zip(&pred).filter(|(a, p)| a == p).count();
     JudgeReport {
         samples: asked.len(),
+        mean_pixel: images.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]),
         accuracy: if asked.is_empty() { 0.0 } else { correct as f64 / asked.len() as f64 },
         per_class_accuracy,
         confusion,

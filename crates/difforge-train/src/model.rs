@@ -28,11 +28,17 @@ pub fn sorted_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
 impl DiffusionModel {
     /// A freshly initialised model; the initial weights depend only on the seed.
     pub fn new(config: &RunConfig, device: Device) -> Result<DiffusionModel, TrainError> {
+        DiffusionModel::with_lora_scale(config, device, 1.0)
+    }
+
+    /// A model whose LoRA adapters (if the config has `[lora]`) act at `scale`.
+    pub fn with_lora_scale(config: &RunConfig, device: Device, scale: f64) -> Result<DiffusionModel, TrainError> {
         tch::manual_seed(derive_seed(config.seed, Stream::Init, 0) as i64 >> 1);
+        let spec = config.lora.clone().map(|c| difforge_nn::LoraSpec { config: c, scale });
         let vs = VarStore::new(device);
-        let unet = UNet::new(&vs.root(), &config.model)?;
+        let unet = UNet::with_lora(&vs.root(), &config.model, spec.as_ref())?;
         let mut ema_vs = VarStore::new(device);
-        let ema = UNet::new(&ema_vs.root(), &config.model)?;
+        let ema = UNet::with_lora(&ema_vs.root(), &config.model, spec.as_ref())?;
         ema_vs.copy(&vs)?;
         ema_vs.freeze();
         Ok(DiffusionModel { config: config.clone(), device, vs, unet, ema_vs, ema, schedule: NoiseSchedule::from_config(&config.diffusion) })
@@ -44,6 +50,23 @@ impl DiffusionModel {
 
     pub fn ema_parameters(&self) -> Vec<Tensor> {
         sorted_variables(&self.ema_vs).into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The variables that train: only the adapters with `[lora]`, else all. The others are
+    /// frozen (no gradient).
+    pub fn trainable(&self) -> (Vec<(String, Tensor)>, Vec<Tensor>) {
+        let lora = self.config.lora.is_some();
+        let keep = |n: &str| !lora || difforge_nn::lora::is_lora_variable(n);
+        let mut params = Vec::new();
+        for (name, t) in self.parameters() {
+            if keep(&name) {
+                params.push((name, t));
+            } else {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        let ema = sorted_variables(&self.ema_vs).into_iter().filter(|(n, _)| keep(n)).map(|(_, t)| t).collect();
+        (params, ema)
     }
 
     pub fn parameter_count(&self) -> i64 {

@@ -64,6 +64,8 @@ pub struct TrainSummary {
     pub val_images: usize,
     pub skipped_files: usize,
     pub checkpoint: Option<PathBuf>,
+    /// The LoRA adapter file, for LoRA fine-tunes.
+    pub adapter: Option<PathBuf>,
     pub sample_grid: Option<PathBuf>,
     pub weights_checksum: f64,
 }
@@ -222,6 +224,8 @@ struct Trainer {
     opt: AdamW,
     ema_params: Vec<Tensor>,
     loader: Loader,
+    /// Base-model samples mixed into every step (prior preservation).
+    prior: Option<Loader>,
     validator: Option<Validator>,
     metrics: JsonLines,
     val_log: JsonLines,
@@ -247,6 +251,11 @@ impl Trainer {
             let batch = self.loader.train_batch(draw, t.batch_size);
             let mb = make_micro_batch(&self.model, &batch, draw);
             let mut loss = loss_of(&self.model, &mb) / t.grad_accum as f64;
+            if let Some(prior) = self.prior.as_mut() {
+                let pb = prior.train_batch(draw, t.batch_size);
+                let pmb = make_micro_batch(&self.model, &pb, draw | (1 << 62));
+                loss = loss + loss_of(&self.model, &pmb) * (self.cfg.finetune.prior_weight / t.grad_accum as f64);
+            }
             if t.debug_nan_steps.contains(&step) && self.injected.insert(step) {
                 loss = loss * f64::NAN;
             }
@@ -388,10 +397,20 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     }
     let (model, state) = match &resume_from {
         Some((dir, state)) => (checkpoint::load_model(dir, &cfg, device)?, state.clone()),
-        None => (DiffusionModel::new(&cfg, device)?, TrainState::fresh()),
+        None => {
+            let mut model = DiffusionModel::new(&cfg, device)?;
+            if let Some(from) = &cfg.finetune.from {
+                let dir = checkpoint::resolve(from)?;
+                checkpoint::init_from(&dir, &mut model)?;
+                eprintln!("fine-tuning from {}{}", dir.display(), if cfg.lora.is_some() { " with LoRA adapters (the base is frozen)" } else { "" });
+            }
+            (model, TrainState::fresh())
+        }
     };
     let t = cfg.train.clone();
-    let mut opt = AdamW::new(model.parameters(), AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let (trainable, ema_params) = model.trainable();
+    let mut opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let prior = crate::prior::prior_loader(&cfg, device)?;
     if let Some((dir, st)) = &resume_from {
         checkpoint::load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
         eprintln!("resuming from {} (step {})", dir.display(), st.step);
@@ -403,7 +422,8 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     let val_indices: Vec<usize> = split.val.iter().copied().take(t.val_images).collect();
     let validator = (t.val_every > 0 && !val_indices.is_empty()).then(|| Validator::new(&model, &loader.fixed_batch(&val_indices), t.val_repeats, t.val_bands));
     let mut tr = Trainer {
-        ema_params: model.ema_parameters(),
+        ema_params,
+        prior,
         opt,
         loader,
         validator,
@@ -472,6 +492,14 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     if !interrupted {
         last_grid = Some(write_samples(&tr.model, &run_dir, tr.state.step)?);
     }
+    let adapter = match (&tr.cfg.lora, &tr.cfg.finetune.from) {
+        (Some(_), Some(from)) => {
+            let path = run_dir.join("lora.safetensors");
+            crate::adapter::save(&path, &tr.model, &checkpoint::resolve(from)?)?;
+            Some(path)
+        }
+        _ => None,
+    };
     let run_images = (tr.state.step.saturating_sub(first_step)) * per_step;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
@@ -496,6 +524,7 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         val_images: split.val.len(),
         skipped_files: set.skipped.len(),
         checkpoint: tr.last_checkpoint.clone(),
+        adapter,
         sample_grid: last_grid,
         weights_checksum: tr.model.checksum(),
     };

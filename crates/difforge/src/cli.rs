@@ -26,6 +26,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Fine-tune a trained model on a folder of images: all weights, or LoRA adapters.
+    Finetune(FinetuneArgs),
+    /// LoRA adapters.
+    Lora {
+        #[command(subcommand)]
+        command: LoraCommand,
+    },
     /// Measure training and sampling throughput of a model (compare with tools/bench_torch.py).
     Bench(crate::commands::bench::BenchArgs),
     /// Train every combination of a grid and rank them by the validation metric.
@@ -67,6 +74,46 @@ pub struct TrainArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// The base: a checkpoint folder or a run folder (its best, else newest good checkpoint).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// A folder of images (class = first-level subfolder; names matching the base's classes
+    /// keep their labels, new names become new classes).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// "lora" (train adapters, base frozen) or "full" (train every weight).
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    /// A TOML file merged over the base's config: [train] (lr, steps, ...), [lora], [finetune].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run folder (default: runs/finetune).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum LoraCommand {
+    /// Fold an adapter into its base's weights and write a new checkpoint folder.
+    Merge {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        lora: PathBuf,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// The new checkpoint folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -135,6 +182,12 @@ pub struct SamplingArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub raw: bool,
+    /// A LoRA adapter trained on this checkpoint, applied unmerged.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Strength of the adapter (1 = as trained).
+    #[arg(long, default_value_t = 1.0)]
+    pub lora_scale: f64,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -60,13 +60,25 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<image::DynamicImage, Strin
     reader.decode().map_err(|e| e.to_string())
 }
 
-pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64) -> Result<ImageSet, DataError> {
+/// Loads a folder. With `known_classes` (data.class_names) the subfolders are labelled by their
+/// position in that list (a fine-tune keeps its base's labels); otherwise by sorted name.
+pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classes: &[String]) -> Result<ImageSet, DataError> {
     if !root.is_dir() {
         return Err(DataError::Invalid(format!("data.path = {}: not a folder", root.display())));
     }
     let files = list_images(root)?;
     let classes: BTreeSet<String> = files.iter().filter_map(|f| class_of(root, f)).collect();
-    let class_names: Vec<String> = classes.into_iter().collect();
+    let class_names: Vec<String> = if known_classes.is_empty() {
+        classes.into_iter().collect()
+    } else {
+        if let Some(unknown) = classes.iter().find(|c| !known_classes.contains(c)) {
+            return Err(DataError::Invalid(format!(
+                "{}: subfolder `{unknown}` is not one of data.class_names {known_classes:?}",
+                root.display()
+            )));
+        }
+        known_classes.to_vec()
+    };
     let decoded: Vec<Result<Pixels, String>> =
         files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
 

@@ -20,7 +20,7 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
         SourceKind::Digits => load_digits(&prep)?,
         SourceKind::Folder => {
             let path = config.path.as_deref().ok_or(DataError::MissingPath("folder"))?;
-            load_folder(path, &prep, config.max_pixels)?
+            load_folder(path, &prep, config.max_pixels, &config.class_names)?
         }
         SourceKind::Idx => {
             let path = config.path.as_deref().ok_or(DataError::MissingPath("idx"))?;

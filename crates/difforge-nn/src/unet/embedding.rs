@@ -2,6 +2,7 @@
 //! with one extra row for the null class.
 
 use crate::activation::Activation;
+use crate::lora::{self, LoraSpec, LoraTarget};
 use tch::{nn, Kind, Tensor};
 
 /// Sinusoidal features of (possibly fractional) timesteps: [cos(t w_i), sin(t w_i)], with
@@ -16,20 +17,21 @@ pub fn timestep_features(t: &Tensor, dim: i64) -> Tensor {
 #[derive(Debug)]
 pub struct Conditioning {
     features: i64,
-    linear_1: nn::Linear,
-    linear_2: nn::Linear,
+    linear_1: lora::Linear,
+    linear_2: lora::Linear,
     class_embedding: Option<nn::Embedding>,
     activation: Activation,
 }
 
 impl Conditioning {
-    pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation) -> Conditioning {
+    pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation, lora: Option<&LoraSpec>) -> Conditioning {
+        let lora = lora.filter(|l| l.wants(LoraTarget::Embedding));
         let class_embedding = (num_classes > 0)
             .then(|| nn::embedding(p / "class_embedding", num_classes + 1, dim, Default::default()));
         Conditioning {
             features,
-            linear_1: nn::linear(p / "time_embedding" / "linear_1", features, dim, Default::default()),
-            linear_2: nn::linear(p / "time_embedding" / "linear_2", dim, dim, Default::default()),
+            linear_1: lora::Linear::new(p / "time_embedding" / "linear_1", features, dim, Default::default(), lora),
+            linear_2: lora::Linear::new(p / "time_embedding" / "linear_2", dim, dim, Default::default(), lora),
             class_embedding,
             activation,
         }
@@ -38,7 +40,7 @@ impl Conditioning {
     /// The embedding added to every residual block: time MLP + class row.
     pub fn forward(&self, t: &Tensor, class: Option<&Tensor>) -> Tensor {
         let f = timestep_features(t, self.features);
-        let emb = self.activation.apply(&f.apply(&self.linear_1)).apply(&self.linear_2);
+        let emb = self.linear_2.forward(&self.activation.apply(&self.linear_1.forward(&f, false)), false);
         match (&self.class_embedding, class) {
             (Some(table), Some(c)) => emb + c.apply(table),
             _ => emb,

@@ -14,6 +14,7 @@ pub use config::UNetConfig;
 pub use embedding::timestep_features;
 
 use crate::error::NnError;
+use crate::lora::LoraSpec;
 use embedding::Conditioning;
 use resample::{Downsample, Upsample};
 use resnet::{conv3x3, BlockOptions, ResBlock};
@@ -30,7 +31,7 @@ impl Stage {
     fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
         let h = self.res.forward(x, emb, train);
         match &self.attn {
-            Some(a) => a.forward(&h),
+            Some(a) => a.forward(&h, train),
             None => h,
         }
     }
@@ -60,11 +61,16 @@ pub struct UNet {
 impl UNet {
     /// Builds the network under `p`; the config must be resolved (channels and size known).
     pub fn new(p: &nn::Path, config: &UNetConfig) -> Result<UNet, NnError> {
+        UNet::with_lora(p, config, None)
+    }
+
+    /// Builds the network with LoRA adapters on the targeted layers.
+    pub fn with_lora(p: &nn::Path, config: &UNetConfig, lora: Option<&LoraSpec>) -> Result<UNet, NnError> {
         config.validate().map_err(NnError::Config)?;
         let c = config;
         let emb = c.embed_dim();
         let opts = BlockOptions { groups: c.groups, activation: c.activation, dropout: c.dropout, scale_shift: c.scale_shift };
-        let attn = |p: nn::Path, ch: i64| SelfAttention::new(&p, ch, c.heads, c.groups);
+        let attn = |p: nn::Path, ch: i64| SelfAttention::new(&p, ch, c.heads, c.groups, lora);
         let levels = c.channel_mult.len();
         let sides = c.level_sides();
 
@@ -77,7 +83,7 @@ impl UNet {
             let out = c.level_channels(i);
             let mut stages = Vec::new();
             for j in 0..c.res_blocks {
-                let res = ResBlock::new(&(&lp / "res" / j), ch, out, emb, &opts);
+                let res = ResBlock::new(&(&lp / "res" / j), ch, out, emb, &opts, lora);
                 let attn = c.attention_resolutions.contains(&side).then(|| attn(&lp / "attn" / j, out));
                 stages.push(Stage { res, attn });
                 ch = out;
@@ -90,9 +96,9 @@ impl UNet {
             down.push(Level { stages, resample_down, resample_up: None });
         }
 
-        let mid_res1 = ResBlock::new(&(p / "mid" / "res1"), ch, ch, emb, &opts);
+        let mid_res1 = ResBlock::new(&(p / "mid" / "res1"), ch, ch, emb, &opts, lora);
         let mid_attn = c.mid_attention.then(|| attn(p / "mid" / "attn", ch));
-        let mid_res2 = ResBlock::new(&(p / "mid" / "res2"), ch, ch, emb, &opts);
+        let mid_res2 = ResBlock::new(&(p / "mid" / "res2"), ch, ch, emb, &opts, lora);
 
         let mut up = Vec::with_capacity(levels);
         for i in (0..levels).rev() {
@@ -101,7 +107,7 @@ impl UNet {
             let mut stages = Vec::new();
             for j in 0..=c.res_blocks {
                 let skip = skips.pop().expect("one skip per down stage");
-                let res = ResBlock::new(&(&lp / "res" / j), ch + skip, out, emb, &opts);
+                let res = ResBlock::new(&(&lp / "res" / j), ch + skip, out, emb, &opts, lora);
                 let attn = c.attention_resolutions.contains(&sides[i]).then(|| attn(&lp / "attn" / j, out));
                 stages.push(Stage { res, attn });
                 ch = out;
@@ -112,7 +118,7 @@ impl UNet {
 
         Ok(UNet {
             config: c.clone(),
-            cond: Conditioning::new(p, c.channels, emb, c.num_classes, c.activation),
+            cond: Conditioning::new(p, c.channels, emb, c.num_classes, c.activation, lora),
             conv_in,
             down,
             mid_res1,
@@ -146,7 +152,7 @@ impl UNet {
         }
         h = self.mid_res1.forward(&h, &emb, train);
         if let Some(a) = &self.mid_attn {
-            h = a.forward(&h);
+            h = a.forward(&h, train);
         }
         h = self.mid_res2.forward(&h, &emb, train);
         for level in &self.up {

@@ -3,6 +3,7 @@
 //! as the identity, which speeds up early training.
 
 use crate::activation::Activation;
+use crate::lora::{self, LoraSpec, LoraTarget};
 use tch::{nn, nn::Module, Tensor};
 
 /// What every residual block of a network shares.
@@ -17,10 +18,10 @@ pub struct BlockOptions {
 #[derive(Debug)]
 pub struct ResBlock {
     norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
+    conv1: lora::Conv,
     emb_proj: nn::Linear,
     norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
+    conv2: lora::Conv,
     skip: Option<nn::Conv2D>,
     activation: Activation,
     dropout: f64,
@@ -28,24 +29,29 @@ pub struct ResBlock {
     scale_shift: bool,
 }
 
-pub(crate) fn conv3x3(p: nn::Path, cin: i64, cout: i64, zero: bool) -> nn::Conv2D {
+fn conv3x3_config(zero: bool) -> nn::ConvConfig {
     let mut cfg = nn::ConvConfig { padding: 1, ..Default::default() };
     if zero {
         cfg.ws_init = nn::Init::Const(0.0);
     }
-    nn::conv2d(p, cin, cout, 3, cfg)
+    cfg
+}
+
+pub(crate) fn conv3x3(p: nn::Path, cin: i64, cout: i64, zero: bool) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, 3, conv3x3_config(zero))
 }
 
 impl ResBlock {
-    pub fn new(p: &nn::Path, cin: i64, cout: i64, emb_dim: i64, opts: &BlockOptions) -> ResBlock {
+    pub fn new(p: &nn::Path, cin: i64, cout: i64, emb_dim: i64, opts: &BlockOptions, lora: Option<&LoraSpec>) -> ResBlock {
         let BlockOptions { groups, activation, dropout, scale_shift } = *opts;
+        let lora = lora.filter(|l| l.wants(LoraTarget::Conv));
         let emb_out = if scale_shift { 2 * cout } else { cout };
         ResBlock {
             norm1: nn::group_norm(p / "norm1", groups, cin, Default::default()),
-            conv1: conv3x3(p / "conv1", cin, cout, false),
+            conv1: lora::Conv::new(p / "conv1", cin, cout, 3, conv3x3_config(false), lora),
             emb_proj: nn::linear(p / "emb_proj", emb_dim, emb_out, Default::default()),
             norm2: nn::group_norm(p / "norm2", groups, cout, Default::default()),
-            conv2: conv3x3(p / "conv2", cout, cout, true),
+            conv2: lora::Conv::new(p / "conv2", cout, cout, 3, conv3x3_config(true), lora),
             skip: (cin != cout).then(|| nn::conv2d(p / "skip", cin, cout, 1, Default::default())),
             activation,
             dropout,
@@ -55,7 +61,7 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
-        let h = self.activation.apply(&x.apply(&self.norm1)).apply(&self.conv1);
+        let h = self.conv1.forward(&self.activation.apply(&x.apply(&self.norm1)), train);
         let e = self.activation.apply(emb).apply(&self.emb_proj).unsqueeze(-1).unsqueeze(-1);
         let h = if self.scale_shift {
             let (scale, shift) = (e.narrow(1, 0, self.out_channels), e.narrow(1, self.out_channels, self.out_channels));
@@ -63,7 +69,7 @@ impl ResBlock {
         } else {
             (h + e).apply(&self.norm2)
         };
-        let h = self.activation.apply(&h).dropout(self.dropout, train).apply(&self.conv2);
+        let h = self.conv2.forward(&self.activation.apply(&h).dropout(self.dropout, train), train);
         match &self.skip {
             Some(skip) => skip.forward(x) + h,
             None => x + h,

@@ -57,5 +57,6 @@ pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, grid:
     );
     let per: Vec<String> = report.per_class_accuracy.iter().enumerate().map(|(c, a)| format!("{}: {:.0}%", judge.meta.class_names[c], 100.0 * a)).collect();
     println!("per class: {}", per.join(", "));
+    println!("mean pixel of the samples: {:.4}", report.mean_pixel);
     Ok(())
 }

@@ -4,13 +4,14 @@ pub mod bench;
 mod classifier;
 mod config;
 mod data;
+mod finetune;
 mod info;
 mod sample;
 mod serve;
 mod sweep;
 mod train;
 
-use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand, DataCommand};
+use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand, DataCommand, LoraCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -19,6 +20,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Finetune(args) => finetune::run(args),
+        Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check { path, model_size, imbalance_threshold, near_distance, fix_report, json } } => {

@@ -12,7 +12,10 @@ pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfi
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg = checkpoint::read_config(&dir)?;
     let device = difforge_train::trainer::device_for(&args.device, cfg.train.threads)?;
-    let model = checkpoint::load_model(&dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?;
+    let model = match &args.lora {
+        Some(adapter) => difforge_train::adapter::load_with_adapter(&dir, adapter, args.lora_scale, device)?,
+        None => checkpoint::load_model(&dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?,
+    };
     let mut sampler = cfg.sample.clone();
     if let Some(name) = &args.sampler {
         sampler.sampler = SamplerKind::parse(name).ok_or_else(|| anyhow::anyhow!("--sampler {name}: expected ddpm, ddim or dpm++2m"))?;

@@ -1,0 +1,176 @@
+//! LoRA (low-rank adaptation, Hu et al. 2021): a frozen layer W plus a trainable low-rank update
+//! B A, scaled by alpha / rank. B starts at zero, so an adapted network starts as its base.
+//! Variables sit beside the layer they adapt (`to_q.lora_down.weight`, `to_q.lora_up.weight`,
+//! as kohya's sd-scripts name them), so adapters can be saved, loaded and merged by name.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Tensor};
+
+/// Which layers get adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraTarget {
+    /// The q, k, v and out projections of every self-attention layer.
+    Attention,
+    /// The two 3x3 convolutions of every residual block.
+    Conv,
+    /// The time-embedding MLP.
+    Embedding,
+}
+
+/// The `[lora]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: i64,
+    /// The update is scaled by alpha / rank.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training.
+    pub dropout: f64,
+    pub targets: Vec<LoraTarget>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention] }
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank < 1 {
+            return Err(format!("lora.rank = {}: expected at least 1", self.rank));
+        }
+        if !(self.alpha > 0.0) {
+            return Err(format!("lora.alpha = {}: expected a positive number", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("lora.dropout = {}: expected 0.0 <= x < 1.0", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return Err("lora.targets is empty: expected some of \"attention\", \"conv\", \"embedding\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// Adapters to build: the config and a user scale (1.0 in training; `--lora-scale` in sampling).
+#[derive(Debug, Clone)]
+pub struct LoraSpec {
+    pub config: LoraConfig,
+    pub scale: f64,
+}
+
+impl LoraSpec {
+    pub fn wants(&self, target: LoraTarget) -> bool {
+        self.config.targets.contains(&target)
+    }
+
+    fn factor(&self) -> f64 {
+        self.scale * self.config.alpha / self.config.rank as f64
+    }
+}
+
+/// True for the variables that belong to adapters.
+pub fn is_lora_variable(name: &str) -> bool {
+    name.contains(".lora_down.") || name.contains(".lora_up.")
+}
+
+/// A linear layer with an optional adapter.
+#[derive(Debug)]
+pub struct Linear {
+    base: nn::Linear,
+    lora: Option<(nn::Linear, nn::Linear, f64, f64)>,
+}
+
+impl Linear {
+    pub fn new(p: nn::Path, cin: i64, cout: i64, cfg: nn::LinearConfig, lora: Option<&LoraSpec>) -> Linear {
+        let adapter = lora.map(|spec| {
+            let r = spec.config.rank;
+            let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+            let zero = nn::LinearConfig { bias: false, ws_init: nn::Init::Const(0.0), ..Default::default() };
+            (nn::linear(&p / "lora_down", cin, r, no_bias), nn::linear(&p / "lora_up", r, cout, zero), spec.factor(), spec.config.dropout)
+        });
+        Linear { base: nn::linear(p, cin, cout, cfg), lora: adapter }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.base.forward(x);
+        match &self.lora {
+            Some((down, up, factor, dropout)) => y + x.dropout(*dropout, train).apply(down).apply(up) * *factor,
+            None => y,
+        }
+    }
+}
+
+/// A 2-d convolution with an optional adapter: a k x k conv down to `rank` channels, then a
+/// 1 x 1 conv up (the conv LoRA of sd-scripts).
+#[derive(Debug)]
+pub struct Conv {
+    base: nn::Conv2D,
+    lora: Option<(nn::Conv2D, nn::Conv2D, f64, f64)>,
+}
+
+impl Conv {
+    pub fn new(p: nn::Path, cin: i64, cout: i64, k: i64, cfg: nn::ConvConfig, lora: Option<&LoraSpec>) -> Conv {
+        let adapter = lora.map(|spec| {
+            let r = spec.config.rank;
+            let down_cfg = nn::ConvConfig { bias: false, ..cfg };
+            let up_cfg = nn::ConvConfig { bias: false, ws_init: nn::Init::Const(0.0), ..Default::default() };
+            (nn::conv2d(&p / "lora_down", cin, r, k, down_cfg), nn::conv2d(&p / "lora_up", r, cout, 1, up_cfg), spec.factor(), spec.config.dropout)
+        });
+        Conv { base: nn::conv2d(p, cin, cout, k, cfg), lora: adapter }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.base.forward(x);
+        match &self.lora {
+            Some((down, up, factor, dropout)) => y + x.dropout(*dropout, train).apply(down).apply(up) * *factor,
+            None => y,
+        }
+    }
+}
+
+/// The weight change an adapter makes, shaped like the base weight: factor * up @ down.
+pub fn merged_delta(down: &Tensor, up: &Tensor, factor: f64) -> Tensor {
+    let up2 = up.flatten(1, -1); // (out, r)
+    let down_shape = down.size(); // (r, in) or (r, in, k, k)
+    let down2 = down.flatten(1, -1); // (r, in * k * k)
+    let delta = up2.matmul(&down2) * factor;
+    let mut shape = vec![up.size()[0]];
+    shape.extend_from_slice(&down_shape[1..]);
+    delta.view(shape.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn a_new_adapter_changes_nothing_and_merging_equals_the_adapted_layer() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = LoraSpec { config: LoraConfig { rank: 2, alpha: 4.0, ..Default::default() }, scale: 0.5 };
+        let lin = Linear::new(vs.root() / "l", 6, 5, Default::default(), Some(&spec));
+        let conv = Conv::new(vs.root() / "c", 3, 4, 3, nn::ConvConfig { padding: 1, ..Default::default() }, Some(&spec));
+        let x = Tensor::randn([7, 6], (Kind::Float, Device::Cpu));
+        let img = Tensor::randn([2, 3, 5, 5], (Kind::Float, Device::Cpu));
+        assert!(lin.forward(&x, false).equal(&lin.base.forward(&x)));
+        // Give the adapters weights, then check W + delta reproduces the adapted outputs.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(v.randn_like() * 0.3));
+            }
+        });
+        let (down, up, f, _) = lin.lora.as_ref().unwrap();
+        let merged = &lin.base.ws + merged_delta(&down.ws, &up.ws, *f);
+        let want = x.matmul(&merged.tr()) + lin.base.bs.as_ref().unwrap();
+        assert!((lin.forward(&x, false) - want).abs().max().double_value(&[]) < 1e-5);
+        let (down, up, f, _) = conv.lora.as_ref().unwrap();
+        let merged = &conv.base.ws + merged_delta(&down.ws, &up.ws, *f);
+        let want = img.conv2d(&merged, conv.base.bs.as_ref(), [1, 1], [1, 1], [1, 1], 1);
+        assert!((conv.forward(&img, false) - want).abs().max().double_value(&[]) < 1e-5);
+        assert!(is_lora_variable("down.0.attn.0.to_q.lora_up.weight"));
+        assert!(!is_lora_variable("down.0.attn.0.to_q.weight"));
+    }
+}

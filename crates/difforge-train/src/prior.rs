@@ -1,0 +1,42 @@
+//! Prior preservation (DreamBooth, Ruiz et al. 2023): images the base model generates for its
+//! own classes are mixed into every fine-tuning step, so the model keeps what it knew while it
+//! learns the new data. The images are generated once, deterministically, from the base.
+
+use crate::checkpoint;
+use crate::config::RunConfig;
+use crate::error::TrainError;
+use crate::generate::{class_grid_spec, generate, to_vec, GenerateSpec};
+use difforge_core::{derive_seed, Stream};
+use difforge_data::{AugmentConfig, CropMode, ImageSet, Loader, Pixels};
+use std::sync::Arc;
+use tch::Device;
+
+/// A loader over `prior_per_class` base samples of every base class.
+pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, TrainError> {
+    let (true, Some(from)) = (cfg.finetune.prior_preservation, &cfg.finetune.from) else { return Ok(None) };
+    let dir = checkpoint::resolve(from)?;
+    let base_cfg = checkpoint::read_config(&dir)?;
+    let base = checkpoint::load_model(&dir, &base_cfg, device)?;
+    let k = base_cfg.model.num_classes;
+    let (classes, seeds) = class_grid_spec(k, cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
+    eprintln!("prior preservation: generating {} images with the base model", seeds.len());
+    let spec = GenerateSpec { classes: classes.clone(), seeds, sampler: &base_cfg.sample, use_ema: true, max_batch: 256, fixed_batch: false };
+    let images = to_vec(&generate(&base, &spec));
+    let (c, s) = (base_cfg.model.in_channels as usize, base_cfg.model.image_size as usize);
+    let mut set = ImageSet { class_names: (0..k).map(|i| i.to_string()).collect(), ..Default::default() };
+    for (i, img) in images.chunks(c * s * s).enumerate() {
+        // Planar floats -> interleaved bytes, as every image set stores pixels.
+        let mut data = vec![0u8; c * s * s];
+        for ch in 0..c {
+            for p in 0..s * s {
+                data[p * c + ch] = ((img[ch * s * s + p].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+            }
+        }
+        set.pixels.push(Pixels { width: s as u32, height: s as u32, channels: c as u32, data });
+        set.labels.push(classes.as_ref().map(|cl| cl[i] as usize));
+        set.captions.push(None);
+        set.ids.push(format!("prior/{i}"));
+    }
+    let n = set.len();
+    Ok(Some(Loader::new(Arc::new(set), (0..n).collect(), s as u32, CropMode::Center, AugmentConfig::default(), derive_seed(cfg.seed, Stream::Shuffle, 1))))
+}
