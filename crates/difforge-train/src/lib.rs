@@ -2,6 +2,7 @@
 //! EMA, checkpoints and resume, sampling from a trained model, and the sample judge
 //! (a classifier trained on the real data).
 
+pub mod adapter;
 pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
@@ -14,6 +15,7 @@ pub mod lr;
 pub mod metrics;
 pub mod model;
 pub mod optimizer;
+pub mod prior;
 pub mod progress;
 pub mod sweep;
 pub mod trainer;
