@@ -3,7 +3,7 @@ PER_CLASS digits of each class, thickened by a 3x3 dilation ("thick") or inverte
 as OUT/<digit>/<i>.png. Prints the mean pixel value of the set on the [-1, 1] scale, the
 statistic the LoRA experiment tracks. Needs only numpy (PNG read/written with zlib).
 
-    python tools/make_style_set.py OUT [--style thick|invert] [--per-class 5] [--skip 0]
+    python tools/make_style_set.py OUT [--style thick|invert] [--per-class 5] [--skip 0] [--suffix=-thick]
 """
 import argparse, os, struct, zlib
 
@@ -63,15 +63,17 @@ def main():
     ap.add_argument("--style", default="thick", choices=["thick", "invert"])
     ap.add_argument("--per-class", type=int, default=5)
     ap.add_argument("--skip", type=int, default=0, help="start at this index within each class")
+    ap.add_argument("--suffix", default="", help="class folder suffix, e.g. --suffix=-thick for new classes 0-thick .. 9-thick")
     a = ap.parse_args()
     sheet = read_grey_png(SHEET)
     values = []
     for d in range(10):
-        os.makedirs(os.path.join(a.out, str(d)), exist_ok=True)
+        folder = os.path.join(a.out, f"{d}{a.suffix}")
+        os.makedirs(folder, exist_ok=True)
         for i in range(a.skip, a.skip + a.per_class):
             cell = sheet[d * 100 + (i // 100) * 20:d * 100 + (i // 100) * 20 + 20, (i % 100) * 20:(i % 100) * 20 + 20]
             styled = dilate(cell) if a.style == "thick" else 255 - cell
-            write_grey_png(os.path.join(a.out, str(d), f"{i:03}.png"), styled)
+            write_grey_png(os.path.join(folder, f"{i:03}.png"), styled)
             values.append(styled.astype(np.float64) / 127.5 - 1.0)
     print(f"{10 * a.per_class} {a.style} digits in {a.out}; mean pixel {np.mean(values):.4f} (on [-1, 1], at 20x20)")
 

@@ -268,6 +268,10 @@ pub enum ClassifierCommand {
         classifier: PathBuf,
         #[arg(long, default_value_t = 20)]
         per_class: usize,
+        /// Judge the model's classes first_class .. first_class + K - 1 as the classifier's
+        /// 0 .. K - 1 (e.g. classes a fine-tune added in a new style).
+        #[arg(long, default_value_t = 0)]
+        first_class: i64,
         /// Write the judged samples as a grid (one row per class).
         #[arg(long)]
         grid: Option<PathBuf>,

@@ -27,11 +27,21 @@ struct Stage {
     attn: Option<SelfAttention>,
 }
 
+/// Receives (layer name, attention weights) for each attention layer during a forward pass.
+type AttentionCapture<'a> = Option<&'a mut Vec<(String, Tensor)>>;
+
+fn attend(a: &SelfAttention, name: &str, h: &Tensor, train: bool, capture: &mut AttentionCapture) -> Tensor {
+    if let Some(c) = capture.as_mut() {
+        c.push((name.to_string(), a.weights(h)));
+    }
+    a.forward(h, train)
+}
+
 impl Stage {
-    fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, name: &str, x: &Tensor, emb: &Tensor, train: bool, capture: &mut AttentionCapture) -> Tensor {
         let h = self.res.forward(x, emb, train);
         match &self.attn {
-            Some(a) => a.forward(&h, train),
+            Some(a) => attend(a, name, &h, train, capture),
             None => h,
         }
     }
@@ -137,12 +147,24 @@ impl UNet {
     /// Predicts the model target for noisy images `x` (B, C, S, S) at timesteps `t` (B,),
     /// conditioned on class indices `class` (B,) where `num_classes` means "no class".
     pub fn forward(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>, train: bool) -> Tensor {
+        self.forward_impl(x, t, class, train, None)
+    }
+
+    /// The prediction and, for every self-attention layer in forward order, its name and its
+    /// attention weights (B, heads, H*W, H*W), for explanations.
+    pub fn forward_with_attention(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> (Tensor, Vec<(String, Tensor)>) {
+        let mut captured = Vec::new();
+        let out = self.forward_impl(x, t, class, false, Some(&mut captured));
+        (out, captured)
+    }
+
+    fn forward_impl(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>, train: bool, mut capture: AttentionCapture) -> Tensor {
         let emb = self.cond.forward(t, class);
         let mut h = x.apply(&self.conv_in);
         let mut skips = vec![h.shallow_clone()];
-        for level in &self.down {
-            for stage in &level.stages {
-                h = stage.forward(&h, &emb, train);
+        for (i, level) in self.down.iter().enumerate() {
+            for (j, stage) in level.stages.iter().enumerate() {
+                h = stage.forward(&format!("down.{i}.attn.{j}"), &h, &emb, train, &mut capture);
                 skips.push(h.shallow_clone());
             }
             if let Some(ds) = &level.resample_down {
@@ -152,35 +174,20 @@ impl UNet {
         }
         h = self.mid_res1.forward(&h, &emb, train);
         if let Some(a) = &self.mid_attn {
-            h = a.forward(&h, train);
+            h = attend(a, "mid.attn", &h, train, &mut capture);
         }
         h = self.mid_res2.forward(&h, &emb, train);
-        for level in &self.up {
-            for stage in &level.stages {
+        let levels = self.up.len();
+        for (k, level) in self.up.iter().enumerate() {
+            for (j, stage) in level.stages.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up stage");
-                h = stage.forward(&Tensor::cat(&[&h, &skip], 1), &emb, train);
+                h = stage.forward(&format!("up.{}.attn.{j}", levels - 1 - k), &Tensor::cat(&[&h, &skip], 1), &emb, train, &mut capture);
             }
             if let Some(us) = &level.resample_up {
                 h = us.forward(&h);
             }
         }
         self.config.activation.apply(&h.apply(&self.norm_out)).apply(&self.conv_out)
-    }
-
-    /// Every self-attention layer with its name, in forward order (for explanations).
-    pub fn attention_layers(&self) -> Vec<(String, &SelfAttention)> {
-        let mut out = Vec::new();
-        for (i, level) in self.down.iter().enumerate() {
-            for (j, s) in level.stages.iter().enumerate() {
-                if let Some(a) = &s.attn {
-                    out.push((format!("down.{i}.attn.{j}"), a));
-                }
-            }
-        }
-        if let Some(a) = &self.mid_attn {
-            out.push(("mid.attn".to_string(), a));
-        }
-        out
     }
 }
 
@@ -234,6 +241,22 @@ mod tests {
         let names: Vec<String> = vs.variables().into_keys().collect();
         for expected in ["conv_in.weight", "down.0.res.0.conv1.weight", "down.1.attn.0.to_q.weight", "mid.attn.to_out.weight", "up.0.res.1.skip.weight", "class_embedding.weight", "time_embedding.linear_1.weight"] {
             assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn attention_weights_are_captured_per_layer_and_rows_sum_to_one() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = UNet::new(&vs.root(), &tiny(1, 16, vec![1, 2], vec![8])).unwrap();
+        let x = Tensor::randn([2, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let (y, attn) = net.forward_with_attention(&x, &Tensor::from_slice(&[3i64, 9]), None);
+        assert!(y.equal(&net.forward(&x, &Tensor::from_slice(&[3i64, 9]), None, false)));
+        let names: Vec<&str> = attn.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["down.1.attn.0", "mid.attn", "up.1.attn.0", "up.1.attn.1"]);
+        for (_, w) in &attn {
+            assert_eq!(w.size(), vec![2, 2, 64, 64]);
+            let err = (w.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float) - 1.0).abs().max().double_value(&[]);
+            assert!(err < 1e-5);
         }
     }
 

@@ -24,17 +24,18 @@ pub fn train(config: &ConfigArgs, out: &Path, steps: u64, device: &str, json: bo
     Ok(())
 }
 
-pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, grid: Option<&Path>, json: bool) -> anyhow::Result<()> {
+pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, first_class: i64, grid: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let (model, sampler, _) = super::sample::load(sampling)?;
     let judge = load_judge(classifier, model.device)?;
-    let k = model.config.model.num_classes;
-    if k == 0 || k as usize != judge.meta.class_names.len() {
-        anyhow::bail!("the model has {k} classes and the classifier {}: they must be the same dataset's", judge.meta.class_names.len());
+    let (model_k, k) = (model.config.model.num_classes, judge.meta.class_names.len() as i64);
+    if model_k == 0 || first_class < 0 || first_class + k > model_k {
+        anyhow::bail!("the model has {model_k} classes; the classifier's {k} classes starting at --first-class {first_class} do not fit");
     }
     let asked: Vec<i64> = (0..k).flat_map(|c| std::iter::repeat_n(c, per_class)).collect();
+    let generated: Vec<i64> = asked.iter().map(|c| c + first_class).collect();
     let seeds = (0..asked.len() as u64).map(|i| sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec = GenerateSpec { classes: Some(asked.clone()), seeds, sampler: &sampler, use_ema: !sampling.raw, max_batch: 256, fixed_batch: false };
+    let spec = GenerateSpec { classes: Some(generated), seeds, sampler: &sampler, use_ema: !sampling.raw, max_batch: 256, fixed_batch: false };
     let images = generate(&model, &spec);
     let seconds = start.elapsed().as_secs_f64();
     let mut report = judge_samples(&judge, &images, &asked);

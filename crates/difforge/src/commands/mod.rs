@@ -29,8 +29,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Classifier { command } => match command {
             ClassifierCommand::Train { config, out, steps, device, json } => classifier::train(&config, &out, steps, &device, json),
-            ClassifierCommand::Judge { sampling, classifier, per_class, grid, json } => {
-                classifier::judge(&sampling, &classifier, per_class, grid.as_deref(), json)
+            ClassifierCommand::Judge { sampling, classifier, per_class, first_class, grid, json } => {
+                classifier::judge(&sampling, &classifier, per_class, first_class, grid.as_deref(), json)
             }
         },
     }
