@@ -28,11 +28,24 @@ pub struct LoraConfig {
     /// Dropout on the adapter's input during training.
     pub dropout: f64,
     pub targets: Vec<LoraTarget>,
+    /// Also train the class-embedding table (needed when a fine-tune adds classes; the adapter
+    /// file then carries the table).
+    pub train_class_embedding: bool,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention] }
+        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention], train_class_embedding: false }
+    }
+}
+
+/// The class-embedding table's variable name.
+pub const CLASS_EMBEDDING: &str = "class_embedding.weight";
+
+impl LoraConfig {
+    /// The variables an adapter trains and carries.
+    pub fn carries(&self, name: &str) -> bool {
+        is_lora_variable(name) || (self.train_class_embedding && name == CLASS_EMBEDDING)
     }
 }
 

@@ -80,7 +80,7 @@ pub fn read_meta(path: &Path) -> Result<AdapterMeta, TrainError> {
 pub fn save(path: &Path, model: &DiffusionModel, base_dir: &Path) -> Result<AdapterMeta, TrainError> {
     let lora = model.config.lora.clone().ok_or_else(|| TrainError::Config("the model has no [lora] adapters".into()))?;
     let meta = AdapterMeta { format: FORMAT.into(), base_sha256: checkpoint_hash(base_dir)?, lora, num_classes: model.config.model.num_classes };
-    let tensors: Vec<(String, Tensor)> = sorted_variables(&model.ema_vs).into_iter().filter(|(n, _)| is_lora_variable(n)).collect();
+    let tensors: Vec<(String, Tensor)> = sorted_variables(&model.ema_vs).into_iter().filter(|(n, _)| meta.lora.carries(n)).collect();
     let mut metadata = BTreeMap::new();
     metadata.insert("difforge".to_string(), serde_json::to_string(&meta).map_err(|e| TrainError::Other(e.to_string()))?);
     write_safetensors(path, &tensors, &metadata)?;
@@ -114,7 +114,7 @@ pub fn load_with_adapter(base: &Path, adapter: &Path, scale: f64, device: Device
     checkpoint::init_from(&dir, &mut model)?;
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(adapter).map_err(|e| TrainError::checkpoint(adapter, e.to_string()))?.into_iter().collect();
     for vs in [&model.vs, &model.ema_vs] {
-        for (name, var) in sorted_variables(vs).into_iter().filter(|(n, _)| is_lora_variable(n)) {
+        for (name, var) in sorted_variables(vs).into_iter().filter(|(n, _)| meta.lora.carries(n)) {
             let src = tensors.get(&name).ok_or_else(|| TrainError::checkpoint(adapter, format!("adapter tensor `{name}` is missing")))?;
             if src.size() != var.size() {
                 return Err(TrainError::checkpoint(adapter, format!("adapter tensor `{name}` has shape {:?}, expected {:?}", src.size(), var.size())));

@@ -55,8 +55,8 @@ impl DiffusionModel {
     /// The variables that train: only the adapters with `[lora]`, else all. The others are
     /// frozen (no gradient).
     pub fn trainable(&self) -> (Vec<(String, Tensor)>, Vec<Tensor>) {
-        let lora = self.config.lora.is_some();
-        let keep = |n: &str| !lora || difforge_nn::lora::is_lora_variable(n);
+        let lora = self.config.lora.clone();
+        let keep = |n: &str| lora.as_ref().is_none_or(|l| l.carries(n));
         let mut params = Vec::new();
         for (name, t) in self.parameters() {
             if keep(&name) {

@@ -33,6 +33,9 @@ pub enum Command {
         #[command(subcommand)]
         command: LoraCommand,
     },
+    /// Explain a model: trajectory, timesteps, attribution, attention, neighbours, or a report
+    /// with all of them.
+    Explain(ExplainArgs),
     /// Measure training and sampling throughput of a model (compare with tools/bench_torch.py).
     Bench(crate::commands::bench::BenchArgs),
     /// Train every combination of a grid and rank them by the validation metric.
@@ -96,6 +99,48 @@ pub struct FinetuneArgs {
     /// Run folder (default: runs/finetune).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainView {
+    Trajectory,
+    Timesteps,
+    Attribution,
+    Attention,
+    Neighbours,
+    Report,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// What to explain.
+    #[arg(value_enum)]
+    pub what: ExplainView,
+    /// Output folder.
+    #[arg(long, default_value = "explain")]
+    pub out: PathBuf,
+    /// The class of the samples (default: the null class, i.e. unconditional).
+    #[arg(long = "class")]
+    pub class: Option<i64>,
+    /// Number of samples (seeds seed .. seed + n - 1).
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Steps shown in strips and attention maps.
+    #[arg(long, default_value_t = 8)]
+    pub show: usize,
+    /// Query pixel for attention, as X,Y (default: the centre).
+    #[arg(long)]
+    pub pixel: Option<String>,
+    /// Nearest training images per sample.
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// A second checkpoint to compare in the timesteps plot.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

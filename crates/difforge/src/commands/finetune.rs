@@ -68,11 +68,13 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         table.insert("lora".into(), toml::Value::Table(Default::default()));
     }
     let mut names = base_class_names(&base);
+    let mut added = false;
     if base.model.num_classes > 0 {
         for c in subfolders(&args.data)? {
             if !names.contains(&c) {
                 eprintln!("new class `{c}` (label {})", names.len());
                 names.push(c);
+                added = true;
             }
         }
     }
@@ -84,6 +86,10 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     if base.model.num_classes > 0 {
         sets.push(format!("data.class_names={}", toml::Value::Array(names.iter().cloned().map(toml::Value::String).collect())));
         sets.push(format!("model.num_classes={}", names.len()));
+    }
+    if added && lora {
+        // New classes need their embedding rows learnt: the adapter carries the table.
+        sets.push("lora.train_class_embedding=true".into());
     }
     sets.extend(args.sets.iter().cloned());
     let text = toml::to_string(&table)?;

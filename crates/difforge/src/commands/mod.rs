@@ -4,6 +4,7 @@ pub mod bench;
 mod classifier;
 mod config;
 mod data;
+mod explain;
 mod finetune;
 mod info;
 mod sample;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => sweep::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
