@@ -11,6 +11,8 @@ use tch::Device;
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub checkpoint: PathBuf,
+    /// The LoRA adapter applied (unmerged) and its scale, if any.
+    pub adapter: Option<(PathBuf, f64)>,
     /// SHA-256 of the checkpoint's manifest (which lists the SHA-256 of every file).
     pub checkpoint_hash: String,
     pub step: u64,
@@ -39,13 +41,27 @@ fn class_names(cfg: &RunConfig) -> Vec<String> {
     (0..k).map(|c| c.to_string()).collect()
 }
 
-/// Loads and verifies a checkpoint (or a run folder's best/newest), then warms it up with one
-/// small generation so the first request does not pay for lazy initialisation.
-pub fn load(path: &Path, device: Device) -> Result<Loaded, String> {
+/// An adapter to apply, unmerged, on top of the served checkpoint.
+#[derive(Debug, Clone)]
+pub struct AdapterChoice {
+    pub path: PathBuf,
+    pub scale: f64,
+}
+
+/// Loads and verifies a checkpoint (or a run folder's best/newest), with an optional LoRA
+/// adapter, then warms it up with one small generation so the first request does not pay for
+/// lazy initialisation.
+pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
     let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
-    let cfg = checkpoint::read_config(&dir).map_err(|e| e.to_string())?;
     let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
-    let model = checkpoint::load_model(&dir, &cfg, device).map_err(|e| e.to_string())?;
+    let model = match adapter {
+        Some(a) => difforge_train::adapter::load_with_adapter(&dir, &a.path, a.scale, device).map_err(|e| e.to_string())?,
+        None => {
+            let cfg = checkpoint::read_config(&dir).map_err(|e| e.to_string())?;
+            checkpoint::load_model(&dir, &cfg, device).map_err(|e| e.to_string())?
+        }
+    };
+    let cfg = model.config.clone();
     let manifest = std::fs::read(dir.join(checkpoint::MANIFEST_FILE)).map_err(|e| e.to_string())?;
     let mut warm = cfg.sample.clone();
     warm.steps = 1;
@@ -53,6 +69,7 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded, String> {
     let _ = generate(&model, &GenerateSpec { classes, seeds: vec![0], sampler: &warm, use_ema: true, max_batch: 1, fixed_batch: false });
     let info = ModelInfo {
         checkpoint: dir,
+        adapter: adapter.map(|a| (a.path.clone(), a.scale)),
         checkpoint_hash: difforge_core::sha256_hex(&manifest),
         step: state.step,
         parameters: model.parameter_count(),

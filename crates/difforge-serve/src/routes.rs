@@ -26,6 +26,8 @@ pub struct AppState {
     pub keys: Keys,
     pub config: ServeConfig,
     pub checkpoint: tokio::sync::Mutex<PathBuf>,
+    /// Applied to every checkpoint loaded, including reloads.
+    pub adapter: Option<crate::loaded::AdapterChoice>,
     pub device: Device,
     pub seeds: AtomicU64,
     pub request_ids: AtomicU64,
@@ -185,7 +187,8 @@ pub async fn reload_checkpoint(app: &Arc<AppState>, path: Option<PathBuf>) -> Re
     let target = path.unwrap_or_else(|| current.clone());
     let device = app.device;
     let t = target.clone();
-    let loaded = tokio::task::spawn_blocking(move || crate::loaded::load(&t, device)).await.map_err(|e| e.to_string())?;
+    let adapter = app.adapter.clone();
+    let loaded = tokio::task::spawn_blocking(move || crate::loaded::load(&t, adapter.as_ref(), device)).await.map_err(|e| e.to_string())?;
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub struct ServeOptions {
     pub checkpoint: PathBuf,
+    pub adapter: Option<crate::loaded::AdapterChoice>,
     pub config: ServeConfig,
     pub keys: Keys,
 }
@@ -72,7 +73,7 @@ async fn reload_on_sighup(app: Arc<AppState>) {
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = opts.config.clone();
     let device = difforge_train::trainer::device_for(&cfg.device, cfg.threads).map_err(|e| e.to_string())?;
-    let loaded = crate::loaded::load(&opts.checkpoint, device)?;
+    let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         info: RwLock::new(loaded.info.clone()),
@@ -91,6 +92,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         keys: opts.keys,
         config: cfg.clone(),
         checkpoint: tokio::sync::Mutex::new(opts.checkpoint.clone()),
+        adapter: opts.adapter.clone(),
         device,
         seeds: AtomicU64::new(seed0),
         request_ids: AtomicU64::new(1),

@@ -182,6 +182,12 @@ pub struct ServeArgs {
     /// cpu, cuda, cuda:N or auto (overrides serve.toml's `device`).
     #[arg(long)]
     pub device: Option<String>,
+    /// A LoRA adapter trained on the checkpoint, applied unmerged (also after reloads).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Strength of the adapter.
+    #[arg(long, default_value_t = 1.0)]
+    pub lora_scale: f64,
 }
 
 #[derive(Args)]

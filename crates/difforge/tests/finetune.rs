@@ -44,6 +44,27 @@ fn lora_finetune_merge_and_sample_from_the_command_line() {
     // Without the adapter the base has no class 10.
     difforge().args(["sample", "--checkpoint"]).arg(&base).args(["--class", "10", "--out"]).arg(&a).assert().failure().stderr(predicate::str::contains("--class 10"));
 
+    // The server applies the adapter too: the new class exists there.
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--checkpoint"])
+        .arg(&base)
+        .args(["--lora", &adapter])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
+    let url = format!("{}/v1/generate", line.trim().trim_start_matches("listening on "));
+    let status = match ureq::post(&url).send_string(r#"{"class": 10, "steps": 2}"#) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(status, 200);
+
     // A full fine-tune trains every weight and writes no adapter.
     let full = difforge().args(["finetune", "--method", "full", "--from"]).arg(&base).arg("--data").arg(&data).args(["--set", "train.steps=2", "--json", "--out"]).arg(dir.path().join("full")).output().unwrap();
     assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));

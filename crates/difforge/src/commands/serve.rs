@@ -13,5 +13,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.device = device;
     }
     let keys = Keys::load(args.api_keys_file.as_deref(), std::env::var("DIFFORGE_API_KEYS").ok()).map_err(|e| anyhow::anyhow!(e))?;
-    serve(ServeOptions { checkpoint: args.checkpoint, config, keys }).map_err(|e| anyhow::anyhow!(e))
+    let adapter = args.lora.map(|path| difforge_serve::loaded::AdapterChoice { path, scale: args.lora_scale });
+    serve(ServeOptions { checkpoint: args.checkpoint, adapter, config, keys }).map_err(|e| anyhow::anyhow!(e))
 }
