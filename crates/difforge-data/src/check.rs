@@ -3,7 +3,7 @@
 //! images smaller than the model, colour modes, sizes and aspect ratios, class balance,
 //! caption coverage and pixel outliers (near-constant, mostly transparent).
 
-use crate::source::folder::{decode, list_images};
+use crate::source::folder::{class_of, decode, list_images};
 use crate::DataError;
 use difforge_core::sha256_hex;
 use image::{DynamicImage, GenericImageView};
@@ -197,13 +197,6 @@ pub fn near_pairs(hashes: &[u64], max_distance: u32) -> Vec<(usize, usize, u32)>
     }
     out.sort_unstable();
     out
-}
-
-fn class_of(root: &Path, file: &Path) -> Option<String> {
-    let rel = file.strip_prefix(root).ok()?;
-    let mut parts = rel.components();
-    let first = parts.next()?;
-    parts.next().map(|_| first.as_os_str().to_string_lossy().into_owned())
 }
 
 pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, DataError> {

@@ -96,6 +96,9 @@ pub struct DataConfig {
     pub crop: CropMode,
     /// Fraction of the images held out for validation (seeded, stable across runs), in [0, 0.9].
     pub val_fraction: f64,
+    /// A separate folder of validation images (same classes); when set, every image of
+    /// `path` trains and `val_fraction` is not used.
+    pub val_path: Option<PathBuf>,
     /// Skip files larger than this many pixels (width x height) without decoding them.
     pub max_pixels: u64,
     /// Check the data before training (duplicates, corrupt files, imbalance, outliers) and
@@ -118,6 +121,7 @@ impl Default for DataConfig {
             pad: 0,
             crop: CropMode::Center,
             val_fraction: 0.1,
+            val_path: None,
             max_pixels: 64 * 1024 * 1024,
             check: true,
             balance: Balance::None,

@@ -2,8 +2,8 @@
 //! own deterministic validation, same images, timesteps and noise), for one or more checkpoints.
 
 use crate::svg::{line_chart, Series};
-use difforge_data::{source, Loader, Split};
-use difforge_train::validation::{ValidationLoss, Validator};
+use difforge_data::{source, Split};
+use difforge_train::validation::{validation_batch, ValidationLoss, Validator};
 use difforge_train::{DiffusionModel, TrainError};
 use serde::Serialize;
 use std::sync::Arc;
@@ -22,12 +22,9 @@ pub fn profile(model: &DiffusionModel, label: &str, step: u64) -> Result<Timeste
     let set = Arc::new(source::load(&cfg.data)?);
     let split = Split::new(&set.ids, cfg.data.val_fraction, cfg.seed);
     let t = &cfg.train;
-    let val: Vec<usize> = split.val.iter().copied().take(t.val_images).collect();
-    if val.is_empty() {
-        return Err(TrainError::Config("the dataset has no validation split (data.val_fraction = 0)".into()));
-    }
-    let loader = Loader::new(set, split.train, cfg.data.image_size, cfg.data.crop, Default::default(), cfg.seed);
-    let v = Validator::new(model, &loader.fixed_batch(&val), t.val_repeats, t.val_bands);
+    let batch = validation_batch(cfg, &set, &split)?
+        .ok_or_else(|| TrainError::Config("the dataset has no validation images (data.val_fraction = 0 and no data.val_path)".into()))?;
+    let v = Validator::new(model, &batch, t.val_repeats, t.val_bands);
     Ok(TimestepProfile { label: label.to_string(), step, raw: v.evaluate(model, &model.unet), ema: v.evaluate(model, &model.ema) })
 }
 

@@ -123,7 +123,11 @@ fn load_data(cfg: &RunConfig) -> Result<(Arc<ImageSet>, Split), TrainError> {
             eprintln!("data check: {w}");
         }
     }
-    let split = Split::new(&set.ids, cfg.data.val_fraction, cfg.seed);
+    let split = if cfg.data.val_path.is_some() {
+        Split { train: (0..set.len()).collect(), val: Vec::new() }
+    } else {
+        Split::new(&set.ids, cfg.data.val_fraction, cfg.seed)
+    };
     if split.train.is_empty() {
         return Err(TrainError::Config("no training images left after the validation split (data.val_fraction)".into()));
     }
@@ -419,8 +423,10 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
     for p in [&metrics_path, &val_path] {
         truncate_after_step(p, state.step).map_err(|e| TrainError::io(p, e))?;
     }
-    let val_indices: Vec<usize> = split.val.iter().copied().take(t.val_images).collect();
-    let validator = (t.val_every > 0 && !val_indices.is_empty()).then(|| Validator::new(&model, &loader.fixed_batch(&val_indices), t.val_repeats, t.val_bands));
+    let validator = match (t.val_every > 0).then(|| crate::validation::validation_batch(&cfg, &set, &split)).transpose()?.flatten() {
+        Some(batch) => Some(Validator::new(&model, &batch, t.val_repeats, t.val_bands)),
+        None => None,
+    };
     let mut tr = Trainer {
         ema_params,
         prior,

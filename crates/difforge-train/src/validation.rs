@@ -33,6 +33,31 @@ pub struct ValidationLoss {
     pub pairs: usize,
 }
 
+/// The validation images of a run, centre-cropped: at most `train.val_images` of the held-out
+/// split, or of `data.val_path` when a separate folder is given.
+pub fn validation_batch(cfg: &crate::RunConfig, set: &std::sync::Arc<difforge_data::ImageSet>, split: &difforge_data::Split) -> Result<Option<Batch>, crate::TrainError> {
+    let limit = cfg.train.val_images;
+    let (set, indices) = match &cfg.data.val_path {
+        Some(path) => {
+            let mut val_cfg = cfg.data.clone();
+            val_cfg.source = difforge_data::SourceKind::Folder;
+            val_cfg.path = Some(path.clone());
+            if val_cfg.class_names.is_empty() {
+                val_cfg.class_names = set.class_names.clone();
+            }
+            let val = std::sync::Arc::new(difforge_data::source::load(&val_cfg)?);
+            let n = val.len();
+            (val, (0..n).take(limit).collect::<Vec<_>>())
+        }
+        None => (set.clone(), split.val.iter().copied().take(limit).collect()),
+    };
+    if indices.is_empty() {
+        return Ok(None);
+    }
+    let loader = difforge_data::Loader::new(set, Vec::new(), cfg.data.image_size, cfg.data.crop, Default::default(), cfg.seed);
+    Ok(Some(loader.fixed_batch(&indices)))
+}
+
 impl Validator {
     /// `batch` holds the validation images (centre-cropped); each is used `repeats` times.
     pub fn new(model: &DiffusionModel, batch: &Batch, repeats: usize, bands: usize) -> Validator {

@@ -73,10 +73,11 @@ fn train_then_sample_end_to_end() {
     for f in ["config.toml", "metrics.jsonl", "summary.json"] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    // Checkpoints at 5, 10 and 12; the oldest pruned (keep 2).
+    // Checkpoints at 5, 10 and 12; the oldest pruned (keep 2); the best (by the validation at the
+    // last step) kept apart.
     let mut ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     ckpts.sort();
-    assert_eq!(ckpts, vec!["step-00000010", "step-00000012"]);
+    assert_eq!(ckpts, vec!["best", "step-00000010", "step-00000012"]);
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![5, 10, 12]);

@@ -242,3 +242,24 @@ fn sweep_ranks_trials_and_halving_continues_the_better_half() {
     let md = std::fs::read_to_string(out.join("leaderboard.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + 4);
 }
+
+#[test]
+fn a_separate_validation_folder_is_used_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = (dir.path().join("train"), dir.path().join("val"));
+    common::write_digit_folder(&train, 4);
+    common::write_digit_folder(&val, 3);
+    let run = dir.path().join("run");
+    let out = difforge()
+        .arg("train")
+        .args(tiny_args(&["train.steps=2", "train.val_every=2", "data.source=\"folder\""]))
+        .args(["--set", &format!("data.path=\"{}\"", train.display()), "--set", &format!("data.val_path=\"{}\"", val.display()), "--json", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["train_images"], 40);
+    let v: serde_json::Value = serde_json::from_str(std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(v["pairs"], 30 * 2);
+}

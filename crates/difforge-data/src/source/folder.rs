@@ -39,7 +39,7 @@ pub fn list_images(root: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// The class of a file: its first-level subfolder under `root`, if any.
-fn class_of(root: &Path, file: &Path) -> Option<String> {
+pub fn class_of(root: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(root).ok()?;
     let mut parts = rel.components();
     let first = parts.next()?;
