@@ -42,23 +42,38 @@ if [ -n "$out" ]; then mkdir -p "$out"; dir="$out"; else dir="$(mktemp -d)"; tra
 common=(--batch "$batch" --steps "$steps" --warmup "$warmup" --threads "$threads" --device "$device"
         --sample-batch "$sample_batch" --sample-steps "$sample_steps")
 
-load_before="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
-echo "difforge bench (ref6m, batch $batch, $steps steps, $threads threads, $precision)..." >&2
-"$bin" bench --model ref6m "${common[@]}" --precision "$precision" --json > "$dir/difforge.json"
-echo "PyTorch eager..." >&2
-"$py" tools/bench_torch.py "${common[@]}" --mode "$precision" > "$dir/torch-eager.json"
+# CPU time that other processes took while each engine ran (from /proc/stat, minus our own):
+# a shared machine skews the numbers, and this says by how much.
+hz="$(getconf CLK_TCK)"
+busy_s() { awk -v hz="$hz" '/^cpu /{printf "%.2f", ($2+$3+$4+$7+$8)/hz}' /proc/stat 2>/dev/null || echo 0; }
+# Our own children's CPU seconds: `times` must run in this shell (not in a $(...) subshell).
+children_s() { times > "$dir/times.txt"; tail -1 "$dir/times.txt" | awk '{n=0; for(i=1;i<=2;i++){split($i,a,"m"); sub("s","",a[2]); n+=a[1]*60+a[2]} printf "%.2f", n}'; }
+run_engine() {  # run_engine LABEL OUT_JSON COMMAND...
+    local label="$1" json="$2"; shift 2
+    echo "$label..." >&2
+    local b0 c0 t0 b1 c1 t1
+    b0="$(busy_s)"; children_s > "$dir/c0.txt"; t0="$(date +%s.%N)"
+    "$@" > "$json"
+    b1="$(busy_s)"; children_s > "$dir/c1.txt"; t1="$(date +%s.%N)"
+    c0="$(cat "$dir/c0.txt")"; c1="$(cat "$dir/c1.txt")"
+    awk -v b="$b1" -v b0="$b0" -v c="$c1" -v c0="$c0" -v w="$t1" -v w0="$t0" -v l="$(basename "$json" .json)" \
+        'BEGIN{o=(b-b0)-(c-c0); if(o<0)o=0; printf "%s: %.1f s of %.0f s wall\n", l, o, w-w0}' >> "$dir/others.txt"
+}
+: > "$dir/others.txt"
+
+run_engine "difforge bench (ref6m, batch $batch, $steps steps, $threads threads, $precision)" "$dir/difforge.json" \
+    "$bin" bench --model ref6m "${common[@]}" --precision "$precision" --json
+run_engine "PyTorch eager" "$dir/torch-eager.json" "$py" tools/bench_torch.py "${common[@]}" --mode "$precision"
 files=("$dir/difforge.json" "$dir/torch-eager.json")
 if [ "$compile" = 1 ]; then
-    echo "PyTorch torch.compile..." >&2
-    "$py" tools/bench_torch.py "${common[@]}" --mode "$precision" --compile > "$dir/torch-compile.json"
+    run_engine "PyTorch torch.compile" "$dir/torch-compile.json" "$py" tools/bench_torch.py "${common[@]}" --mode "$precision" --compile
     files+=("$dir/torch-compile.json")
 fi
 
-load_after="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo '?')"
-"$py" - "$load_before" "$load_after" "${files[@]}" <<'EOF'
+"$py" - "$dir/others.txt" "${files[@]}" <<'EOF'
 import json, sys
-load_before, load_after = sys.argv[1:3]
-rows = [json.load(open(p)) for p in sys.argv[3:]]
+others = "; ".join(l.strip() for l in open(sys.argv[1]) if l.strip())
+rows = [json.load(open(p)) for p in sys.argv[2:]]
 def mem(r):
     b = r.get("peak_memory_bytes")
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
@@ -76,5 +91,5 @@ print(f"ref6m ({r0['parameters']:,} parameters, 3x32x32), {r0['device']}, {r0['t
       f"Forward FLOPs/image: {r0['flops_per_image_forward'] / 1e9:.3f} G (difforge, analytic) vs "
       f"{rows[1]['flops_per_image_forward'] / 1e9:.3f} G (torch FlopCounterMode). "
       f"Peak memory: {r0['peak_memory_source']}. "
-      f"1-minute load average before / after: {load_before} / {load_after} (anything else running skews the numbers).")
+      f"CPU time taken by other processes during each run: {others}.")
 EOF
