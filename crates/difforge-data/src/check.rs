@@ -321,6 +321,39 @@ pub fn fix_report(r: &DataReport) -> FixReport {
     FixReport { remove, review: r.near_duplicates.clone() }
 }
 
+/// The checks that apply to any loaded set (embedded digits, IDX): class balance and exact
+/// duplicates by pixel content.
+pub fn check_set(set: &crate::ImageSet, opts: &CheckOptions) -> Vec<String> {
+    let mut report = DataReport {
+        root: PathBuf::new(),
+        files_found: set.len(),
+        usable: set.len(),
+        unreadable: Vec::new(),
+        exact_duplicates: Vec::new(),
+        near_duplicates: Vec::new(),
+        smaller_than_model: Vec::new(),
+        color_modes: BTreeMap::new(),
+        size_histogram: BTreeMap::new(),
+        aspect_histogram: BTreeMap::new(),
+        class_counts: set.class_counts(),
+        imbalance_ratio: None,
+        caption_coverage: None,
+        outliers: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, px) in set.pixels.iter().enumerate() {
+        let h = sha256_hex(&px.data);
+        if let Some(&first) = seen.get(&h) {
+            report.exact_duplicates.push(vec![PathBuf::from(&set.ids[first]), PathBuf::from(&set.ids[i])]);
+        } else {
+            seen.insert(h, i);
+        }
+    }
+    summarise(&mut report, opts);
+    report.warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,37 +404,4 @@ mod tests {
         assert_eq!(size_bucket(64), "33-64");
         assert_eq!(aspect_bucket(100, 100), "0.9-1.1 (square)");
     }
-}
-
-/// The checks that apply to any loaded set (embedded digits, IDX): class balance and exact
-/// duplicates by pixel content.
-pub fn check_set(set: &crate::ImageSet, opts: &CheckOptions) -> Vec<String> {
-    let mut report = DataReport {
-        root: PathBuf::new(),
-        files_found: set.len(),
-        usable: set.len(),
-        unreadable: Vec::new(),
-        exact_duplicates: Vec::new(),
-        near_duplicates: Vec::new(),
-        smaller_than_model: Vec::new(),
-        color_modes: BTreeMap::new(),
-        size_histogram: BTreeMap::new(),
-        aspect_histogram: BTreeMap::new(),
-        class_counts: set.class_counts(),
-        imbalance_ratio: None,
-        caption_coverage: None,
-        outliers: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, px) in set.pixels.iter().enumerate() {
-        let h = sha256_hex(&px.data);
-        if let Some(&first) = seen.get(&h) {
-            report.exact_duplicates.push(vec![PathBuf::from(&set.ids[first]), PathBuf::from(&set.ids[i])]);
-        } else {
-            seen.insert(h, i);
-        }
-    }
-    summarise(&mut report, opts);
-    report.warnings
 }

@@ -1,5 +1,7 @@
 //! Each data source on real files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use difforge_data::config::{ColorMode, SourceKind};
 use difforge_data::preprocess::Preprocess;
 use difforge_data::source::{self, load_digits, load_idx, read_idx};

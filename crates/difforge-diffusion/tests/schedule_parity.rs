@@ -2,6 +2,8 @@
 //! tools/make_schedule_fixtures.py). diffusers computes in float32, we in float64, hence the
 //! tolerances.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use difforge_diffusion::{NoiseSchedule, ScheduleKind};
 
 #[test]

@@ -1,5 +1,7 @@
 //! The numbers behind the explanations, on a tiny trained model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use difforge_explain::attention::attention;
 use difforge_explain::attribution::attribution;
 use difforge_explain::timesteps::profile;

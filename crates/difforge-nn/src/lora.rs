@@ -54,7 +54,7 @@ impl LoraConfig {
         if self.rank < 1 {
             return Err(format!("lora.rank = {}: expected at least 1", self.rank));
         }
-        if !(self.alpha > 0.0) {
+        if self.alpha.is_nan() || self.alpha <= 0.0 {
             return Err(format!("lora.alpha = {}: expected a positive number", self.alpha));
         }
         if !(0.0..1.0).contains(&self.dropout) {

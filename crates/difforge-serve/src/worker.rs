@@ -11,7 +11,7 @@ use crate::request::Generate;
 use difforge_train::generate::{generate, GenerateSpec};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,10 +62,7 @@ impl Worker {
         }
         let job = match wait {
             None => self.rx.recv().ok(),
-            Some(d) => match self.rx.recv_timeout(d) {
-                Ok(j) => Some(j),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            Some(d) => self.rx.recv_timeout(d).ok(),
         };
         if job.is_some() {
             self.shared.metrics.queue_depth.dec();

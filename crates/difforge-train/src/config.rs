@@ -226,7 +226,7 @@ impl Default for FinetuneConfig {
 }
 
 /// The whole run config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// The one seed every random draw of the run derives from.
@@ -242,20 +242,6 @@ pub struct RunConfig {
     pub lora: Option<LoraConfig>,
 }
 
-impl Default for RunConfig {
-    fn default() -> Self {
-        RunConfig {
-            seed: 0,
-            data: DataConfig::default(),
-            model: UNetConfig::default(),
-            diffusion: DiffusionConfig::default(),
-            train: TrainConfig::default(),
-            sample: SamplerConfig::default(),
-            finetune: FinetuneConfig::default(),
-            lora: None,
-        }
-    }
-}
 
 /// Parses a `--set key=value` value: TOML syntax when it parses (numbers, booleans, arrays,
 /// quoted strings), otherwise a bare string.

@@ -258,10 +258,10 @@ impl Trainer {
             if let Some(prior) = self.prior.as_mut() {
                 let pb = prior.train_batch(draw, t.batch_size);
                 let pmb = make_micro_batch(&self.model, &pb, draw | (1 << 62));
-                loss = loss + loss_of(&self.model, &pmb) * (self.cfg.finetune.prior_weight / t.grad_accum as f64);
+                loss += loss_of(&self.model, &pmb) * (self.cfg.finetune.prior_weight / t.grad_accum as f64);
             }
             if t.debug_nan_steps.contains(&step) && self.injected.insert(step) {
-                loss = loss * f64::NAN;
+                loss *= f64::NAN;
             }
             loss.backward();
             loss_sum += loss.double_value(&[]);
@@ -469,24 +469,24 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         }
         let step = tr.state.step;
         let rate = (step.saturating_sub(first_step) * per_step) as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        if step % t.log_every == 0 || step == t.steps {
+        if step.is_multiple_of(t.log_every) || step == t.steps {
             let rec = StepRecord { step, loss: out.loss, lr: out.lr, grad_norm: out.grad_norm, images_per_s: rate, elapsed_s: tr.state.elapsed_s };
             tr.metrics.write(&rec).map_err(|e| TrainError::io(tr.metrics.path(), e))?;
             progress.update(step, &format!("loss {:.4} lr {:.2e} {rate:.0} img/s", out.loss, out.lr));
         }
         let interrupted = opts.stop.load(Ordering::SeqCst);
         let last = step == t.steps || interrupted;
-        if t.val_every > 0 && (step % t.val_every == 0 || last) {
+        if t.val_every > 0 && (step.is_multiple_of(t.val_every) || last) {
             stopped_because = tr.validate()?;
         }
         if interrupted && stopped_because.is_none() {
             stopped_because = Some(format!("interrupted at step {step} (checkpoint written)"));
         }
         let stopping = stopped_because.is_some();
-        if t.sample_every > 0 && step % t.sample_every == 0 && !last && !stopping {
+        if t.sample_every > 0 && step.is_multiple_of(t.sample_every) && !last && !stopping {
             last_grid = Some(write_samples(&tr.model, &run_dir, step)?);
         }
-        if last || stopping || (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) {
+        if last || stopping || (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) {
             tr.last_checkpoint = Some(checkpoint::save(&run_dir, &tr.model, &tr.opt, &tr.state, t.keep_checkpoints)?);
         }
         if stopping {

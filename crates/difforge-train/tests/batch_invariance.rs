@@ -1,6 +1,8 @@
 //! The server merges requests into batches; an image must not depend on the batch it was in,
 //! or the same request and seed would not give the same bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use difforge_diffusion::SamplerConfig;
 use difforge_train::generate::{generate, GenerateSpec};
 use difforge_train::{DiffusionModel, RunConfig};

@@ -1,6 +1,8 @@
 //! LoRA fine-tuning on tiny models: adapters start as the identity, train, are small, merge
 //! into the same images, refuse foreign bases, and classes can be added.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use difforge_diffusion::SamplerConfig;
 use difforge_train::generate::{generate, GenerateSpec};
 use difforge_train::{adapter, checkpoint, train, DiffusionModel, RunConfig, TrainOptions};

@@ -1,5 +1,7 @@
 //! End-to-end test of `difforge bench` on a tiny model, on the CPU.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use assert_cmd::Command;
 
 const TINY: &str = r#"

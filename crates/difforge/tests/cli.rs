@@ -1,5 +1,7 @@
 //! End-to-end tests of the real binary: configs, training, sampling, determinism, data sources.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{difforge, tiny_args, train_tiny, write_digit_folder};

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: the real binary, tiny models, real files.
 #![allow(dead_code)]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use assert_cmd::Command;
 use std::path::Path;
 

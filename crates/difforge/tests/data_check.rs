@@ -1,5 +1,7 @@
 //! `difforge data check` on a damaged copy of the digits, and training through the damage.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{difforge, tiny_args, write_digit_folder};

@@ -1,5 +1,7 @@
 //! `difforge explain` on the real binary: every view and the self-contained report.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{difforge, train_tiny};

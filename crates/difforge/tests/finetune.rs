@@ -1,5 +1,7 @@
 //! `difforge finetune`, `difforge lora merge` and `difforge sample --lora` on the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{difforge, train_tiny, write_digit_folder};

@@ -1,6 +1,8 @@
 //! The real server on a free loopback port: every endpoint, auth, validation, limits, 429 under
 //! a full queue, reload (good and broken checkpoint) and graceful shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::train_tiny;

@@ -1,6 +1,8 @@
 //! Stability: exact resume after SIGKILL and SIGTERM, corrupt checkpoints, non-finite steps,
 //! early stopping. All on the real binary with tiny models.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{difforge, tiny_args, train_tiny};
