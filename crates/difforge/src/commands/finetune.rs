@@ -5,8 +5,6 @@ use difforge_data::SourceKind;
 use difforge_train::checkpoint::{self, CheckpointTensors};
 use difforge_train::{adapter, train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// Copies every key of `over` into `base`, descending into tables.
 fn deep_merge(base: &mut toml::Table, over: toml::Table) {
@@ -98,10 +96,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     if !checkpoint::list(&out_dir)?.is_empty() {
         anyhow::bail!("{} already holds checkpoints: choose another --out", out_dir.display());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())?;
-    }
+    let stop = super::stop_on_signals()?;
     let summary = train(cfg, &TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop })?;
     if args.json {
         return super::print_json(&summary);

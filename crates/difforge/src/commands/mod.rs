@@ -38,6 +38,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A flag that SIGINT and SIGTERM set, so that long jobs finish their step, checkpoint and stop.
+pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
+    }
+    Ok(stop)
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -3,18 +3,13 @@
 use crate::cli::SweepArgs;
 use difforge_train::sweep::{markdown, parse_grid, sweep, SweepOptions};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let base = super::config::load(&args.config)?;
     let grid = args.grids.iter().map(|g| parse_grid(g)).collect::<Result<Vec<_>, _>>()?;
     let name = args.config.config.as_deref().and_then(|p| p.file_stem()).map_or("digits".to_string(), |s| s.to_string_lossy().into_owned());
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{name}")));
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())?;
-    }
+    let stop = super::stop_on_signals()?;
     let opts = SweepOptions { out_dir: out_dir.clone(), budget_steps: args.budget_steps, halving: args.halving, stop };
     let board = sweep(&base, &grid, &opts)?;
     if args.json {

@@ -1,11 +1,8 @@
 //! `difforge train`.
 
 use crate::cli::TrainArgs;
-use anyhow::Context;
 use difforge_train::{checkpoint, train, TrainOptions};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 fn default_out(args: &TrainArgs) -> PathBuf {
     let name = args.config.config.as_deref().and_then(|p| p.file_stem()).map_or("digits".to_string(), |s| s.to_string_lossy().into_owned());
@@ -28,10 +25,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if !resume && !checkpoint::list(&out_dir)?.is_empty() {
         anyhow::bail!("{} already holds checkpoints: continue it with --resume {0}, or choose another --out", out_dir.display());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
+    let stop = super::stop_on_signals()?;
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
     let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop };
     let summary = train(config, &opts)?;
