@@ -28,14 +28,14 @@ fn assert_same_final_state(a: &Path, b: &Path, step: u64) {
     }
 }
 
-fn spawn_train(out: &Path, extra: &[&str]) -> Child {
+fn spawn_train(out: &Path, extra: &[&str], stdout: Stdio) -> Child {
     let bin = assert_cmd::cargo::cargo_bin("difforge");
     std::process::Command::new(bin)
         .arg("train")
         .args(tiny_args(extra))
         .arg("--out")
         .arg(out)
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn")
@@ -61,6 +61,16 @@ fn signal_after(child: &mut Child, run: &Path, after: u64, signal: &str) {
     assert!(status.success());
 }
 
+/// The settings of a 2N-step run with a checkpoint at N, and that run done uninterrupted.
+fn reference_run(dir: &Path) -> (Vec<String>, PathBuf) {
+    let mut extra: Vec<String> = resume_args().into_iter().map(str::to_string).collect();
+    extra.push(format!("train.steps={}", 2 * N));
+    extra.push(format!("train.checkpoint_every={N}"));
+    let reference = dir.join("reference");
+    train_tiny(&reference, &extra.iter().map(String::as_str).collect::<Vec<_>>());
+    (extra, reference)
+}
+
 fn resume(run: &Path, extra: &[&str]) -> std::process::Output {
     let sets: Vec<String> = extra.iter().flat_map(|s| ["--set".to_string(), s.to_string()]).collect();
     difforge().arg("train").arg("--resume").arg(run).args(sets).output().unwrap()
@@ -69,19 +79,15 @@ fn resume(run: &Path, extra: &[&str]) -> std::process::Output {
 #[test]
 fn sigkill_then_resume_ends_bit_identical_at_three_kill_moments() {
     let dir = tempfile::tempdir().unwrap();
-    let mut extra = resume_args();
-    let steps = format!("train.steps={}", 2 * N);
-    let every = format!("train.checkpoint_every={N}");
-    extra.extend([steps.as_str(), every.as_str()]);
-    let reference = dir.path().join("reference");
-    train_tiny(&reference, &extra);
+    let (extra, reference) = reference_run(dir.path());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
 
     // Kill moments: just after the checkpoint, in the middle, and just before the end, each
     // with a random extra delay.
     let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     for (i, after) in [N + 1, N + N / 2, 2 * N - 2].into_iter().enumerate() {
         let run: PathBuf = dir.path().join(format!("killed-{i}"));
-        let mut child = spawn_train(&run, &extra);
+        let mut child = spawn_train(&run, &extra, Stdio::null());
         signal_after(&mut child, &run, after, "KILL");
         std::thread::sleep(Duration::from_millis((jitter >> (i * 4)) % 7));
         let _ = child.wait();
@@ -98,24 +104,11 @@ fn sigkill_then_resume_ends_bit_identical_at_three_kill_moments() {
 #[test]
 fn sigterm_checkpoints_exits_zero_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut extra = resume_args();
-    let steps = format!("train.steps={}", 2 * N);
-    let every = format!("train.checkpoint_every={N}");
-    extra.extend([steps.as_str(), every.as_str()]);
-    let reference = dir.path().join("reference");
-    train_tiny(&reference, &extra);
+    let (extra, reference) = reference_run(dir.path());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
 
     let run = dir.path().join("terminated");
-    let bin = assert_cmd::cargo::cargo_bin("difforge");
-    let mut child = std::process::Command::new(bin)
-        .arg("train")
-        .args(tiny_args(&extra))
-        .arg("--out")
-        .arg(&run)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&run, &extra, Stdio::piped());
     signal_after(&mut child, &run, N + 3, "TERM");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "SIGTERM should end the run cleanly");
