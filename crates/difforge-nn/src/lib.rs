@@ -5,7 +5,9 @@
 pub mod activation;
 pub mod classifier;
 pub mod error;
+pub mod features;
 pub mod lora;
+pub mod torch_pickle;
 pub mod unet;
 pub mod weights;
 
