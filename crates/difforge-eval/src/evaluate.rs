@@ -1,0 +1,341 @@
+//! One evaluation of one checkpoint: generate samples (or read them), extract features of the
+//! samples and of real images, and compute every metric. Everything random is fixed by the
+//! options (sample seeds, KID subset seed), so the same command gives the same numbers.
+
+use crate::cache::FeatureCache;
+use crate::classes::{class_report, ClassReport};
+use crate::dataset::{load_split, RealImages, SplitChoice};
+use crate::features::{FeatureNet, FeatureNetInfo};
+use crate::memorisation::{memorisation, Memorisation};
+use crate::metrics::frechet::{frechet_distance, Gaussian};
+use crate::metrics::kid::{kid, Kid, KidConfig};
+use crate::metrics::manifold::{manifold, Manifold};
+use crate::EvalError;
+use difforge_data::DataConfig;
+use difforge_diffusion::SamplerConfig;
+use difforge_train::generate::{generate, GenerateSpec};
+use difforge_train::progress::Progress;
+use difforge_train::DiffusionModel;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// What to evaluate and how.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Samples to generate.
+    pub n: usize,
+    /// Seed of the first sample; sample i uses seed + i.
+    pub seed: u64,
+    pub sampler: SamplerConfig,
+    pub use_ema: bool,
+    /// Images per generation call (every call is padded to this size, so a sample does not
+    /// depend on what it was batched with).
+    pub batch: usize,
+    pub feature_batch: usize,
+    /// k of the k-NN manifolds (precision, recall, density, coverage).
+    pub k: usize,
+    pub kid: KidConfig,
+    /// Sample sets (seeds) over which the spread of the Frechet distance is reported; 1 = only
+    /// the main set.
+    pub consistency_sets: usize,
+    pub memorisation_threshold: f64,
+    /// Closest sample/training pairs to show.
+    pub show_pairs: usize,
+    /// The real images: a dataset and which split of it.
+    pub real_data: DataConfig,
+    pub real_split: SplitChoice,
+    /// The classifier that labels samples for class accuracy (a `classifier train` folder).
+    pub classifier: Option<PathBuf>,
+    /// Evaluate the images of this folder instead of generating samples (class subfolders named
+    /// like the model's classes give the classes asked for).
+    pub samples_dir: Option<PathBuf>,
+}
+
+/// Metrics on one feature network.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureMetrics {
+    pub network: FeatureNetInfo,
+    /// Frechet distance ("FD-EffNet" or "FID").
+    pub frechet_distance: f64,
+    pub kid: Kid,
+    pub manifold: Manifold,
+    pub samples: usize,
+    pub real: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Consistency {
+    /// Images generated a second time with the same seeds.
+    pub repeated_images: usize,
+    /// Whether they came out bit-identical.
+    pub same_seed_identical: bool,
+    /// The main network's Frechet distance on each sample set (first seed of each set).
+    pub per_set: Vec<(u64, f64)>,
+    pub mean: f64,
+    /// Sample standard deviation over the sets (0 with one set).
+    pub std: f64,
+    pub samples_per_set: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleInfo {
+    pub count: usize,
+    /// The folder they were read from (None: generated with the settings below).
+    pub source: Option<PathBuf>,
+    pub sampler: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub ema: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RealInfo {
+    pub count: usize,
+    pub dataset: String,
+}
+
+/// Everything an evaluation measured (the JSON report).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    pub samples: SampleInfo,
+    pub real: RealInfo,
+    pub metrics: Vec<FeatureMetrics>,
+    pub classes: Option<ClassReport>,
+    pub memorisation: Memorisation,
+    /// None when the samples were read from a folder.
+    pub consistency: Option<Consistency>,
+}
+
+/// What the report shows besides the numbers, and how long each part took (kept out of the
+/// JSON so that it stays identical from run to run).
+pub struct EvalExtras {
+    pub samples: Tensor,
+    pub asked: Option<Vec<i64>>,
+    pub real: Tensor,
+    pub train: Tensor,
+    pub timings: Vec<(String, f64)>,
+    /// Per network: whether the real features came from the cache.
+    pub real_features_cached: Vec<bool>,
+    pub notes: Vec<String>,
+}
+
+/// Evaluates `model` (at `checkpoint`, trained `step` steps) with `nets` (the first one is the
+/// main network, whose Frechet distance the consistency check repeats).
+pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[FeatureNet], cache: &FeatureCache, opts: &EvalOptions) -> Result<(EvalReport, EvalExtras), EvalError> {
+    let main_net = nets.first().ok_or_else(|| EvalError::Input("no feature network".into()))?;
+    let mut clock = Clock::start();
+    let cfg = &model.config;
+    let real = load_split(&opts.real_data, cfg.seed, opts.real_split)?;
+    let train = load_split(&cfg.data, cfg.seed, SplitChoice::Train)?;
+    let heldout = if cfg.data.val_path.is_none() && cfg.data.val_fraction > 0.0 { load_split(&cfg.data, cfg.seed, SplitChoice::Val).ok() } else { None };
+    clock.lap("load real images");
+
+    let (samples, asked, repeat) = match &opts.samples_dir {
+        Some(dir) => {
+            let (images, asked) = read_samples(dir, &cfg.data, &train.class_names, cfg.seed)?;
+            clock.lap("read samples");
+            (images, asked, None)
+        }
+        None => {
+            let asked = asked_classes(model, opts.n);
+            let samples = generate_set(model, opts, opts.seed, asked.as_deref(), "sampling")?;
+            clock.lap("generate samples");
+            let repeat = opts.batch.min(opts.n);
+            let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), "repeat")?;
+            let identical = again.equal(&samples.narrow(0, 0, repeat as i64));
+            clock.lap("repeat samples (bit-identical check)");
+            (samples, asked, Some((repeat, identical)))
+        }
+    };
+    let n = samples.size()[0] as usize;
+
+    let mut metrics = Vec::new();
+    let mut cached = Vec::new();
+    let mut main_real = None;
+    for net in nets {
+        let (real_features, hit) = cache.features(net, &real.images, opts.feature_batch, progress_fn(&format!("{} real", net.info.name), real.images.size()[0]))?;
+        let sample_features = net.extract(&samples, opts.feature_batch, progress_fn(&format!("{} samples", net.info.name), n as i64))?;
+        metrics.push(feature_metrics(net, &real_features, &sample_features, opts)?);
+        cached.push(hit);
+        if main_real.is_none() {
+            main_real = Some(Gaussian::fit(&real_features)?);
+        }
+        clock.lap(&format!("{} features and metrics", net.info.name));
+    }
+    let main_real = main_real.ok_or_else(|| EvalError::Input("no feature network".into()))?;
+
+    let consistency = match repeat {
+        Some((repeated, identical)) => {
+            let mut per_set = vec![(opts.seed, metrics[0].frechet_distance)];
+            for set in 1..opts.consistency_sets {
+                let seed = opts.seed + (set * opts.n) as u64;
+                let images = generate_set(model, opts, seed, asked.as_deref(), &format!("seed set {}", set + 1))?;
+                let features = main_net.extract(&images, opts.feature_batch, |_| {})?;
+                per_set.push((seed, frechet_distance(&main_real, &Gaussian::fit(&features)?)?));
+            }
+            clock.lap("consistency sample sets");
+            Some(consistency(repeated, identical, per_set, opts.n))
+        }
+        None => None,
+    };
+
+    let mut notes = Vec::new();
+    let classes = match (&opts.classifier, &asked) {
+        (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train)?),
+        (Some(_), None) => {
+            notes.push("class accuracy skipped: the model is unconditional".to_string());
+            None
+        }
+        (None, Some(_)) => {
+            notes.push("class accuracy skipped: no classifier (train one with `difforge classifier train`, pass --classifier)".to_string());
+            None
+        }
+        (None, None) => None,
+    };
+    clock.lap("class accuracy");
+
+    let memo = memorisation(&samples, &train.images, &train.ids, heldout.as_ref().map(|h| &h.images), opts.memorisation_threshold, opts.show_pairs)?;
+    clock.lap("memorisation");
+
+    let report = EvalReport {
+        checkpoint,
+        step,
+        samples: SampleInfo {
+            count: n,
+            source: opts.samples_dir.clone(),
+            sampler: opts.sampler.sampler.name().to_string(),
+            steps: opts.sampler.steps,
+            guidance: opts.sampler.guidance,
+            seed: opts.seed,
+            ema: opts.use_ema,
+        },
+        real: RealInfo { count: real.images.size()[0] as usize, dataset: real.description.clone() },
+        metrics,
+        classes,
+        memorisation: memo,
+        consistency,
+    };
+    let extras = EvalExtras { samples, asked, real: real.images, train: train.images, timings: clock.laps, real_features_cached: cached, notes };
+    Ok((report, extras))
+}
+
+/// The images of a folder, preprocessed like the training data; when its class subfolders carry
+/// the model's class names, the classes asked for.
+fn read_samples(dir: &std::path::Path, data: &DataConfig, class_names: &[String], seed: u64) -> Result<(Tensor, Option<Vec<i64>>), EvalError> {
+    let folder = DataConfig { source: difforge_data::SourceKind::Folder, path: Some(dir.to_path_buf()), labels_path: None, val_path: None, class_names: Vec::new(), ..data.clone() };
+    let set = load_split(&folder, seed, SplitChoice::All)?;
+    let asked: Option<Vec<i64>> = if set.class_names.is_empty() || class_names.is_empty() {
+        None
+    } else {
+        set.labels
+            .iter()
+            .map(|&l| usize::try_from(l).ok().and_then(|l| set.class_names.get(l)).and_then(|name| class_names.iter().position(|c| c == name)).map(|c| c as i64))
+            .collect()
+    };
+    Ok((set.images, asked))
+}
+
+/// Classes in turn (0, 1, 2, ...) for a class-conditional model.
+fn asked_classes(model: &DiffusionModel, n: usize) -> Option<Vec<i64>> {
+    let k = model.config.model.num_classes;
+    (k > 0).then(|| (0..n as i64).map(|i| i % k).collect())
+}
+
+/// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded).
+fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Option<&[i64]>, label: &str) -> Result<Tensor, EvalError> {
+    let mut parts = Vec::new();
+    let mut progress = Progress::new(label, opts.n as u64, 0);
+    let chunk = opts.batch.max(1);
+    let mut start = 0;
+    while start < opts.n {
+        let len = chunk.min(opts.n - start);
+        let spec = GenerateSpec {
+            classes: asked.map(|a| a[start..start + len].to_vec()),
+            seeds: (start..start + len).map(|i| seed + i as u64).collect(),
+            sampler: &opts.sampler,
+            use_ema: opts.use_ema,
+            max_batch: chunk,
+            fixed_batch: true,
+        };
+        parts.push(generate(model, &spec));
+        start += len;
+        progress.update(start as u64, "images");
+    }
+    progress.finish();
+    if parts.is_empty() {
+        return Err(EvalError::Input("--n must be at least 1".into()));
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+fn progress_fn(label: &str, total: i64) -> impl FnMut(usize) {
+    let mut progress = Progress::new(label, total.max(0) as u64, 0);
+    move |done| {
+        progress.update(done as u64, "images");
+        if done as i64 >= total {
+            progress.finish();
+        }
+    }
+}
+
+fn feature_metrics(net: &FeatureNet, real: &Tensor, fake: &Tensor, opts: &EvalOptions) -> Result<FeatureMetrics, EvalError> {
+    let fd = frechet_distance(&Gaussian::fit(real)?, &Gaussian::fit(fake)?)?;
+    Ok(FeatureMetrics {
+        network: net.info.clone(),
+        frechet_distance: fd,
+        kid: kid(real, fake, &opts.kid)?,
+        manifold: manifold(real, fake, opts.k)?,
+        samples: fake.size()[0] as usize,
+        real: real.size()[0] as usize,
+    })
+}
+
+fn consistency(repeated_images: usize, same_seed_identical: bool, per_set: Vec<(u64, f64)>, samples_per_set: usize) -> Consistency {
+    let values: Vec<f64> = per_set.iter().map(|(_, v)| *v).collect();
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let std = if values.len() > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    Consistency { repeated_images, same_seed_identical, per_set, mean, std, samples_per_set }
+}
+
+/// Labels the samples with the classifier and scores them against the classes asked for. The
+/// classifier must know the model's classes by the same names, in the same order.
+fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], train: &RealImages) -> Result<ClassReport, EvalError> {
+    let judge = difforge_train::classifier::load_judge(dir, model.device).map_err(|e| EvalError::Input(format!("--classifier {}: {e}", dir.display())))?;
+    let names = &judge.meta.class_names;
+    let k = model.config.model.num_classes as usize;
+    if names.len() != k || (!train.class_names.is_empty() && &train.class_names != names) {
+        return Err(EvalError::Input(format!(
+            "--classifier {}: its classes ({}) are not the model's ({} classes: {})",
+            dir.display(),
+            names.join(", "),
+            k,
+            train.class_names.join(", ")
+        )));
+    }
+    let predicted = difforge_train::classifier::predict(&judge.net, &samples.to_kind(Kind::Float), judge.device);
+    Ok(class_report(asked, &predicted, names, judge.meta.val_accuracy))
+}
+
+/// Wall time per stage.
+struct Clock {
+    laps: Vec<(String, f64)>,
+    last: Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { laps: Vec::new(), last: Instant::now() }
+    }
+
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.laps.push((name.to_string(), now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+}

@@ -1,0 +1,16 @@
+//! Evaluation for difforge: distances between feature distributions (Frechet distance, KID),
+//! k-nearest-neighbour manifold metrics (precision, recall, F1, density, coverage), class accuracy,
+//! memorisation and consistency checks, and the HTML report that shows them.
+
+pub mod cache;
+pub mod classes;
+pub mod dataset;
+pub mod error;
+pub mod evaluate;
+pub mod features;
+pub mod memorisation;
+pub mod metrics;
+pub mod plot;
+pub mod report;
+
+pub use error::EvalError;

@@ -1,0 +1,182 @@
+//! `difforge eval`: metrics of a checkpoint (or of every kept checkpoint of a run) against real
+//! data, printed, as JSON, and as an HTML report.
+
+use crate::cli::EvalArgs;
+use anyhow::Context;
+use difforge_diffusion::{SamplerConfig, SamplerKind};
+use difforge_eval::cache::FeatureCache;
+use difforge_eval::dataset::{resolve_dataset, SplitChoice};
+use difforge_eval::evaluate::{evaluate, EvalExtras, EvalOptions, EvalReport};
+use difforge_eval::features::FeatureNet;
+use difforge_eval::metrics::kid::KidConfig;
+use difforge_train::{checkpoint, RunConfig};
+use std::path::{Path, PathBuf};
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let checkpoints = checkpoints(&args)?;
+    let (first_dir, _) = checkpoints.last().context("no checkpoint to evaluate")?;
+    let cfg = checkpoint::read_config(first_dir)?;
+    let device = difforge_train::trainer::device_for(&args.device, cfg.train.threads)?;
+    let opts = options(&args, &cfg)?;
+    let mut nets = vec![FeatureNet::efficientnet(args.effnet_weights.as_deref(), device)?];
+    if let Some(weights) = &args.inception_weights {
+        nets.push(FeatureNet::inception(weights, device)?);
+    }
+    let cache = FeatureCache::new(args.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir));
+    let mut history: Vec<EvalReport> = Vec::new();
+    let mut last: Option<(EvalReport, EvalExtras)> = None;
+    for (dir, step) in &checkpoints {
+        let cfg = checkpoint::read_config(dir)?;
+        let model = checkpoint::load_model(dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?;
+        if checkpoints.len() > 1 {
+            eprintln!("evaluating {} (step {step})", dir.display());
+        }
+        let (report, extras) = evaluate(&model, dir.clone(), *step, &nets, &cache, &opts)?;
+        history.push(report.clone());
+        last = Some((report, extras));
+    }
+    let (report, extras) = last.context("no checkpoint was evaluated")?;
+    if let Some(dir) = &args.report {
+        let page = difforge_eval::report::write(dir, &report, &extras, args.run.as_deref().or(run_of(&args.checkpoint)), &history)?;
+        eprintln!("report -> {}", page.display());
+    }
+    if args.json {
+        return if history.len() > 1 { super::print_json(&serde_json::json!({ "checkpoints": history })) } else { super::print_json(&report) };
+    }
+    print_text(&history, &extras);
+    Ok(())
+}
+
+/// The checkpoint folders to evaluate with their steps: one, or every kept one of `--run`.
+fn checkpoints(args: &EvalArgs) -> anyhow::Result<Vec<(PathBuf, u64)>> {
+    let with_step = |dir: PathBuf| -> anyhow::Result<(PathBuf, u64)> {
+        let step = checkpoint::read_state(&dir)?.step;
+        Ok((dir, step))
+    };
+    match (&args.checkpoint, &args.run) {
+        (Some(path), None) => Ok(vec![with_step(checkpoint::resolve(path)?)?]),
+        (None, Some(run)) => {
+            let kept = checkpoint::list(run)?;
+            if kept.is_empty() {
+                anyhow::bail!("--run {}: no checkpoints in {}", run.display(), run.join("checkpoints").display());
+            }
+            kept.into_iter().map(|(_, dir)| with_step(dir)).collect()
+        }
+        _ => anyhow::bail!("give exactly one of --checkpoint PATH or --run RUN_DIR"),
+    }
+}
+
+/// The run folder a `--checkpoint` path belongs to (for the loss curves), if it is one.
+fn run_of(checkpoint: &Option<PathBuf>) -> Option<&Path> {
+    let path = checkpoint.as_deref()?;
+    if path.join("metrics.jsonl").is_file() {
+        return Some(path);
+    }
+    let run = path.parent()?.parent()?;
+    run.join("metrics.jsonl").is_file().then_some(run)
+}
+
+fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
+    if args.n < 2 && args.samples.is_none() {
+        anyhow::bail!("--n {}: at least 2 samples are needed for a covariance", args.n);
+    }
+    let real_data = match &args.data {
+        Some(spec) => resolve_dataset(spec, &cfg.data)?,
+        None => cfg.data.clone(),
+    };
+    let real_split = SplitChoice::parse(&args.split).with_context(|| format!("--split {}: expected val, train or all", args.split))?;
+    let classifier = args.classifier.clone().or_else(|| {
+        let default = run_of(&args.checkpoint).or(args.run.as_deref())?.join("classifier");
+        default.join(difforge_train::classifier::META_FILE).is_file().then_some(default)
+    });
+    if args.classifier.is_none() {
+        if let Some(dir) = &classifier {
+            eprintln!("class accuracy: using the run's classifier {}", dir.display());
+        }
+    }
+    Ok(EvalOptions {
+        n: args.n,
+        seed: args.seed,
+        sampler: sampler(args, cfg)?,
+        use_ema: !args.raw,
+        batch: args.batch.max(1),
+        feature_batch: 50,
+        k: args.k,
+        kid: KidConfig { subsets: args.kid_subsets, subset_size: args.kid_subset_size, seed: args.seed, ..KidConfig::default() },
+        consistency_sets: args.consistency_sets.max(1),
+        memorisation_threshold: args.memorisation_threshold,
+        show_pairs: 10,
+        real_data,
+        real_split,
+        classifier,
+        samples_dir: args.samples.clone(),
+    })
+}
+
+fn sampler(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<SamplerConfig> {
+    let mut sampler = cfg.sample.clone();
+    if let Some(name) = &args.sampler {
+        sampler.sampler = SamplerKind::parse(name).with_context(|| format!("--sampler {name}: expected ddpm, ddim or dpm++2m"))?;
+    }
+    if let Some(s) = args.steps {
+        sampler.steps = s;
+    }
+    if let Some(g) = args.guidance {
+        sampler.guidance = g;
+    }
+    if let Some(e) = args.eta {
+        sampler.eta = e;
+    }
+    sampler.validate(cfg.diffusion.timesteps).map_err(|e| anyhow::anyhow!("{}", e.replace("sample.", "--")))?;
+    Ok(sampler)
+}
+
+fn print_text(history: &[EvalReport], extras: &EvalExtras) {
+    for report in history {
+        let s = &report.samples;
+        println!("{} (step {}): {} samples vs {} real images ({})", report.checkpoint.display(), report.step, s.count, report.real.count, report.real.dataset);
+        for f in &report.metrics {
+            let m = &f.manifold;
+            println!("  {:<10} {:.4}   ({}-d {} features, {} samples / {} real)", f.network.metric, f.frechet_distance, f.network.dim, f.network.name, f.samples, f.real);
+            println!("  KID        {:.5} ± {:.5}   ({} subsets of {})", f.kid.mean, f.kid.std, f.kid.subsets, f.kid.subset_size);
+            println!(
+                "  precision {:.3}  recall {:.3}  F1 {:.3}  density {:.3}  coverage {:.3}   (k = {}, {} samples / {} real)",
+                m.precision, m.recall, m.f1, m.density, m.coverage, m.k, m.fake, m.real
+            );
+        }
+        if let Some(c) = &report.classes {
+            println!("  class accuracy {:.1}% of {} samples (classifier: {:.1}% on real held-out images)", 100.0 * c.accuracy, c.samples, 100.0 * c.classifier_val_accuracy);
+            let worst = c.per_class.iter().min_by(|a, b| a.f1.total_cmp(&b.f1));
+            if let Some(w) = worst {
+                println!("    lowest F1: class {} (precision {:.3}, recall {:.3}, F1 {:.3})", w.class, w.precision, w.recall, w.f1);
+            }
+        }
+        let m = &report.memorisation;
+        println!(
+            "  memorisation: {:.2}% of {} samples below {} x the training set's median neighbour distance{}",
+            100.0 * m.fraction_below,
+            m.samples,
+            m.threshold,
+            m.heldout_fraction_below.map_or(String::new(), |f| format!(" (held-out real images: {:.2}%)", 100.0 * f))
+        );
+        if let Some(c) = &report.consistency {
+            println!(
+                "  consistency: {} repeated images {}; {} over {} seed sets of {}: {:.4} ± {:.4}",
+                c.repeated_images,
+                if c.same_seed_identical { "bit-identical" } else { "NOT bit-identical" },
+                report.metrics.first().map_or("FD", |f| f.network.metric),
+                c.per_set.len(),
+                c.samples_per_set,
+                c.mean,
+                c.std
+            );
+        }
+    }
+    for note in &extras.notes {
+        println!("  note: {note}");
+    }
+    let cached: Vec<&str> = extras.real_features_cached.iter().map(|&c| if c { "cached" } else { "computed" }).collect();
+    let total: f64 = extras.timings.iter().map(|(_, t)| t).sum();
+    let parts: Vec<String> = extras.timings.iter().map(|(k, t)| format!("{k} {t:.1}s")).collect();
+    println!("  time (last checkpoint): {total:.1} s: {}; real features {}", parts.join(", "), cached.join("/"));
+}
