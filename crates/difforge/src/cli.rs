@@ -380,6 +380,10 @@ pub enum ClassifierCommand {
     Train {
         #[command(flatten)]
         config: ConfigArgs,
+        /// The dataset instead of the config's: `digits`, a TOML config (its [data]) or an image
+        /// folder (class = first-level subfolder), at the config's resolution.
+        #[arg(long, value_name = "DATASET")]
+        data: Option<String>,
         /// Output folder for classifier.safetensors and classifier.json.
         #[arg(long)]
         out: PathBuf,

@@ -5,8 +5,11 @@ use difforge_train::classifier::{judge as judge_samples, load_judge, train_class
 use difforge_train::generate::{generate, save_grid, GenerateSpec};
 use std::path::Path;
 
-pub fn train(config: &ConfigArgs, out: &Path, steps: u64, device: &str, json: bool) -> anyhow::Result<()> {
-    let cfg = super::config::load(config)?;
+pub fn train(config: &ConfigArgs, data: Option<&str>, out: &Path, steps: u64, device: &str, json: bool) -> anyhow::Result<()> {
+    let mut cfg = super::config::load(config)?;
+    if let Some(spec) = data {
+        cfg.data = difforge_eval::dataset::resolve_dataset(spec, &cfg.data)?;
+    }
     let dev = difforge_train::trainer::device_for(device, cfg.train.threads)?;
     let opts = ClassifierTraining { steps, ..Default::default() };
     let meta = train_classifier(&cfg.data, cfg.seed, &opts, dev, out)?;

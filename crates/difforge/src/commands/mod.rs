@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data::check(&path, model_size, imbalance_threshold, near_distance, fix_report.as_deref(), json)
         }
         Command::Classifier { command } => match command {
-            ClassifierCommand::Train { config, out, steps, device, json } => classifier::train(&config, &out, steps, &device, json),
+            ClassifierCommand::Train { config, data, out, steps, device, json } => classifier::train(&config, data.as_deref(), &out, steps, &device, json),
             ClassifierCommand::Judge { sampling, classifier, per_class, first_class, grid, json } => {
                 classifier::judge(&sampling, &classifier, per_class, first_class, grid.as_deref(), json)
             }

@@ -1,0 +1,164 @@
+//! `difforge eval` end to end on a tiny trained model: every metric present and consistent,
+//! the same command giving the same JSON, real features served from the cache the second time,
+//! the report with its images, a folder of samples, a whole run, and clear errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{difforge, tiny_args, train_tiny, write_digit_folder};
+use serde_json::Value;
+use std::path::Path;
+
+/// Small but complete settings: 24 samples, 2 seed sets, KID on 5 subsets of 10.
+const SMALL: &[&str] = &["--n", "24", "--batch", "8", "--consistency-sets", "2", "--kid-subsets", "5", "--kid-subset-size", "10", "--steps", "4"];
+
+fn eval_json(args: &[&str], extra: &[&Path]) -> (Value, Vec<u8>) {
+    let mut cmd = difforge();
+    cmd.arg("eval").args(args);
+    for p in extra {
+        cmd.arg(p);
+    }
+    let out = cmd.arg("--json").output().expect("runs");
+    assert!(out.status.success(), "eval failed: {}", String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_slice(&out.stdout).expect("JSON"), out.stdout)
+}
+
+fn train_classifier(out: &Path) {
+    difforge()
+        .args(["classifier", "train", "--data", "digits", "--steps", "30", "--device", "cpu"])
+        .args(tiny_args(&[]))
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .success();
+}
+
+#[test]
+fn eval_reports_every_metric_the_same_way_twice_and_caches_real_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run, &["train.steps=30"]);
+    train_classifier(&run.join("classifier"));
+    let real = tmp.path().join("real");
+    write_digit_folder(&real, 3);
+    let cache = tmp.path().join("cache");
+    let report = tmp.path().join("report");
+    let args = [&["--checkpoint", run.to_str().unwrap(), "--data", real.to_str().unwrap(), "--split", "all", "--cache-dir", cache.to_str().unwrap(), "--report", report.to_str().unwrap()], SMALL].concat();
+
+    let (v, first) = eval_json(&args, &[]);
+    let m = &v["metrics"][0];
+    assert_eq!(m["network"]["metric"], "FD-EffNet");
+    assert_eq!(m["network"]["dim"], 1280);
+    assert!(m["frechet_distance"].as_f64().unwrap() > 0.0);
+    assert_eq!((m["samples"].as_u64(), m["real"].as_u64()), (Some(24), Some(30)));
+    assert_eq!((m["kid"]["subsets"].as_u64(), m["kid"]["subset_size"].as_u64()), (Some(5), Some(10)));
+    for key in ["precision", "recall", "f1", "coverage"] {
+        let x = m["manifold"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{key} = {x}");
+    }
+    assert_eq!(m["manifold"]["k"], 3);
+    // Class accuracy with the run's classifier (found in RUN/classifier).
+    let classes = &v["classes"];
+    assert_eq!(classes["samples"], 24);
+    let total: u64 = classes["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(total, 24);
+    assert_eq!(classes["per_class"].as_array().unwrap().len(), 10);
+    // Memorisation against the model's own training split, with the held-out baseline.
+    assert_eq!(v["memorisation"]["samples"], 24);
+    assert_eq!(v["memorisation"]["train_images"], 4500);
+    assert_eq!(v["memorisation"]["heldout_images"], 500);
+    // Consistency: the same seeds give the same bits; FD on two seed sets.
+    assert_eq!(v["consistency"]["same_seed_identical"], true);
+    assert_eq!(v["consistency"]["repeated_images"], 8);
+    assert_eq!(v["consistency"]["per_set"].as_array().unwrap().len(), 2);
+    assert_eq!(v["consistency"]["per_set"][0][1], m["frechet_distance"]);
+
+    let cached: Vec<_> = std::fs::read_dir(&cache.join("features")).or_else(|_| std::fs::read_dir(&cache)).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "one feature file for the one real set");
+    let stamp = cached[0].metadata().unwrap().modified().unwrap();
+
+    let (_, second) = eval_json(&args, &[]);
+    assert_eq!(String::from_utf8_lossy(&first), String::from_utf8_lossy(&second), "same command, same JSON");
+    assert_eq!(cached[0].metadata().unwrap().modified().unwrap(), stamp, "the cached features were reused, not rewritten");
+
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    let images = html.matches("src=\"data:image/png;base64,").count();
+    assert!(images >= 5, "samples, real, pairs, confusion and loss embedded; found {images}");
+    for file in ["samples.png", "real.png", "closest-pairs.png", "confusion.png", "loss.png"] {
+        image::open(report.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let on_disk: Value = serde_json::from_slice(&std::fs::read(report.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, v);
+}
+
+#[test]
+fn identical_sample_and_real_folders_are_at_distance_zero_and_others_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run, &["train.steps=2"]);
+    let digits = tmp.path().join("digits");
+    write_digit_folder(&digits, 4);
+    let fd = |samples: &Path| {
+        let args = ["--checkpoint", run.to_str().unwrap(), "--data", digits.to_str().unwrap(), "--split", "all", "--kid-subset-size", "10", "--samples"];
+        let (v, _) = eval_json(&args, &[samples]);
+        assert!(v["consistency"].is_null(), "no consistency check for a folder");
+        (v["metrics"][0]["frechet_distance"].as_f64().unwrap(), v)
+    };
+    let (same, v) = fd(&digits);
+    assert!(same.abs() < 1e-6, "FD of a set with itself: {same}");
+    assert_eq!(v["metrics"][0]["manifold"]["precision"], 1.0);
+    // The folder's class subfolders are the classes asked for: no classifier here, so none scored.
+    assert!(v["classes"].is_null());
+    // Other digits (the next rows of the sheet) are further away.
+    let other = tmp.path().join("other");
+    let sheet = tmp.path().join("sheet");
+    write_digit_folder(&sheet, 40);
+    for d in 0..10 {
+        std::fs::create_dir_all(other.join(d.to_string())).unwrap();
+        for i in 30..34 {
+            let name = format!("{i:03}.png");
+            std::fs::copy(sheet.join(d.to_string()).join(&name), other.join(d.to_string()).join(&name)).unwrap();
+        }
+    }
+    let (different, _) = fd(&other);
+    assert!(different > 1.0, "FD of different digits: {different}");
+}
+
+#[test]
+fn eval_of_a_run_scores_every_kept_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run, &["train.steps=20", "train.checkpoint_every=10", "train.keep_checkpoints=3"]);
+    let report = tmp.path().join("report");
+    let cache = tmp.path().join("cache");
+    let args = [&["--run", run.to_str().unwrap(), "--consistency-sets", "1", "--cache-dir", cache.to_str().unwrap(), "--report", report.to_str().unwrap()], &SMALL[..4], &SMALL[6..]].concat();
+    let (v, _) = eval_json(&args, &[]);
+    let steps: Vec<u64> = v["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![10, 20]);
+    for file in ["fd-over-steps.png", "fractions-over-steps.png", "loss.png"] {
+        image::open(report.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
+
+#[test]
+fn eval_names_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run, &["train.steps=2"]);
+    let ck = run.to_str().unwrap();
+    let fails = |args: &[&str], expected: &str| {
+        let out = difforge().arg("eval").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{args:?}: {err}");
+    };
+    fails(&["--checkpoint", ck, "--data", "/no/such/folder"], "/no/such/folder");
+    fails(&["--checkpoint", ck, "--split", "test"], "--split test");
+    fails(&["--checkpoint", ck, "--n", "1"], "--n 1");
+    fails(&["--checkpoint", ck, "--sampler", "euler"], "--sampler euler");
+    fails(&["--checkpoint", ck, "--effnet-weights", "/no/weights.pth"], "/no/weights.pth");
+    fails(&["--checkpoint", tmp.path().join("nothing").to_str().unwrap()], "nothing");
+    let junk = tmp.path().join("junk.pth");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    fails(&["--checkpoint", ck, "--inception-weights", junk.to_str().unwrap()], "junk.pth");
+}
