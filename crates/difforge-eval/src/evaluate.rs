@@ -143,10 +143,10 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         }
         None => {
             let asked = asked_classes(model, opts.n);
-            let samples = generate_set(model, opts, opts.seed, asked.as_deref(), "sampling")?;
+            let samples = generate_set(model, opts, opts.seed, asked.as_deref(), Some("sampling"))?;
             clock.lap("generate samples");
             let repeat = opts.batch.min(opts.n);
-            let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), "repeat")?;
+            let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), Some("repeat"))?;
             let identical = again.equal(&samples.narrow(0, 0, repeat as i64));
             clock.lap("repeat samples (bit-identical check)");
             (samples, asked, Some((repeat, identical)))
@@ -174,7 +174,7 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
             let mut per_set = vec![(opts.seed, metrics[0].frechet_distance)];
             for set in 1..opts.consistency_sets {
                 let seed = opts.seed + (set * opts.n) as u64;
-                let images = generate_set(model, opts, seed, asked.as_deref(), &format!("seed set {}", set + 1))?;
+                let images = generate_set(model, opts, seed, asked.as_deref(), Some(&format!("seed set {}", set + 1)))?;
                 let features = main_net.extract(&images, opts.feature_batch, |_| {})?;
                 per_set.push((seed, frechet_distance(&main_real, &Gaussian::fit(&features)?)?));
             }
@@ -241,15 +241,16 @@ fn read_samples(dir: &std::path::Path, data: &DataConfig, class_names: &[String]
 }
 
 /// Classes in turn (0, 1, 2, ...) for a class-conditional model.
-fn asked_classes(model: &DiffusionModel, n: usize) -> Option<Vec<i64>> {
+pub(crate) fn asked_classes(model: &DiffusionModel, n: usize) -> Option<Vec<i64>> {
     let k = model.config.model.num_classes;
     (k > 0).then(|| (0..n as i64).map(|i| i % k).collect())
 }
 
-/// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded).
-fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Option<&[i64]>, label: &str) -> Result<Tensor, EvalError> {
+/// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded); `label`
+/// names the progress bar (None: quiet).
+pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Option<&[i64]>, label: Option<&str>) -> Result<Tensor, EvalError> {
     let mut parts = Vec::new();
-    let mut progress = Progress::new(label, opts.n as u64, 0);
+    let mut progress = label.map(|l| Progress::new(l, opts.n as u64, 0));
     let chunk = opts.batch.max(1);
     let mut start = 0;
     while start < opts.n {
@@ -264,9 +265,13 @@ fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Op
         };
         parts.push(generate(model, &spec));
         start += len;
-        progress.update(start as u64, "images");
+        if let Some(p) = progress.as_mut() {
+            p.update(start as u64, "images");
+        }
     }
-    progress.finish();
+    if let Some(p) = &progress {
+        p.finish();
+    }
     if parts.is_empty() {
         return Err(EvalError::Input("--n must be at least 1".into()));
     }
@@ -305,7 +310,7 @@ fn consistency(repeated_images: usize, same_seed_identical: bool, per_set: Vec<(
 
 /// Labels the samples with the classifier and scores them against the classes asked for. The
 /// classifier must know the model's classes by the same names, in the same order.
-fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], train: &RealImages) -> Result<ClassReport, EvalError> {
+pub(crate) fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], train: &RealImages) -> Result<ClassReport, EvalError> {
     let judge = difforge_train::classifier::load_judge(dir, model.device).map_err(|e| EvalError::Input(format!("--classifier {}: {e}", dir.display())))?;
     let names = &judge.meta.class_names;
     let k = model.config.model.num_classes as usize;

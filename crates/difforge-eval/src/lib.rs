@@ -12,5 +12,6 @@ pub mod memorisation;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod training;
 
 pub use error::EvalError;

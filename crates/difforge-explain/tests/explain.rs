@@ -23,7 +23,7 @@ fn tiny_run(dir: &std::path::Path) -> (DiffusionModel, std::path::PathBuf) {
     .collect();
     let cfg = RunConfig::load(None, &sets).unwrap();
     let run = dir.join("run");
-    train(cfg, &TrainOptions { out_dir: run.clone(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)) }).unwrap();
+    train(cfg, &TrainOptions { out_dir: run.clone(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None }).unwrap();
     let ckpt = checkpoint::resolve_latest(&run).unwrap();
     let cfg = checkpoint::read_config(&ckpt).unwrap();
     (checkpoint::load_model(&ckpt, &cfg, tch::Device::Cpu).unwrap(), run)

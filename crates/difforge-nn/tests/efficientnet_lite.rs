@@ -25,7 +25,7 @@ fn features_match_pytorch_and_photos_get_their_classes() {
     let net = EfficientNetLite0::load(&path, Device::Cpu).unwrap();
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("features.json")).unwrap()).unwrap();
-    for name in ["cat", "coffee", "motorcycle"] {
+    for name in ["cat", "coffee"] {
         let record = &expected["images"][name];
         let want: Vec<f32> = record["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let x = photo(name);
@@ -42,7 +42,6 @@ fn features_match_pytorch_and_photos_get_their_classes() {
     let label = |n: &str| expected["images"][n]["top5"][0][1].as_str().unwrap().to_string();
     assert!(label("cat").contains("cat") || label("cat") == "tabby", "{}", label("cat"));
     assert_eq!(label("coffee"), "espresso");
-    assert!(["moped", "motor scooter"].contains(&label("motorcycle").as_str()), "{}", label("motorcycle"));
 }
 
 #[test]

@@ -85,12 +85,25 @@ pub struct TrainConfig {
     pub early_stop_patience: u32,
     /// The smallest change that counts as an improvement.
     pub early_stop_min_delta: f64,
-    /// The watched metric: "val_loss_ema" or "val_loss" (raw weights).
+    /// The watched metric: "val_loss_ema", "val_loss" (raw weights), or a sample-quality metric
+    /// of the evaluation every `eval_every` steps: "eval.fd_effnet", "eval.fid", "eval.kid",
+    /// "eval.precision", "eval.recall", "eval.f1", "eval.density", "eval.coverage",
+    /// "eval.class_accuracy" (set early_stop_mode = "max" for the last six).
     pub early_stop_metric: String,
     /// "min" (lower is better) or "max".
     pub early_stop_mode: MetricMode,
     /// Never stop early before this step.
     pub early_stop_min_steps: u64,
+    /// Evaluate sample quality (FD-EffNet, KID, precision/recall, ..., as `difforge eval`) every
+    /// N steps and at the end, into eval.jsonl; 0 turns it off. Costs eval_samples samples and
+    /// their features each time.
+    pub eval_every: u64,
+    /// Samples generated per evaluation (the same seeds every time).
+    pub eval_samples: usize,
+    /// A `difforge classifier train` folder: adds class accuracy to the evaluation.
+    pub eval_classifier: Option<PathBuf>,
+    /// pytorch-fid's Inception weights: adds FID to the evaluation.
+    pub eval_inception_weights: Option<PathBuf>,
     /// Consecutive non-finite steps that trigger a rollback to the last good checkpoint.
     pub max_bad_steps: u32,
     /// The learning rate is multiplied by this factor at each rollback.
@@ -153,6 +166,10 @@ impl Default for TrainConfig {
             early_stop_metric: "val_loss_ema".into(),
             early_stop_mode: MetricMode::Min,
             early_stop_min_steps: 0,
+            eval_every: 0,
+            eval_samples: 200,
+            eval_classifier: None,
+            eval_inception_weights: None,
             max_bad_steps: 5,
             rollback_lr_factor: 0.5,
             max_rollbacks: 3,
@@ -163,6 +180,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The watched metric exists, is computed (validation or evaluation on), and its mode fits.
+    fn validate_early_stop_metric(&self) -> Result<(), String> {
+        let metric = self.early_stop_metric.as_str();
+        if metric == "val_loss_ema" || metric == "val_loss" {
+            if self.early_stop_patience > 0 && self.val_every == 0 {
+                return Err("train.early_stop_patience needs validation: set train.val_every > 0".into());
+            }
+            return Ok(());
+        }
+        let Some((_, higher_is_better)) = crate::evaluator::eval_metric(metric) else {
+            let names: Vec<String> = crate::evaluator::METRICS.iter().map(|(m, _)| format!("\"eval.{m}\"")).collect();
+            return Err(format!("train.early_stop_metric = \"{metric}\": expected \"val_loss_ema\", \"val_loss\" or one of {}", names.join(", ")));
+        };
+        if self.eval_every == 0 {
+            return Err(format!("train.early_stop_metric = \"{metric}\" needs the evaluation: set train.eval_every > 0"));
+        }
+        let wanted = if higher_is_better { MetricMode::Max } else { MetricMode::Min };
+        if self.early_stop_mode != wanted {
+            return Err(format!("train.early_stop_metric = \"{metric}\" is better when {}: set train.early_stop_mode = \"{}\"", if higher_is_better { "higher" } else { "lower" }, if higher_is_better { "max" } else { "min" }));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let positive = [("train.steps", self.steps as f64), ("train.batch_size", self.batch_size as f64), ("train.grad_accum", self.grad_accum as f64), ("train.log_every", self.log_every as f64), ("train.keep_checkpoints", self.keep_checkpoints as f64)];
         for (key, v) in positive {
@@ -184,9 +224,7 @@ impl TrainConfig {
         if self.adam_eps <= 0.0 || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return Err("train.adam_eps must be > 0, train.weight_decay and train.grad_clip >= 0".into());
         }
-        if !["val_loss_ema", "val_loss"].contains(&self.early_stop_metric.as_str()) {
-            return Err(format!("train.early_stop_metric = \"{}\": expected \"val_loss_ema\" or \"val_loss\"", self.early_stop_metric));
-        }
+        self.validate_early_stop_metric()?;
         if self.val_bands == 0 || self.val_repeats == 0 {
             return Err("train.val_bands and train.val_repeats must be at least 1".into());
         }
@@ -196,8 +234,8 @@ impl TrainConfig {
         if self.max_bad_steps == 0 {
             return Err("train.max_bad_steps = 0: expected at least 1".into());
         }
-        if self.early_stop_patience > 0 && self.val_every == 0 {
-            return Err("train.early_stop_patience needs validation: set train.val_every > 0".into());
+        if self.eval_every > 0 && self.eval_samples < 2 {
+            return Err(format!("train.eval_samples = {}: expected at least 2", self.eval_samples));
         }
         crate::device::parse_device(&self.device)?;
         Ok(())

@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod ema;
 pub mod error;
+pub mod evaluator;
 pub mod generate;
 pub mod lr;
 pub mod metrics;

@@ -89,7 +89,7 @@ fn run_trial(trial: &mut Trial, dir: &Path, steps: u64, stop: &Arc<AtomicBool>) 
     let resume = trial.summary.is_some();
     let mut cfg = trial.config.clone();
     cfg.train.steps = steps;
-    let opts = TrainOptions { out_dir: dir.to_path_buf(), resume, resume_sets: if resume { vec![format!("train.steps={steps}")] } else { Vec::new() }, stop: stop.clone() };
+    let opts = TrainOptions { out_dir: dir.to_path_buf(), resume, resume_sets: if resume { vec![format!("train.steps={steps}")] } else { Vec::new() }, stop: stop.clone(), evaluator: None };
     let summary = train(cfg, &opts)?;
     trial.wall += summary.wall_time_s;
     eprintln!(

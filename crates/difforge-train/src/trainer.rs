@@ -9,6 +9,7 @@ use crate::config::RunConfig;
 use crate::device;
 use crate::ema;
 use crate::error::TrainError;
+use crate::evaluator::{eval_metric, Evaluator};
 use crate::generate::{class_grid_spec, generate, save_grid, GenerateSpec};
 use crate::lr::learning_rate;
 use crate::metrics::{truncate_after_step, JsonLines};
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+#[derive(Default)]
 pub struct TrainOptions {
     pub out_dir: PathBuf,
     /// Continue from the newest good checkpoint in `out_dir`.
@@ -37,6 +39,8 @@ pub struct TrainOptions {
     pub resume_sets: Vec<String>,
     /// Set by SIGINT/SIGTERM: finish the step, checkpoint, stop.
     pub stop: Arc<AtomicBool>,
+    /// Runs the sample-quality evaluation every `train.eval_every` steps (None: not run).
+    pub evaluator: Option<Box<dyn Evaluator>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -233,6 +237,8 @@ struct Trainer {
     validator: Option<Validator>,
     metrics: JsonLines,
     val_log: JsonLines,
+    /// Sample-quality evaluations (eval.jsonl).
+    eval_log: JsonLines,
     state: TrainState,
     recent: VecDeque<f64>,
     bad_streak: u32,
@@ -336,36 +342,74 @@ impl Trainer {
         Ok(None)
     }
 
-    /// Runs validation and early stopping; Some(reason) when the run should stop.
+    /// Runs validation; Some(reason) when early stopping watches its loss and says stop.
     fn validate(&mut self) -> Result<Option<String>, TrainError> {
         let Some(v) = &self.validator else { return Ok(None) };
         let raw: ValidationLoss = v.evaluate(&self.model, &self.model.unet);
         let ema: ValidationLoss = v.evaluate(&self.model, &self.model.ema);
+        let step = self.state.step;
+        let watched = match self.cfg.train.early_stop_metric.as_str() {
+            "val_loss" => Some(raw.loss),
+            "val_loss_ema" => Some(ema.loss),
+            _ => None,
+        };
+        let (improved, stop) = match watched {
+            Some(value) => self.observe(value)?,
+            None => (false, None),
+        };
+        let rec = ValidationRecord { step, val_loss: raw.loss, val_loss_ema: ema.loss, bands: &raw.bands, bands_ema: &ema.bands, pairs: raw.pairs, improved };
+        self.val_log.write(&rec).map_err(|e| TrainError::io(self.val_log.path(), e))?;
+        self.last_validation = Some(ValidationSummary { step, val_loss: raw.loss, val_loss_ema: ema.loss });
+        Ok(stop)
+    }
+
+    /// Runs the sample-quality evaluation and logs it to eval.jsonl; Some(reason) when early
+    /// stopping watches one of its metrics and says stop.
+    fn evaluate(&mut self, evaluator: &dyn Evaluator) -> Result<Option<String>, TrainError> {
+        let step = self.state.step;
+        let metrics = evaluator.evaluate(&self.model, step).map_err(|e| TrainError::Other(format!("evaluation at step {step}: {e}")))?;
+        let watched = eval_metric(&self.cfg.train.early_stop_metric).map(|(name, _)| name);
+        let value = watched.and_then(|name| metrics.iter().find(|(m, _)| m == name)).map(|(_, v)| *v);
+        if let (Some(name), None) = (watched, value) {
+            return Err(TrainError::Config(format!("train.early_stop_metric = \"eval.{name}\": the evaluation does not compute it (fid needs train.eval_inception_weights, class_accuracy train.eval_classifier and a class-conditional model)")));
+        }
+        let (improved, stop) = match value {
+            Some(v) => self.observe(v)?,
+            None => (false, None),
+        };
+        let mut rec = serde_json::Map::new();
+        rec.insert("step".into(), step.into());
+        for (name, v) in &metrics {
+            rec.insert(name.clone(), serde_json::json!(v));
+        }
+        rec.insert("improved".into(), improved.into());
+        self.eval_log.write(&rec).map_err(|e| TrainError::io(self.eval_log.path(), e))?;
+        Ok(stop)
+    }
+
+    /// Feeds one value of the early-stopping metric: keeps the best (and its checkpoint) and
+    /// counts evaluations without improvement. Returns (improved, Some(reason) to stop).
+    fn observe(&mut self, value: f64) -> Result<(bool, Option<String>), TrainError> {
         let t = &self.cfg.train;
-        let value = if t.early_stop_metric == "val_loss" { raw.loss } else { ema.loss };
         let step = self.state.step;
         let improved = value.is_finite() && self.state.best.as_ref().is_none_or(|b| t.early_stop_mode.improves(value, b.value, t.early_stop_min_delta));
         if improved {
             self.state.best = Some(BestMetric { metric: t.early_stop_metric.clone(), value, step });
             self.state.validations_without_improvement = 0;
+            self.best_checkpoint = Some(checkpoint::save_best(&self.run_dir, &self.model, &self.opt, &self.state)?);
         } else {
             self.state.validations_without_improvement += 1;
         }
-        let rec = ValidationRecord { step, val_loss: raw.loss, val_loss_ema: ema.loss, bands: &raw.bands, bands_ema: &ema.bands, pairs: raw.pairs, improved };
-        self.val_log.write(&rec).map_err(|e| TrainError::io(self.val_log.path(), e))?;
-        self.last_validation = Some(ValidationSummary { step, val_loss: raw.loss, val_loss_ema: ema.loss });
-        if improved {
-            self.best_checkpoint = Some(checkpoint::save_best(&self.run_dir, &self.model, &self.opt, &self.state)?);
-        }
+        let t = &self.cfg.train;
         let patience = t.early_stop_patience;
         if patience > 0 && self.state.validations_without_improvement >= patience && step >= t.early_stop_min_steps {
             let best = self.state.best.as_ref().map_or(String::new(), |b| format!(" (best {:.6} at step {})", b.value, b.step));
-            return Ok(Some(format!(
-                "early stopping: {} did not improve by more than {} in {patience} validations{best}",
+            return Ok((improved, Some(format!(
+                "early stopping: {} did not improve by more than {} in {patience} evaluations{best}",
                 t.early_stop_metric, t.early_stop_min_delta
-            )));
+            ))));
         }
-        Ok(None)
+        Ok((improved, None))
     }
 }
 
@@ -412,6 +456,9 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         }
     };
     let t = cfg.train.clone();
+    if t.eval_every > 0 && opts.evaluator.is_none() {
+        return Err(TrainError::Config("train.eval_every > 0, but this command does not run the sample evaluation (use `difforge train` or `difforge finetune`, or set train.eval_every = 0)".into()));
+    }
     let (trainable, ema_params) = model.trainable();
     let mut opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
     let prior = crate::prior::prior_loader(&cfg, device)?;
@@ -419,8 +466,8 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         checkpoint::load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
         eprintln!("resuming from {} (step {})", dir.display(), st.step);
     }
-    let (metrics_path, val_path) = (run_dir.join("metrics.jsonl"), run_dir.join("validation.jsonl"));
-    for p in [&metrics_path, &val_path] {
+    let (metrics_path, val_path, eval_path) = (run_dir.join("metrics.jsonl"), run_dir.join("validation.jsonl"), run_dir.join("eval.jsonl"));
+    for p in [&metrics_path, &val_path, &eval_path] {
         truncate_after_step(p, state.step).map_err(|e| TrainError::io(p, e))?;
     }
     let validator = match (t.val_every > 0).then(|| crate::validation::validation_batch(&cfg, &set, &split)).transpose()?.flatten() {
@@ -435,6 +482,7 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         validator,
         metrics: JsonLines::append(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?,
         val_log: JsonLines::append(&val_path).map_err(|e| TrainError::io(&val_path, e))?,
+        eval_log: JsonLines::append(&eval_path).map_err(|e| TrainError::io(&eval_path, e))?,
         state,
         recent: VecDeque::new(),
         bad_streak: 0,
@@ -478,6 +526,11 @@ pub fn train(config: RunConfig, opts: &TrainOptions) -> Result<TrainSummary, Tra
         let last = step == t.steps || interrupted;
         if t.val_every > 0 && (step.is_multiple_of(t.val_every) || last) {
             stopped_because = tr.validate()?;
+        }
+        if let Some(evaluator) = opts.evaluator.as_deref() {
+            if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || last) {
+                stopped_because = stopped_because.or(tr.evaluate(evaluator)?);
+            }
         }
         if interrupted && stopped_because.is_none() {
             stopped_because = Some(format!("interrupted at step {step} (checkpoint written)"));

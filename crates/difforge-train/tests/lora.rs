@@ -29,7 +29,7 @@ const TINY: &[&str] = &[
 fn run(out: &Path, extra: &[String]) -> difforge_train::TrainSummary {
     let sets: Vec<String> = TINY.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
     let cfg = RunConfig::load(None, &sets).unwrap();
-    train(cfg, &TrainOptions { out_dir: out.to_path_buf(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)) }).unwrap()
+    train(cfg, &TrainOptions { out_dir: out.to_path_buf(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None }).unwrap()
 }
 
 fn base(dir: &Path, seed: u64) -> PathBuf {

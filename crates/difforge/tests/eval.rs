@@ -162,3 +162,61 @@ fn eval_names_what_is_wrong() {
     std::fs::write(&junk, b"not a checkpoint").unwrap();
     fails(&["--checkpoint", ck, "--inception-weights", junk.to_str().unwrap()], "junk.pth");
 }
+
+#[test]
+fn training_evaluates_sample_quality_and_early_stopping_can_watch_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // A min_delta no change can beat: the first evaluation is the best, the second stops the run.
+    let sets = [
+        "train.steps=40",
+        "train.eval_every=10",
+        "train.eval_samples=16",
+        "train.early_stop_metric=\"eval.precision\"",
+        "train.early_stop_mode=\"max\"",
+        "train.early_stop_patience=1",
+        "train.early_stop_min_delta=10.0",
+    ];
+    let out = difforge()
+        .env("DIFFORGE_CACHE_DIR", tmp.path().join("cache"))
+        .arg("train")
+        .args(tiny_args(&sets))
+        .arg("--out")
+        .arg(&run)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(tmp.path().join("cache/features").is_dir(), "real features cached where DIFFORGE_CACHE_DIR says");
+    assert_eq!(summary["final_step"], 20, "{summary}");
+    assert!(summary["stopped_because"].as_str().unwrap().contains("eval.precision"), "{summary}");
+    assert_eq!(summary["best"]["metric"], "eval.precision");
+    assert_eq!(summary["best"]["step"], 10);
+    assert!(run.join("checkpoints/best").is_dir());
+    let log = std::fs::read_to_string(run.join("eval.jsonl")).unwrap();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![10, 20]);
+    for key in ["fd_effnet", "kid", "precision", "recall", "f1", "density", "coverage"] {
+        assert!(records[0][key].as_f64().is_some_and(f64::is_finite), "{key} in {}", records[0]);
+    }
+    assert_eq!(records[0]["improved"], true);
+    assert_eq!(records[1]["improved"], false);
+}
+
+#[test]
+fn eval_metric_settings_are_checked() {
+    let fails = |sets: &[&str], expected: &str| {
+        let mut cmd = difforge();
+        cmd.args(["config", "show"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{sets:?}: {err}");
+    };
+    fails(&["train.early_stop_metric=\"eval.bogus\""], "eval.fd_effnet");
+    fails(&["train.early_stop_metric=\"eval.fd_effnet\""], "train.eval_every > 0");
+    fails(&["train.eval_every=10", "train.early_stop_metric=\"eval.recall\""], "early_stop_mode = \"max\"");
+}

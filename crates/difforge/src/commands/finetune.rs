@@ -97,7 +97,8 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} already holds checkpoints: choose another --out", out_dir.display());
     }
     let stop = super::stop_on_signals()?;
-    let summary = train(cfg, &TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop })?;
+    let evaluator: Box<dyn difforge_train::evaluator::Evaluator> = Box::new(difforge_eval::training::TrainingEvaluator::new());
+    let summary = train(cfg, &TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop, evaluator: Some(evaluator) })?;
     if args.json {
         return super::print_json(&summary);
     }

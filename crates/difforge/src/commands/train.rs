@@ -27,7 +27,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let stop = super::stop_on_signals()?;
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
-    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop };
+    let evaluator: Box<dyn difforge_train::evaluator::Evaluator> = Box::new(difforge_eval::training::TrainingEvaluator::new());
+    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop, evaluator: Some(evaluator) };
     let summary = train(config, &opts)?;
     if args.json {
         super::print_json(&summary)?;
