@@ -22,7 +22,7 @@ pub fn write(dir: &Path, report: &EvalReport, extras: &EvalExtras, run_dir: Opti
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     // The same JSON as `difforge eval --json` prints.
     let json = if history.len() > 1 { serde_json::to_string_pretty(&serde_json::json!({ "checkpoints": history })) } else { serde_json::to_string_pretty(report) };
-    write_file(&dir.join("eval.json"), json.unwrap_or_default().as_bytes())?;
+    write_file(&dir.join("eval.json"), (json.unwrap_or_default() + "\n").as_bytes())?;
 
     let mut figures = Vec::new();
     let columns = grid_columns(extras);
