@@ -185,16 +185,8 @@ pub struct EvalArgs {
     /// Evaluate the images of this folder instead of generating samples.
     #[arg(long, value_name = "DIR")]
     pub samples: Option<PathBuf>,
-    /// ddpm, ddim or dpm++2m (default: the run's [sample] config).
-    #[arg(long)]
-    pub sampler: Option<String>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// Classifier-free guidance scale (1 = none).
-    #[arg(long)]
-    pub guidance: Option<f64>,
-    #[arg(long)]
-    pub eta: Option<f64>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Seed of the first sample (sample i uses seed + i) and of the KID subsets.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -290,11 +282,9 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
+/// Overrides of the run's [sample] settings.
 #[derive(Args, Clone)]
-pub struct SamplingArgs {
-    /// A checkpoint folder, or a run folder (its newest good checkpoint).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+pub struct SamplerArgs {
     /// ddpm, ddim or dpm++2m (default: the run's [sample] config).
     #[arg(long)]
     pub sampler: Option<String>,
@@ -307,6 +297,15 @@ pub struct SamplingArgs {
     /// DDIM eta.
     #[arg(long)]
     pub eta: Option<f64>,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// A checkpoint folder, or a run folder (its newest good checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Noise seed of the first image; image k uses seed + k.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -3,7 +3,6 @@
 
 use crate::cli::EvalArgs;
 use anyhow::Context;
-use difforge_diffusion::{SamplerConfig, SamplerKind};
 use difforge_eval::cache::FeatureCache;
 use difforge_eval::dataset::{resolve_dataset, SplitChoice};
 use difforge_eval::evaluate::{evaluate, EvalExtras, EvalOptions, EvalReport};
@@ -97,7 +96,7 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
     Ok(EvalOptions {
         n: args.n,
         seed: args.seed,
-        sampler: sampler(args, cfg)?,
+        sampler: super::sample::sampler_config(&args.sampler, cfg)?,
         use_ema: !args.raw,
         batch: args.batch.max(1),
         feature_batch: 50,
@@ -111,24 +110,6 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
         classifier,
         samples_dir: args.samples.clone(),
     })
-}
-
-fn sampler(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<SamplerConfig> {
-    let mut sampler = cfg.sample.clone();
-    if let Some(name) = &args.sampler {
-        sampler.sampler = SamplerKind::parse(name).with_context(|| format!("--sampler {name}: expected ddpm, ddim or dpm++2m"))?;
-    }
-    if let Some(s) = args.steps {
-        sampler.steps = s;
-    }
-    if let Some(g) = args.guidance {
-        sampler.guidance = g;
-    }
-    if let Some(e) = args.eta {
-        sampler.eta = e;
-    }
-    sampler.validate(cfg.diffusion.timesteps).map_err(|e| anyhow::anyhow!("{}", e.replace("sample.", "--")))?;
-    Ok(sampler)
 }
 
 fn print_text(history: &[EvalReport], extras: &EvalExtras) {

@@ -1,6 +1,6 @@
 //! `difforge sample`, and the checkpoint loading it shares with other commands.
 
-use crate::cli::{SampleArgs, SamplingArgs};
+use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs};
 use anyhow::Context;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
 use difforge_train::generate::{generate, save_each, save_grid, GenerateSpec};
@@ -16,6 +16,12 @@ pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfi
         Some(adapter) => difforge_train::adapter::load_with_adapter(&dir, adapter, args.lora_scale, device)?,
         None => checkpoint::load_model(&dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?,
     };
+    let sampler = sampler_config(&args.sampler, &cfg)?;
+    Ok((model, sampler, dir))
+}
+
+/// The run's [sample] settings with the command line's overrides, checked.
+pub fn sampler_config(args: &SamplerArgs, cfg: &difforge_train::RunConfig) -> anyhow::Result<SamplerConfig> {
     let mut sampler = cfg.sample.clone();
     if let Some(name) = &args.sampler {
         sampler.sampler = SamplerKind::parse(name).ok_or_else(|| anyhow::anyhow!("--sampler {name}: expected ddpm, ddim or dpm++2m"))?;
@@ -30,7 +36,7 @@ pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfi
         sampler.eta = e;
     }
     sampler.validate(cfg.diffusion.timesteps).map_err(|e| anyhow::anyhow!("{}", e.replace("sample.", "--")))?;
-    Ok((model, sampler, dir))
+    Ok(sampler)
 }
 
 #[derive(Serialize)]
