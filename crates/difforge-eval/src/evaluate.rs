@@ -127,7 +127,6 @@ pub struct EvalExtras {
 /// Evaluates `model` (at `checkpoint`, trained `step` steps) with `nets` (the first one is the
 /// main network, whose Frechet distance the consistency check repeats).
 pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[FeatureNet], cache: &FeatureCache, opts: &EvalOptions) -> Result<(EvalReport, EvalExtras), EvalError> {
-    let main_net = nets.first().ok_or_else(|| EvalError::Input("no feature network".into()))?;
     let mut clock = Clock::start();
     let cfg = &model.config;
     let real = load_split(&opts.real_data, cfg.seed, opts.real_split)?;
@@ -135,60 +134,22 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
     let heldout = if cfg.data.val_path.is_none() && cfg.data.val_fraction > 0.0 { load_split(&cfg.data, cfg.seed, SplitChoice::Val).ok() } else { None };
     clock.lap("load real images");
 
-    let (samples, asked, repeat) = match &opts.samples_dir {
-        Some(dir) => {
-            let (images, asked) = read_samples(dir, &cfg.data, &train.class_names, cfg.seed)?;
-            clock.lap("read samples");
-            (images, asked, None)
-        }
-        None => {
-            let asked = asked_classes(model, opts.n);
-            let samples = generate_set(model, opts, opts.seed, asked.as_deref(), Some("sampling"))?;
-            clock.lap("generate samples");
-            let repeat = opts.batch.min(opts.n);
-            let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), Some("repeat"))?;
-            let identical = again.equal(&samples.narrow(0, 0, repeat as i64));
-            clock.lap("repeat samples (bit-identical check)");
-            (samples, asked, Some((repeat, identical)))
-        }
-    };
+    let Samples { images: samples, asked, repeat } = obtain_samples(model, opts, &train, &mut clock)?;
     let n = samples.size()[0] as usize;
-
-    let mut metrics = Vec::new();
-    let mut cached = Vec::new();
-    let mut main_real = None;
-    for net in nets {
-        let (real_features, hit) = cache.features(net, &real.images, opts.feature_batch, progress_fn(&format!("{} real", net.info.name), real.images.size()[0]))?;
-        let sample_features = net.extract(&samples, opts.feature_batch, progress_fn(&format!("{} samples", net.info.name), n as i64))?;
-        metrics.push(feature_metrics(net, &real_features, &sample_features, opts)?);
-        cached.push(hit);
-        if main_real.is_none() {
-            main_real = Some(Gaussian::fit(&real_features)?);
-        }
-        clock.lap(&format!("{} features and metrics", net.info.name));
-    }
-    let main_real = main_real.ok_or_else(|| EvalError::Input("no feature network".into()))?;
-
+    let (metrics, cached, main_real) = feature_metrics_all(nets, cache, &real.images, &samples, opts, &mut clock)?;
     let consistency = match repeat {
         Some((repeated, identical)) => {
-            let mut per_set = vec![(opts.seed, metrics[0].frechet_distance)];
-            for set in 1..opts.consistency_sets {
-                let seed = opts.seed + (set * opts.n) as u64;
-                let images = generate_set(model, opts, seed, asked.as_deref(), Some(&format!("seed set {}", set + 1)))?;
-                let features = main_net.extract(&images, opts.feature_batch, |_| {})?;
-                per_set.push((seed, frechet_distance(&main_real, &Gaussian::fit(&features)?)?));
-            }
+            let per_set = fd_over_seed_sets(model, nets, &main_real, metrics[0].frechet_distance, asked.as_deref(), opts)?;
             clock.lap("consistency sample sets");
             Some(consistency(repeated, identical, per_set, opts.n))
         }
         None => None,
     };
-
     let mut notes = Vec::new();
     let classes = match (&opts.classifier, &asked) {
         (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train)?),
         (Some(_), None) => {
-            notes.push("class accuracy skipped: the model is unconditional".to_string());
+            notes.push("class accuracy skipped: no classes were asked for (an unconditional model, or sample subfolders not named like the model's classes)".to_string());
             None
         }
         (None, Some(_)) => {
@@ -198,7 +159,6 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         (None, None) => None,
     };
     clock.lap("class accuracy");
-
     let memo = memorisation(&samples, &train.images, &train.ids, heldout.as_ref().map(|h| &h.images), opts.memorisation_threshold, opts.show_pairs)?;
     clock.lap("memorisation");
 
@@ -222,6 +182,64 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
     };
     let extras = EvalExtras { samples, asked, real: real.images, train: train.images, timings: clock.laps, real_features_cached: cached, notes };
     Ok((report, extras))
+}
+
+/// The images evaluated, the classes they were asked for, and for generated ones (images
+/// repeated, bit-identical?) from generating the first batch again.
+struct Samples {
+    images: Tensor,
+    asked: Option<Vec<i64>>,
+    repeat: Option<(usize, bool)>,
+}
+
+/// Generates the samples, or reads them from `opts.samples_dir`.
+fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages, clock: &mut Clock) -> Result<Samples, EvalError> {
+    if let Some(dir) = &opts.samples_dir {
+        let cfg = &model.config;
+        let (images, asked) = read_samples(dir, &cfg.data, &train.class_names, cfg.seed)?;
+        clock.lap("read samples");
+        return Ok(Samples { images, asked, repeat: None });
+    }
+    let asked = asked_classes(model, opts.n);
+    let samples = generate_set(model, opts, opts.seed, asked.as_deref(), Some("sampling"))?;
+    clock.lap("generate samples");
+    let repeat = opts.batch.min(opts.n);
+    let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), Some("repeat"))?;
+    let identical = again.equal(&samples.narrow(0, 0, repeat as i64));
+    clock.lap("repeat samples (bit-identical check)");
+    Ok(Samples { images: samples, asked, repeat: Some((repeat, identical)) })
+}
+
+/// Metrics on every network; whether each network's real features came from the cache; the main
+/// network's real Gaussian (for the consistency check).
+fn feature_metrics_all(nets: &[FeatureNet], cache: &FeatureCache, real: &Tensor, samples: &Tensor, opts: &EvalOptions, clock: &mut Clock) -> Result<(Vec<FeatureMetrics>, Vec<bool>, Gaussian), EvalError> {
+    let (mut metrics, mut cached, mut main_real) = (Vec::new(), Vec::new(), None);
+    for net in nets {
+        let (real_features, hit) = cache.features(net, real, opts.feature_batch, progress_fn(&format!("{} real", net.info.name), real.size()[0]))?;
+        let sample_features = net.extract(samples, opts.feature_batch, progress_fn(&format!("{} samples", net.info.name), samples.size()[0]))?;
+        metrics.push(feature_metrics(net, &real_features, &sample_features, opts)?);
+        cached.push(hit);
+        if main_real.is_none() {
+            main_real = Some(Gaussian::fit(&real_features)?);
+        }
+        clock.lap(&format!("{} features and metrics", net.info.name));
+    }
+    let main_real = main_real.ok_or_else(|| EvalError::Input("no feature network".into()))?;
+    Ok((metrics, cached, main_real))
+}
+
+/// The main network's Frechet distance for each of `opts.consistency_sets` sample sets (the first
+/// is the main set, already scored as `first`); set k uses seeds from seed + k n.
+fn fd_over_seed_sets(model: &DiffusionModel, nets: &[FeatureNet], real: &Gaussian, first: f64, asked: Option<&[i64]>, opts: &EvalOptions) -> Result<Vec<(u64, f64)>, EvalError> {
+    let main_net = nets.first().ok_or_else(|| EvalError::Input("no feature network".into()))?;
+    let mut per_set = vec![(opts.seed, first)];
+    for set in 1..opts.consistency_sets {
+        let seed = opts.seed + (set * opts.n) as u64;
+        let images = generate_set(model, opts, seed, asked, Some(&format!("seed set {}", set + 1)))?;
+        let features = main_net.extract(&images, opts.feature_batch, |_| {})?;
+        per_set.push((seed, frechet_distance(real, &Gaussian::fit(&features)?)?));
+    }
+    Ok(per_set)
 }
 
 /// The images of a folder, preprocessed like the training data; when its class subfolders carry
