@@ -146,6 +146,9 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         None => None,
     };
     let mut notes = Vec::new();
+    if n < 1000 || metrics.iter().any(|m| m.real < 1000) {
+        notes.push(format!("Frechet distance and KID depend on the number of images (FD is biased upwards at small N): compare numbers only at the same counts ({n} samples, {} real images here)", metrics[0].real));
+    }
     let classes = match (&opts.classifier, &asked) {
         (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train)?),
         (Some(_), None) => {

@@ -76,8 +76,8 @@ fn run_of(checkpoint: &Option<PathBuf>) -> Option<&Path> {
 }
 
 fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
-    if args.n < 2 && args.samples.is_none() {
-        anyhow::bail!("--n {}: at least 2 samples are needed for a covariance", args.n);
+    if args.samples.is_none() && !(2..=50_000).contains(&args.n) {
+        anyhow::bail!("--n {}: expected 2..=50000 (at least 2 samples are needed for a covariance)", args.n);
     }
     let real_data = match &args.data {
         Some(spec) => resolve_dataset(spec, &cfg.data)?,
