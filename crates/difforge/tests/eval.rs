@@ -202,6 +202,13 @@ fn training_evaluates_sample_quality_and_early_stopping_can_watch_it() {
     }
     assert_eq!(records[0]["improved"], true);
     assert_eq!(records[1]["improved"], false);
+
+    // Evaluating draws nothing from the training streams: the same run without it has the
+    // same weights at step 20, byte for byte.
+    let plain = tmp.path().join("plain");
+    train_tiny(&plain, &["train.steps=40", "train.checkpoint_every=20"]);
+    let weights = |run: &Path| std::fs::read(run.join("checkpoints/step-00000020/model.safetensors")).unwrap();
+    assert!(weights(&run) == weights(&plain), "evaluation changed the training");
 }
 
 #[test]
