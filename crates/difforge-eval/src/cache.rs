@@ -25,12 +25,12 @@ impl FeatureCache {
     }
 
     /// The content key of `images` under `net`.
-    pub fn key(info: &FeatureNetInfo, images: &Tensor) -> String {
-        let pixels = images.to_kind(Kind::Float).contiguous();
-        let bytes: Vec<f32> = Vec::try_from(pixels.view([-1])).unwrap_or_default();
-        let raw: Vec<u8> = bytes.iter().flat_map(|v| v.to_le_bytes()).collect();
+    pub fn key(info: &FeatureNetInfo, images: &Tensor) -> Result<String, EvalError> {
+        let pixels = images.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+        let values = Vec::<f32>::try_from(pixels.view([-1])).map_err(|e| EvalError::Input(format!("reading images for the feature cache key: {e}")))?;
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let shape = format!("{:?}", images.size());
-        difforge_core::sha256_hex(format!("{}\0{}\0{shape}\0{}", info.name, info.weights_sha256, difforge_core::sha256_hex(&raw)).as_bytes())
+        Ok(difforge_core::sha256_hex(format!("{}\0{}\0{shape}\0{}", info.name, info.weights_sha256, difforge_core::sha256_hex(&raw)).as_bytes()))
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -40,7 +40,7 @@ impl FeatureCache {
     /// Cached features of `images`, or computes and stores them. Returns (features, was cached).
     /// An unreadable cache entry is recomputed and overwritten, never trusted.
     pub fn features(&self, net: &FeatureNet, images: &Tensor, batch: usize, progress: impl FnMut(usize)) -> Result<(Tensor, bool), EvalError> {
-        let key = Self::key(&net.info, images);
+        let key = Self::key(&net.info, images)?;
         let path = self.path(&key);
         if let Some(features) = read(&path, images.size()[0], net.info.dim) {
             return Ok((features, true));

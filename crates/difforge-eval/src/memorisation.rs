@@ -44,7 +44,7 @@ pub struct Pair {
 
 /// Nearest-neighbour distances (and indices) of each row of `queries` among `reference` rows,
 /// skipping `reference` row i for query i when `exclude_self` (the set against itself).
-fn nearest(queries: &Tensor, reference: &Tensor, exclude_self: bool) -> (Vec<f64>, Vec<i64>) {
+fn nearest(queries: &Tensor, reference: &Tensor, exclude_self: bool) -> Result<(Vec<f64>, Vec<i64>), EvalError> {
     let q = queries.to_kind(Kind::Double);
     let r = reference.to_kind(Kind::Double);
     let r_sq = r.square().sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
@@ -61,11 +61,12 @@ fn nearest(queries: &Tensor, reference: &Tensor, exclude_self: bool) -> (Vec<f64
             let _ = d2.index_put_(&[Some(Tensor::arange(len, (Kind::Int64, d2.device()))), Some(rows)], &Tensor::from(f64::INFINITY), false);
         }
         let (v, i) = d2.min_dim(1, false);
-        dist.extend(Vec::<f64>::try_from(v.sqrt()).unwrap_or_default());
-        index.extend(Vec::<i64>::try_from(i).unwrap_or_default());
+        let read = |e: tch::TchError| EvalError::Input(format!("reading nearest-neighbour distances: {e}"));
+        dist.extend(Vec::<f64>::try_from(v.sqrt()).map_err(read)?);
+        index.extend(Vec::<i64>::try_from(i).map_err(read)?);
         start += len;
     }
-    (dist, index)
+    Ok((dist, index))
 }
 
 /// `samples`, `train` and `heldout` are image batches at the same resolution (any layout that
@@ -83,14 +84,14 @@ pub fn memorisation(samples: &Tensor, train: &Tensor, train_ids: &[String], held
     }
     let rms = |d: Vec<f64>| d.into_iter().map(|v| v / pixels.sqrt()).collect::<Vec<_>>();
     let baseline = t.narrow(0, 0, m.min(BASELINE_IMAGES));
-    let (train_nn, _) = nearest(&baseline, &baseline, true);
+    let (train_nn, _) = nearest(&baseline, &baseline, true)?;
     let scale = median(&rms(train_nn)).max(1e-12);
-    let (d, idx) = nearest(&s, &t, false);
+    let (d, idx) = nearest(&s, &t, false)?;
     let ratios: Vec<f64> = rms(d).into_iter().map(|v| v / scale).collect();
     let below = |r: &[f64]| r.iter().filter(|&&x| x < threshold).count() as f64 / r.len().max(1) as f64;
     let (heldout_fraction_below, heldout_images) = match heldout {
         Some(h) if h.size()[0] > 0 => {
-            let (hd, _) = nearest(&flat(h), &t, false);
+            let (hd, _) = nearest(&flat(h), &t, false)?;
             let hr: Vec<f64> = rms(hd).into_iter().map(|v| v / scale).collect();
             (Some(below(&hr)), hr.len())
         }
