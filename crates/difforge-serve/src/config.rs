@@ -28,6 +28,10 @@ pub struct ServeConfig {
     pub max_guidance: f64,
     /// Generated images over which output statistics (drift) are averaged.
     pub drift_window: usize,
+    /// Recompute FD-EffNet of the last drift_window outputs against the validation images every
+    /// N generated images (metric difforge_output_fd_effnet); 0 turns it off. It runs beside the
+    /// worker and takes CPU from it, so it is off by default.
+    pub feature_drift_every: usize,
     /// "auto", "cpu", "cuda" or "cuda:N".
     pub device: String,
     /// CPU threads for libtorch; 0 means one per core.
@@ -48,6 +52,7 @@ impl Default for ServeConfig {
             max_steps: 250,
             max_guidance: 20.0,
             drift_window: 1000,
+            feature_drift_every: 0,
             device: "auto".into(),
             threads: 0,
         }

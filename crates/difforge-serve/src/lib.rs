@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod drift;
+pub mod feature_drift;
 pub mod loaded;
 pub mod metrics;
 pub mod request;

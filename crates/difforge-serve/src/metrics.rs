@@ -14,6 +14,9 @@ pub struct Metrics {
     pub memory: Gauge,
     pub output_mean: Gauge,
     pub output_drift: Gauge,
+    pub output_fd: Gauge,
+    pub drift_images: IntCounter,
+    pub drift_dropped: IntCounter,
     pub reloads: IntCounterVec,
 }
 
@@ -35,6 +38,9 @@ impl Metrics {
             memory: Gauge::new("difforge_resident_memory_bytes", "Resident memory of the server process (host memory; the model lives there on CPU)")?,
             output_mean: Gauge::new("difforge_output_mean_pixel", "Mean pixel value of the recently generated images, on [-1, 1]")?,
             output_drift: Gauge::new("difforge_output_drift", "|recent output mean - training data mean| in training standard deviations")?,
+            output_fd: Gauge::new("difforge_output_fd_effnet", "FD-EffNet of the last drift_window generated images against the validation images (feature_drift_every > 0)")?,
+            drift_images: IntCounter::new("difforge_feature_drift_images_total", "Generated images the feature drift monitor has scored")?,
+            drift_dropped: IntCounter::new("difforge_feature_drift_dropped_total", "Generated images the feature drift monitor skipped because it was behind")?,
             reloads: IntCounterVec::new(Opts::new("difforge_reloads_total", "Model reloads by result"), &["result"])?,
             registry,
         };
@@ -48,6 +54,9 @@ impl Metrics {
         m.registry.register(Box::new(m.memory.clone()))?;
         m.registry.register(Box::new(m.output_mean.clone()))?;
         m.registry.register(Box::new(m.output_drift.clone()))?;
+        m.registry.register(Box::new(m.output_fd.clone()))?;
+        m.registry.register(Box::new(m.drift_images.clone()))?;
+        m.registry.register(Box::new(m.drift_dropped.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
         Ok(m)
     }

@@ -75,11 +75,16 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let device = difforge_train::trainer::device_for(&cfg.device, cfg.threads).map_err(|e| e.to_string())?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
+    let feature_drift = (cfg.feature_drift_every > 0).then(|| {
+        let gauges = crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
+        crate::feature_drift::spawn(&loaded.model.config, cfg.drift_window, cfg.feature_drift_every, gauges)
+    });
     let shared = Arc::new(Shared {
         info: RwLock::new(loaded.info.clone()),
         model: Mutex::new(loaded),
         metrics,
         rolling: Mutex::new(Rolling::new(cfg.drift_window)),
+        feature_drift,
         ready: AtomicBool::new(true),
         worker_alive: AtomicBool::new(true),
     });

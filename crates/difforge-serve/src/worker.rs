@@ -39,6 +39,8 @@ pub struct Shared {
     pub info: RwLock<ModelInfo>,
     pub metrics: Metrics,
     pub rolling: Mutex<Rolling>,
+    /// The feature-space drift monitor, when `feature_drift_every` > 0.
+    pub feature_drift: Option<crate::feature_drift::FeatureDrift>,
     pub ready: AtomicBool,
     pub worker_alive: AtomicBool,
 }
@@ -165,6 +167,9 @@ impl Worker {
             fixed_batch: true,
         };
         let images = generate(&loaded.model, &spec);
+        if let Some(monitor) = &self.shared.feature_drift {
+            monitor.offer(&images);
+        }
         let m = &self.shared.metrics;
         m.compute.observe(start.elapsed().as_secs_f64());
         m.batch_images.observe(total as f64);

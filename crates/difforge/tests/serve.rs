@@ -24,7 +24,10 @@ impl Drop for Server {
 }
 
 fn start(run: &Path, config: &Path, keys: &Path) -> Server {
+    // Features of real images (the feature drift monitor) are cached beside the config.
+    let cache = config.parent().unwrap_or(Path::new(".")).join("cache");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("difforge"))
+        .env("DIFFORGE_CACHE_DIR", cache)
         .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--checkpoint"])
         .arg(run)
         .arg("--config")
@@ -241,4 +244,36 @@ fn a_full_queue_answers_429_and_sigterm_drains() {
     assert_eq!(slow.join().unwrap(), 200);
     let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The number after `name ` in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn feature_drift_reports_fd_effnet_of_recent_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, cfg, keys) = setup(dir.path(), 16);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}feature_drift_every = 4\ndrift_window = 8\n")).unwrap();
+    let s = start(&run, &cfg, &keys);
+    for seed in 0..2 {
+        let body = format!(r#"{{"n": 4, "class": 3, "steps": 2, "seed": {seed}}}"#);
+        assert_eq!(call("POST", &format!("{}/v1/generate", s.base), Some(KEY), Some(&body)).status, 200);
+    }
+    // The monitor loads EfficientNet and the validation features first, then scores.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = String::from_utf8(call("GET", &format!("{}/metrics", s.base), Some(KEY), None).body).unwrap();
+        let fd = metric(&text, "difforge_output_fd_effnet").unwrap_or(0.0);
+        if fd > 0.0 {
+            assert!(fd.is_finite(), "FD-EffNet of the outputs: {fd}");
+            let scored = metric(&text, "difforge_feature_drift_images_total").unwrap_or(0.0);
+            assert!(scored >= 4.0, "an update comes every 4 scored images: {scored} scored");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no FD-EffNet after 120 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
