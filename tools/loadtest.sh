@@ -4,6 +4,7 @@
 # (default: the demo's runs/demo). Prints p50/p99 latency, images/s and the answers by status;
 # fails if any request got a 5xx or a socket error.
 #   usage: tools/loadtest.sh [RUN_DIR] [DURATION]        (needs wrk: apt-get install wrk)
+#   MODES="true" runs only the batching one; EXTRA="feature_drift_every = 50" adds serve.toml lines.
 set -euo pipefail
 RUN=${1:-runs/demo}
 DURATION=${2:-60s}
@@ -17,8 +18,8 @@ echo "$DIFFORGE_KEY" > "$tmp/keys"
 status=0
 echo "| batching | requests answered | refused (429) | 5xx | p50 latency | p99 latency | images/s |"
 echo "|---|---|---|---|---|---|---|"
-for batching in true false; do
-  printf 'batching = %s\nmax_batch = 8\nmax_wait_ms = 10\nqueue_capacity = 64\nrequest_timeout_ms = 60000\n' "$batching" > "$tmp/serve.toml"
+for batching in ${MODES:-true false}; do
+  printf 'batching = %s\nmax_batch = 8\nmax_wait_ms = 10\nqueue_capacity = 64\nrequest_timeout_ms = 60000\n%s\n' "$batching" "${EXTRA:-}" > "$tmp/serve.toml"
   "$BIN" serve --checkpoint "$RUN" --bind 127.0.0.1:0 --config "$tmp/serve.toml" --api-keys-file "$tmp/keys" > "$tmp/out" 2> "$tmp/err.$batching" &
   pid=$!
   for _ in $(seq 100); do grep -q listening "$tmp/out" 2>/dev/null && break; sleep 0.2; done
