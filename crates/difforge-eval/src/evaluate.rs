@@ -124,17 +124,43 @@ pub struct EvalExtras {
     pub notes: Vec<String>,
 }
 
-/// Evaluates `model` (at `checkpoint`, trained `step` steps) with `nets` (the first one is the
-/// main network, whose Frechet distance the consistency check repeats).
-pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[FeatureNet], cache: &FeatureCache, opts: &EvalOptions) -> Result<(EvalReport, EvalExtras), EvalError> {
-    let mut clock = Clock::start();
-    let cfg = &model.config;
-    let real = load_split(&opts.real_data, cfg.seed, opts.real_split)?;
-    let train = load_split(&cfg.data, cfg.seed, SplitChoice::Train)?;
-    let heldout = if cfg.data.val_path.is_none() && cfg.data.val_fraction > 0.0 { load_split(&cfg.data, cfg.seed, SplitChoice::Val).ok() } else { None };
-    clock.lap("load real images");
+/// The real images an evaluation compares with, loaded once: every checkpoint of a run (and
+/// every evaluation during training) shares them.
+pub struct EvalData {
+    /// The images the samples are compared with (`opts.real_data`, `opts.real_split`).
+    pub real: RealImages,
+    /// The model's training split (memorisation, class names).
+    pub train: RealImages,
+    /// Held-out images of the model's own dataset (the memorisation baseline).
+    pub heldout: Option<Tensor>,
+    /// Seconds the loading took.
+    pub seconds: f64,
+}
 
-    let Samples { images: samples, asked, repeat } = obtain_samples(model, opts, &train, &mut clock)?;
+impl EvalData {
+    pub fn load(cfg: &difforge_train::RunConfig, opts: &EvalOptions) -> Result<EvalData, EvalError> {
+        let start = Instant::now();
+        let real = load_split(&opts.real_data, cfg.seed, opts.real_split)?;
+        let train = load_split(&cfg.data, cfg.seed, SplitChoice::Train)?;
+        let heldout = if cfg.data.val_path.is_some() || cfg.data.val_fraction <= 0.0 {
+            None
+        } else if opts.real_split == SplitChoice::Val && opts.real_data == cfg.data {
+            Some(real.images.shallow_clone())
+        } else {
+            load_split(&cfg.data, cfg.seed, SplitChoice::Val).ok().map(|h| h.images)
+        };
+        Ok(EvalData { real, train, heldout, seconds: start.elapsed().as_secs_f64() })
+    }
+}
+
+/// Evaluates `model` (at `checkpoint`, trained `step` steps) with `nets` (the first one is the
+/// main network, whose Frechet distance the consistency check repeats) against `data`.
+pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[FeatureNet], cache: &FeatureCache, data: &EvalData, opts: &EvalOptions) -> Result<(EvalReport, EvalExtras), EvalError> {
+    let mut clock = Clock::start();
+    clock.laps.push(("load real images".to_string(), data.seconds));
+    let (real, train) = (&data.real, &data.train);
+
+    let Samples { images: samples, asked, repeat } = obtain_samples(model, opts, train, &mut clock)?;
     let n = samples.size()[0] as usize;
     let (metrics, cached, main_real) = feature_metrics_all(nets, cache, &real.images, &samples, opts, &mut clock)?;
     let consistency = match repeat {
@@ -150,7 +176,7 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         notes.push(format!("Frechet distance and KID depend on the number of images (FD is biased upwards at small N): compare numbers only at the same counts ({n} samples, {} real images here)", metrics[0].real));
     }
     let classes = match (&opts.classifier, &asked) {
-        (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train)?),
+        (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train.class_names)?),
         (Some(_), None) => {
             notes.push("class accuracy skipped: no classes were asked for (an unconditional model, or sample subfolders not named like the model's classes)".to_string());
             None
@@ -162,7 +188,7 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         (None, None) => None,
     };
     clock.lap("class accuracy");
-    let memo = memorisation(&samples, &train.images, &train.ids, heldout.as_ref().map(|h| &h.images), opts.memorisation_threshold, opts.show_pairs)?;
+    let memo = memorisation(&samples, &train.images, &train.ids, data.heldout.as_ref(), opts.memorisation_threshold, opts.show_pairs)?;
     clock.lap("memorisation");
 
     let report = EvalReport {
@@ -183,7 +209,7 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         memorisation: memo,
         consistency,
     };
-    let extras = EvalExtras { samples, asked, real: real.images, train: train.images, timings: clock.laps, real_features_cached: cached, notes };
+    let extras = EvalExtras { samples, asked, real: real.images.shallow_clone(), train: train.images.shallow_clone(), timings: clock.laps, real_features_cached: cached, notes };
     Ok((report, extras))
 }
 
@@ -331,17 +357,17 @@ fn consistency(repeated_images: usize, same_seed_identical: bool, per_set: Vec<(
 
 /// Labels the samples with the classifier and scores them against the classes asked for. The
 /// classifier must know the model's classes by the same names, in the same order.
-pub(crate) fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], train: &RealImages) -> Result<ClassReport, EvalError> {
+pub(crate) fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], class_names: &[String]) -> Result<ClassReport, EvalError> {
     let judge = difforge_train::classifier::load_judge(dir, model.device).map_err(|e| EvalError::Input(format!("--classifier {}: {e}", dir.display())))?;
     let names = &judge.meta.class_names;
     let k = model.config.model.num_classes as usize;
-    if names.len() != k || (!train.class_names.is_empty() && &train.class_names != names) {
+    if names.len() != k || (!class_names.is_empty() && class_names != names.as_slice()) {
         return Err(EvalError::Input(format!(
             "--classifier {}: its classes ({}) are not the model's ({} classes: {})",
             dir.display(),
             names.join(", "),
             k,
-            train.class_names.join(", ")
+            class_names.join(", ")
         )));
     }
     let predicted = difforge_train::classifier::predict(&judge.net, &samples.to_kind(Kind::Float), judge.device);

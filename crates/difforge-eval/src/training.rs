@@ -28,6 +28,8 @@ struct Prepared {
     nets: Vec<FeatureNet>,
     /// Per network: the real features and their Gaussian.
     real: Vec<(Tensor, Gaussian)>,
+    /// The dataset's class names (checked against the classifier's).
+    class_names: Vec<String>,
     opts: EvalOptions,
 }
 
@@ -69,7 +71,7 @@ fn prepare(model: &DiffusionModel) -> Result<Prepared, EvalError> {
         classifier: t.eval_classifier.clone(),
         samples_dir: None,
     };
-    Ok(Prepared { nets, real: stats, opts })
+    Ok(Prepared { nets, real: stats, class_names: real.class_names, opts })
 }
 
 impl Prepared {
@@ -91,8 +93,7 @@ impl Prepared {
             }
         }
         if let (Some(dir), Some(asked)) = (&self.opts.classifier, &asked) {
-            let train = load_split(&model.config.data, model.config.seed, SplitChoice::Train)?;
-            out.push(("class_accuracy".into(), classes(dir, model, &samples, asked, &train)?.accuracy));
+            out.push(("class_accuracy".into(), classes(dir, model, &samples, asked, &self.class_names)?.accuracy));
         }
         Ok(out)
     }

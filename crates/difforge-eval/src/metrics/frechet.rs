@@ -140,13 +140,7 @@ impl Gaussian {
             )));
         }
         for (what, t) in [("mean", &self.mean), ("cov", &self.cov)] {
-            let finite = t
-                .f_isfinite()
-                .and_then(|f| f.f_all())
-                .and_then(|f| f.f_to_kind(Kind::Int64))
-                .and_then(|f| f.f_int64_value(&[]))
-                .map_err(torch_err("checking Gaussian statistics"))?;
-            if finite == 0 {
+            if !super::all_finite(t, "checking Gaussian statistics")? {
                 return Err(EvalError::Input(format!(
                     "{name} Gaussian: {what} contains NaN or infinite values"
                 )));

@@ -29,6 +29,17 @@ pub(crate) fn torch_err(context: &'static str) -> impl FnOnce(TchError) -> EvalE
     move |e| EvalError::Input(format!("{context}: {e}"))
 }
 
+/// Whether every value of `t` is finite (`context` names the check in a libtorch error).
+pub(crate) fn all_finite(t: &Tensor, context: &'static str) -> Result<bool, EvalError> {
+    let finite = t
+        .f_isfinite()
+        .and_then(|f| f.f_all())
+        .and_then(|f| f.f_to_kind(Kind::Int64))
+        .and_then(|f| f.f_int64_value(&[]))
+        .map_err(torch_err(context))?;
+    Ok(finite != 0)
+}
+
 /// A validated feature set: `[rows, cols]`, f64, on `device`.
 pub(crate) struct Features {
     pub(crate) x: Tensor,
@@ -67,13 +78,7 @@ pub(crate) fn features_f64(name: &str, t: &Tensor, device: Device) -> Result<Fea
         .and_then(|x| x.f_to_kind(Kind::Double))
         .and_then(|x| x.f_contiguous())
         .map_err(torch_err("converting features to f64"))?;
-    let all_finite = x
-        .f_isfinite()
-        .and_then(|f| f.f_all())
-        .and_then(|f| f.f_to_kind(Kind::Int64))
-        .and_then(|f| f.f_int64_value(&[]))
-        .map_err(torch_err("checking features for NaN/inf"))?;
-    if all_finite == 0 {
+    if !all_finite(&x, "checking features for NaN/inf")? {
         return Err(EvalError::Input(format!(
             "{name} features contain NaN or infinite values"
         )));

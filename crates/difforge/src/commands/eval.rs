@@ -5,7 +5,7 @@ use crate::cli::EvalArgs;
 use anyhow::Context;
 use difforge_eval::cache::FeatureCache;
 use difforge_eval::dataset::{resolve_dataset, SplitChoice};
-use difforge_eval::evaluate::{evaluate, EvalExtras, EvalOptions, EvalReport};
+use difforge_eval::evaluate::{evaluate, EvalData, EvalExtras, EvalOptions, EvalReport};
 use difforge_eval::features::FeatureNet;
 use difforge_eval::metrics::kid::KidConfig;
 use difforge_train::{checkpoint, RunConfig};
@@ -22,6 +22,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         nets.push(FeatureNet::inception(weights, device)?);
     }
     let cache = FeatureCache::new(args.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir));
+    // The checkpoints of one run share their data: load it once.
+    let data = EvalData::load(&cfg, &opts)?;
     let mut history: Vec<EvalReport> = Vec::new();
     let mut last: Option<(EvalReport, EvalExtras)> = None;
     for (dir, step) in &checkpoints {
@@ -30,7 +32,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if checkpoints.len() > 1 {
             eprintln!("evaluating {} (step {step})", dir.display());
         }
-        let (report, extras) = evaluate(&model, dir.clone(), *step, &nets, &cache, &opts)?;
+        let (report, extras) = evaluate(&model, dir.clone(), *step, &nets, &cache, &data, &opts)?;
         history.push(report.clone());
         last = Some((report, extras));
     }
