@@ -18,6 +18,7 @@ test: setup
 	$(CARGO_ENV) cargo test --workspace --no-fail-fast
 
 lint: setup
+	cargo fmt --all --check
 	$(CARGO_ENV) cargo clippy --workspace --all-targets -- -D warnings
 
 clean:

@@ -144,10 +144,8 @@ impl Loader {
 
     /// Centre-cropped, unaugmented images at the given dataset indices (validation, evaluation).
     pub fn fixed_batch(&self, indices: &[usize]) -> Batch {
-        let images: Vec<Vec<f32>> = indices
-            .par_iter()
-            .map(|&idx| self.crop_image(idx, CropMode::Center, &mut rng_for(self.seed, Stream::Augment, 0)))
-            .collect();
+        let images: Vec<Vec<f32>> =
+            indices.par_iter().map(|&idx| self.crop_image(idx, CropMode::Center, &mut rng_for(self.seed, Stream::Augment, 0))).collect();
         self.assemble(images, indices.iter().copied())
     }
 

@@ -259,7 +259,9 @@ pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, Data
             *report.class_counts.entry(c).or_insert(0) += 1;
         }
         if f.width.min(f.height) < opts.model_size {
-            report.smaller_than_model.push(Problem { path: f.path.clone(), reason: format!("{}x{} is smaller than the model size {}", f.width, f.height, opts.model_size) });
+            report
+                .smaller_than_model
+                .push(Problem { path: f.path.clone(), reason: format!("{}x{} is smaller than the model size {}", f.width, f.height, opts.model_size) });
         }
         if let Some(reason) = &f.outlier {
             report.outliers.push(Problem { path: f.path.clone(), reason: reason.clone() });

@@ -24,9 +24,7 @@ impl PlanarImages<'_> {
         if c == 1 {
             DynamicImage::ImageLuma8(GrayImage::from_fn(s as u32, s as u32, |x, y| image::Luma([px(0, x, y)])))
         } else {
-            DynamicImage::ImageRgb8(RgbImage::from_fn(s as u32, s as u32, |x, y| {
-                image::Rgb([px(0, x, y), px(1, x, y), px(2, x, y)])
-            }))
+            DynamicImage::ImageRgb8(RgbImage::from_fn(s as u32, s as u32, |x, y| image::Rgb([px(0, x, y), px(1, x, y), px(2, x, y)])))
         }
     }
 
@@ -49,8 +47,7 @@ impl PlanarImages<'_> {
 /// Encodes as PNG and writes atomically.
 pub fn save_png(img: &DynamicImage, path: &Path) -> std::io::Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(std::io::Error::other)?;
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(std::io::Error::other)?;
     difforge_core::write_atomic(path, &bytes)
 }
 

@@ -54,10 +54,7 @@ fn composite_on_white(img: &DynamicImage) -> RgbImage {
     })
 }
 
-fn pad<P: image::Pixel<Subpixel = u8> + 'static>(
-    img: &image::ImageBuffer<P, Vec<u8>>,
-    border: u32,
-) -> image::ImageBuffer<P, Vec<u8>> {
+fn pad<P: image::Pixel<Subpixel = u8> + 'static>(img: &image::ImageBuffer<P, Vec<u8>>, border: u32) -> image::ImageBuffer<P, Vec<u8>> {
     if border == 0 {
         return img.clone();
     }
@@ -66,10 +63,7 @@ fn pad<P: image::Pixel<Subpixel = u8> + 'static>(
     out
 }
 
-fn resize_shorter<P: image::Pixel<Subpixel = u8> + 'static>(
-    img: &image::ImageBuffer<P, Vec<u8>>,
-    size: u32,
-) -> image::ImageBuffer<P, Vec<u8>> {
+fn resize_shorter<P: image::Pixel<Subpixel = u8> + 'static>(img: &image::ImageBuffer<P, Vec<u8>>, size: u32) -> image::ImageBuffer<P, Vec<u8>> {
     let (w, h) = img.dimensions();
     let short = w.min(h);
     if short == size {

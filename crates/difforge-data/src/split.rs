@@ -12,8 +12,7 @@ pub struct Split {
 
 impl Split {
     pub fn new(ids: &[String], val_fraction: f64, seed: u64) -> Split {
-        let mut keyed: Vec<(String, usize)> =
-            ids.iter().enumerate().map(|(i, id)| (sha256_hex(format!("{seed}\u{0}{id}").as_bytes()), i)).collect();
+        let mut keyed: Vec<(String, usize)> = ids.iter().enumerate().map(|(i, id)| (sha256_hex(format!("{seed}\u{0}{id}").as_bytes()), i)).collect();
         keyed.sort();
         let n_val = ((ids.len() as f64) * val_fraction).round() as usize;
         let n_val = n_val.min(ids.len().saturating_sub(1));

@@ -43,10 +43,9 @@ impl NoiseSchedule {
                     (1.0 - cosine_alpha_bar(t2) / cosine_alpha_bar(t1)).min(0.999)
                 })
                 .collect(),
-            ScheduleKind::Sigmoid => linspace(-6.0, 6.0, timesteps)
-                .into_iter()
-                .map(|x| 1.0 / (1.0 + (-x).exp()) * (beta_end - beta_start) + beta_start)
-                .collect(),
+            ScheduleKind::Sigmoid => {
+                linspace(-6.0, 6.0, timesteps).into_iter().map(|x| 1.0 / (1.0 + (-x).exp()) * (beta_end - beta_start) + beta_start).collect()
+            }
         };
         let alphas_cumprod = betas
             .iter()

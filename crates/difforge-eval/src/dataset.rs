@@ -59,9 +59,7 @@ pub fn resolve_dataset(spec: &str, base: &DataConfig) -> Result<DataConfig, Eval
         data.labels_path = None;
         data.val_path = None;
     } else {
-        return Err(EvalError::Input(format!(
-            "--data {spec}: expected `digits`, a TOML config with a [data] section, or an image folder"
-        )));
+        return Err(EvalError::Input(format!("--data {spec}: expected `digits`, a TOML config with a [data] section, or an image folder")));
     }
     data.validate().map_err(|e| EvalError::Input(format!("--data {spec}: {e}")))?;
     Ok(data)

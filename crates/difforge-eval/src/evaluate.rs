@@ -155,7 +155,15 @@ impl EvalData {
 
 /// Evaluates `model` (at `checkpoint`, trained `step` steps) with `nets` (the first one is the
 /// main network, whose Frechet distance the consistency check repeats) against `data`.
-pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[FeatureNet], cache: &FeatureCache, data: &EvalData, opts: &EvalOptions) -> Result<(EvalReport, EvalExtras), EvalError> {
+pub fn evaluate(
+    model: &DiffusionModel,
+    checkpoint: PathBuf,
+    step: u64,
+    nets: &[FeatureNet],
+    cache: &FeatureCache,
+    data: &EvalData,
+    opts: &EvalOptions,
+) -> Result<(EvalReport, EvalExtras), EvalError> {
     let mut clock = Clock::start();
     clock.laps.push(("load real images".to_string(), data.seconds));
     let (real, train) = (&data.real, &data.train);
@@ -178,7 +186,10 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
     let classes = match (&opts.classifier, &asked) {
         (Some(dir), Some(asked)) => Some(classes(dir, model, &samples, asked, &train.class_names)?),
         (Some(_), None) => {
-            notes.push("class accuracy skipped: no classes were asked for (an unconditional model, or sample subfolders not named like the model's classes)".to_string());
+            notes.push(
+                "class accuracy skipped: no classes were asked for (an unconditional model, or sample subfolders not named like the model's classes)"
+                    .to_string(),
+            );
             None
         }
         (None, Some(_)) => {
@@ -209,7 +220,15 @@ pub fn evaluate(model: &DiffusionModel, checkpoint: PathBuf, step: u64, nets: &[
         memorisation: memo,
         consistency,
     };
-    let extras = EvalExtras { samples, asked, real: real.images.shallow_clone(), train: train.images.shallow_clone(), timings: clock.laps, real_features_cached: cached, notes };
+    let extras = EvalExtras {
+        samples,
+        asked,
+        real: real.images.shallow_clone(),
+        train: train.images.shallow_clone(),
+        timings: clock.laps,
+        real_features_cached: cached,
+        notes,
+    };
     Ok((report, extras))
 }
 
@@ -241,7 +260,14 @@ fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages
 
 /// Metrics on every network; whether each network's real features came from the cache; the main
 /// network's real Gaussian (for the consistency check).
-fn feature_metrics_all(nets: &[FeatureNet], cache: &FeatureCache, real: &Tensor, samples: &Tensor, opts: &EvalOptions, clock: &mut Clock) -> Result<(Vec<FeatureMetrics>, Vec<bool>, Gaussian), EvalError> {
+fn feature_metrics_all(
+    nets: &[FeatureNet],
+    cache: &FeatureCache,
+    real: &Tensor,
+    samples: &Tensor,
+    opts: &EvalOptions,
+    clock: &mut Clock,
+) -> Result<(Vec<FeatureMetrics>, Vec<bool>, Gaussian), EvalError> {
     let (mut metrics, mut cached, mut main_real) = (Vec::new(), Vec::new(), None);
     for net in nets {
         let (real_features, hit) = cache.features(net, real, opts.feature_batch, progress_fn(&format!("{} real", net.info.name), real.size()[0]))?;
@@ -259,7 +285,14 @@ fn feature_metrics_all(nets: &[FeatureNet], cache: &FeatureCache, real: &Tensor,
 
 /// The main network's Frechet distance for each of `opts.consistency_sets` sample sets (the first
 /// is the main set, already scored as `first`); set k uses seeds from seed + k n.
-fn fd_over_seed_sets(model: &DiffusionModel, nets: &[FeatureNet], real: &Gaussian, first: f64, asked: Option<&[i64]>, opts: &EvalOptions) -> Result<Vec<(u64, f64)>, EvalError> {
+fn fd_over_seed_sets(
+    model: &DiffusionModel,
+    nets: &[FeatureNet],
+    real: &Gaussian,
+    first: f64,
+    asked: Option<&[i64]>,
+    opts: &EvalOptions,
+) -> Result<Vec<(u64, f64)>, EvalError> {
     let main_net = nets.first().ok_or_else(|| EvalError::Input("no feature network".into()))?;
     let mut per_set = vec![(opts.seed, first)];
     for set in 1..opts.consistency_sets {
@@ -274,14 +307,23 @@ fn fd_over_seed_sets(model: &DiffusionModel, nets: &[FeatureNet], real: &Gaussia
 /// The images of a folder, preprocessed like the training data; when its class subfolders carry
 /// the model's class names, the classes asked for.
 fn read_samples(dir: &std::path::Path, data: &DataConfig, class_names: &[String], seed: u64) -> Result<(Tensor, Option<Vec<i64>>), EvalError> {
-    let folder = DataConfig { source: difforge_data::SourceKind::Folder, path: Some(dir.to_path_buf()), labels_path: None, val_path: None, class_names: Vec::new(), ..data.clone() };
+    let folder = DataConfig {
+        source: difforge_data::SourceKind::Folder,
+        path: Some(dir.to_path_buf()),
+        labels_path: None,
+        val_path: None,
+        class_names: Vec::new(),
+        ..data.clone()
+    };
     let set = load_split(&folder, seed, SplitChoice::All)?;
     let asked: Option<Vec<i64>> = if set.class_names.is_empty() || class_names.is_empty() {
         None
     } else {
         set.labels
             .iter()
-            .map(|&l| usize::try_from(l).ok().and_then(|l| set.class_names.get(l)).and_then(|name| class_names.iter().position(|c| c == name)).map(|c| c as i64))
+            .map(|&l| {
+                usize::try_from(l).ok().and_then(|l| set.class_names.get(l)).and_then(|name| class_names.iter().position(|c| c == name)).map(|c| c as i64)
+            })
             .collect()
     };
     Ok((set.images, asked))
@@ -357,7 +399,13 @@ fn consistency(repeated_images: usize, same_seed_identical: bool, per_set: Vec<(
 
 /// Labels the samples with the classifier and scores them against the classes asked for. The
 /// classifier must know the model's classes by the same names, in the same order.
-pub(crate) fn classes(dir: &std::path::Path, model: &DiffusionModel, samples: &Tensor, asked: &[i64], class_names: &[String]) -> Result<ClassReport, EvalError> {
+pub(crate) fn classes(
+    dir: &std::path::Path,
+    model: &DiffusionModel,
+    samples: &Tensor,
+    asked: &[i64],
+    class_names: &[String],
+) -> Result<ClassReport, EvalError> {
     let judge = difforge_train::classifier::load_judge(dir, model.device).map_err(|e| EvalError::Input(format!("--classifier {}: {e}", dir.display())))?;
     let names = &judge.meta.class_names;
     let k = model.config.model.num_classes as usize;

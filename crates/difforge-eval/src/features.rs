@@ -52,13 +52,7 @@ impl FeatureNet {
     /// The FID Inception-v3 from pytorch-fid's weights file (`pt_inception-2015-12-05-*.pth`).
     pub fn inception(weights: &Path, device: Device) -> Result<FeatureNet, EvalError> {
         let net = FidInception::load(weights, device)?;
-        let info = FeatureNetInfo {
-            name: "inception-v3-fid",
-            metric: "FID",
-            dim: 2048,
-            weights_sha256: file_hash(weights)?,
-            weights: weights.to_path_buf(),
-        };
+        let info = FeatureNetInfo { name: "inception-v3-fid", metric: "FID", dim: 2048, weights_sha256: file_hash(weights)?, weights: weights.to_path_buf() };
         Ok(FeatureNet { network: Network::Inception(Box::new(net)), info, device })
     }
 

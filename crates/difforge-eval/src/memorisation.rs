@@ -71,7 +71,14 @@ fn nearest(queries: &Tensor, reference: &Tensor, exclude_self: bool) -> Result<(
 
 /// `samples`, `train` and `heldout` are image batches at the same resolution (any layout that
 /// flattens to one row per image). Distances are RMS over pixels.
-pub fn memorisation(samples: &Tensor, train: &Tensor, train_ids: &[String], heldout: Option<&Tensor>, threshold: f64, show: usize) -> Result<Memorisation, EvalError> {
+pub fn memorisation(
+    samples: &Tensor,
+    train: &Tensor,
+    train_ids: &[String],
+    heldout: Option<&Tensor>,
+    threshold: f64,
+    show: usize,
+) -> Result<Memorisation, EvalError> {
     let (n, m) = (samples.size()[0], train.size()[0]);
     if m < 2 || n < 1 {
         return Err(EvalError::Input(format!("memorisation needs samples and at least 2 training images (got {n} and {m})")));

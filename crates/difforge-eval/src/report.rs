@@ -21,14 +21,16 @@ const GRID_IMAGES: i64 = 100;
 pub fn write(dir: &Path, report: &EvalReport, extras: &EvalExtras, run_dir: Option<&Path>, history: &[EvalReport]) -> Result<PathBuf, EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     // The same JSON as `difforge eval --json` prints.
-    let json = if history.len() > 1 { serde_json::to_string_pretty(&serde_json::json!({ "checkpoints": history })) } else { serde_json::to_string_pretty(report) };
+    let json =
+        if history.len() > 1 { serde_json::to_string_pretty(&serde_json::json!({ "checkpoints": history })) } else { serde_json::to_string_pretty(report) };
     write_file(&dir.join("eval.json"), (json.unwrap_or_default() + "\n").as_bytes())?;
 
     let mut figures = Vec::new();
     let columns = grid_columns(extras);
     let shown = extras.samples.size()[0].min(GRID_IMAGES);
     grid(&extras.samples.narrow(0, 0, shown), columns, &dir.join("samples.png"))?;
-    figures.push(("samples.png", format!("The first {shown} samples{}.", if extras.asked.is_some() { ", classes in turn (one column per class)" } else { "" })));
+    figures
+        .push(("samples.png", format!("The first {shown} samples{}.", if extras.asked.is_some() { ", classes in turn (one column per class)" } else { "" })));
     // Spread over the whole set: splits are sorted by dataset position, often by class.
     let real_count = extras.real.size()[0];
     let real_shown = real_count.min(GRID_IMAGES);
@@ -131,7 +133,9 @@ fn metric_curves(dir: &Path, history: &[EvalReport]) -> Result<(), EvalError> {
         })
         .collect();
     line_chart_png(&dir.join("fd-over-steps.png"), "Frechet distance over training", "step", "distance", &fd)?;
-    let main = |f: fn(&crate::metrics::manifold::Manifold) -> f64| history.iter().filter_map(move |r| Some((step(r), f(&r.metrics.first()?.manifold)))).collect::<Vec<_>>();
+    let main = |f: fn(&crate::metrics::manifold::Manifold) -> f64| {
+        history.iter().filter_map(move |r| Some((step(r), f(&r.metrics.first()?.manifold)))).collect::<Vec<_>>()
+    };
     let mut fractions = vec![
         Series { name: "precision".into(), points: main(|m| m.precision) },
         Series { name: "recall".into(), points: main(|m| m.recall) },
@@ -146,7 +150,11 @@ fn metric_curves(dir: &Path, history: &[EvalReport]) -> Result<(), EvalError> {
 
 fn embed_png(path: &Path) -> String {
     match std::fs::read(path) {
-        Ok(bytes) => format!(r#"<img alt="{}" src="data:image/png;base64,{}">"#, path.file_name().and_then(|n| n.to_str()).unwrap_or(""), base64::engine::general_purpose::STANDARD.encode(bytes)),
+        Ok(bytes) => format!(
+            r#"<img alt="{}" src="data:image/png;base64,{}">"#,
+            path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
         Err(_) => format!("<p>({} missing)</p>", path.display()),
     }
 }
@@ -160,7 +168,15 @@ fn page(report: &EvalReport, extras: &EvalExtras, history: &[EvalReport], dir: &
     let s = &report.samples;
     let source = match &s.source {
         Some(folder) => format!("read from {}", folder.display()),
-        None => format!("{} {} steps, guidance {}, seeds {}..{}, {} weights", s.sampler, s.steps, s.guidance, s.seed, s.seed + s.count as u64 - 1, if s.ema { "EMA" } else { "raw" }),
+        None => format!(
+            "{} {} steps, guidance {}, seeds {}..{}, {} weights",
+            s.sampler,
+            s.steps,
+            s.guidance,
+            s.seed,
+            s.seed + s.count as u64 - 1,
+            if s.ema { "EMA" } else { "raw" }
+        ),
     };
     let _ = write!(
         body,
@@ -177,7 +193,15 @@ fn page(report: &EvalReport, extras: &EvalExtras, history: &[EvalReport], dir: &
         let _ = write!(body, "<h2>Class accuracy</h2><p><b>{:.1}%</b> of {} samples are labelled as the class asked for by the classifier (which is {:.1}% accurate on held-out real images).</p>", 100.0 * c.accuracy, c.samples, 100.0 * c.classifier_val_accuracy);
         body += "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>asked</th></tr>";
         for p in &c.per_class {
-            let _ = write!(body, "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>", escape(&p.class), p.precision, p.recall, p.f1, p.support);
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+                escape(&p.class),
+                p.precision,
+                p.recall,
+                p.f1,
+                p.support
+            );
         }
         body += "</table>";
     }
@@ -274,5 +298,8 @@ fn metrics_table(report: &EvalReport) -> String {
             f.real
         );
     }
-    t + &format!("</table><p class=small>Precision, recall, density and coverage on k = {} nearest-neighbour manifolds.</p>", report.metrics.first().map_or(3, |f| f.manifold.k))
+    t + &format!(
+        "</table><p class=small>Precision, recall, density and coverage on k = {} nearest-neighbour manifolds.</p>",
+        report.metrics.first().map_or(3, |f| f.manifold.k)
+    )
 }

@@ -4,9 +4,7 @@
 //! input errors that no fixture covers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use difforge_eval::metrics::{
-    frechet_distance, kid, manifold, mmd2_unbiased, Gaussian, Kid, KidConfig, PolyKernel,
-};
+use difforge_eval::metrics::{frechet_distance, kid, manifold, mmd2_unbiased, Gaussian, Kid, KidConfig, PolyKernel};
 use difforge_eval::EvalError;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -25,17 +23,9 @@ fn fixture() -> Fixture {
         let rows = set["rows"].as_i64().unwrap();
         let cols = set["cols"].as_i64().unwrap();
         // The values are multiples of 1/64: exact in JSON, f64 and f32 alike.
-        let data: Vec<f32> = set["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let data: Vec<f32> = set["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(data.len() as i64, rows * cols, "set {name}");
-        sets.insert(
-            name.clone(),
-            Tensor::from_slice(&data).reshape([rows, cols]),
-        );
+        sets.insert(name.clone(), Tensor::from_slice(&data).reshape([rows, cols]));
     }
     Fixture { doc, sets }
 }
@@ -53,18 +43,11 @@ fn rel_err(got: f64, want: f64) -> f64 {
 fn assert_rel(got: f64, want: f64, tol: f64, what: &str) {
     let e = rel_err(got, want);
     eprintln!("{what}: rust {got:.17e} reference {want:.17e} rel err {e:.2e}");
-    assert!(
-        e <= tol,
-        "{what}: rust {got} vs reference {want} (relative error {e:.3e} > {tol:e})"
-    );
+    assert!(e <= tol, "{what}: rust {got} vs reference {want} (relative error {e:.3e} > {tol:e})");
 }
 
 fn kernel_of(case: &Value) -> PolyKernel {
-    PolyKernel {
-        degree: case["degree"].as_u64().unwrap() as u32,
-        gamma: case["gamma"].as_f64(),
-        coef0: case["coef0"].as_f64().unwrap(),
-    }
+    PolyKernel { degree: case["degree"].as_u64().unwrap() as u32, gamma: case["gamma"].as_f64(), coef0: case["coef0"].as_f64().unwrap() }
 }
 
 #[test]
@@ -75,18 +58,8 @@ fn frechet_distance_matches_pytorch_fid_and_torch_fidelity() {
         let b = Gaussian::fit(fx.set(case, "fake")).unwrap();
         let fd = frechet_distance(&a, &b).unwrap();
         let name = format!("FD {} vs {}", case["real"], case["fake"]);
-        assert_rel(
-            fd,
-            case["pytorch_fid"].as_f64().unwrap(),
-            1e-6,
-            &format!("{name} (pytorch-fid)"),
-        );
-        assert_rel(
-            fd,
-            case["torch_fidelity"].as_f64().unwrap(),
-            1e-6,
-            &format!("{name} (torch-fidelity)"),
-        );
+        assert_rel(fd, case["pytorch_fid"].as_f64().unwrap(), 1e-6, &format!("{name} (pytorch-fid)"));
+        assert_rel(fd, case["torch_fidelity"].as_f64().unwrap(), 1e-6, &format!("{name} (torch-fidelity)"));
     }
 }
 
@@ -100,26 +73,11 @@ fn kid_on_whole_sets_matches_torch_fidelity_and_torchmetrics() {
         }
         // One subset as large as both sets: the draw is a permutation, so our generator's
         // subsets give the same value as torch-fidelity's.
-        let config = KidConfig {
-            subsets: 1,
-            subset_size: case["subset_size"].as_u64().unwrap() as usize,
-            seed: 7,
-            kernel: kernel_of(case),
-        };
+        let config = KidConfig { subsets: 1, subset_size: case["subset_size"].as_u64().unwrap() as usize, seed: 7, kernel: kernel_of(case) };
         let k = kid(fx.set(case, "real"), fx.set(case, "fake"), &config).unwrap();
         let name = format!("KID {} vs {}", case["real"], case["fake"]);
-        assert_rel(
-            k.mean,
-            case["torch_fidelity"]["mean"].as_f64().unwrap(),
-            1e-6,
-            &format!("{name} (torch-fidelity)"),
-        );
-        assert_rel(
-            k.mean,
-            case["torchmetrics"]["mean"].as_f64().unwrap(),
-            1e-6,
-            &format!("{name} (torchmetrics)"),
-        );
+        assert_rel(k.mean, case["torch_fidelity"]["mean"].as_f64().unwrap(), 1e-6, &format!("{name} (torch-fidelity)"));
+        assert_rel(k.mean, case["torchmetrics"]["mean"].as_f64().unwrap(), 1e-6, &format!("{name} (torchmetrics)"));
         assert_eq!(k.std, 0.0);
         assert_eq!((k.subsets, k.subset_size), (1, config.subset_size));
         checked += 1;
@@ -141,44 +99,19 @@ fn kid_on_torch_fidelity_subsets_matches_per_subset_mean_and_std() {
         let mut values = Vec::new();
         for (i, (draw, want)) in draws.as_array().unwrap().iter().zip(per_subset).enumerate() {
             let pick = |set: &Tensor, key: &str| {
-                let idx: Vec<i64> = draw[key]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_i64().unwrap())
-                    .collect();
+                let idx: Vec<i64> = draw[key].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
                 set.index_select(0, &Tensor::from_slice(&idx))
             };
             let v = mmd2_unbiased(&pick(real, "real"), &pick(fake, "fake"), &kernel).unwrap();
-            assert_rel(
-                v,
-                want.as_f64().unwrap(),
-                1e-6,
-                &format!("MMD^2 subset {i} {} vs {}", case["real"], case["fake"]),
-            );
+            assert_rel(v, want.as_f64().unwrap(), 1e-6, &format!("MMD^2 subset {i} {} vs {}", case["real"], case["fake"]));
             values.push(v);
         }
         let size = case["subset_size"].as_u64().unwrap() as usize;
         let k = Kid::from_mmd2(&values, size).unwrap();
-        let name = format!(
-            "KID {} vs {} ({} subsets of {size})",
-            case["real"],
-            case["fake"],
-            values.len()
-        );
-        assert_rel(
-            k.mean,
-            case["torch_fidelity"]["mean"].as_f64().unwrap(),
-            1e-6,
-            &format!("{name} mean"),
-        );
+        let name = format!("KID {} vs {} ({} subsets of {size})", case["real"], case["fake"], values.len());
+        assert_rel(k.mean, case["torch_fidelity"]["mean"].as_f64().unwrap(), 1e-6, &format!("{name} mean"));
         if values.len() > 1 {
-            assert_rel(
-                k.std,
-                case["torch_fidelity"]["std"].as_f64().unwrap(),
-                1e-6,
-                &format!("{name} std"),
-            );
+            assert_rel(k.std, case["torch_fidelity"]["std"].as_f64().unwrap(), 1e-6, &format!("{name} std"));
         }
         checked += 1;
     }
@@ -189,48 +122,17 @@ fn kid_on_torch_fidelity_subsets_matches_per_subset_mean_and_std() {
 fn kid_clamps_the_subset_size_and_is_seeded() {
     let fx = fixture();
     let (real, fake) = (&fx.sets["real"], &fx.sets["fake_shift"]);
-    let config = KidConfig {
-        subsets: 10,
-        ..KidConfig::default()
-    };
+    let config = KidConfig { subsets: 10, ..KidConfig::default() };
     let a = kid(real, fake, &config).unwrap();
-    assert_eq!(
-        (a.subsets, a.subset_size),
-        (10, 200),
-        "1000 clamps to the 200 fake rows"
-    );
-    assert_eq!(
-        a,
-        kid(real, fake, &config).unwrap(),
-        "same seed, same subsets"
-    );
-    let other = kid(
-        real,
-        fake,
-        &KidConfig {
-            seed: config.seed + 1,
-            ..config.clone()
-        },
-    )
-    .unwrap();
-    assert_ne!(
-        a.mean, other.mean,
-        "another seed draws other subsets of the 240 real rows"
-    );
+    assert_eq!((a.subsets, a.subset_size), (10, 200), "1000 clamps to the 200 fake rows");
+    assert_eq!(a, kid(real, fake, &config).unwrap(), "same seed, same subsets");
+    let other = kid(real, fake, &KidConfig { seed: config.seed + 1, ..config.clone() }).unwrap();
+    assert_ne!(a.mean, other.mean, "another seed draws other subsets of the 240 real rows");
     // Whatever the draw, the estimate stays near torch-fidelity's numbers for this pair.
-    let reference = fx.doc["kid"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["fake"] == "fake_shift" && c["subset_size"] == 200)
-        .unwrap()["torch_fidelity"]["mean"]
+    let reference = fx.doc["kid"].as_array().unwrap().iter().find(|c| c["fake"] == "fake_shift" && c["subset_size"] == 200).unwrap()["torch_fidelity"]["mean"]
         .as_f64()
         .unwrap();
-    assert!(
-        rel_err(a.mean, reference) < 0.05,
-        "{} vs {reference}",
-        a.mean
-    );
+    assert!(rel_err(a.mean, reference) < 0.05, "{} vs {reference}", a.mean);
 }
 
 #[test]
@@ -247,44 +149,18 @@ fn manifold_metrics_match_prdc() {
         // `float_roundtrip` feature) may read a 16-digit decimal one ulp off.
         let (n_real, n_fake) = (m.real as f64, m.fake as f64);
         let count = |key: &str| case[key].as_u64().unwrap() as f64;
-        assert_eq!(
-            m.precision,
-            count("precision_count") / n_fake,
-            "{name} precision"
-        );
+        assert_eq!(m.precision, count("precision_count") / n_fake, "{name} precision");
         assert_eq!(m.recall, count("recall_count") / n_real, "{name} recall");
-        assert_eq!(
-            m.coverage,
-            count("coverage_count") / n_real,
-            "{name} coverage"
-        );
-        for (key, got) in [
-            ("precision", m.precision),
-            ("recall", m.recall),
-            ("coverage", m.coverage),
-        ] {
+        assert_eq!(m.coverage, count("coverage_count") / n_real, "{name} coverage");
+        for (key, got) in [("precision", m.precision), ("recall", m.recall), ("coverage", m.coverage)] {
             let want = case[key].as_f64().unwrap();
-            assert!(
-                (got - want).abs() <= 4.0 * f64::EPSILON * want,
-                "{name} {key}: {got} vs prdc {want}"
-            );
+            assert!((got - want).abs() <= 4.0 * f64::EPSILON * want, "{name} {key}: {got} vs prdc {want}");
         }
         let want_density = case["density"].as_f64().unwrap();
-        assert!(
-            (m.density - want_density).abs() <= 1e-9,
-            "{name} density {} vs {want_density}",
-            m.density
-        );
+        assert!((m.density - want_density).abs() <= 1e-9, "{name} density {} vs {want_density}", m.density);
         let (p, r) = (m.precision, m.recall);
         assert!((m.f1 - 2.0 * p * r / (p + r)).abs() < 1e-15);
-        assert_eq!(
-            (m.real, m.fake, m.k),
-            (
-                fx.set(case, "real").size()[0] as usize,
-                fx.set(case, "fake").size()[0] as usize,
-                k
-            )
-        );
+        assert_eq!((m.real, m.fake, m.k), (fx.set(case, "real").size()[0] as usize, fx.set(case, "fake").size()[0] as usize, k));
     }
 }
 
@@ -323,27 +199,18 @@ fn gaussian_statistics_round_trip_through_safetensors() {
     assert_eq!(back.n, 240);
     assert!(back.mean.equal(&g.mean) && back.cov.equal(&g.cov));
     let other = Gaussian::fit(&fx.sets["fake_corr"]).unwrap();
-    assert_eq!(
-        frechet_distance(&back, &other).unwrap(),
-        frechet_distance(&g, &other).unwrap()
-    );
+    assert_eq!(frechet_distance(&back, &other).unwrap(), frechet_distance(&g, &other).unwrap());
     // Named tensors, for callers that keep several statistics in one file.
     let named = g.to_tensors();
     assert_eq!(Gaussian::from_tensors(&named).unwrap().n, 240);
-    assert!(matches!(
-        Gaussian::load(&dir.path().join("missing.safetensors")),
-        Err(EvalError::Read { .. })
-    ));
+    assert!(matches!(Gaussian::load(&dir.path().join("missing.safetensors")), Err(EvalError::Read { .. })));
 }
 
 fn input_error<T: std::fmt::Debug>(r: Result<T, EvalError>, what: &str, needle: &str) {
     match r {
         Err(EvalError::Input(msg)) => {
             eprintln!("{what}: {msg}");
-            assert!(
-                msg.contains(needle),
-                "{what}: message {msg:?} lacks {needle:?}"
-            );
+            assert!(msg.contains(needle), "{what}: message {msg:?} lacks {needle:?}");
         }
         other => panic!("{what}: expected an input error, got {other:?}"),
     }
@@ -369,39 +236,12 @@ fn bad_inputs_are_input_errors_not_panics() {
 
     let config = KidConfig::default();
     input_error(kid(&a, &wide, &config), "KID of 8 vs 9 dims", "9");
-    input_error(
-        kid(&a, &one_row, &config),
-        "KID with a 1-row set",
-        "1 fake rows",
-    );
-    input_error(
-        kid(
-            &a,
-            &a,
-            &KidConfig {
-                subsets: 0,
-                ..config.clone()
-            },
-        ),
-        "KID with 0 subsets",
-        "0",
-    );
-    input_error(
-        mmd2_unbiased(&a, &three_rows, &PolyKernel::default()),
-        "MMD^2 of unequal sizes",
-        "50 and 3",
-    );
+    input_error(kid(&a, &one_row, &config), "KID with a 1-row set", "1 fake rows");
+    input_error(kid(&a, &a, &KidConfig { subsets: 0, ..config.clone() }), "KID with 0 subsets", "0");
+    input_error(mmd2_unbiased(&a, &three_rows, &PolyKernel::default()), "MMD^2 of unequal sizes", "50 and 3");
 
     input_error(manifold(&a, &wide, 3), "manifold of 8 vs 9 dims", "9");
-    input_error(
-        manifold(&a, &three_rows, 3),
-        "manifold with 3 fake rows, k=3",
-        "fake set has 3 rows",
-    );
-    input_error(
-        manifold(&three_rows, &a, 3),
-        "manifold with 3 real rows, k=3",
-        "real set has 3 rows",
-    );
+    input_error(manifold(&a, &three_rows, 3), "manifold with 3 fake rows, k=3", "fake set has 3 rows");
+    input_error(manifold(&three_rows, &a, 3), "manifold with 3 real rows, k=3", "real set has 3 rows");
     input_error(manifold(&a, &a, 0), "manifold with k=0", "k");
 }

@@ -54,7 +54,8 @@ pub fn attribution(s: &Subject) -> Attribution {
     let output = sample(&denoiser, &req, Some(&mut observe)).to_device(Device::Cpu);
     let [_, side, _] = s.shape();
     let n = s.seeds.len() as i64;
-    let guidance_difference = diff_sum.map_or_else(|| Tensor::zeros([n, side, side], (Kind::Float, Device::Cpu)), |d| (d / steps.max(1.0)).to_device(Device::Cpu));
+    let guidance_difference =
+        diff_sum.map_or_else(|| Tensor::zeros([n, side, side], (Kind::Float, Device::Cpu)), |d| (d / steps.max(1.0)).to_device(Device::Cpu));
 
     // F(class) - F(null) without guidance, from the same noise.
     let unguided = SamplerConfig { guidance: 1.0, ..s.sampler.clone() };

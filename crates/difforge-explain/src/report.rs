@@ -116,7 +116,8 @@ fn embed(out: &Path, name: &str, mime: &str) -> String {
 /// The HTML page with every view written into `out`.
 pub fn write_html(out: &Path, title: &str, views: &Value) -> Result<PathBuf, TrainError> {
     let section = |h: &str, what: &str, body: String| format!("<section><h2>{h}</h2><p>{what}</p>{body}</section>");
-    let numbers = |key: &str| format!("<details><summary>numbers</summary><pre>{}</pre></details>", serde_json::to_string_pretty(&views[key]).unwrap_or_default());
+    let numbers =
+        |key: &str| format!("<details><summary>numbers</summary><pre>{}</pre></details>", serde_json::to_string_pretty(&views[key]).unwrap_or_default());
     let html = format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}} img{{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}} section{{margin-bottom:2rem}} pre{{font-size:11px;max-height:14rem;overflow:auto}}</style></head><body>

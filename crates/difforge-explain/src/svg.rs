@@ -14,11 +14,27 @@ pub fn line_chart(title: &str, x_labels: &[String], y_label: &str, series: &[Ser
     let n = x_labels.len().max(2);
     let x = |i: usize| left + (w - left - right) * i as f64 / (n - 1) as f64;
     let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
-    let mut svg = format!(r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"##, w / 2.0);
-    svg += &format!(r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#444"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="#444"/>"##, h - bottom, w - right, h - bottom, h - bottom);
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"##,
+        w / 2.0
+    );
+    svg += &format!(
+        r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#444"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="#444"/>"##,
+        h - bottom,
+        w - right,
+        h - bottom,
+        h - bottom
+    );
     for k in 0..=4 {
         let v = max * k as f64 / 4.0;
-        svg += &format!(r##"<text x="{}" y="{}" text-anchor="end">{v:.3}</text><line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#ddd"/>"##, left - 6.0, y(v) + 4.0, y(v), w - right, y(v));
+        svg += &format!(
+            r##"<text x="{}" y="{}" text-anchor="end">{v:.3}</text><line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#ddd"/>"##,
+            left - 6.0,
+            y(v) + 4.0,
+            y(v),
+            w - right,
+            y(v)
+        );
     }
     for (i, label) in x_labels.iter().enumerate() {
         svg += &format!(r##"<text x="{}" y="{}" text-anchor="middle">{label}</text>"##, x(i), h - bottom + 16.0);

@@ -14,9 +14,22 @@ use std::sync::Arc;
 
 fn tiny_run(dir: &std::path::Path) -> (DiffusionModel, std::path::PathBuf) {
     let sets: Vec<String> = [
-        "data.image_size=8", "model.channels=16", "model.channel_mult=[1,2]", "model.res_blocks=1", "model.groups=8", "model.heads=2",
-        "model.attention_resolutions=[4]", "train.batch_size=16", "train.steps=6", "train.warmup_steps=2", "train.val_every=3",
-        "train.val_images=24", "train.device=\"cpu\"", "train.threads=2", "train.sample_per_class=1", "sample.steps=5",
+        "data.image_size=8",
+        "model.channels=16",
+        "model.channel_mult=[1,2]",
+        "model.res_blocks=1",
+        "model.groups=8",
+        "model.heads=2",
+        "model.attention_resolutions=[4]",
+        "train.batch_size=16",
+        "train.steps=6",
+        "train.warmup_steps=2",
+        "train.val_every=3",
+        "train.val_images=24",
+        "train.device=\"cpu\"",
+        "train.threads=2",
+        "train.sample_per_class=1",
+        "sample.steps=5",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -45,7 +58,8 @@ fn explanations_agree_with_the_sampler_the_trainer_and_the_model() {
 
     // The timestep profile is the trainer's validation at the same step.
     let p = profile(&model, "tiny", 6).unwrap();
-    let last: serde_json::Value = std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str(l).unwrap()).unwrap();
+    let last: serde_json::Value =
+        std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().last().map(|l| serde_json::from_str(l).unwrap()).unwrap();
     assert_eq!(last["step"], 6);
     let bands: Vec<f64> = last["bands_ema"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(p.ema.bands.len(), bands.len());

@@ -45,12 +45,7 @@ impl Classifier {
                 h = h.max_pool2d_default(2);
             }
         }
-        h.adaptive_avg_pool2d([4, 4])
-            .flatten(1, -1)
-            .apply(&self.fc1)
-            .relu()
-            .dropout(self.dropout, train)
-            .apply(&self.fc2)
+        h.adaptive_avg_pool2d([4, 4]).flatten(1, -1).apply(&self.fc1).relu().dropout(self.dropout, train).apply(&self.fc2)
     }
 }
 

@@ -27,29 +27,14 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 /// its weights as `{"state_dict": {...}}` yields the inner dict's tensors; other nested dicts are
 /// flattened with `.`-joined keys. Tensors come back contiguous, on the CPU, in file order.
 pub fn load(path: &Path) -> Result<Vec<(String, Tensor)>, NnError> {
-    let err = |reason: String| NnError::Load {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| NnError::Load { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let (object, storages) = if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(&bytes).map_err(err)?
-    } else {
-        read_legacy(&bytes).map_err(err)?
-    };
+    let (object, storages) = if bytes.starts_with(b"PK\x03\x04") { read_zip(&bytes).map_err(err)? } else { read_legacy(&bytes).map_err(err)? };
     let root = match &object {
-        Value::Dict(items) => items
-            .iter()
-            .find(|(k, v)| {
-                matches!(k, Value::Str(s) if s == "state_dict") && matches!(v, Value::Dict(_))
-            })
-            .map(|(_, v)| v)
-            .unwrap_or(&object),
-        _ => {
-            return Err(err(
-                "the file holds no dict of tensors (a state_dict is expected)".into(),
-            ))
+        Value::Dict(items) => {
+            items.iter().find(|(k, v)| matches!(k, Value::Str(s) if s == "state_dict") && matches!(v, Value::Dict(_))).map(|(_, v)| v).unwrap_or(&object)
         }
+        _ => return Err(err("the file holds no dict of tensors (a state_dict is expected)".into())),
     };
     let mut out = Vec::new();
     collect_tensors(root, "", &storages, &mut out).map_err(err)?;
@@ -71,24 +56,15 @@ fn read_legacy(bytes: &[u8]) -> Result<(Value, Storages), String> {
     let _protocol = Unpickler::new(bytes, &mut pos).run()?;
     let sys_info = Unpickler::new(bytes, &mut pos).run()?;
     if let Value::Dict(items) = &sys_info {
-        let little = items
-            .iter()
-            .find(|(k, _)| matches!(k, Value::Str(s) if s == "little_endian"));
+        let little = items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == "little_endian"));
         if let Some((_, Value::Bool(false))) = little {
-            return Err(
-                "the file was written on a big-endian machine, which is not supported".into(),
-            );
+            return Err("the file was written on a big-endian machine, which is not supported".into());
         }
     }
     let object = Unpickler::new(bytes, &mut pos).run()?;
     let keys = match Unpickler::new(bytes, &mut pos).run()? {
         Value::List(keys) => keys,
-        other => {
-            return Err(format!(
-                "expected the list of storage keys, found {}",
-                other.kind()
-            ))
-        }
+        other => return Err(format!("expected the list of storage keys, found {}", other.kind())),
     };
     let element_sizes = storage_element_sizes(&object);
     let mut storages = HashMap::new();
@@ -96,21 +72,13 @@ fn read_legacy(bytes: &[u8]) -> Result<(Value, Storages), String> {
         let Value::Str(key) = key else {
             return Err("a storage key is not a string".into());
         };
-        let count = read_u64(bytes, &mut pos)
-            .ok_or_else(|| format!("storage {key}: the file ends early"))?;
-        let size = *element_sizes
-            .get(&key)
-            .ok_or_else(|| format!("storage {key} is not used by any tensor"))?;
-        let len = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(size))
-            .ok_or("storage size overflows")?;
+        let count = read_u64(bytes, &mut pos).ok_or_else(|| format!("storage {key}: the file ends early"))?;
+        let size = *element_sizes.get(&key).ok_or_else(|| format!("storage {key} is not used by any tensor"))?;
+        let len = usize::try_from(count).ok().and_then(|c| c.checked_mul(size)).ok_or("storage size overflows")?;
         let end = pos
             .checked_add(len)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| {
-                format!("storage {key}: {count} elements of {size} bytes, but the file ends early")
-            })?;
+            .ok_or_else(|| format!("storage {key}: {count} elements of {size} bytes, but the file ends early"))?;
         storages.insert(key, bytes[pos..end].to_vec());
         pos = end;
     }
@@ -118,13 +86,9 @@ fn read_legacy(bytes: &[u8]) -> Result<(Value, Storages), String> {
 }
 
 fn read_zip(bytes: &[u8]) -> Result<(Value, Storages), String> {
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("zip: {e}"))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("zip: {e}"))?;
     let names: Vec<String> = archive.file_names().map(str::to_string).collect();
-    let pickle_name = names
-        .iter()
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
-        .ok_or("the archive has no data.pkl")?;
+    let pickle_name = names.iter().find(|n| n.ends_with("/data.pkl") || *n == "data.pkl").ok_or("the archive has no data.pkl")?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
     let pickle = read_entry(&mut archive, pickle_name)?;
     let mut pos = 0;
@@ -137,15 +101,10 @@ fn read_zip(bytes: &[u8]) -> Result<(Value, Storages), String> {
     Ok((object, storages))
 }
 
-fn read_entry(
-    archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
-    name: &str,
-) -> Result<Vec<u8>, String> {
+fn read_entry(archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>, String> {
     let mut entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
     let mut data = Vec::new();
-    entry
-        .read_to_end(&mut data)
-        .map_err(|e| format!("{name}: {e}"))?;
+    entry.read_to_end(&mut data).map_err(|e| format!("{name}: {e}"))?;
     Ok(data)
 }
 
@@ -172,12 +131,7 @@ fn storage_element_sizes(value: &Value) -> HashMap<String, usize> {
     sizes
 }
 
-fn collect_tensors(
-    value: &Value,
-    prefix: &str,
-    storages: &Storages,
-    out: &mut Vec<(String, Tensor)>,
-) -> Result<(), String> {
+fn collect_tensors(value: &Value, prefix: &str, storages: &Storages, out: &mut Vec<(String, Tensor)>) -> Result<(), String> {
     let Value::Dict(items) = value else {
         return Ok(());
     };
@@ -187,17 +141,9 @@ fn collect_tensors(
             Value::Int(i) => i.to_string(),
             _ => continue,
         };
-        let name = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}.{name}")
-        };
+        let name = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
         match item {
-            Value::Tensor(t) => out.push((
-                name.clone(),
-                t.materialise(storages)
-                    .map_err(|e| format!("tensor `{name}`: {e}"))?,
-            )),
+            Value::Tensor(t) => out.push((name.clone(), t.materialise(storages).map_err(|e| format!("tensor `{name}`: {e}"))?)),
             Value::Dict(_) => collect_tensors(item, &name, storages, out)?,
             _ => {}
         }
@@ -222,30 +168,16 @@ struct TensorRef {
 impl TensorRef {
     /// Builds the tensor from its storage bytes, checking that the view stays inside them.
     fn materialise(&self, storages: &Storages) -> Result<Tensor, String> {
-        let data = storages
-            .get(&self.storage.key)
-            .ok_or_else(|| format!("storage {} is missing", self.storage.key))?;
+        let data = storages.get(&self.storage.key).ok_or_else(|| format!("storage {} is missing", self.storage.key))?;
         let elt = self.storage.kind.elt_size_in_bytes();
         let numel = (data.len() / elt) as i64;
-        let last = self.offset
-            + self
-                .size
-                .iter()
-                .zip(&self.stride)
-                .map(|(&n, &s)| if n == 0 { 0 } else { (n - 1) * s })
-                .sum::<i64>();
+        let last = self.offset + self.size.iter().zip(&self.stride).map(|(&n, &s)| if n == 0 { 0 } else { (n - 1) * s }).sum::<i64>();
         let empty = self.size.contains(&0);
         if self.offset < 0 || self.stride.iter().any(|&s| s < 0) || (!empty && last >= numel) {
-            return Err(format!(
-                "view (offset {}, size {:?}, stride {:?}) exceeds its storage of {numel} elements",
-                self.offset, self.size, self.stride
-            ));
+            return Err(format!("view (offset {}, size {:?}, stride {:?}) exceeds its storage of {numel} elements", self.offset, self.size, self.stride));
         }
-        let flat = Tensor::f_from_data_size(data, &[numel], self.storage.kind)
-            .map_err(|e| e.to_string())?;
-        Ok(flat
-            .as_strided(self.size.as_slice(), self.stride.as_slice(), self.offset)
-            .contiguous())
+        let flat = Tensor::f_from_data_size(data, &[numel], self.storage.kind).map_err(|e| e.to_string())?;
+        Ok(flat.as_strided(self.size.as_slice(), self.stride.as_slice(), self.offset).contiguous())
     }
 }
 
@@ -333,20 +265,12 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn new(bytes: &'a [u8], pos: &'a mut usize) -> Self {
-        Unpickler {
-            bytes,
-            pos,
-            stack: Vec::new(),
-            memo: HashMap::new(),
-        }
+        Unpickler { bytes, pos, stack: Vec::new(), memo: HashMap::new() }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let start = *self.pos;
-        let end = start
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or("the pickle ends early")?;
+        let end = start.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("the pickle ends early")?;
         *self.pos = end;
         Ok(&self.bytes[start..end])
     }
@@ -356,19 +280,12 @@ impl<'a> Unpickler<'a> {
     }
 
     fn le_uint(&mut self, n: usize) -> Result<u64, String> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .rev()
-            .fold(0u64, |acc, &b| (acc << 8) | b as u64))
+        Ok(self.take(n)?.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64))
     }
 
     fn line(&mut self) -> Result<String, String> {
         let rest = &self.bytes[*self.pos..];
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or("unterminated text line in the pickle")?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or("unterminated text line in the pickle")?;
         let text = String::from_utf8_lossy(&rest[..end]).into_owned();
         *self.pos += end + 1;
         Ok(text)
@@ -381,26 +298,18 @@ impl<'a> Unpickler<'a> {
     }
 
     fn pop(&mut self) -> Result<Value, String> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "pickle stack underflow".to_string())
+        self.stack.pop().ok_or_else(|| "pickle stack underflow".to_string())
     }
 
     fn pop_to_mark(&mut self) -> Result<Vec<Value>, String> {
-        let mark = self
-            .stack
-            .iter()
-            .rposition(|v| matches!(v, Value::Mark))
-            .ok_or("pickle MARK missing")?;
+        let mark = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or("pickle MARK missing")?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
         Ok(items)
     }
 
     fn top(&mut self) -> Result<&mut Value, String> {
-        self.stack
-            .last_mut()
-            .ok_or_else(|| "pickle stack underflow".to_string())
+        self.stack.last_mut().ok_or_else(|| "pickle stack underflow".to_string())
     }
 
     fn memoize(&mut self, index: u32) -> Result<(), String> {
@@ -410,11 +319,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn recall(&mut self, index: u32) -> Result<(), String> {
-        let value = self
-            .memo
-            .get(&index)
-            .cloned()
-            .ok_or_else(|| format!("pickle memo {index} is missing"))?;
+        let value = self.memo.get(&index).cloned().ok_or_else(|| format!("pickle memo {index} is missing"))?;
         self.stack.push(value);
         Ok(())
     }
@@ -457,11 +362,7 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(v)
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a {
-                        self.le_uint(1)?
-                    } else {
-                        self.le_uint(4)?
-                    } as usize;
+                    let n = if op == 0x8a { self.le_uint(1)? } else { self.le_uint(4)? } as usize;
                     let raw = self.take(n)?.to_vec();
                     self.stack.push(long_value(raw));
                 }
@@ -517,11 +418,7 @@ impl<'a> Unpickler<'a> {
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
-                    let at = self
-                        .stack
-                        .len()
-                        .checked_sub(n)
-                        .ok_or("pickle stack underflow")?;
+                    let at = self.stack.len().checked_sub(n).ok_or("pickle stack underflow")?;
                     let items = self.stack.split_off(at);
                     self.stack.push(Value::Tuple(items));
                 }
@@ -606,12 +503,7 @@ impl<'a> Unpickler<'a> {
                 b'b' => {
                     self.pop()?;
                 } // BUILD: object state (e.g. a state dict's _metadata) is not needed
-                other => {
-                    return Err(format!(
-                        "unsupported pickle opcode 0x{other:02x} at byte {}",
-                        *self.pos - 1
-                    ))
-                }
+                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", *self.pos - 1)),
             }
         }
     }
@@ -643,19 +535,12 @@ fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
 /// `('storage', torch.FloatStorage, key, location, numel[, view_metadata])`.
 fn persistent_storage(pid: Value) -> Result<Value, String> {
     let Value::Tuple(items) = pid else {
-        return Err(format!(
-            "persistent id is a {}, expected a tuple",
-            pid.kind()
-        ));
+        return Err(format!("persistent id is a {}, expected a tuple", pid.kind()));
     };
     match items.as_slice() {
         [Value::Str(tag), Value::Global(_, class), Value::Str(key), ..] if tag == "storage" => {
-            let kind = storage_kind(class)
-                .ok_or_else(|| format!("storage type {class} is not supported"))?;
-            Ok(Value::Storage(StorageRef {
-                key: key.clone(),
-                kind,
-            }))
+            let kind = storage_kind(class).ok_or_else(|| format!("storage type {class} is not supported"))?;
+            Ok(Value::Storage(StorageRef { key: key.clone(), kind }))
         }
         _ => Err("persistent id is not a ('storage', type, key, ...) tuple".into()),
     }
@@ -683,9 +568,7 @@ fn reduce(callable: Value, args: Value) -> Result<Value, String> {
                 stride: stride.as_ints().ok_or_else(bad)?,
             }))
         }
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-            Ok(args.into_iter().next().unwrap_or(Value::Opaque))
-        }
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Ok(args.into_iter().next().unwrap_or(Value::Opaque)),
         ("collections", "OrderedDict") => Ok(Value::Dict(Vec::new())),
         _ => Ok(Value::Opaque),
     }
@@ -699,10 +582,7 @@ mod tests {
     fn long_values_are_sign_extended() {
         assert!(matches!(long_value(vec![0xff]), Value::Int(-1)));
         assert!(matches!(long_value(vec![0x01, 0x01]), Value::Int(257)));
-        assert!(matches!(
-            long_value(LEGACY_MAGIC.to_vec()),
-            Value::BigInt(_)
-        ));
+        assert!(matches!(long_value(LEGACY_MAGIC.to_vec()), Value::BigInt(_)));
     }
 
     #[test]

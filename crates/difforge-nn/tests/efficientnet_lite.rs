@@ -15,16 +15,14 @@ fn fixtures() -> PathBuf {
 fn photo(name: &str) -> Tensor {
     let img = image::open(fixtures().join(format!("{name}.png"))).unwrap().to_rgb8();
     let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float)
-        / 255.0
+    Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 255.0
 }
 
 #[test]
 fn features_match_pytorch_and_photos_get_their_classes() {
     let path = default_weights_path().expect("run `make setup`: it installs the EfficientNet-Lite0 weights");
     let net = EfficientNetLite0::load(&path, Device::Cpu).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("features.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("features.json")).unwrap()).unwrap();
     for name in ["cat", "coffee"] {
         let record = &expected["images"][name];
         let want: Vec<f32> = record["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();

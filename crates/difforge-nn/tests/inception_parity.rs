@@ -63,12 +63,12 @@ fn features_match_pytorch_fid() {
             let theirs: Vec<f64> = row.arr().iter().map(json::Value::num).collect();
             let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             assert!(scale > 0.1, "batch {b} image {i}: reference features are degenerate (max {scale})");
-            let (at, diff) = ours
-                .iter()
-                .zip(&theirs)
-                .map(|(&o, &t)| (f64::from(o) - t).abs())
-                .enumerate()
-                .fold((0, 0.0f64), |best, (k, d)| if d > best.1 { (k, d) } else { best });
+            let (at, diff) =
+                ours.iter()
+                    .zip(&theirs)
+                    .map(|(&o, &t)| (f64::from(o) - t).abs())
+                    .enumerate()
+                    .fold((0, 0.0f64), |best, (k, d)| if d > best.1 { (k, d) } else { best });
             let rel = diff / scale;
             let shape = batch.get("shape").arr().iter().map(|v| v.num() as i64).collect::<Vec<_>>();
             let what = format!("batch {b} ({shape:?}) image {i}, feature {at}: {} vs {}", ours[at], theirs[at]);
@@ -166,10 +166,7 @@ fn pixel(pattern: usize, n: u32, c: usize, y: usize, x: usize, height: usize, wi
 }
 
 fn hash_u32(n: u32, c: u32, y: u32, x: u32) -> u32 {
-    let mut h = n.wrapping_mul(73856093)
-        ^ c.wrapping_mul(19349663)
-        ^ y.wrapping_mul(83492791)
-        ^ x.wrapping_mul(2654435761);
+    let mut h = n.wrapping_mul(73856093) ^ c.wrapping_mul(19349663) ^ y.wrapping_mul(83492791) ^ x.wrapping_mul(2654435761);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7FEB352D);
     h ^= h >> 15;
@@ -208,19 +205,14 @@ fn load_error(tensors: Vec<(String, Tensor)>) -> String {
 fn state_dict_keys_and_shapes_are_checked() {
     let fx = fixture();
     let full = zero_state_dict(&fx);
-    let copy = |keep: &dyn Fn(&str) -> bool| -> Vec<(String, Tensor)> {
-        full.iter().filter(|(k, _)| keep(k)).map(|(k, t)| (k.clone(), t.shallow_clone())).collect()
-    };
+    let copy =
+        |keep: &dyn Fn(&str) -> bool| -> Vec<(String, Tensor)> { full.iter().filter(|(k, _)| keep(k)).map(|(k, t)| (k.clone(), t.shallow_clone())).collect() };
 
     // The exact layout of pytorch-fid's weight file loads, and so does it without the unused head
     // and BatchNorm counters.
     let net = FidInception::from_state_dict(copy(&|_| true), Device::Cpu).unwrap();
     assert_eq!(net.features(&Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu))).size(), [1, 2048]);
-    FidInception::from_state_dict(
-        copy(&|k| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked")),
-        Device::Cpu,
-    )
-    .unwrap();
+    FidInception::from_state_dict(copy(&|k| !k.starts_with("fc.") && !k.ends_with("num_batches_tracked")), Device::Cpu).unwrap();
 
     let missing = "Mixed_6c.branch7x7dbl_3.bn.running_var";
     let msg = load_error(copy(&|k| k != missing));
@@ -256,9 +248,7 @@ mod json {
     impl Value {
         pub fn get(&self, key: &str) -> &Value {
             match self {
-                Value::Obj(items) => {
-                    items.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("fixture has no {key}"))
-                }
+                Value::Obj(items) => items.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("fixture has no {key}")),
                 other => panic!("expected an object with {key}, found {other:?}"),
             }
         }

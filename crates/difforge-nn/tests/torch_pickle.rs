@@ -6,14 +6,11 @@ use difforge_nn::torch_pickle;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn check_file(name: &str) {
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("small_pth.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("small_pth.json")).unwrap()).unwrap();
     let expected = expected["tensors"].as_object().unwrap();
     let tensors = torch_pickle::load(&fixture(name)).unwrap();
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
@@ -24,29 +21,15 @@ fn check_file(name: &str) {
     assert_eq!(got, want, "{name}: tensor names");
     for (key, tensor) in &tensors {
         let e = &expected[key];
-        let shape: Vec<i64> = e["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let shape: Vec<i64> = e["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(tensor.size(), shape, "{name}: shape of {key}");
-        let values: Vec<f64> = e["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let values: Vec<f64> = e["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let got = Vec::<f64>::try_from(tensor.to_kind(tch::Kind::Double).flatten(0, -1)).unwrap();
         assert_eq!(got, values, "{name}: values of {key}");
     }
     let half = &tensors.iter().find(|(n, _)| n == "half").unwrap().1;
     assert_eq!(half.kind(), tch::Kind::Half);
-    let count = &tensors
-        .iter()
-        .find(|(n, _)| n == "bn.num_batches_tracked")
-        .unwrap()
-        .1;
+    let count = &tensors.iter().find(|(n, _)| n == "bn.num_batches_tracked").unwrap().1;
     assert_eq!(count.kind(), tch::Kind::Int64);
 }
 

@@ -64,17 +64,23 @@ impl ServeConfig {
         let Some(path) = path else { return Ok(ServeConfig::default()) };
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let value: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cfg: ServeConfig = serde_path_to_error::deserialize(value)
-            .map_err(|e| {
-                let key = e.path().to_string();
-                format!("{}: key `{key}`: {}", path.display(), e.into_inner().message().trim())
-            })?;
+        let cfg: ServeConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            format!("{}: key `{key}`: {}", path.display(), e.into_inner().message().trim())
+        })?;
         cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        for (key, v) in [("max_batch", self.max_batch), ("queue_capacity", self.queue_capacity), ("max_images", self.max_images), ("max_steps", self.max_steps), ("max_body_bytes", self.max_body_bytes), ("drift_window", self.drift_window)] {
+        for (key, v) in [
+            ("max_batch", self.max_batch),
+            ("queue_capacity", self.queue_capacity),
+            ("max_images", self.max_images),
+            ("max_steps", self.max_steps),
+            ("max_body_bytes", self.max_body_bytes),
+            ("drift_window", self.drift_window),
+        ] {
             if v == 0 {
                 return Err(format!("{key} = 0: expected at least 1"));
             }

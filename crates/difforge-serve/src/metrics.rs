@@ -29,16 +29,26 @@ impl Metrics {
         let registry = Registry::new();
         let m = Metrics {
             requests: IntCounterVec::new(Opts::new("difforge_http_requests_total", "HTTP requests by endpoint and status"), &["endpoint", "status"])?,
-            queue_wait: Histogram::with_opts(HistogramOpts::new("difforge_queue_wait_seconds", "Time a generation request waited in the queue").buckets(latency_buckets()))?,
+            queue_wait: Histogram::with_opts(
+                HistogramOpts::new("difforge_queue_wait_seconds", "Time a generation request waited in the queue").buckets(latency_buckets()),
+            )?,
             compute: Histogram::with_opts(HistogramOpts::new("difforge_compute_seconds", "Model time of a batch").buckets(latency_buckets()))?,
             queue_depth: IntGauge::new("difforge_queue_depth", "Generation requests waiting")?,
-            batch_images: Histogram::with_opts(HistogramOpts::new("difforge_batch_images", "Requested images per model batch").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]))?,
+            batch_images: Histogram::with_opts(
+                HistogramOpts::new("difforge_batch_images", "Requested images per model batch").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )?,
             images: IntCounter::new("difforge_images_generated_total", "Images generated")?,
-            images_by_class: IntCounterVec::new(Opts::new("difforge_images_by_class_total", "Images generated per class (\"none\": unconditional)"), &["class"])?,
+            images_by_class: IntCounterVec::new(
+                Opts::new("difforge_images_by_class_total", "Images generated per class (\"none\": unconditional)"),
+                &["class"],
+            )?,
             memory: Gauge::new("difforge_resident_memory_bytes", "Resident memory of the server process (host memory; the model lives there on CPU)")?,
             output_mean: Gauge::new("difforge_output_mean_pixel", "Mean pixel value of the recently generated images, on [-1, 1]")?,
             output_drift: Gauge::new("difforge_output_drift", "|recent output mean - training data mean| in training standard deviations")?,
-            output_fd: Gauge::new("difforge_output_fd_effnet", "FD-EffNet of the last drift_window generated images against the validation images (feature_drift_every > 0)")?,
+            output_fd: Gauge::new(
+                "difforge_output_fd_effnet",
+                "FD-EffNet of the last drift_window generated images against the validation images (feature_drift_every > 0)",
+            )?,
             drift_images: IntCounter::new("difforge_feature_drift_images_total", "Generated images the feature drift monitor has scored")?,
             drift_dropped: IntCounter::new("difforge_feature_drift_dropped_total", "Generated images the feature drift monitor skipped because it was behind")?,
             reloads: IntCounterVec::new(Opts::new("difforge_reloads_total", "Model reloads by result"), &["result"])?,

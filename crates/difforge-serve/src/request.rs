@@ -58,11 +58,7 @@ pub fn parse(bytes: &[u8]) -> Result<GenerateBody, FieldError> {
         let inner = e.into_inner();
         let msg = inner.to_string();
         // serde names an unknown field in its message, not in the path.
-        let field = if path == "." {
-            msg.split('`').nth(1).unwrap_or("body").to_string()
-        } else {
-            path
-        };
+        let field = if path == "." { msg.split('`').nth(1).unwrap_or("body").to_string() } else { path };
         FieldError::new(&field, msg)
     })
 }
@@ -97,7 +93,8 @@ pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<
         sampler.steps = steps;
     }
     if let Some(name) = &body.sampler {
-        sampler.sampler = SamplerKind::parse(name).ok_or_else(|| FieldError::new("sampler", format!("\"{name}\": expected \"ddpm\", \"ddim\" or \"dpm++2m\"")))?;
+        sampler.sampler =
+            SamplerKind::parse(name).ok_or_else(|| FieldError::new("sampler", format!("\"{name}\": expected \"ddpm\", \"ddim\" or \"dpm++2m\"")))?;
     }
     if let Some(g) = body.guidance {
         if !(g.is_finite() && (0.0..=s.max_guidance).contains(&g)) {

@@ -230,4 +230,3 @@ pub async fn not_found() -> Response {
 pub fn body_too_large(limit: usize) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, None, format!("the body is larger than {limit} bytes"))
 }
-

@@ -76,7 +76,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let feature_drift = (cfg.feature_drift_every > 0).then(|| {
-        let gauges = crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
+        let gauges =
+            crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
         crate::feature_drift::spawn(&loaded.model.config, cfg.drift_window, cfg.feature_drift_every, gauges)
     });
     let shared = Arc::new(Shared {

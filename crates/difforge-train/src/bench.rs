@@ -267,7 +267,8 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let seeds: Vec<u64> = (0..opts.sample_batch as u64).collect();
     if opts.warmup > 0 {
         let short = SamplerConfig { steps: opts.sample_steps.min(2), ..sampler.clone() };
-        let spec = GenerateSpec { classes: classes.clone(), seeds: seeds.clone(), sampler: &short, use_ema: true, max_batch: opts.sample_batch, fixed_batch: false };
+        let spec =
+            GenerateSpec { classes: classes.clone(), seeds: seeds.clone(), sampler: &short, use_ema: true, max_batch: opts.sample_batch, fixed_batch: false };
         let _ = generate(&model, &spec);
     }
     let spec = GenerateSpec { classes, seeds, sampler: &sampler, use_ema: true, max_batch: opts.sample_batch, fixed_batch: false };
@@ -375,7 +376,7 @@ mod tests {
         let time_mlp = 2 * (8 * 32 + 32 * 32); // 2,560
         let conv_in = 2 * 8 * 9 * 16; // 2,304
         let res_8_8 = 2 * 8 * 8 * 9 * 16 + 2 * 32 * 8 + 2 * 8 * 8 * 9 * 16; // 37,376
-        // Up path: two blocks of 16 -> 8 channels (skip concatenated), with a 1x1 skip conv.
+                                                                            // Up path: two blocks of 16 -> 8 channels (skip concatenated), with a 1x1 skip conv.
         let res_16_8 = 2 * 16 * 8 * 9 * 16 + 2 * 32 * 8 + 2 * 8 * 8 * 9 * 16 + 2 * 16 * 8 * 16; // 59,904
         let conv_out = 2 * 8 * 9 * 16; // 2,304
         let want = time_mlp + conv_in + res_8_8 + 2 * res_8_8 + 2 * res_16_8 + conv_out;

@@ -127,14 +127,9 @@ pub fn remove_stale_temporaries(run_dir: &Path) -> Result<(), TrainError> {
 
 fn write(run_dir: &Path, name: &str, model: &DiffusionModel, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
-    let to_cpu = |v: Vec<(String, tch::Tensor)>| -> Vec<(String, tch::Tensor)> {
-        v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect()
-    };
-    let tensors = CheckpointTensors {
-        model: to_cpu(sorted_variables(&model.vs)),
-        ema: to_cpu(sorted_variables(&model.ema_vs)),
-        optimizer: to_cpu(opt.state()),
-    };
+    let to_cpu = |v: Vec<(String, tch::Tensor)>| -> Vec<(String, tch::Tensor)> { v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect() };
+    let tensors =
+        CheckpointTensors { model: to_cpu(sorted_variables(&model.vs)), ema: to_cpu(sorted_variables(&model.ema_vs)), optimizer: to_cpu(opt.state()) };
     write_folder(&root.join(name), &tensors, state, &model.config)
 }
 
@@ -307,8 +302,7 @@ pub fn load_optimizer(dir: &Path, opt: &mut AdamW, steps: u64, device: Device) -
 /// null row to its new place and starts new classes at the mean of the old ones.
 pub fn init_from(dir: &Path, model: &mut DiffusionModel) -> Result<(), TrainError> {
     let path = dir.join(EMA_FILE);
-    let base: std::collections::HashMap<String, tch::Tensor> =
-        tch::Tensor::read_safetensors(&path).map_err(torch_err(&path))?.into_iter().collect();
+    let base: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&path).map_err(torch_err(&path))?.into_iter().collect();
     for vs in [&model.vs, &model.ema_vs] {
         for (name, var) in sorted_variables(vs) {
             if difforge_nn::lora::is_lora_variable(&name) {
@@ -319,7 +313,10 @@ pub fn init_from(dir: &Path, model: &mut DiffusionModel) -> Result<(), TrainErro
             let value = if name == "class_embedding.weight" && src.size() != var.size() {
                 grow_class_embedding(&src, &var, &path)?
             } else if src.size() != var.size() {
-                return Err(TrainError::checkpoint(&path, format!("tensor `{name}` has shape {:?} in the base, the model expects {:?}", src.size(), var.size())));
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!("tensor `{name}` has shape {:?} in the base, the model expects {:?}", src.size(), var.size()),
+                ));
             } else {
                 src
             };
@@ -332,7 +329,10 @@ pub fn init_from(dir: &Path, model: &mut DiffusionModel) -> Result<(), TrainErro
 fn grow_class_embedding(src: &tch::Tensor, var: &tch::Tensor, path: &Path) -> Result<tch::Tensor, TrainError> {
     let (old_rows, new_rows) = (src.size()[0], var.size()[0]);
     if new_rows < old_rows || src.size()[1] != var.size()[1] {
-        return Err(TrainError::checkpoint(path, format!("the base has {} classes, the fine-tune {}: classes can be added, not removed", old_rows - 1, new_rows - 1)));
+        return Err(TrainError::checkpoint(
+            path,
+            format!("the base has {} classes, the fine-tune {}: classes can be added, not removed", old_rows - 1, new_rows - 1),
+        ));
     }
     let (k_old, k_new) = (old_rows - 1, new_rows - 1);
     let old_classes = src.narrow(0, 0, k_old);

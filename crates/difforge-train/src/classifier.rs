@@ -169,7 +169,11 @@ pub fn judge(j: &Judge, images: &Tensor, asked: &[i64]) -> JudgeReport {
         .enumerate()
         .map(|(c, row)| {
             let total: usize = row.iter().sum();
-            if total == 0 { 0.0 } else { row[c] as f64 / total as f64 }
+            if total == 0 {
+                0.0
+            } else {
+                row[c] as f64 / total as f64
+            }
         })
         .collect();
     let correct = asked.iter().zip(&pred).filter(|(a, p)| a == p).count();

@@ -6,9 +6,9 @@ use crate::error::TrainError;
 use difforge_data::DataConfig;
 use difforge_diffusion::{DiffusionConfig, SamplerConfig};
 use difforge_nn::{LoraConfig, UNetConfig};
-use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::path::PathBuf;
 
 /// The built-in default: the digits demo.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
@@ -198,13 +198,23 @@ impl TrainConfig {
         }
         let wanted = if higher_is_better { MetricMode::Max } else { MetricMode::Min };
         if self.early_stop_mode != wanted {
-            return Err(format!("train.early_stop_metric = \"{metric}\" is better when {}: set train.early_stop_mode = \"{}\"", if higher_is_better { "higher" } else { "lower" }, if higher_is_better { "max" } else { "min" }));
+            return Err(format!(
+                "train.early_stop_metric = \"{metric}\" is better when {}: set train.early_stop_mode = \"{}\"",
+                if higher_is_better { "higher" } else { "lower" },
+                if higher_is_better { "max" } else { "min" }
+            ));
         }
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [("train.steps", self.steps as f64), ("train.batch_size", self.batch_size as f64), ("train.grad_accum", self.grad_accum as f64), ("train.log_every", self.log_every as f64), ("train.keep_checkpoints", self.keep_checkpoints as f64)];
+        let positive = [
+            ("train.steps", self.steps as f64),
+            ("train.batch_size", self.batch_size as f64),
+            ("train.grad_accum", self.grad_accum as f64),
+            ("train.log_every", self.log_every as f64),
+            ("train.keep_checkpoints", self.keep_checkpoints as f64),
+        ];
         for (key, v) in positive {
             if v < 1.0 {
                 return Err(format!("{key} = {v}: expected at least 1"));
@@ -280,7 +290,6 @@ pub struct RunConfig {
     pub lora: Option<LoraConfig>,
 }
 
-
 /// Parses a `--set key=value` value: TOML syntax when it parses (numbers, booleans, arrays,
 /// quoted strings), otherwise a bare string.
 fn parse_value(raw: &str) -> toml::Value {
@@ -293,9 +302,7 @@ fn parse_value(raw: &str) -> toml::Value {
 
 /// Applies `key.path=value` to a TOML table, creating sections as needed.
 pub fn apply_set(table: &mut toml::Table, assignment: &str) -> Result<(), TrainError> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .ok_or_else(|| TrainError::Config(format!("--set {assignment}: expected key=value, e.g. train.steps=200")))?;
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| TrainError::Config(format!("--set {assignment}: expected key=value, e.g. train.steps=200")))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(TrainError::Config(format!("--set {assignment}: empty key segment")));
@@ -303,9 +310,7 @@ pub fn apply_set(table: &mut toml::Table, assignment: &str) -> Result<(), TrainE
     let mut node = table;
     for part in &parts[..parts.len() - 1] {
         let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        node = entry
-            .as_table_mut()
-            .ok_or_else(|| TrainError::Config(format!("--set {assignment}: `{part}` is a value, not a section")))?;
+        node = entry.as_table_mut().ok_or_else(|| TrainError::Config(format!("--set {assignment}: `{part}` is a value, not a section")))?;
     }
     node.insert(parts[parts.len() - 1].to_string(), parse_value(raw.trim()));
     Ok(())
@@ -316,10 +321,7 @@ impl RunConfig {
     /// resolves derived fields and validates.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<RunConfig, TrainError> {
         let (text, origin) = match path {
-            Some(p) => (
-                std::fs::read_to_string(p).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", p.display())))?,
-                p.display().to_string(),
-            ),
+            Some(p) => (std::fs::read_to_string(p).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", p.display())))?, p.display().to_string()),
             None => (DEFAULT_CONFIG.to_string(), "the built-in digits config".to_string()),
         };
         RunConfig::from_toml(&text, sets, &origin)

@@ -34,12 +34,7 @@ pub fn truncate_after_step(path: &Path, step: u64) -> std::io::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
+        .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
         .map(|l| format!("{l}\n"))
         .collect();
     if kept.len() != text.len() {

@@ -86,9 +86,7 @@ impl DiffusionModel {
     /// A checksum of the raw weights (sum of |w| over all, in f64): two runs that agree here to
     /// the last bit almost surely have identical weights.
     pub fn checksum(&self) -> f64 {
-        tch::no_grad(|| {
-            self.parameters().iter().map(|(_, t)| t.abs().sum(tch::Kind::Double).double_value(&[])).sum()
-        })
+        tch::no_grad(|| self.parameters().iter().map(|(_, t)| t.abs().sum(tch::Kind::Double).double_value(&[])).sum())
     }
 }
 

@@ -119,7 +119,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Kind, Device};
+    use tch::{Device, Kind};
 
     /// Matches torch.optim.AdamW(lr=0.1, weight_decay=0.01) on f(x) = sum(x^2) from x = [1, -2]
     /// for three steps (values printed by PyTorch 2.11).

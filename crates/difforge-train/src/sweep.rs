@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 /// One `--grid key=v1,v2,...`: commas inside brackets or quotes do not split.
 pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), TrainError> {
-    let (key, values) = spec
-        .split_once('=')
-        .ok_or_else(|| TrainError::Config(format!("--grid {spec}: expected key=v1,v2,... e.g. train.lr=1e-3,3e-4")))?;
+    let (key, values) = spec.split_once('=').ok_or_else(|| TrainError::Config(format!("--grid {spec}: expected key=v1,v2,... e.g. train.lr=1e-3,3e-4")))?;
     let mut out = Vec::new();
     let (mut depth, mut quoted, mut cur) = (0i32, false, String::new());
     for ch in values.chars() {
@@ -42,9 +40,7 @@ pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), TrainError> {
 /// Every combination, as lists of `key=value` assignments.
 pub fn combinations(grid: &[(String, Vec<String>)]) -> Vec<Vec<String>> {
     grid.iter().fold(vec![Vec::new()], |acc, (key, values)| {
-        acc.iter()
-            .flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![format!("{key}={v}")]].concat()))
-            .collect()
+        acc.iter().flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![format!("{key}={v}")]].concat())).collect()
     })
 }
 
@@ -89,7 +85,13 @@ fn run_trial(trial: &mut Trial, dir: &Path, steps: u64, stop: &Arc<AtomicBool>) 
     let resume = trial.summary.is_some();
     let mut cfg = trial.config.clone();
     cfg.train.steps = steps;
-    let opts = TrainOptions { out_dir: dir.to_path_buf(), resume, resume_sets: if resume { vec![format!("train.steps={steps}")] } else { Vec::new() }, stop: stop.clone(), evaluator: None };
+    let opts = TrainOptions {
+        out_dir: dir.to_path_buf(),
+        resume,
+        resume_sets: if resume { vec![format!("train.steps={steps}")] } else { Vec::new() },
+        stop: stop.clone(),
+        evaluator: None,
+    };
     let summary = train(cfg, &opts)?;
     trial.wall += summary.wall_time_s;
     eprintln!(
@@ -176,7 +178,8 @@ pub fn sweep(base: &RunConfig, grid: &[(String, Vec<String>)], opts: &SweepOptio
 }
 
 pub fn markdown(board: &Leaderboard) -> String {
-    let mut md = format!("| rank | trial | settings | {} | best step | steps | stopped because | time (s) |\n|---|---|---|---|---|---|---|---|\n", board.metric);
+    let mut md =
+        format!("| rank | trial | settings | {} | best step | steps | stopped because | time (s) |\n|---|---|---|---|---|---|---|---|\n", board.metric);
     for t in &board.trials {
         md += &format!(
             "| {} | {} | `{}` | {} | {} | {} | {} | {:.1} |\n",

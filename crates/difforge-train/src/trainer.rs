@@ -169,11 +169,7 @@ pub(crate) fn make_micro_batch(model: &DiffusionModel, batch: &Batch, draw_index
     let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
     let ts: Vec<usize> = (0..n).map(|_| rng.random_range(0..cfg.diffusion.timesteps)).collect();
     let null = cfg.model.null_class();
-    let classes: Vec<i64> = batch
-        .labels
-        .iter()
-        .map(|&l| if l < 0 || rng.random_bool(cfg.diffusion.class_dropout) { null } else { l })
-        .collect();
+    let classes: Vec<i64> = batch.labels.iter().map(|&l| if l < 0 || rng.random_bool(cfg.diffusion.class_dropout) { null } else { l }).collect();
     let eps = gaussian(cfg.seed, Stream::Noise, draw_index, (n * c * s * s) as usize);
 
     let dev = model.device;
@@ -185,10 +181,8 @@ pub(crate) fn make_micro_batch(model: &DiffusionModel, batch: &Batch, draw_index
     let x_t = &x0 * &a + &eps * &sg;
     let target = cfg.diffusion.prediction.target(&x0, &eps, &a, &sg);
     let gamma = cfg.diffusion.min_snr_gamma;
-    let w: Vec<f32> = ts
-        .iter()
-        .map(|&t| if gamma > 0.0 { cfg.diffusion.prediction.min_snr_weight(model.schedule.snr(t), gamma) as f32 } else { 1.0 })
-        .collect();
+    let w: Vec<f32> =
+        ts.iter().map(|&t| if gamma > 0.0 { cfg.diffusion.prediction.min_snr_weight(model.schedule.snr(t), gamma) as f32 } else { 1.0 }).collect();
     let ts_i64: Vec<i64> = ts.iter().map(|&t| t as i64).collect();
     MicroBatch {
         x_t,
@@ -404,10 +398,13 @@ impl Trainer {
         let patience = t.early_stop_patience;
         if patience > 0 && self.state.validations_without_improvement >= patience && step >= t.early_stop_min_steps {
             let best = self.state.best.as_ref().map_or(String::new(), |b| format!(" (best {:.6} at step {})", b.value, b.step));
-            return Ok((improved, Some(format!(
-                "early stopping: {} did not improve by more than {} in {patience} evaluations{best}",
-                t.early_stop_metric, t.early_stop_min_delta
-            ))));
+            return Ok((
+                improved,
+                Some(format!(
+                    "early stopping: {} did not improve by more than {} in {patience} evaluations{best}",
+                    t.early_stop_metric, t.early_stop_min_delta
+                )),
+            ));
         }
         Ok((improved, None))
     }

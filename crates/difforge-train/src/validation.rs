@@ -35,7 +35,11 @@ pub struct ValidationLoss {
 
 /// The validation images of a run, centre-cropped: at most `train.val_images` of the held-out
 /// split, or of `data.val_path` when a separate folder is given.
-pub fn validation_batch(cfg: &crate::RunConfig, set: &std::sync::Arc<difforge_data::ImageSet>, split: &difforge_data::Split) -> Result<Option<Batch>, crate::TrainError> {
+pub fn validation_batch(
+    cfg: &crate::RunConfig,
+    set: &std::sync::Arc<difforge_data::ImageSet>,
+    split: &difforge_data::Split,
+) -> Result<Option<Batch>, crate::TrainError> {
     let limit = cfg.train.val_images;
     let (set, indices) = match &cfg.data.val_path {
         Some(path) => {
@@ -71,19 +75,8 @@ impl Validator {
         let null = cfg.model.null_class();
         let labels: Vec<i64> = batch.labels.iter().flat_map(|&l| std::iter::repeat_n(if l < 0 { null } else { l }, repeats)).collect();
         let gamma = cfg.diffusion.min_snr_gamma;
-        let weights = ts
-            .iter()
-            .map(|&t| if gamma > 0.0 { cfg.diffusion.prediction.min_snr_weight(model.schedule.snr(t), gamma) } else { 1.0 })
-            .collect();
-        Validator {
-            x0,
-            classes: (cfg.model.num_classes > 0).then(|| Tensor::from_slice(&labels)),
-            ts,
-            eps,
-            weights,
-            bands,
-            timesteps: t_max,
-        }
+        let weights = ts.iter().map(|&t| if gamma > 0.0 { cfg.diffusion.prediction.min_snr_weight(model.schedule.snr(t), gamma) } else { 1.0 }).collect();
+        Validator { x0, classes: (cfg.model.num_classes > 0).then(|| Tensor::from_slice(&labels)), ts, eps, weights, bands, timesteps: t_max }
     }
 
     pub fn pairs(&self) -> usize {

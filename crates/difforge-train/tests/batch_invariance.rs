@@ -8,7 +8,8 @@ use difforge_train::generate::{generate, GenerateSpec};
 use difforge_train::{DiffusionModel, RunConfig};
 
 fn random_model() -> DiffusionModel {
-    let sets: Vec<String> = ["data.image_size=16", "model.channels=16", "model.groups=8", "model.heads=2", "train.device=\"cpu\""].iter().map(|s| s.to_string()).collect();
+    let sets: Vec<String> =
+        ["data.image_size=16", "model.channels=16", "model.groups=8", "model.heads=2", "train.device=\"cpu\""].iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::load(None, &sets).unwrap();
     let model = DiffusionModel::new(&cfg, tch::Device::Cpu).unwrap();
     // Random weights everywhere (a fresh model's zero-initialised output layers predict zero).

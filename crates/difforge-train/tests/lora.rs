@@ -29,7 +29,8 @@ const TINY: &[&str] = &[
 fn run(out: &Path, extra: &[String]) -> difforge_train::TrainSummary {
     let sets: Vec<String> = TINY.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
     let cfg = RunConfig::load(None, &sets).unwrap();
-    train(cfg, &TrainOptions { out_dir: out.to_path_buf(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None }).unwrap()
+    train(cfg, &TrainOptions { out_dir: out.to_path_buf(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None })
+        .unwrap()
 }
 
 fn base(dir: &Path, seed: u64) -> PathBuf {
@@ -113,7 +114,8 @@ fn a_fine_tune_can_add_classes_and_keeps_the_old_rows() {
     let ft = tmp.path().join("ft");
     run(&ft, &sets);
     let old: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(base_dir.join("ema.safetensors")).unwrap().into_iter().collect();
-    let new: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(checkpoint::resolve_latest(&ft).unwrap().join("ema.safetensors")).unwrap().into_iter().collect();
+    let new: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(checkpoint::resolve_latest(&ft).unwrap().join("ema.safetensors")).unwrap().into_iter().collect();
     let (o, n) = (&old["class_embedding.weight"], &new["class_embedding.weight"]);
     assert_eq!(n.size()[0], 13);
     assert!(n.narrow(0, 0, 10).equal(&o.narrow(0, 0, 10)), "old class rows changed");

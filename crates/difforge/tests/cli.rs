@@ -35,16 +35,8 @@ fn config_show_prints_the_effective_config() {
 
 #[test]
 fn config_errors_name_the_key_and_exit_2() {
-    difforge()
-        .args(["config", "show", "--set", "train.stepz=3"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("stepz"));
-    difforge()
-        .args(["config", "show", "--set", "train.batch_size=\"big\""])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("train.batch_size"));
+    difforge().args(["config", "show", "--set", "train.stepz=3"]).assert().code(2).stderr(predicate::str::contains("stepz"));
+    difforge().args(["config", "show", "--set", "train.batch_size=\"big\""]).assert().code(2).stderr(predicate::str::contains("train.batch_size"));
     difforge()
         .args(["config", "show", "--set", "diffusion.schedule=\"square\""])
         .assert()
@@ -108,12 +100,32 @@ fn train_then_sample_end_to_end() {
     // A checkpoint folder works as well as a run folder, and the same seed gives the same bytes.
     let a = dir.path().join("a.png");
     let b = dir.path().join("b.png");
-    difforge().args(["sample", "--checkpoint"]).arg(run.join("checkpoints/step-00000012")).args(["--n", "4", "--seed", "3", "--out"]).arg(&a).assert().success();
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(run.join("checkpoints/step-00000012"))
+        .args(["--n", "4", "--seed", "3", "--out"])
+        .arg(&a)
+        .assert()
+        .success();
     difforge().args(["sample", "--checkpoint"]).arg(&run).args(["--n", "4", "--seed", "3", "--out"]).arg(&b).assert().success();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     // Bad sampling input is refused clearly.
-    difforge().args(["sample", "--checkpoint"]).arg(&run).args(["--class", "10", "--out"]).arg(&a).assert().failure().stderr(predicate::str::contains("--class 10"));
-    difforge().args(["sample", "--checkpoint"]).arg(dir.path()).args(["--out"]).arg(&a).assert().failure().stderr(predicate::str::contains("neither a checkpoint"));
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(&run)
+        .args(["--class", "10", "--out"])
+        .arg(&a)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--class 10"));
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(dir.path())
+        .args(["--out"])
+        .arg(&a)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("neither a checkpoint"));
     // A second train into the same folder is refused instead of mixing runs.
     difforge().arg("train").args(tiny_args(&["train.steps=1"])).arg("--out").arg(&run).assert().failure().stderr(predicate::str::contains("--resume"));
 }

@@ -1,6 +1,5 @@
 //! Helpers shared by the end-to-end tests: the real binary, tiny models, real files.
 #![allow(dead_code)]
-
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use assert_cmd::Command;
@@ -35,14 +34,7 @@ pub fn tiny_args(extra: &[&str]) -> Vec<String> {
 
 /// Trains a tiny model into `out` and returns the parsed JSON summary.
 pub fn train_tiny(out: &Path, extra: &[&str]) -> serde_json::Value {
-    let output = difforge()
-        .arg("train")
-        .args(tiny_args(extra))
-        .arg("--out")
-        .arg(out)
-        .arg("--json")
-        .output()
-        .expect("runs");
+    let output = difforge().arg("train").args(tiny_args(extra)).arg("--out").arg(out).arg("--json").output().expect("runs");
     assert!(output.status.success(), "train failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("summary JSON")
 }

@@ -55,13 +55,7 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
     let data = dir.path().join("digits");
     damaged_digits(&data);
     let fix = dir.path().join("fix.json");
-    let out = difforge()
-        .args(["data", "check"])
-        .arg(&data)
-        .args(["--model-size", "16", "--json", "--fix-report"])
-        .arg(&fix)
-        .output()
-        .unwrap();
+    let out = difforge().args(["data", "check"]).arg(&data).args(["--model-size", "16", "--json", "--fix-report"]).arg(&fix).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["files_found"], 9 * 100 + 10 + 20 + 10);

@@ -44,7 +44,22 @@ fn eval_reports_every_metric_the_same_way_twice_and_caches_real_features() {
     write_digit_folder(&real, 3);
     let cache = tmp.path().join("cache");
     let report = tmp.path().join("report");
-    let args = [&["--checkpoint", run.to_str().unwrap(), "--data", real.to_str().unwrap(), "--split", "all", "--cache-dir", cache.to_str().unwrap(), "--report", report.to_str().unwrap()], SMALL].concat();
+    let args = [
+        &[
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            real.to_str().unwrap(),
+            "--split",
+            "all",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        SMALL,
+    ]
+    .concat();
 
     let (v, first) = eval_json(&args, &[]);
     let m = &v["metrics"][0];
@@ -132,7 +147,12 @@ fn eval_of_a_run_scores_every_kept_checkpoint() {
     train_tiny(&run, &["train.steps=20", "train.checkpoint_every=10", "train.keep_checkpoints=3"]);
     let report = tmp.path().join("report");
     let cache = tmp.path().join("cache");
-    let args = [&["--run", run.to_str().unwrap(), "--consistency-sets", "1", "--cache-dir", cache.to_str().unwrap(), "--report", report.to_str().unwrap()], &SMALL[..4], &SMALL[6..]].concat();
+    let args = [
+        &["--run", run.to_str().unwrap(), "--consistency-sets", "1", "--cache-dir", cache.to_str().unwrap(), "--report", report.to_str().unwrap()],
+        &SMALL[..4],
+        &SMALL[6..],
+    ]
+    .concat();
     let (v, _) = eval_json(&args, &[]);
     let steps: Vec<u64> = v["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![10, 20]);

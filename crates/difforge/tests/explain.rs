@@ -13,7 +13,13 @@ fn explain_report_writes_every_view() {
     let run = dir.path().join("run");
     train_tiny(&run, &["train.steps=4", "model.attention_resolutions=[4]"]);
     let out = dir.path().join("explain");
-    let r = difforge().args(["explain", "--checkpoint"]).arg(&run).args(["report", "--class", "2", "--n", "2", "--show", "3", "--json", "--out"]).arg(&out).output().unwrap();
+    let r = difforge()
+        .args(["explain", "--checkpoint"])
+        .arg(&run)
+        .args(["report", "--class", "2", "--n", "2", "--show", "3", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["trajectory"]["shown_steps"].as_array().unwrap().len(), 3);
@@ -26,6 +32,20 @@ fn explain_report_writes_every_view() {
     assert_eq!(html.matches("data:image/gif;base64,").count(), 1);
     assert!(html.contains("<svg"));
     // Bad input is refused clearly.
-    difforge().args(["explain", "--checkpoint"]).arg(&run).args(["attention", "--pixel", "9,1", "--out"]).arg(&out).assert().failure().stderr(predicate::str::contains("--pixel 9,1"));
-    difforge().args(["explain", "--checkpoint"]).arg(&run).args(["trajectory", "--class", "12", "--out"]).arg(&out).assert().failure().stderr(predicate::str::contains("--class 12"));
+    difforge()
+        .args(["explain", "--checkpoint"])
+        .arg(&run)
+        .args(["attention", "--pixel", "9,1", "--out"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--pixel 9,1"));
+    difforge()
+        .args(["explain", "--checkpoint"])
+        .arg(&run)
+        .args(["trajectory", "--class", "12", "--out"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--class 12"));
 }

@@ -37,14 +37,27 @@ fn lora_finetune_merge_and_sample_from_the_command_line() {
 
     // Sampling the new class with the unmerged adapter, and from a merged checkpoint.
     let a = dir.path().join("a.png");
-    difforge().args(["sample", "--checkpoint"]).arg(&base).args(["--lora", &adapter, "--lora-scale", "0.5", "--class", "10", "--n", "2", "--out"]).arg(&a).assert().success();
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(&base)
+        .args(["--lora", &adapter, "--lora-scale", "0.5", "--class", "10", "--n", "2", "--out"])
+        .arg(&a)
+        .assert()
+        .success();
     let merged = dir.path().join("merged");
     difforge().args(["lora", "merge", "--base"]).arg(&base).args(["--lora", &adapter, "--scale", "0.5", "--out"]).arg(&merged).assert().success();
     assert!(merged.join("manifest.json").exists());
     let b = dir.path().join("b.png");
     difforge().args(["sample", "--checkpoint"]).arg(&merged).args(["--class", "10", "--n", "2", "--out"]).arg(&b).assert().success();
     // Without the adapter the base has no class 10.
-    difforge().args(["sample", "--checkpoint"]).arg(&base).args(["--class", "10", "--out"]).arg(&a).assert().failure().stderr(predicate::str::contains("--class 10"));
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(&base)
+        .args(["--class", "10", "--out"])
+        .arg(&a)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--class 10"));
 
     // The server applies the adapter too: the new class exists there.
     let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
@@ -68,7 +81,15 @@ fn lora_finetune_merge_and_sample_from_the_command_line() {
     assert_eq!(status, 200);
 
     // A full fine-tune trains every weight and writes no adapter.
-    let full = difforge().args(["finetune", "--method", "full", "--from"]).arg(&base).arg("--data").arg(&data).args(["--set", "train.steps=2", "--json", "--out"]).arg(dir.path().join("full")).output().unwrap();
+    let full = difforge()
+        .args(["finetune", "--method", "full", "--from"])
+        .arg(&base)
+        .arg("--data")
+        .arg(&data)
+        .args(["--set", "train.steps=2", "--json", "--out"])
+        .arg(dir.path().join("full"))
+        .output()
+        .unwrap();
     assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
     let s: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
     assert!(s["adapter"].is_null());

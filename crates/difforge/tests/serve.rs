@@ -89,7 +89,11 @@ fn setup(dir: &Path, queue: usize) -> (std::path::PathBuf, std::path::PathBuf, s
     let keys = dir.join("keys.txt");
     std::fs::write(&keys, format!("# test keys\n{KEY}\nadmin:{ADMIN}\n")).unwrap();
     let cfg = dir.join("serve.toml");
-    std::fs::write(&cfg, format!("max_batch = 4\nmax_wait_ms = 20\nqueue_capacity = {queue}\nmax_body_bytes = 1024\nmax_images = 8\nrequest_timeout_ms = 60000\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("max_batch = 4\nmax_wait_ms = 20\nqueue_capacity = {queue}\nmax_body_bytes = 1024\nmax_images = 8\nrequest_timeout_ms = 60000\n"),
+    )
+    .unwrap();
     (run, cfg, keys)
 }
 

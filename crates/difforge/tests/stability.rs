@@ -30,15 +30,7 @@ fn assert_same_final_state(a: &Path, b: &Path, step: u64) {
 
 fn spawn_train(out: &Path, extra: &[&str], stdout: Stdio) -> Child {
     let bin = assert_cmd::cargo::cargo_bin("difforge");
-    std::process::Command::new(bin)
-        .arg("train")
-        .args(tiny_args(extra))
-        .arg("--out")
-        .arg(out)
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn")
+    std::process::Command::new(bin).arg("train").args(tiny_args(extra)).arg("--out").arg(out).stdout(stdout).stderr(Stdio::null()).spawn().expect("spawn")
 }
 
 /// The last step recorded in metrics.jsonl.
@@ -96,7 +88,11 @@ fn sigkill_then_resume_ends_bit_identical_at_three_kill_moments() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("resuming from {}", run.join(format!("checkpoints/step-{N:08}")).display())));
         assert_same_final_state(&reference, &run, 2 * N);
         // The metrics of the redone steps are not duplicated.
-        let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64()).collect();
+        let steps: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+            .collect();
         assert_eq!(steps, (1..=2 * N).collect::<Vec<_>>(), "kill {i}");
     }
 }
@@ -184,10 +180,22 @@ fn early_stopping_stops_a_plateau_and_keeps_the_best_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // A learning rate so small that the validation loss cannot move by min_delta.
-    let s = train_tiny(&run, &["train.steps=200", "train.lr=1e-7", "train.warmup_steps=0", "train.val_every=5", "train.val_images=32", "train.early_stop_patience=3", "train.early_stop_min_delta=0.001"]);
+    let s = train_tiny(
+        &run,
+        &[
+            "train.steps=200",
+            "train.lr=1e-7",
+            "train.warmup_steps=0",
+            "train.val_every=5",
+            "train.val_images=32",
+            "train.early_stop_patience=3",
+            "train.early_stop_min_delta=0.001",
+        ],
+    );
     assert!(s["stopped_because"].as_str().unwrap().starts_with("early stopping"), "{s}");
     assert_eq!(s["final_step"], 20, "best at the first validation (5), then 3 without improvement");
-    let vals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let vals: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(vals.len(), 4);
     assert_eq!(vals[0]["bands"].as_array().unwrap().len(), 10);
     let best_state: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("checkpoints/best/state.json")).unwrap()).unwrap();
@@ -197,11 +205,10 @@ fn early_stopping_stops_a_plateau_and_keeps_the_best_checkpoint() {
     // A run that keeps improving: the best checkpoint is the one with the lowest validation loss.
     let run2 = dir.path().join("improving");
     let s2 = train_tiny(&run2, &["train.steps=30", "train.val_every=5", "train.val_images=32", "train.lr=3e-3"]);
-    let vals: Vec<serde_json::Value> = std::fs::read_to_string(run2.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let (best_step, best_value) = vals
-        .iter()
-        .map(|v| (v["step"].as_u64().unwrap(), v["val_loss_ema"].as_f64().unwrap()))
-        .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+    let vals: Vec<serde_json::Value> =
+        std::fs::read_to_string(run2.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (best_step, best_value) =
+        vals.iter().map(|v| (v["step"].as_u64().unwrap(), v["val_loss_ema"].as_f64().unwrap())).fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
     assert_eq!(s2["best"]["step"], best_step);
     assert_eq!(s2["best"]["value"], best_value);
     // A run folder resolves to its best checkpoint for sampling.

@@ -15,8 +15,7 @@ const PER_DIGIT: u32 = 500;
 
 pub fn load_digits(prep: &Preprocess) -> Result<ImageSet, DataError> {
     let sheet = image::load_from_memory(DIGITS_PNG).map_err(|e| DataError::Embedded(e.to_string()))?.to_luma8();
-    let cells: Vec<(usize, u32)> =
-        (0..10usize).flat_map(|d| (0..PER_DIGIT).map(move |i| (d, i))).collect();
+    let cells: Vec<(usize, u32)> = (0..10usize).flat_map(|d| (0..PER_DIGIT).map(move |i| (d, i))).collect();
     let pixels: Vec<_> = cells
         .par_iter()
         .map(|&(digit, i)| {

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp"];
 
 pub fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Image files under `root`, sorted by path so that every run sees the same order.
@@ -72,15 +70,11 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
         classes.into_iter().collect()
     } else {
         if let Some(unknown) = classes.iter().find(|c| !known_classes.contains(c)) {
-            return Err(DataError::Invalid(format!(
-                "{}: subfolder `{unknown}` is not one of data.class_names {known_classes:?}",
-                root.display()
-            )));
+            return Err(DataError::Invalid(format!("{}: subfolder `{unknown}` is not one of data.class_names {known_classes:?}", root.display())));
         }
         known_classes.to_vec()
     };
-    let decoded: Vec<Result<Pixels, String>> =
-        files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
+    let decoded: Vec<Result<Pixels, String>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
 
     let mut set = ImageSet { class_names, ..Default::default() };
     for (file, result) in files.iter().zip(decoded) {

@@ -52,12 +52,7 @@ fn default_labels_path(images: &Path) -> Option<PathBuf> {
     name.contains("images-idx3").then(|| images.with_file_name(name.replace("images-idx3", "labels-idx1")))
 }
 
-pub fn load_idx(
-    images: &Path,
-    labels: Option<&Path>,
-    class_names: &[String],
-    prep: &Preprocess,
-) -> Result<ImageSet, DataError> {
+pub fn load_idx(images: &Path, labels: Option<&Path>, class_names: &[String], prep: &Preprocess) -> Result<ImageSet, DataError> {
     let (dims, data) = read_idx(images)?;
     if dims.len() != 3 {
         return Err(DataError::Idx { path: images.to_path_buf(), reason: format!("images need 3 dimensions (N, rows, cols), found {dims:?}") });
@@ -76,9 +71,7 @@ pub fn load_idx(
     };
     let num_classes = labels.as_ref().map_or(0, |l| l.iter().copied().max().map_or(0, |m| m as usize + 1));
     if !class_names.is_empty() && class_names.len() < num_classes {
-        return Err(DataError::Invalid(format!(
-            "data.class_names has {} names but the labels go up to {}", class_names.len(), num_classes - 1
-        )));
+        return Err(DataError::Invalid(format!("data.class_names has {} names but the labels go up to {}", class_names.len(), num_classes - 1)));
     }
     let names = if class_names.is_empty() { (0..num_classes).map(|c| c.to_string()).collect() } else { class_names.to_vec() };
     let pixels: Vec<_> = (0..n)

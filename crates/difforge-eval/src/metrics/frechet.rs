@@ -34,17 +34,10 @@ impl Gaussian {
     pub fn fit(features: &Tensor) -> Result<Gaussian, EvalError> {
         let f = features_f64("Gaussian-fit", features, features.device())?;
         if f.rows < 2 {
-            return Err(EvalError::Input(format!(
-                "a Gaussian fit needs at least 2 feature rows for a covariance, got {}",
-                f.rows
-            )));
+            return Err(EvalError::Input(format!("a Gaussian fit needs at least 2 feature rows for a covariance, got {}", f.rows)));
         }
         let (mean, cov) = mean_cov(&f).map_err(torch_err("fitting a Gaussian"))?;
-        Ok(Gaussian {
-            mean,
-            cov,
-            n: f.rows,
-        })
+        Ok(Gaussian { mean, cov, n: f.rows })
     }
 
     /// Feature width D.
@@ -55,71 +48,40 @@ impl Gaussian {
     /// Named tensors (`mean`, `cov`, and `n` as a one-element i64) for caching, e.g. with
     /// `Tensor::write_safetensors`; [`Gaussian::from_tensors`] reads them back.
     pub fn to_tensors(&self) -> Vec<(String, Tensor)> {
-        vec![
-            (MEAN.to_string(), self.mean.shallow_clone()),
-            (COV.to_string(), self.cov.shallow_clone()),
-            (N.to_string(), Tensor::from_slice(&[self.n as i64])),
-        ]
+        vec![(MEAN.to_string(), self.mean.shallow_clone()), (COV.to_string(), self.cov.shallow_clone()), (N.to_string(), Tensor::from_slice(&[self.n as i64]))]
     }
 
     /// Rebuilds a Gaussian from [`Gaussian::to_tensors`]' names, checking shapes and values
     /// (a cache file may be stale or hand-made).
     pub fn from_tensors(named: &[(String, Tensor)]) -> Result<Gaussian, EvalError> {
         let get = |name: &str| {
-            named
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| {
-                    EvalError::Input(format!("Gaussian statistics lack the tensor `{name}`"))
-                })
+            named.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| EvalError::Input(format!("Gaussian statistics lack the tensor `{name}`")))
         };
         let mean = get(MEAN)?;
         let cov = get(COV)?;
         let n_t = get(N)?;
         if n_t.numel() != 1 {
-            return Err(EvalError::Input(format!(
-                "Gaussian statistics: `n` must hold one value, got shape {:?}",
-                n_t.size()
-            )));
+            return Err(EvalError::Input(format!("Gaussian statistics: `n` must hold one value, got shape {:?}", n_t.size())));
         }
-        let n = n_t
-            .f_to_kind(Kind::Int64)
-            .and_then(|t| t.f_reshape([-1]))
-            .and_then(|t| t.f_int64_value(&[0]))
-            .map_err(torch_err("reading Gaussian statistics"))?;
+        let n =
+            n_t.f_to_kind(Kind::Int64).and_then(|t| t.f_reshape([-1])).and_then(|t| t.f_int64_value(&[0])).map_err(torch_err("reading Gaussian statistics"))?;
         if n < 2 {
-            return Err(EvalError::Input(format!(
-                "Gaussian statistics: `n` must be at least 2, got {n}"
-            )));
+            return Err(EvalError::Input(format!("Gaussian statistics: `n` must be at least 2, got {n}")));
         }
-        let g = Gaussian {
-            mean: to_f64(mean, mean.device())?,
-            cov: to_f64(cov, mean.device())?,
-            n: n as usize,
-        };
+        let g = Gaussian { mean: to_f64(mean, mean.device())?, cov: to_f64(cov, mean.device())?, n: n as usize };
         g.check("cached")?;
         Ok(g)
     }
 
     /// Writes the statistics as safetensors (see [`Gaussian::to_tensors`]).
     pub fn save(&self, path: &Path) -> Result<(), EvalError> {
-        Tensor::write_safetensors(&self.to_tensors(), path).map_err(|e| EvalError::Write {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        Tensor::write_safetensors(&self.to_tensors(), path).map_err(|e| EvalError::Write { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     /// Reads statistics written by [`Gaussian::save`].
     pub fn load(path: &Path) -> Result<Gaussian, EvalError> {
-        let named = Tensor::read_safetensors(path).map_err(|e| EvalError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Gaussian::from_tensors(&named).map_err(|e| EvalError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        let named = Tensor::read_safetensors(path).map_err(|e| EvalError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
+        Gaussian::from_tensors(&named).map_err(|e| EvalError::Read { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     /// The fields are public, so a Gaussian may be hand-made: check that mean is `[D]`, cov is
@@ -127,23 +89,14 @@ impl Gaussian {
     fn check(&self, name: &str) -> Result<usize, EvalError> {
         let d = match self.mean.size().as_slice() {
             &[d] if d > 0 => d,
-            other => {
-                return Err(EvalError::Input(format!(
-                    "{name} Gaussian: mean must be a non-empty vector [D], got shape {other:?}"
-                )))
-            }
+            other => return Err(EvalError::Input(format!("{name} Gaussian: mean must be a non-empty vector [D], got shape {other:?}"))),
         };
         if self.cov.size() != [d, d] {
-            return Err(EvalError::Input(format!(
-                "{name} Gaussian: cov must be [{d}, {d}] to match the mean, got shape {:?}",
-                self.cov.size()
-            )));
+            return Err(EvalError::Input(format!("{name} Gaussian: cov must be [{d}, {d}] to match the mean, got shape {:?}", self.cov.size())));
         }
         for (what, t) in [("mean", &self.mean), ("cov", &self.cov)] {
             if !super::all_finite(t, "checking Gaussian statistics")? {
-                return Err(EvalError::Input(format!(
-                    "{name} Gaussian: {what} contains NaN or infinite values"
-                )));
+                return Err(EvalError::Input(format!("{name} Gaussian: {what} contains NaN or infinite values")));
             }
         }
         Ok(d as usize)
@@ -151,9 +104,7 @@ impl Gaussian {
 }
 
 fn to_f64(t: &Tensor, device: Device) -> Result<Tensor, EvalError> {
-    t.f_to_device(device)
-        .and_then(|t| t.f_to_kind(Kind::Double))
-        .map_err(torch_err("converting Gaussian statistics to f64"))
+    t.f_to_device(device).and_then(|t| t.f_to_kind(Kind::Double)).map_err(torch_err("converting Gaussian statistics to f64"))
 }
 
 /// Two passes over row chunks (mean, then centred cross-products): the centred form keeps the
@@ -185,9 +136,7 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64, EvalError> {
     let da = a.check("first")?;
     let db = b.check("second")?;
     if da != db {
-        return Err(EvalError::Input(format!(
-            "Frechet distance between Gaussians of different widths: {da} and {db} dimensions"
-        )));
+        return Err(EvalError::Input(format!("Frechet distance between Gaussians of different widths: {da} and {db} dimensions")));
     }
     let device = a.mean.device();
     let (m1, s1) = (to_f64(&a.mean, device)?, to_f64(&a.cov, device)?);
@@ -205,9 +154,7 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64, EvalError> {
     let tr_sqrt = scalar(&parts.3, "reading tr sqrt(S1 S2)")?;
     let fd = mean_term + tr1 + tr2 - 2.0 * tr_sqrt;
     if !fd.is_finite() {
-        return Err(EvalError::Input(format!(
-            "Frechet distance is not finite ({fd}): covariances too large for f64?"
-        )));
+        return Err(EvalError::Input(format!("Frechet distance is not finite ({fd}): covariances too large for f64?")));
     }
     Ok(fd)
 }
@@ -256,11 +203,7 @@ mod tests {
     }
 
     fn diag_gaussian(mean: &[f64], var: &[f64]) -> Gaussian {
-        Gaussian {
-            mean: Tensor::from_slice(mean),
-            cov: Tensor::from_slice(var).diag(0),
-            n: 10,
-        }
+        Gaussian { mean: Tensor::from_slice(mean), cov: Tensor::from_slice(var).diag(0), n: 10 }
     }
 
     #[test]
@@ -288,16 +231,8 @@ mod tests {
     #[test]
     fn singular_covariances_still_give_a_real_distance() {
         // Rank-1 covariances: the non-symmetric sqrtm route is ill-posed here.
-        let a = Gaussian {
-            mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)),
-            cov: Tensor::from_slice(&[1.0, 1.0, 1.0, 1.0]).reshape([2, 2]),
-            n: 5,
-        };
-        let b = Gaussian {
-            mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)),
-            cov: Tensor::from_slice(&[1.0, -1.0, -1.0, 1.0]).reshape([2, 2]),
-            n: 5,
-        };
+        let a = Gaussian { mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)), cov: Tensor::from_slice(&[1.0, 1.0, 1.0, 1.0]).reshape([2, 2]), n: 5 };
+        let b = Gaussian { mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)), cov: Tensor::from_slice(&[1.0, -1.0, -1.0, 1.0]).reshape([2, 2]), n: 5 };
         // The supports are orthogonal: tr sqrt(S1 S2) = 0, FD = tr S1 + tr S2 = 4.
         let fd = frechet_distance(&a, &b).unwrap();
         assert!((fd - 4.0).abs() < 1e-12, "{fd}");
@@ -306,22 +241,9 @@ mod tests {
     #[test]
     fn bad_statistics_are_input_errors() {
         let a = diag_gaussian(&[0.0, 1.0], &[1.0, 1.0]);
-        let wrong = Gaussian {
-            mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)),
-            cov: Tensor::zeros([3, 3], (Kind::Double, Device::Cpu)),
-            n: 4,
-        };
-        assert!(matches!(
-            frechet_distance(&a, &wrong),
-            Err(EvalError::Input(_))
-        ));
-        let missing = vec![(
-            "mean".to_string(),
-            Tensor::zeros([2], (Kind::Double, Device::Cpu)),
-        )];
-        assert!(matches!(
-            Gaussian::from_tensors(&missing),
-            Err(EvalError::Input(_))
-        ));
+        let wrong = Gaussian { mean: Tensor::zeros([2], (Kind::Double, Device::Cpu)), cov: Tensor::zeros([3, 3], (Kind::Double, Device::Cpu)), n: 4 };
+        assert!(matches!(frechet_distance(&a, &wrong), Err(EvalError::Input(_))));
+        let missing = vec![("mean".to_string(), Tensor::zeros([2], (Kind::Double, Device::Cpu)))];
+        assert!(matches!(Gaussian::from_tensors(&missing), Err(EvalError::Input(_))));
     }
 }

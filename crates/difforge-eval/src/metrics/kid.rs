@@ -35,11 +35,7 @@ pub struct PolyKernel {
 
 impl Default for PolyKernel {
     fn default() -> Self {
-        PolyKernel {
-            degree: 3,
-            gamma: None,
-            coef0: 1.0,
-        }
+        PolyKernel { degree: 3, gamma: None, coef0: 1.0 }
     }
 }
 
@@ -59,12 +55,7 @@ pub struct KidConfig {
 
 impl Default for KidConfig {
     fn default() -> Self {
-        KidConfig {
-            subsets: 100,
-            subset_size: 1000,
-            seed: 2020,
-            kernel: PolyKernel::default(),
-        }
+        KidConfig { subsets: 100, subset_size: 1000, seed: 2020, kernel: PolyKernel::default() }
     }
 }
 
@@ -86,19 +77,12 @@ impl Kid {
     /// `numpy.mean` / `numpy.std`.
     pub fn from_mmd2(values: &[f64], subset_size: usize) -> Result<Kid, EvalError> {
         if values.is_empty() {
-            return Err(EvalError::Input(
-                "KID needs at least one subset value".to_string(),
-            ));
+            return Err(EvalError::Input("KID needs at least one subset value".to_string()));
         }
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
         let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-        Ok(Kid {
-            mean,
-            std: var.sqrt(),
-            subsets: values.len(),
-            subset_size,
-        })
+        Ok(Kid { mean, std: var.sqrt(), subsets: values.len(), subset_size })
     }
 }
 
@@ -110,9 +94,7 @@ pub fn kid(real: &Tensor, fake: &Tensor, config: &KidConfig) -> Result<Kid, Eval
     same_width("real", &r, "fake", &f)?;
     check_kernel(&config.kernel)?;
     if config.subsets == 0 {
-        return Err(EvalError::Input(
-            "KID needs at least 1 subset, got 0".to_string(),
-        ));
+        return Err(EvalError::Input("KID needs at least 1 subset, got 0".to_string()));
     }
     // Clamped rather than refused (torch-fidelity refuses): small evaluation sets are common in
     // quick runs, and the size used is reported in the result.
@@ -143,59 +125,34 @@ pub fn mmd2_unbiased(x: &Tensor, y: &Tensor, kernel: &PolyKernel) -> Result<f64,
     same_width("first", &a, "second", &b)?;
     check_kernel(kernel)?;
     if a.rows != b.rows {
-        return Err(EvalError::Input(format!(
-            "MMD^2 subsets must have equal sizes, got {} and {} rows",
-            a.rows, b.rows
-        )));
+        return Err(EvalError::Input(format!("MMD^2 subsets must have equal sizes, got {} and {} rows", a.rows, b.rows)));
     }
     if a.rows < 2 {
-        return Err(EvalError::Input(format!(
-            "MMD^2 needs at least 2 rows per set, got {}",
-            a.rows
-        )));
+        return Err(EvalError::Input(format!("MMD^2 needs at least 2 rows per set, got {}", a.rows)));
     }
     mmd2(&a, &b, kernel)
 }
 
 fn check_kernel(kernel: &PolyKernel) -> Result<(), EvalError> {
     if kernel.degree == 0 {
-        return Err(EvalError::Input(
-            "KID kernel degree must be at least 1, got 0".to_string(),
-        ));
+        return Err(EvalError::Input("KID kernel degree must be at least 1, got 0".to_string()));
     }
     if let Some(g) = kernel.gamma {
         if !g.is_finite() {
-            return Err(EvalError::Input(format!(
-                "KID kernel gamma must be finite, got {g}"
-            )));
+            return Err(EvalError::Input(format!("KID kernel gamma must be finite, got {g}")));
         }
     }
     if !kernel.coef0.is_finite() {
-        return Err(EvalError::Input(format!(
-            "KID kernel coef0 must be finite, got {}",
-            kernel.coef0
-        )));
+        return Err(EvalError::Input(format!("KID kernel coef0 must be finite, got {}", kernel.coef0)));
     }
     Ok(())
 }
 
 fn draw(set: &Features, size: usize, rng: &mut ChaCha8Rng) -> Result<Features, EvalError> {
-    let idx: Vec<i64> = rand::seq::index::sample(rng, set.rows, size)
-        .into_iter()
-        .map(|i| i as i64)
-        .collect();
-    let index = Tensor::from_slice(&idx)
-        .f_to_device(set.x.device())
-        .map_err(torch_err("moving subset indices"))?;
-    let x = set
-        .x
-        .f_index_select(0, &index)
-        .map_err(torch_err("selecting a KID subset"))?;
-    Ok(Features {
-        x,
-        rows: size,
-        cols: set.cols,
-    })
+    let idx: Vec<i64> = rand::seq::index::sample(rng, set.rows, size).into_iter().map(|i| i as i64).collect();
+    let index = Tensor::from_slice(&idx).f_to_device(set.x.device()).map_err(torch_err("moving subset indices"))?;
+    let x = set.x.f_index_select(0, &index).map_err(torch_err("selecting a KID subset"))?;
+    Ok(Features { x, rows: size, cols: set.cols })
 }
 
 /// (sum K_xx - tr K_xx + sum K_yy - tr K_yy) / (m (m - 1)) - 2 sum K_xy / m^2.
@@ -266,11 +223,7 @@ mod tests {
         // MMD^2 = (0 + 4) / 2 - 2 * 3 / 4 = 0.5.
         let x = Tensor::from_slice(&[0.0f32, 1.0]).reshape([2, 1]);
         let y = Tensor::from_slice(&[1.0f32, 2.0]).reshape([2, 1]);
-        let kernel = PolyKernel {
-            degree: 1,
-            gamma: Some(1.0),
-            coef0: 0.0,
-        };
+        let kernel = PolyKernel { degree: 1, gamma: Some(1.0), coef0: 0.0 };
         let v = mmd2_unbiased(&x, &y, &kernel).unwrap();
         assert!((v - 0.5).abs() < 1e-15, "{v}");
     }
@@ -279,10 +232,7 @@ mod tests {
     fn subset_size_is_clamped_and_draws_are_seeded() {
         let x = Tensor::randn([30, 4], (Kind::Float, tch::Device::Cpu));
         let y = Tensor::randn([20, 4], (Kind::Float, tch::Device::Cpu));
-        let config = KidConfig {
-            subsets: 3,
-            ..KidConfig::default()
-        };
+        let config = KidConfig { subsets: 3, ..KidConfig::default() };
         let a = kid(&x, &y, &config).unwrap();
         let b = kid(&x, &y, &config).unwrap();
         assert_eq!(a, b);

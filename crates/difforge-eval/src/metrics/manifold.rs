@@ -50,17 +50,11 @@ pub fn manifold(real: &Tensor, fake: &Tensor, k: usize) -> Result<Manifold, Eval
     let f = features_f64("fake", fake, device)?;
     same_width("real", &r, "fake", &f)?;
     if k == 0 {
-        return Err(EvalError::Input(
-            "nearest-neighbour k must be at least 1, got 0".to_string(),
-        ));
+        return Err(EvalError::Input("nearest-neighbour k must be at least 1, got 0".to_string()));
     }
     for (name, set) in [("real", &r), ("fake", &f)] {
         if set.rows <= k {
-            return Err(EvalError::Input(format!(
-                "{name} set has {} rows; k = {k} nearest neighbours need at least {}",
-                set.rows,
-                k + 1
-            )));
+            return Err(EvalError::Input(format!("{name} set has {} rows; k = {k} nearest neighbours need at least {}", set.rows, k + 1)));
         }
     }
     let r_norms = squared_norms(&r.x)?;
@@ -75,46 +69,20 @@ pub fn manifold(real: &Tensor, fake: &Tensor, k: usize) -> Result<Manifold, Eval
     // The same operations in the same order as prdc's `(1. / k) * counts.mean()`.
     let density = (1.0 / k as f64) * (counts.density as f64 / n_fake);
     let coverage = counts.coverage as f64 / n_real;
-    let f1 = if precision + recall > 0.0 {
-        2.0 * precision * recall / (precision + recall)
-    } else {
-        0.0
-    };
-    Ok(Manifold {
-        k,
-        precision,
-        recall,
-        f1,
-        density,
-        coverage,
-        real: r.rows,
-        fake: f.rows,
-    })
+    let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+    Ok(Manifold { k, precision, recall, f1, density, coverage, real: r.rows, fake: f.rows })
 }
 
 fn squared_norms(x: &Tensor) -> Result<Tensor, EvalError> {
-    x.f_mul(x)
-        .and_then(|t| t.f_sum_dim_intlist(1, false, Kind::Double))
-        .map_err(torch_err("computing squared norms"))
+    x.f_mul(x).and_then(|t| t.f_sum_dim_intlist(1, false, Kind::Double)).map_err(torch_err("computing squared norms"))
 }
 
 /// Squared Euclidean distances between rows `start..start+len` of `a` and all rows of `b`,
 /// clamped at 0 against round-off.
-fn block_distances(
-    a: &Tensor,
-    a_norms: &Tensor,
-    start: i64,
-    len: i64,
-    b_t: &Tensor,
-    b_norms: &Tensor,
-) -> Result<Tensor, tch::TchError> {
+fn block_distances(a: &Tensor, a_norms: &Tensor, start: i64, len: i64, b_t: &Tensor, b_norms: &Tensor) -> Result<Tensor, tch::TchError> {
     let rows = a.f_narrow(0, start, len)?;
     let rn = a_norms.f_narrow(0, start, len)?.f_unsqueeze(1)?;
-    rows.f_mm(b_t)?
-        .f_mul_scalar(-2.0)?
-        .f_add(&rn)?
-        .f_add(&b_norms.f_unsqueeze(0)?)?
-        .f_clamp_min(0.0)
+    rows.f_mm(b_t)?.f_mul_scalar(-2.0)?.f_add(&rn)?.f_add(&b_norms.f_unsqueeze(0)?)?.f_clamp_min(0.0)
 }
 
 /// Squared distance from each row to its k-th nearest neighbour in the same set: the (k+1)-th
@@ -150,14 +118,7 @@ struct Counts {
 }
 
 /// One pass over real-fake distance blocks (real rows in chunks) gathers all four counts.
-fn count_containments(
-    r: &Features,
-    r_norms: &Tensor,
-    r_radii: &Tensor,
-    f: &Features,
-    f_norms: &Tensor,
-    f_radii: &Tensor,
-) -> Result<Counts, EvalError> {
+fn count_containments(r: &Features, r_norms: &Tensor, r_radii: &Tensor, f: &Features, f_norms: &Tensor, f_radii: &Tensor) -> Result<Counts, EvalError> {
     let rows = r.rows as i64;
     let chunk = chunk_rows(f.rows) as i64;
     let run = || -> Result<(Tensor, Tensor, Tensor, Tensor), tch::TchError> {
@@ -182,21 +143,11 @@ fn count_containments(
             recalled = recalled.f_add(&inside_fake.f_sum(Kind::Int64)?)?;
             start += len;
         }
-        Ok((
-            fake_covered.f_sum(Kind::Int64)?,
-            recalled,
-            containments,
-            covered,
-        ))
+        Ok((fake_covered.f_sum(Kind::Int64)?, recalled, containments, covered))
     };
     let (p, rc, d, c) = run().map_err(torch_err("counting manifold containments"))?;
     let read = |t: &Tensor| scalar(t, "reading a manifold count").map(|v| v as i64);
-    Ok(Counts {
-        precision: read(&p)?,
-        recall: read(&rc)?,
-        density: read(&d)?,
-        coverage: read(&c)?,
-    })
+    Ok(Counts { precision: read(&p)?, recall: read(&rc)?, density: read(&d)?, coverage: read(&c)? })
 }
 
 #[cfg(test)]
@@ -236,9 +187,6 @@ mod tests {
     #[test]
     fn too_few_rows_is_an_input_error() {
         let err = manifold(&line(&[0.0, 1.0, 2.0]), &line(&[0.0, 1.0, 2.0, 3.0]), 3).unwrap_err();
-        assert!(
-            matches!(&err, EvalError::Input(m) if m.contains("real set has 3 rows")),
-            "{err}"
-        );
+        assert!(matches!(&err, EvalError::Input(m) if m.contains("real set has 3 rows")), "{err}");
     }
 }

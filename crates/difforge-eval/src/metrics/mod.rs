@@ -31,12 +31,8 @@ pub(crate) fn torch_err(context: &'static str) -> impl FnOnce(TchError) -> EvalE
 
 /// Whether every value of `t` is finite (`context` names the check in a libtorch error).
 pub(crate) fn all_finite(t: &Tensor, context: &'static str) -> Result<bool, EvalError> {
-    let finite = t
-        .f_isfinite()
-        .and_then(|f| f.f_all())
-        .and_then(|f| f.f_to_kind(Kind::Int64))
-        .and_then(|f| f.f_int64_value(&[]))
-        .map_err(torch_err(context))?;
+    let finite =
+        t.f_isfinite().and_then(|f| f.f_all()).and_then(|f| f.f_to_kind(Kind::Int64)).and_then(|f| f.f_int64_value(&[])).map_err(torch_err(context))?;
     Ok(finite != 0)
 }
 
@@ -53,56 +49,27 @@ pub(crate) fn features_f64(name: &str, t: &Tensor, device: Device) -> Result<Fea
     let size = t.size();
     let (rows, cols) = match size.as_slice() {
         &[r, c] => (r, c),
-        other => {
-            return Err(EvalError::Input(format!(
-                "{name} features must be a 2-D [N, D] tensor, got shape {other:?}"
-            )))
-        }
+        other => return Err(EvalError::Input(format!("{name} features must be a 2-D [N, D] tensor, got shape {other:?}"))),
     };
     if cols == 0 {
-        return Err(EvalError::Input(format!(
-            "{name} features have no columns (shape [{rows}, 0])"
-        )));
+        return Err(EvalError::Input(format!("{name} features have no columns (shape [{rows}, 0])")));
     }
     let kind = t.f_kind().map_err(torch_err("reading the feature kind"))?;
-    if !matches!(
-        kind,
-        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
-    ) {
-        return Err(EvalError::Input(format!(
-            "{name} features must be floating point, got {kind:?}"
-        )));
+    if !matches!(kind, Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double) {
+        return Err(EvalError::Input(format!("{name} features must be floating point, got {kind:?}")));
     }
-    let x = t
-        .f_to_device(device)
-        .and_then(|x| x.f_to_kind(Kind::Double))
-        .and_then(|x| x.f_contiguous())
-        .map_err(torch_err("converting features to f64"))?;
+    let x = t.f_to_device(device).and_then(|x| x.f_to_kind(Kind::Double)).and_then(|x| x.f_contiguous()).map_err(torch_err("converting features to f64"))?;
     if !all_finite(&x, "checking features for NaN/inf")? {
-        return Err(EvalError::Input(format!(
-            "{name} features contain NaN or infinite values"
-        )));
+        return Err(EvalError::Input(format!("{name} features contain NaN or infinite values")));
     }
     // Shapes from libtorch are never negative.
-    Ok(Features {
-        x,
-        rows: rows as usize,
-        cols: cols as usize,
-    })
+    Ok(Features { x, rows: rows as usize, cols: cols as usize })
 }
 
 /// Errors unless two feature sets have the same width.
-pub(crate) fn same_width(
-    a_name: &str,
-    a: &Features,
-    b_name: &str,
-    b: &Features,
-) -> Result<(), EvalError> {
+pub(crate) fn same_width(a_name: &str, a: &Features, b_name: &str, b: &Features) -> Result<(), EvalError> {
     if a.cols != b.cols {
-        return Err(EvalError::Input(format!(
-            "{a_name} features have {} dimensions but {b_name} features have {}",
-            a.cols, b.cols
-        )));
+        return Err(EvalError::Input(format!("{a_name} features have {} dimensions but {b_name} features have {}", a.cols, b.cols)));
     }
     Ok(())
 }

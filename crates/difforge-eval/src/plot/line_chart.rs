@@ -38,11 +38,7 @@ fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
     let span = hi - lo;
     if span <= magnitude * 1e-9 || span <= f64::MIN_POSITIVE {
         let centre = lo / 2.0 + hi / 2.0;
-        let pad = if magnitude > 0.0 {
-            magnitude * 0.1
-        } else {
-            1.0
-        };
+        let pad = if magnitude > 0.0 { magnitude * 0.1 } else { 1.0 };
         (centre - pad, centre + pad)
     } else {
         (lo - span * 0.05, hi + span * 0.05)
@@ -60,20 +56,12 @@ struct TickFormat {
 
 impl TickFormat {
     fn for_ticks(ticks: &[f64]) -> Self {
-        let step = ticks
-            .windows(2)
-            .map(|w| (w[1] - w[0]).abs())
-            .filter(|d| *d > 0.0)
-            .fold(f64::INFINITY, f64::min);
+        let step = ticks.windows(2).map(|w| (w[1] - w[0]).abs()).filter(|d| *d > 0.0).fold(f64::INFINITY, f64::min);
         let magnitude = ticks.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let scientific = magnitude >= 1e6 || (magnitude > 0.0 && magnitude < 1e-3);
         let decimals = if scientific {
             // Enough significant digits to tell neighbouring ticks apart.
-            let digits = if step.is_finite() && magnitude > 0.0 {
-                (magnitude / step).log10().ceil().max(0.0) as usize
-            } else {
-                1
-            };
+            let digits = if step.is_finite() && magnitude > 0.0 { (magnitude / step).log10().ceil().max(0.0) as usize } else { 1 };
             digits.clamp(1, 6)
         } else if step.is_finite() {
             // Steps are 1, 2 or 5 times a power of ten, measured as differences of floats (0.4 - 0.3
@@ -87,11 +75,7 @@ impl TickFormat {
                 3
             }
         };
-        TickFormat {
-            decimals,
-            scientific,
-            step: if step.is_finite() { step } else { 0.0 },
-        }
+        TickFormat { decimals, scientific, step: if step.is_finite() { step } else { 0.0 } }
     }
 
     fn format(&self, v: f64) -> String {
@@ -106,27 +90,12 @@ impl TickFormat {
 }
 
 /// Draws the chart that [`line_chart_png`](super::line_chart_png) describes onto `root`.
-pub(super) fn draw_line_chart(
-    root: &Area<'_>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> DrawResult<()> {
-    let cleaned: Vec<Vec<(f64, f64)>> = series
-        .iter()
-        .map(|s| s.points.iter().copied().filter(plottable).collect())
-        .collect();
+pub(super) fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> DrawResult<()> {
+    let cleaned: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.points.iter().copied().filter(plottable).collect()).collect();
     let all = || cleaned.iter().flatten();
     let has_data = all().next().is_some();
     let (x_range, y_range) = if has_data {
-        let fold = |f: fn(&(f64, f64)) -> f64| {
-            all()
-                .map(f)
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                    (lo.min(v), hi.max(v))
-                })
-        };
+        let fold = |f: fn(&(f64, f64)) -> f64| all().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let (x_lo, x_hi) = fold(|p| p.0);
         let (y_lo, y_hi) = fold(|p| p.1);
         (padded_range(x_lo, x_hi), padded_range(y_lo, y_hi))
@@ -140,22 +109,13 @@ pub(super) fn draw_line_chart(
     let y_fmt = TickFormat::for_ticks(&y_ticks);
     // The y label area must hold the widest tick label plus the rotated axis name; measuring
     // beats a fixed width, which either wastes space or clips "0.000125".
-    let widest_y = y_ticks
-        .iter()
-        .map(|v| text_size(&y_fmt.format(*v), TICK_FONT).map(|(w, _)| w))
-        .collect::<DrawResult<Vec<u32>>>()?
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let widest_y =
+        y_ticks.iter().map(|v| text_size(&y_fmt.format(*v), TICK_FONT).map(|(w, _)| w)).collect::<DrawResult<Vec<u32>>>()?.into_iter().max().unwrap_or(0);
     let y_area = widest_y + 12 + if y_label.is_empty() { 0 } else { 24 };
     let x_area = 24 + if x_label.is_empty() { 0 } else { 20 };
 
     let mut builder = ChartBuilder::on(root);
-    builder
-        .margin(12)
-        .margin_right(20)
-        .x_label_area_size(x_area)
-        .y_label_area_size(y_area);
+    builder.margin(12).margin_right(20).x_label_area_size(x_area).y_label_area_size(y_area);
     if !title.is_empty() {
         builder.caption(title, font(TITLE_FONT).color(&TEXT));
     }
@@ -188,14 +148,8 @@ pub(super) fn draw_line_chart(
         let annotation = chart.draw_series(LineSeries::new(points.iter().copied(), line))?;
         if !s.name.is_empty() {
             any_named = true;
-            let label = if points.is_empty() {
-                format!("{} (no data)", s.name)
-            } else {
-                s.name.clone()
-            };
-            annotation
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
+            let label = if points.is_empty() { format!("{} (no data)", s.name) } else { s.name.clone() };
+            annotation.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
         }
         // Sparse series (a metric at a few checkpoints, or a single point, which a line cannot
         // show) get markers so each measurement is visible.
@@ -209,15 +163,7 @@ pub(super) fn draw_line_chart(
         let (w, h) = area.dim_in_pixel();
         let centre = (w as i32 / 2, h as i32 / 2);
         let anchor = Pos::new(HPos::Center, VPos::Center);
-        draw_label(
-            &area.strip_coord_spec(),
-            "no data",
-            AXIS_FONT,
-            &RGBColor(120, 120, 120),
-            anchor,
-            Direction::Level,
-            centre,
-        )?;
+        draw_label(&area.strip_coord_spec(), "no data", AXIS_FONT, &RGBColor(120, 120, 120), anchor, Direction::Level, centre)?;
     }
 
     if any_named {
@@ -236,11 +182,7 @@ pub(super) fn draw_line_chart(
 
 /// The plot corner that the data crosses least, so the legend hides as little as possible
 /// (upper right first, as readers expect it there, for a falling loss curve it is also empty).
-fn legend_corner(
-    series: &[Vec<(f64, f64)>],
-    (x0, x1): (f64, f64),
-    (y0, y1): (f64, f64),
-) -> SeriesLabelPosition {
+fn legend_corner(series: &[Vec<(f64, f64)>], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
     // Corners as (left?, top?) in unit coordinates; a legend of a few entries covers about a
     // third of the width and a quarter of the height.
     let corners = [
@@ -260,10 +202,7 @@ fn legend_corner(
         }
     };
     for points in series {
-        let unit: Vec<(f64, f64)> = points
-            .iter()
-            .map(|(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)))
-            .collect();
+        let unit: Vec<(f64, f64)> = points.iter().map(|(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0))).collect();
         if let [only] = unit.as_slice() {
             count(only.0, only.1);
         }
@@ -271,10 +210,7 @@ fn legend_corner(
         for w in unit.windows(2) {
             for k in 0..8 {
                 let t = k as f64 / 8.0;
-                count(
-                    w[0].0 + (w[1].0 - w[0].0) * t,
-                    w[0].1 + (w[1].1 - w[0].1) * t,
-                );
+                count(w[0].0 + (w[1].0 - w[0].0) * t, w[0].1 + (w[1].1 - w[0].1) * t);
             }
         }
         if let Some(last) = unit.last().filter(|_| unit.len() > 1) {

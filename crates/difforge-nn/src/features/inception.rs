@@ -185,10 +185,7 @@ impl BasicConv2d {
     fn load(sd: &mut StateDict, prefix: &str, c: Conv) -> Result<Self, String> {
         let channels = [c.out_channels];
         Ok(BasicConv2d {
-            conv_weight: sd.take(
-                &format!("{prefix}.conv.weight"),
-                &[c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]],
-            )?,
+            conv_weight: sd.take(&format!("{prefix}.conv.weight"), &[c.out_channels, c.in_channels, c.kernel[0], c.kernel[1]])?,
             bn_weight: sd.take(&format!("{prefix}.bn.weight"), &channels)?,
             bn_bias: sd.take(&format!("{prefix}.bn.bias"), &channels)?,
             bn_running_mean: sd.take(&format!("{prefix}.bn.running_mean"), &channels)?,
@@ -202,17 +199,7 @@ impl BasicConv2d {
         // Convolution and BatchNorm stay separate ops (no folding) so that rounding matches
         // pytorch-fid's eval-mode forward.
         let y = x.conv2d(&self.conv_weight, None::<Tensor>, [self.stride, self.stride], self.padding, [1, 1], 1);
-        y.batch_norm(
-            Some(&self.bn_weight),
-            Some(&self.bn_bias),
-            Some(&self.bn_running_mean),
-            Some(&self.bn_running_var),
-            false,
-            0.1,
-            BN_EPS,
-            true,
-        )
-        .relu()
+        y.batch_norm(Some(&self.bn_weight), Some(&self.bn_bias), Some(&self.bn_running_mean), Some(&self.bn_running_var), false, 0.1, BN_EPS, true).relu()
     }
 }
 
@@ -456,10 +443,8 @@ impl StateDict {
 
     /// Removes `key`, checks its shape and returns it as f32 on the target device.
     fn take(&mut self, key: &str, shape: &[i64]) -> Result<Tensor, String> {
-        let tensor = self
-            .tensors
-            .remove(key)
-            .ok_or_else(|| format!("missing tensor {key} (expected shape {shape:?}); is this the FID Inception state dict?"))?;
+        let tensor =
+            self.tensors.remove(key).ok_or_else(|| format!("missing tensor {key} (expected shape {shape:?}); is this the FID Inception state dict?"))?;
         let actual = tensor.size();
         if actual != shape {
             return Err(format!("tensor {key} has shape {actual:?}, expected {shape:?}"));
@@ -484,17 +469,12 @@ impl StateDict {
                 }
             }
         }
-        let mut unexpected: Vec<&String> =
-            self.tensors.keys().filter(|key| !key.ends_with(".bn.num_batches_tracked")).collect();
+        let mut unexpected: Vec<&String> = self.tensors.keys().filter(|key| !key.ends_with(".bn.num_batches_tracked")).collect();
         if unexpected.is_empty() {
             return Ok(());
         }
         unexpected.sort();
         let shown: Vec<&str> = unexpected.iter().take(5).map(|key| key.as_str()).collect();
-        Err(format!(
-            "{} unexpected tensor(s), e.g. {}; these are not the FID Inception weights",
-            unexpected.len(),
-            shown.join(", ")
-        ))
+        Err(format!("{} unexpected tensor(s), e.g. {}; these are not the FID Inception weights", unexpected.len(), shown.join(", ")))
     }
 }

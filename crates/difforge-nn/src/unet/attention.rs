@@ -45,7 +45,8 @@ impl SelfAttention {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, c, h, w) = x.size4().expect("feature maps are 4-d");
         let t = self.tokens(x);
-        let (q, k, v) = (self.split_heads(&self.to_q.forward(&t, train)), self.split_heads(&self.to_k.forward(&t, train)), self.split_heads(&self.to_v.forward(&t, train)));
+        let (q, k, v) =
+            (self.split_heads(&self.to_q.forward(&t, train)), self.split_heads(&self.to_k.forward(&t, train)), self.split_heads(&self.to_v.forward(&t, train)));
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         let o = self.to_out.forward(&o.transpose(1, 2).reshape([b, h * w, c]), train);
         x + o.transpose(1, 2).view([b, c, h, w])

@@ -143,14 +143,9 @@ impl UNetConfig {
                 ..base
             }),
             // The 35 M+ parameter UNet at 64x64.
-            "big64" => Some(UNetConfig {
-                channels: 128,
-                channel_mult: vec![1, 2, 2, 2],
-                attention_resolutions: vec![16, 8],
-                in_channels: 3,
-                image_size: 64,
-                ..base
-            }),
+            "big64" => {
+                Some(UNetConfig { channels: 128, channel_mult: vec![1, 2, 2, 2], attention_resolutions: vec![16, 8], in_channels: 3, image_size: 64, ..base })
+            }
             _ => None,
         }
     }

@@ -26,8 +26,7 @@ pub struct Conditioning {
 impl Conditioning {
     pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation, lora: Option<&LoraSpec>) -> Conditioning {
         let lora = lora.filter(|l| l.wants(LoraTarget::Embedding));
-        let class_embedding = (num_classes > 0)
-            .then(|| nn::embedding(p / "class_embedding", num_classes + 1, dim, Default::default()));
+        let class_embedding = (num_classes > 0).then(|| nn::embedding(p / "class_embedding", num_classes + 1, dim, Default::default()));
         Conditioning {
             features,
             linear_1: lora::Linear::new(p / "time_embedding" / "linear_1", features, dim, Default::default(), lora),

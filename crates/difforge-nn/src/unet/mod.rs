@@ -214,12 +214,9 @@ mod tests {
 
     #[test]
     fn output_shape_matches_input_for_several_configs() {
-        for (ch, size, mult, attn) in [
-            (1, 16, vec![1, 2], vec![8]),
-            (3, 32, vec![1, 2, 2], vec![16, 8]),
-            (1, 20, vec![1, 2, 2], vec![]),
-            (3, 8, vec![1], vec![8]),
-        ] {
+        for (ch, size, mult, attn) in
+            [(1, 16, vec![1, 2], vec![8]), (3, 32, vec![1, 2, 2], vec![16, 8]), (1, 20, vec![1, 2, 2], vec![]), (3, 8, vec![1], vec![8])]
+        {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = tiny(ch, size, mult.clone(), attn);
             let net = UNet::new(&vs.root(), &cfg).unwrap();
@@ -239,7 +236,15 @@ mod tests {
         let y = net.forward(&x, &Tensor::from_slice(&[3i64]), None, false);
         assert_eq!(y.abs().max().double_value(&[]), 0.0);
         let names: Vec<String> = vs.variables().into_keys().collect();
-        for expected in ["conv_in.weight", "down.0.res.0.conv1.weight", "down.1.attn.0.to_q.weight", "mid.attn.to_out.weight", "up.0.res.1.skip.weight", "class_embedding.weight", "time_embedding.linear_1.weight"] {
+        for expected in [
+            "conv_in.weight",
+            "down.0.res.0.conv1.weight",
+            "down.1.attn.0.to_q.weight",
+            "mid.attn.to_out.weight",
+            "up.0.res.1.skip.weight",
+            "class_embedding.weight",
+            "time_embedding.linear_1.weight",
+        ] {
             assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
         }
     }

@@ -132,7 +132,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peak_tflops: args.peak_tflops,
     };
     if !args.json {
-        eprintln!("benchmarking {} ({} warm-up + {} timed steps of batch {}, then DDIM {} at batch {})...", args.model, opts.warmup, opts.steps, opts.batch, opts.sample_steps, opts.sample_batch);
+        eprintln!(
+            "benchmarking {} ({} warm-up + {} timed steps of batch {}, then DDIM {} at batch {})...",
+            args.model, opts.warmup, opts.steps, opts.batch, opts.sample_steps, opts.sample_batch
+        );
     }
     let report = bench(&cfg, &opts)?;
     if args.json {
@@ -157,7 +160,13 @@ fn print_table(r: &BenchReport) {
         ("device", format!("{} ({} threads, {}{})", r.device, r.threads, r.precision, if r.autocast_bf16 { ", bf16 autocast" } else { "" })),
         ("forward FLOPs / image", human_flops(r.flops_per_image_forward)),
         ("train FLOPs / image", format!("{} (3 x forward)", human_flops(r.flops_per_image_train))),
-        ("train step", format!("{:.4} s (min {:.4}, max {:.4}; batch {} x {}, {} timed after {} warm-up)", r.train_step_s, r.train_step_min_s, r.train_step_max_s, r.batch, r.grad_accum, r.timed_steps, r.warmup_steps)),
+        (
+            "train step",
+            format!(
+                "{:.4} s (min {:.4}, max {:.4}; batch {} x {}, {} timed after {} warm-up)",
+                r.train_step_s, r.train_step_min_s, r.train_step_max_s, r.batch, r.grad_accum, r.timed_steps, r.warmup_steps
+            ),
+        ),
         ("train images/s", format!("{:.1}", r.train_images_per_s)),
         ("train TFLOP/s", format!("{:.4}", r.train_tflops)),
         ("train MFU", mfu(r.mfu)),

@@ -120,7 +120,10 @@ fn print_text(history: &[EvalReport], extras: &EvalExtras) {
         println!("{} (step {}): {} samples vs {} real images ({})", report.checkpoint.display(), report.step, s.count, report.real.count, report.real.dataset);
         for f in &report.metrics {
             let m = &f.manifold;
-            println!("  {:<10} {:.4}   ({}-d {} features, {} samples / {} real)", f.network.metric, f.frechet_distance, f.network.dim, f.network.name, f.samples, f.real);
+            println!(
+                "  {:<10} {:.4}   ({}-d {} features, {} samples / {} real)",
+                f.network.metric, f.frechet_distance, f.network.dim, f.network.name, f.samples, f.real
+            );
             println!("  KID        {:.5} ± {:.5}   ({} subsets of {})", f.kid.mean, f.kid.std, f.kid.subsets, f.kid.subset_size);
             println!(
                 "  precision {:.3}  recall {:.3}  F1 {:.3}  density {:.3}  coverage {:.3}   (k = {}, {} samples / {} real)",
@@ -128,7 +131,12 @@ fn print_text(history: &[EvalReport], extras: &EvalExtras) {
             );
         }
         if let Some(c) = &report.classes {
-            println!("  class accuracy {:.1}% of {} samples (classifier: {:.1}% on real held-out images)", 100.0 * c.accuracy, c.samples, 100.0 * c.classifier_val_accuracy);
+            println!(
+                "  class accuracy {:.1}% of {} samples (classifier: {:.1}% on real held-out images)",
+                100.0 * c.accuracy,
+                c.samples,
+                100.0 * c.classifier_val_accuracy
+            );
             let worst = c.per_class.iter().min_by(|a, b| a.f1.total_cmp(&b.f1));
             if let Some(w) = worst {
                 println!("    lowest F1: class {} (precision {:.3}, recall {:.3}, F1 {:.3})", w.class, w.precision, w.recall, w.f1);

@@ -28,7 +28,12 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     }
     println!("difforge   {}", info.difforge);
     println!("libtorch   {}", info.libtorch);
-    println!("cuda       {} ({} device(s), cuDNN {})", if info.cuda_available { "available" } else { "not available" }, info.cuda_devices, if info.cudnn_available { "available" } else { "not available" });
+    println!(
+        "cuda       {} ({} device(s), cuDNN {})",
+        if info.cuda_available { "available" } else { "not available" },
+        info.cuda_devices,
+        if info.cudnn_available { "available" } else { "not available" }
+    );
     println!("threads    {} (cores: {})", info.threads, info.cores);
     Ok(())
 }

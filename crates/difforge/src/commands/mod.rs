@@ -13,7 +13,7 @@ mod serve;
 mod sweep;
 mod train;
 
-use crate::cli::{Cli, ClassifierCommand, Command, ConfigCommand, DataCommand, LoraCommand};
+use crate::cli::{ClassifierCommand, Cli, Command, ConfigCommand, DataCommand, LoraCommand};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

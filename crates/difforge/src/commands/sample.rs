@@ -76,10 +76,28 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         Some(d) => save_each(&images, d, "sample-").with_context(|| format!("writing into {}", d.display()))?,
         None => Vec::new(),
     };
-    let report = SampleReport { checkpoint: dir, images: args.n, sampler: sampler.sampler.name(), steps: sampler.steps, guidance: sampler.guidance, seed: args.sampling.seed, seconds, grid: args.out.clone(), files };
+    let report = SampleReport {
+        checkpoint: dir,
+        images: args.n,
+        sampler: sampler.sampler.name(),
+        steps: sampler.steps,
+        guidance: sampler.guidance,
+        seed: args.sampling.seed,
+        seconds,
+        grid: args.out.clone(),
+        files,
+    };
     if args.json {
         return super::print_json(&report);
     }
-    println!("{} images ({} {} steps, guidance {}) in {:.1} s -> {}", report.images, report.sampler, report.steps, report.guidance, seconds, args.out.display());
+    println!(
+        "{} images ({} {} steps, guidance {}) in {:.1} s -> {}",
+        report.images,
+        report.sampler,
+        report.steps,
+        report.guidance,
+        seconds,
+        args.out.display()
+    );
     Ok(())
 }

@@ -39,7 +39,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     println!("{}: step {}/{}, {}", out_dir.display(), summary.final_step, summary.steps_planned, summary.stopped_because);
     println!("  loss (mean of last 100 steps)  {:.4}", summary.mean_loss_last_100);
-    println!("  wall time                      {:.1} s ({:.0} images/s on {}, {} threads)", summary.wall_time_s, summary.images_per_s, summary.device, summary.threads);
+    println!(
+        "  wall time                      {:.1} s ({:.0} images/s on {}, {} threads)",
+        summary.wall_time_s, summary.images_per_s, summary.device, summary.threads
+    );
     println!("  parameters                     {}", summary.parameters);
     if let Some(v) = &summary.final_validation {
         println!("  validation loss (raw / EMA)    {:.4} / {:.4} at step {}", v.val_loss, v.val_loss_ema, v.step);
