@@ -12,11 +12,13 @@ use rand::Rng;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// A batch of planar float images in [-1, 1] and their labels (-1 for unlabelled).
+/// A batch of planar float images in [-1, 1], their labels (-1 for unlabelled) and captions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
+    /// The caption of each image (None where the dataset has none).
+    pub captions: Vec<Option<String>>,
     pub size: usize,
     pub channels: usize,
     pub side: usize,
@@ -165,8 +167,8 @@ impl Loader {
     }
 
     fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>) -> Batch {
-        let labels = indices.map(|i| self.set.labels[i].map_or(-1, |l| l as i64)).collect();
-        Batch { size: images.len(), channels: self.channels(), side: self.side, images: images.concat(), labels }
+        let (labels, captions) = indices.map(|i| (self.set.labels[i].map_or(-1, |l| l as i64), self.set.captions[i].clone())).unzip();
+        Batch { size: images.len(), channels: self.channels(), side: self.side, images: images.concat(), labels, captions }
     }
 }
 

@@ -201,7 +201,7 @@ pub fn near_pairs(hashes: &[u64], max_distance: u32) -> Vec<(usize, usize, u32)>
 
 pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, DataError> {
     if !root.is_dir() {
-        return Err(DataError::Invalid(format!("{}: not a folder", root.display())));
+        return Err(difforge_core::ConfigError::new("FOLDER", root.display(), "an existing folder of images").into());
     }
     let files = list_images(root)?;
     let results: Vec<Result<FileFacts, String>> = files.par_iter().map(|f| inspect(f, opts.max_pixels)).collect();

@@ -1,53 +1,45 @@
 //! The `[data]` section of a run config.
 
+use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Where the images come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceKind {
-    /// The embedded OpenCV digits sheet (5,000 labelled 20x20 digits).
-    Digits,
-    /// A folder of images, searched recursively; the class is the first-level subfolder.
-    Folder,
-    /// IDX files as used by MNIST and Fashion-MNIST (gzipped or not); `path` is the images file.
-    Idx,
-}
-
-impl SourceKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Digits => "digits",
-            SourceKind::Folder => "folder",
-            SourceKind::Idx => "idx",
-        }
+difforge_core::choice! {
+    /// Where the images come from.
+    pub enum SourceKind {
+        /// The embedded OpenCV digits sheet (5,000 labelled 20x20 digits).
+        Digits = "digits",
+        /// A folder of images, searched recursively; the class is the first-level subfolder.
+        Folder = "folder",
+        /// IDX files as used by MNIST and Fashion-MNIST (gzipped or not); `path` is the images file.
+        Idx = "idx",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CropMode {
-    Center,
-    Random,
+difforge_core::choice! {
+    /// Which square the image keeps after its shorter side is resized.
+    pub enum CropMode {
+        Center = "center",
+        Random = "random",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ColorMode {
-    Grey,
-    Rgb,
+difforge_core::choice! {
+    pub enum ColorMode {
+        Grey = "grey",
+        Rgb = "rgb",
+    }
 }
 
-/// How training batches draw from the classes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Every image once per epoch.
-    None,
-    /// Each draw picks a class uniformly, then the next image of that class (minority classes
-    /// are repeated, majority classes thinned), for imbalanced data.
-    Class,
+difforge_core::choice! {
+    /// How training batches draw from the classes.
+    pub enum Balance {
+        /// Every image once per epoch.
+        None = "none",
+        /// Each draw picks a class uniformly, then the next image of that class (minority classes
+        /// are repeated, majority classes thinned), for imbalanced data.
+        Class = "class",
+    }
 }
 
 /// Random augmentations applied when a training batch is assembled. Each has a probability;
@@ -140,31 +132,30 @@ impl DataConfig {
     }
 
     /// Range checks, naming the offending key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.channels == 1 || self.channels == 3) {
-            return Err(format!("data.channels = {}: expected 1 (grey) or 3 (RGB)", self.channels));
+            return Err(ConfigError::new("data.channels", self.channels, "1 (grey) or 3 (RGB)"));
         }
         if !(4..=1024).contains(&self.image_size) {
-            return Err(format!("data.image_size = {}: expected 4..=1024", self.image_size));
+            return Err(ConfigError::new("data.image_size", self.image_size, "4..=1024"));
         }
-        if !(0.0..=0.9).contains(&self.val_fraction) {
-            return Err(format!("data.val_fraction = {}: expected 0.0..=0.9", self.val_fraction));
-        }
+        check_range("data.val_fraction", self.val_fraction, 0.0, 0.9)?;
         if self.source != SourceKind::Digits && self.path.is_none() {
-            return Err(format!("data.path is required for data.source = \"{}\"", self.source.name()));
+            return Err(ConfigError::problem("data.path", format!("required for data.source = \"{}\"", self.source.name())));
+        }
+        if self.pad > 1024 {
+            return Err(ConfigError::new("data.pad", self.pad, "0..=1024 pixels"));
+        }
+        if self.max_pixels == 0 {
+            return Err(ConfigError::new("data.max_pixels", self.max_pixels, "at least 1"));
         }
         let a = &self.augment;
-        for (key, p) in [("hflip", a.hflip), ("scale_crop", a.scale_crop), ("rotate", a.rotate)] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(format!("data.augment.{key} = {p}: expected a probability in 0.0..=1.0"));
-            }
+        for (key, p) in [("data.augment.hflip", a.hflip), ("data.augment.scale_crop", a.scale_crop), ("data.augment.rotate", a.rotate)] {
+            check_range(key, p, 0.0, 1.0)?;
         }
         if !(a.scale_min > 0.0 && a.scale_min <= 1.0) {
-            return Err(format!("data.augment.scale_min = {}: expected 0.0 < x <= 1.0", a.scale_min));
+            return Err(ConfigError::new("data.augment.scale_min", a.scale_min, "0.0 < x <= 1.0"));
         }
-        if !(0.0..=180.0).contains(&a.rotate_degrees) {
-            return Err(format!("data.augment.rotate_degrees = {}: expected 0..=180", a.rotate_degrees));
-        }
-        Ok(())
+        check_range("data.augment.rotate_degrees", a.rotate_degrees, 0.0, 180.0)
     }
 }

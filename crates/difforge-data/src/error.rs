@@ -8,12 +8,10 @@ pub enum DataError {
     Idx { path: PathBuf, reason: String },
     #[error("no usable image in {path} ({skipped} file(s) skipped as unreadable); expected png, jpg, jpeg, webp or bmp files")]
     NoImages { path: PathBuf, skipped: usize },
-    #[error("data.path is required for source = \"{0}\"")]
-    MissingPath(&'static str),
     #[error("cannot decode the embedded digits sheet: {0}")]
     Embedded(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Config(#[from] difforge_core::ConfigError),
 }
 
 impl DataError {

@@ -1,7 +1,9 @@
 //! The `[diffusion]` and `[sample]` sections.
 
 use crate::prediction::Prediction;
+use crate::sampler::SamplerKind;
 use crate::schedule::ScheduleKind;
+use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
 
 /// The `[diffusion]` section: the forward process and the training target.
@@ -40,70 +42,42 @@ impl Default for DiffusionConfig {
 }
 
 impl DiffusionConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(2..=100_000).contains(&self.timesteps) {
-            return Err(format!("diffusion.timesteps = {}: expected 2..=100000", self.timesteps));
+            return Err(ConfigError::new("diffusion.timesteps", self.timesteps, "2..=100000"));
         }
-        if !(self.beta_start > 0.0 && self.beta_start < self.beta_end && self.beta_end < 1.0) {
-            return Err(format!(
-                "diffusion.beta_start = {} and diffusion.beta_end = {}: expected 0 < beta_start < beta_end < 1",
-                self.beta_start, self.beta_end
+        check_range("diffusion.beta_start", self.beta_start, f64::MIN_POSITIVE, 1.0)?;
+        check_range("diffusion.beta_end", self.beta_end, f64::MIN_POSITIVE, 1.0)?;
+        if !(self.beta_start < self.beta_end && self.beta_end < 1.0) {
+            return Err(ConfigError::new(
+                "diffusion.beta_start",
+                self.beta_start,
+                format!("0 < beta_start < beta_end < 1 (diffusion.beta_end = {})", self.beta_end),
             ));
         }
-        if self.min_snr_gamma < 0.0 {
-            return Err(format!("diffusion.min_snr_gamma = {}: expected 0 (off) or a positive number", self.min_snr_gamma));
-        }
-        if !(0.0..1.0).contains(&self.class_dropout) {
-            return Err(format!("diffusion.class_dropout = {}: expected 0.0 <= x < 1.0", self.class_dropout));
+        check_range("diffusion.min_snr_gamma", self.min_snr_gamma, 0.0, 1e6)?;
+        if !(self.class_dropout.is_finite() && (0.0..1.0).contains(&self.class_dropout)) {
+            return Err(ConfigError::new("diffusion.class_dropout", self.class_dropout, "0.0 <= x < 1.0"));
         }
         Ok(())
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SamplerKind {
-    #[serde(rename = "ddpm")]
-    Ddpm,
-    #[serde(rename = "ddim")]
-    Ddim,
-    #[serde(rename = "dpm++2m")]
-    DpmPlusPlus2M,
-}
-
-impl SamplerKind {
-    pub fn parse(s: &str) -> Option<SamplerKind> {
-        match s {
-            "ddpm" => Some(SamplerKind::Ddpm),
-            "ddim" => Some(SamplerKind::Ddim),
-            "dpm++2m" | "dpmpp2m" => Some(SamplerKind::DpmPlusPlus2M),
-            _ => None,
-        }
+difforge_core::choice! {
+    /// How the sampling timesteps are picked from the training ones (diffusers' names).
+    pub enum Spacing {
+        /// Evenly spaced, ending at the last training timestep (starts from pure noise).
+        Trailing = "trailing",
+        /// Evenly spaced from 0 (DDIM paper); does not reach the noisiest timestep.
+        Leading = "leading",
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Ddim => "ddim",
-            SamplerKind::DpmPlusPlus2M => "dpm++2m",
-        }
-    }
-}
-
-/// How the sampling timesteps are picked from the training ones (diffusers' names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Spacing {
-    /// Evenly spaced, ending at the last training timestep (starts from pure noise).
-    Trailing,
-    /// Evenly spaced from 0 (DDIM paper); does not reach the noisiest timestep.
-    Leading,
 }
 
 /// The `[sample]` section: defaults for sampling (training previews, `sample`, evaluation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
-    /// "ddpm", "ddim" or "dpm++2m".
+    /// A sampler of the registry by name: "ddim", "ddpm" or "dpm++2m".
     pub sampler: SamplerKind,
     /// Number of denoising steps.
     pub steps: usize,
@@ -118,21 +92,18 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { sampler: SamplerKind::Ddim, steps: 50, eta: 0.0, guidance: 2.0, spacing: Spacing::Trailing, clip_x0: true }
+        SamplerConfig { sampler: SamplerKind::ddim(), steps: 50, eta: 0.0, guidance: 2.0, spacing: Spacing::Trailing, clip_x0: true }
     }
 }
 
 impl SamplerConfig {
-    pub fn validate(&self, timesteps: usize) -> Result<(), String> {
+    /// Range checks, naming the `sample.*` key (callers that took the value from a flag rename
+    /// the key, see [`ConfigError::rename_key`]).
+    pub fn validate(&self, timesteps: usize) -> Result<(), ConfigError> {
         if self.steps == 0 || self.steps > timesteps {
-            return Err(format!("sample.steps = {}: expected 1..={timesteps} (diffusion.timesteps)", self.steps));
+            return Err(ConfigError::new("sample.steps", self.steps, format!("1..={timesteps} (diffusion.timesteps)")));
         }
-        if !(0.0..=1.0).contains(&self.eta) {
-            return Err(format!("sample.eta = {}: expected 0.0..=1.0", self.eta));
-        }
-        if !(0.0..=50.0).contains(&self.guidance) {
-            return Err(format!("sample.guidance = {}: expected 0.0..=50.0", self.guidance));
-        }
-        Ok(())
+        check_range("sample.eta", self.eta, 0.0, 1.0)?;
+        check_range("sample.guidance", self.guidance, 0.0, 50.0)
     }
 }

@@ -4,15 +4,18 @@
 //! With a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar) and x_t = a x0 + s eps:
 //! v = a eps - s x0, so x0 = a x_t - s v and eps = s x_t + a v.
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Prediction {
-    Epsilon,
-    V,
-    X0,
+difforge_core::choice! {
+    /// What the network predicts.
+    pub enum Prediction {
+        /// The noise that was added.
+        Epsilon = "epsilon",
+        /// v = a eps - s x0 (Salimans & Ho 2022).
+        V = "v",
+        /// The clean image.
+        X0 = "x0",
+    }
 }
 
 impl Prediction {
@@ -32,6 +35,11 @@ impl Prediction {
             Prediction::X0 => (out.shallow_clone(), (x_t - a * out) / s),
             Prediction::V => (a * x_t - s * out, s * x_t + a * out),
         }
+    }
+
+    /// The loss weight of each timestep: min-SNR-gamma with `gamma` > 0, else 1.
+    pub fn loss_weights(self, schedule: &crate::NoiseSchedule, gamma: f64, ts: &[usize]) -> Vec<f64> {
+        ts.iter().map(|&t| if gamma > 0.0 { self.min_snr_weight(schedule.snr(t), gamma) } else { 1.0 }).collect()
     }
 
     /// Min-SNR-gamma weight of the per-image MSE for a signal-to-noise ratio: it caps the weight

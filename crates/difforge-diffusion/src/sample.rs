@@ -7,21 +7,23 @@ use crate::noise::NoiseSource;
 use crate::prediction::Prediction;
 use crate::sampler;
 use crate::schedule::NoiseSchedule;
+use difforge_nn::Conditioning;
 use tch::{Kind, Tensor};
 
-/// Anything that predicts the model target from (x_t, t, class).
+/// Anything that predicts the model target from (x_t, t, conditioning).
 pub trait Denoiser {
-    fn predict(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Tensor;
+    fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor;
 }
 
 pub struct SampleRequest<'a> {
     pub schedule: &'a NoiseSchedule,
     pub prediction: Prediction,
     pub sampler: &'a SamplerConfig,
-    /// Class per image (None: unconditional model or unconditional sampling).
-    pub classes: Option<Tensor>,
-    /// The null class index used for the unconditional half of guidance.
-    pub null_class: i64,
+    /// What each image is conditioned on.
+    pub cond: Conditioning,
+    /// Its null counterpart for classifier-free guidance (None: the model has none, and the
+    /// guidance scale is not used).
+    pub null: Option<Conditioning>,
     pub noise: &'a NoiseSource,
 }
 
@@ -34,17 +36,17 @@ pub struct TrajectoryStep<'a> {
     pub x_next: &'a Tensor,
 }
 
+/// The guided prediction: conditional and null predictions in one doubled batch, combined;
+/// or the conditional prediction alone when there is no null counterpart or the scale is 1.
 fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, req: &SampleRequest) -> Tensor {
     let g = req.sampler.guidance;
-    match &req.classes {
-        Some(classes) if (g - 1.0).abs() > 1e-12 => {
-            let null = classes.full_like(req.null_class);
-            let out = model.predict(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), Some(&Tensor::cat(&[classes, &null], 0)));
+    match &req.null {
+        Some(null) if (g - 1.0).abs() > 1e-12 => {
+            let out = model.predict(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), &Conditioning::cat(&[&req.cond, null]));
             let parts = out.chunk(2, 0);
             combine(&parts[0], &parts[1], g)
         }
-        Some(classes) => model.predict(x, t, Some(classes)),
-        None => model.predict(x, t, None),
+        _ => model.predict(x, t, &req.cond),
     }
 }
 
@@ -57,8 +59,7 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         let n = req.noise.batch_size() as i64;
         let ts = s.timesteps().to_vec();
         for (i, &t) in ts.iter().enumerate() {
-            let ab = req.schedule.alpha_bar(Some(t));
-            let (a, sg) = (Tensor::from(ab.sqrt()).to_device(device), Tensor::from((1.0 - ab).sqrt()).to_device(device));
+            let (a, sg) = req.schedule.coefficients_at(t, device);
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
             let out = guided(model, &x, &tt, req).to_kind(Kind::Float);
             let (mut x0, mut eps) = req.prediction.split(&out, &x, &a, &sg);

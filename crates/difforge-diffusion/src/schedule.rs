@@ -1,18 +1,18 @@
 //! Noise schedules: the betas of the forward process and their cumulative products, computed
 //! in f64 exactly as diffusers' DDPMScheduler defines them (checked against its values).
 
-use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    /// Betas evenly spaced from beta_start to beta_end (DDPM).
-    Linear,
-    /// alpha_bar(t) = cos^2(((t/T) + 0.008) / 1.008 * pi/2), betas capped at 0.999
-    /// (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2").
-    Cosine,
-    /// Betas along a sigmoid over [-6, 6], scaled into [beta_start, beta_end].
-    Sigmoid,
+difforge_core::choice! {
+    pub enum ScheduleKind {
+        /// Betas evenly spaced from beta_start to beta_end (DDPM).
+        Linear = "linear",
+        /// alpha_bar(t) = cos^2(((t/T) + 0.008) / 1.008 * pi/2), betas capped at 0.999
+        /// (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2").
+        Cosine = "cosine",
+        /// Betas along a sigmoid over [-6, 6], scaled into [beta_start, beta_end].
+        Sigmoid = "sigmoid",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +78,20 @@ impl NoiseSchedule {
     pub fn snr(&self, t: usize) -> f64 {
         let a = self.alphas_cumprod[t];
         a / (1.0 - a)
+    }
+
+    /// The forward process's coefficients for a batch of timesteps as (B, 1, 1, 1) float32
+    /// tensors: a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar), so that x_t = a x0 + s eps.
+    pub fn coefficients(&self, ts: &[usize], device: Device) -> (Tensor, Tensor) {
+        let ab: Vec<f32> = ts.iter().map(|&t| self.alphas_cumprod[t] as f32).collect();
+        let ab = Tensor::from_slice(&ab).view([ts.len() as i64, 1, 1, 1]).to_device(device);
+        (ab.sqrt(), (-&ab + 1.0).sqrt())
+    }
+
+    /// The same coefficients at one timestep, as 0-d float64 tensors (sampling steps).
+    pub fn coefficients_at(&self, t: usize, device: Device) -> (Tensor, Tensor) {
+        let ab = self.alpha_bar(Some(t));
+        (Tensor::from(ab.sqrt()).to_device(device), Tensor::from((1.0 - ab).sqrt()).to_device(device))
     }
 }
 

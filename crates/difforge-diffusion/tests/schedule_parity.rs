@@ -13,12 +13,7 @@ fn schedules_match_diffusers() {
     let cases = doc["schedules"].as_array().expect("schedules");
     assert_eq!(cases.len(), 6);
     for case in cases {
-        let kind = match case["kind"].as_str().expect("kind") {
-            "linear" => ScheduleKind::Linear,
-            "cosine" => ScheduleKind::Cosine,
-            "sigmoid" => ScheduleKind::Sigmoid,
-            other => panic!("unknown kind {other}"),
-        };
+        let kind: ScheduleKind = case["kind"].as_str().expect("kind").parse().expect("a known schedule");
         let steps = case["timesteps"].as_u64().expect("timesteps") as usize;
         let ours = NoiseSchedule::new(kind, steps, case["beta_start"].as_f64().unwrap(), case["beta_end"].as_f64().unwrap());
         let floats = |key: &str| -> Vec<f64> { case[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };

@@ -50,7 +50,8 @@ pub fn resolve_dataset(spec: &str, base: &DataConfig) -> Result<DataConfig, Eval
         data.path = None;
         data.labels_path = None;
     } else if path.extension().is_some_and(|e| e == "toml") {
-        let cfg = difforge_train::RunConfig::load(Some(path), &[]).map_err(|e| EvalError::Input(format!("--data {spec}: {e}")))?;
+        let cfg =
+            difforge_config::RunConfig::load(Some(path), &[]).map_err(|e| difforge_core::ConfigError::new("--data", spec, format!("a valid config ({e})")))?;
         // Its own source and split, at the model's resolution and colour mode.
         data = difforge_data::DataConfig { image_size: base.image_size, channels: base.channels, ..cfg.data };
     } else if path.is_dir() {
@@ -59,15 +60,15 @@ pub fn resolve_dataset(spec: &str, base: &DataConfig) -> Result<DataConfig, Eval
         data.labels_path = None;
         data.val_path = None;
     } else {
-        return Err(EvalError::Input(format!("--data {spec}: expected `digits`, a TOML config with a [data] section, or an image folder")));
+        return Err(difforge_core::ConfigError::new("--data", spec, "`digits`, a TOML config with a [data] section, or an image folder").into());
     }
-    data.validate().map_err(|e| EvalError::Input(format!("--data {spec}: {e}")))?;
+    data.validate().map_err(|e| difforge_core::ConfigError::new("--data", spec, format!("data the model can use ({e})")))?;
     Ok(data)
 }
 
 /// Loads a split of `data`, split with `seed` as training does.
 pub fn load_split(data: &DataConfig, seed: u64, choice: SplitChoice) -> Result<RealImages, EvalError> {
-    let set = Arc::new(source::load(data).map_err(|e| EvalError::Input(e.to_string()))?);
+    let set = Arc::new(source::load(data)?);
     let (indices, split_name) = match (choice, &data.val_path) {
         (SplitChoice::All, _) => ((0..set.len()).collect::<Vec<_>>(), "all images"),
         // With a separate validation folder, training used the whole dataset.

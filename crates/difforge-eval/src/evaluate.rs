@@ -11,11 +11,12 @@ use crate::metrics::frechet::{frechet_distance, Gaussian};
 use crate::metrics::kid::{kid, Kid, KidConfig};
 use crate::metrics::manifold::{manifold, Manifold};
 use crate::EvalError;
+use difforge_config::RunConfig;
+use difforge_core::Progress;
 use difforge_data::DataConfig;
 use difforge_diffusion::SamplerConfig;
-use difforge_train::generate::{generate, GenerateSpec};
-use difforge_train::progress::Progress;
-use difforge_train::DiffusionModel;
+use difforge_model::generate::{classes_in_turn, generate};
+use difforge_model::{Condition, DiffusionModel, GenerateSpec, Weights};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -138,7 +139,7 @@ pub struct EvalData {
 }
 
 impl EvalData {
-    pub fn load(cfg: &difforge_train::RunConfig, opts: &EvalOptions) -> Result<EvalData, EvalError> {
+    pub fn load(cfg: &RunConfig, opts: &EvalOptions) -> Result<EvalData, EvalError> {
         let start = Instant::now();
         let real = load_split(&opts.real_data, cfg.seed, opts.real_split)?;
         let train = load_split(&cfg.data, cfg.seed, SplitChoice::Train)?;
@@ -243,7 +244,7 @@ struct Samples {
 /// Generates the samples, or reads them from `opts.samples_dir`.
 fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages, clock: &mut Clock) -> Result<Samples, EvalError> {
     if let Some(dir) = &opts.samples_dir {
-        let cfg = &model.config;
+        let cfg = model.config();
         let (images, asked) = read_samples(dir, &cfg.data, &train.class_names, cfg.seed)?;
         clock.lap("read samples");
         return Ok(Samples { images, asked, repeat: None });
@@ -329,15 +330,19 @@ fn read_samples(dir: &std::path::Path, data: &DataConfig, class_names: &[String]
     Ok((set.images, asked))
 }
 
-/// Classes in turn (0, 1, 2, ...) for a class-conditional model.
+/// Classes in turn (0, 1, 2, ...) for a class-conditional model, else None.
 pub(crate) fn asked_classes(model: &DiffusionModel, n: usize) -> Option<Vec<i64>> {
-    let k = model.config.model.num_classes;
-    (k > 0).then(|| (0..n as i64).map(|i| i % k).collect())
+    let k = model.family().condition_kind().classes()?;
+    Some((0..n as i64).map(|i| i % k).collect())
 }
 
-/// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded); `label`
-/// names the progress bar (None: quiet).
+/// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded), for the
+/// classes `asked` (None: unconditional); `label` names the progress bar (None: quiet).
 pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Option<&[i64]>, label: Option<&str>) -> Result<Tensor, EvalError> {
+    let conditions: Vec<Condition> = match asked {
+        Some(a) => a.iter().map(|&c| Condition::Class(c)).collect(),
+        None => classes_in_turn(difforge_model::ConditionKind::Nothing, opts.n),
+    };
     let mut parts = Vec::new();
     let mut progress = label.map(|l| Progress::new(l, opts.n as u64, 0));
     let chunk = opts.batch.max(1);
@@ -345,14 +350,14 @@ pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64
     while start < opts.n {
         let len = chunk.min(opts.n - start);
         let spec = GenerateSpec {
-            classes: asked.map(|a| a[start..start + len].to_vec()),
+            conditions: conditions[start..start + len].to_vec(),
             seeds: (start..start + len).map(|i| seed + i as u64).collect(),
             sampler: &opts.sampler,
-            use_ema: opts.use_ema,
+            weights: Weights::ema(opts.use_ema),
             max_batch: chunk,
             fixed_batch: true,
         };
-        parts.push(generate(model, &spec));
+        parts.push(generate(model, &spec)?);
         start += len;
         if let Some(p) = progress.as_mut() {
             p.update(start as u64, "images");
@@ -362,7 +367,7 @@ pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64
         p.finish();
     }
     if parts.is_empty() {
-        return Err(EvalError::Input("--n must be at least 1".into()));
+        return Err(difforge_core::ConfigError::new("--n", opts.n, "at least 1").into());
     }
     Ok(Tensor::cat(&parts, 0))
 }
@@ -406,19 +411,19 @@ pub(crate) fn classes(
     asked: &[i64],
     class_names: &[String],
 ) -> Result<ClassReport, EvalError> {
-    let judge = difforge_train::classifier::load_judge(dir, model.device).map_err(|e| EvalError::Input(format!("--classifier {}: {e}", dir.display())))?;
+    let judge = crate::judge::load_judge(dir, model.device())
+        .map_err(|e| difforge_core::ConfigError::new("--classifier", dir.display(), format!("a folder written by `difforge classifier train` ({e})")))?;
     let names = &judge.meta.class_names;
-    let k = model.config.model.num_classes as usize;
+    let k = model.family().condition_kind().classes().unwrap_or(0) as usize;
     if names.len() != k || (!class_names.is_empty() && class_names != names.as_slice()) {
-        return Err(EvalError::Input(format!(
-            "--classifier {}: its classes ({}) are not the model's ({} classes: {})",
+        return Err(difforge_core::ConfigError::new(
+            "--classifier",
             dir.display(),
-            names.join(", "),
-            k,
-            class_names.join(", ")
-        )));
+            format!("a classifier of the model's {k} classes ({}), not of {}", class_names.join(", "), names.join(", ")),
+        )
+        .into());
     }
-    let predicted = difforge_train::classifier::predict(&judge.net, &samples.to_kind(Kind::Float), judge.device);
+    let predicted = crate::judge::predict(&judge.net, &samples.to_kind(Kind::Float), judge.device)?;
     Ok(class_report(asked, &predicted, names, judge.meta.val_accuracy))
 }
 

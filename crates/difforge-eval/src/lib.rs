@@ -1,6 +1,7 @@
 //! Evaluation for difforge: distances between feature distributions (Frechet distance, KID),
 //! k-nearest-neighbour manifold metrics (precision, recall, F1, density, coverage), class accuracy,
-//! memorisation and consistency checks, and the HTML report that shows them.
+//! memorisation and consistency checks, the sample judge (a classifier trained on the real data),
+//! the evaluation the trainer runs, and the HTML report that shows them.
 
 pub mod cache;
 pub mod classes;
@@ -8,9 +9,9 @@ pub mod dataset;
 pub mod error;
 pub mod evaluate;
 pub mod features;
+pub mod judge;
 pub mod memorisation;
 pub mod metrics;
-pub mod plot;
 pub mod report;
 pub mod training;
 

@@ -4,10 +4,10 @@
 //! metrics over checkpoints. The PNGs are also written beside the page.
 
 use crate::evaluate::{EvalExtras, EvalReport};
-use crate::plot::{confusion_matrix_png, line_chart_png, Series};
 use crate::EvalError;
-use base64::Engine;
-use difforge_train::generate::save_grid;
+use difforge_model::images::save_grid;
+use difforge_report::html::escape;
+use difforge_report::{confusion_matrix_png, line_chart_png, Series};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -23,7 +23,8 @@ pub fn write(dir: &Path, report: &EvalReport, extras: &EvalExtras, run_dir: Opti
     // The same JSON as `difforge eval --json` prints.
     let json =
         if history.len() > 1 { serde_json::to_string_pretty(&serde_json::json!({ "checkpoints": history })) } else { serde_json::to_string_pretty(report) };
-    write_file(&dir.join("eval.json"), (json.unwrap_or_default() + "\n").as_bytes())?;
+    let json = json.map_err(|e| write_err(&dir.join("eval.json"), e))?;
+    write_file(&dir.join("eval.json"), (json + "\n").as_bytes())?;
 
     let mut figures = Vec::new();
     let columns = grid_columns(extras);
@@ -145,22 +146,14 @@ fn metric_curves(dir: &Path, history: &[EvalReport]) -> Result<(), EvalError> {
     if !accuracy.is_empty() {
         fractions.push(Series { name: "class accuracy".into(), points: accuracy });
     }
-    line_chart_png(&dir.join("fractions-over-steps.png"), "Sample quality over training", "step", "fraction", &fractions)
+    Ok(line_chart_png(&dir.join("fractions-over-steps.png"), "Sample quality over training", "step", "fraction", &fractions)?)
 }
 
 fn embed_png(path: &Path) -> String {
     match std::fs::read(path) {
-        Ok(bytes) => format!(
-            r#"<img alt="{}" src="data:image/png;base64,{}">"#,
-            path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-        Err(_) => format!("<p>({} missing)</p>", path.display()),
+        Ok(bytes) => difforge_report::html::image(path.file_name().and_then(|n| n.to_str()).unwrap_or(""), "image/png", &bytes),
+        Err(_) => format!("<p>({} missing)</p>", escape(&path.display().to_string())),
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn page(report: &EvalReport, extras: &EvalExtras, history: &[EvalReport], dir: &Path, figures: &[(&str, String)]) -> String {
@@ -238,7 +231,7 @@ fn page(report: &EvalReport, extras: &EvalExtras, history: &[EvalReport], dir: &
     if history.len() > 1 {
         body += "<h2>Checkpoints</h2><table><tr><th>step</th>";
         for f in &history[0].metrics {
-            let _ = write!(body, "<th>{}</th>", f.network.metric);
+            let _ = write!(body, "<th>{}</th>", escape(f.network.metric));
         }
         body += "<th>precision</th><th>recall</th><th>class accuracy</th></tr>";
         for r in history {

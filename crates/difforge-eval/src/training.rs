@@ -11,8 +11,7 @@ use crate::metrics::frechet::{frechet_distance, Gaussian};
 use crate::metrics::kid::{kid, KidConfig};
 use crate::metrics::manifold::{manifold, DEFAULT_NEAREST_K};
 use crate::EvalError;
-use difforge_train::evaluator::Evaluator;
-use difforge_train::DiffusionModel;
+use difforge_model::DiffusionModel;
 use std::cell::RefCell;
 use tch::Tensor;
 
@@ -40,11 +39,11 @@ impl TrainingEvaluator {
 }
 
 fn prepare(model: &DiffusionModel) -> Result<Prepared, EvalError> {
-    let cfg = &model.config;
+    let cfg = model.config();
     let t = &cfg.train;
-    let mut nets = vec![FeatureNet::efficientnet(None, model.device)?];
+    let mut nets = vec![FeatureNet::efficientnet(None, model.device())?];
     if let Some(weights) = &t.eval_inception_weights {
-        nets.push(FeatureNet::inception(weights, model.device)?);
+        nets.push(FeatureNet::inception(weights, model.device())?);
     }
     let real = load_split(&cfg.data, cfg.seed, SplitChoice::Val)?;
     let cache = FeatureCache::new(FeatureCache::default_dir());
@@ -99,8 +98,10 @@ impl Prepared {
     }
 }
 
-impl Evaluator for TrainingEvaluator {
-    fn evaluate(&self, model: &DiffusionModel, _step: u64) -> Result<Vec<(String, f64)>, String> {
+impl TrainingEvaluator {
+    /// The metrics of `model` (names as in difforge_config::EVAL_METRICS); the feature networks
+    /// and real features are prepared at the first call.
+    pub fn evaluate(&self, model: &DiffusionModel, _step: u64) -> Result<Vec<(String, f64)>, String> {
         let mut prepared = self.prepared.borrow_mut();
         if prepared.is_none() {
             *prepared = Some(prepare(model).map_err(|e| e.to_string())?);

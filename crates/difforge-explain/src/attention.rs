@@ -4,6 +4,7 @@
 
 use crate::trajectory::Trajectory;
 use crate::Subject;
+use difforge_model::{ModelError, Weights};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -24,17 +25,18 @@ pub struct AttentionSummary {
     pub sums: Vec<f64>,
 }
 
-/// Attention maps of image `index` of the subject for query pixel (x, y) of the full image.
-pub fn attention(s: &Subject, traj: &Trajectory, steps: &[usize], index: i64, pixel: (i64, i64)) -> Vec<AttentionMap> {
+/// Attention maps of image `index` of the subject for query pixel (x, y) of the full image. A
+/// network that does not expose its attention gives none.
+pub fn attention(s: &Subject, traj: &Trajectory, steps: &[usize], index: i64, pixel: (i64, i64)) -> Result<Vec<AttentionMap>, ModelError> {
     let m = s.model;
-    let side = m.config.model.image_size;
+    let side = s.shape()[1];
+    let (cond, _) = m.encode(std::slice::from_ref(&s.condition))?;
     let mut out = Vec::new();
     for &k in steps {
         let (_, t) = traj.steps[k];
-        let x = traj.x_t[k].narrow(0, index, 1).to_device(m.device);
-        let tt = Tensor::from_slice(&[t as i64]).to_device(m.device);
-        let class = s.classes().map(|c| c.narrow(0, index, 1));
-        let (_, layers) = tch::no_grad(|| m.ema.forward_with_attention(&x, &tt, class.as_ref()));
+        let x = traj.x_t[k].narrow(0, index, 1).to_device(m.device());
+        let tt = Tensor::from_slice(&[t as i64]).to_device(m.device());
+        let Some((_, layers)) = tch::no_grad(|| m.network(Weights::Ema).forward_with_attention(&x, &tt, &cond)) else { return Ok(out) };
         for (name, w) in layers {
             let tokens = w.size()[2];
             let ls = (tokens as f64).sqrt().round() as i64;
@@ -43,7 +45,7 @@ pub fn attention(s: &Subject, traj: &Trajectory, steps: &[usize], index: i64, pi
             out.push(AttentionMap { layer: name, step: k, t, map: row.view([ls, ls]).to_device(Device::Cpu) });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Upsamples a layer map to the image size (nearest) for display.

@@ -4,11 +4,11 @@ use image::{DynamicImage, Rgb, RgbImage};
 use tch::{Kind, Tensor};
 
 /// (N, C, S, S) in [-1, 1] -> one picture per image.
-pub fn pictures(images: &Tensor) -> Vec<DynamicImage> {
-    let (n, c, s, _) = images.size4().unwrap_or((0, 1, 1, 1));
-    let data = difforge_train::generate::to_vec(&images.clamp(-1.0, 1.0));
+pub fn pictures(images: &Tensor) -> Result<Vec<DynamicImage>, tch::TchError> {
+    let (n, c, s, _) = images.size4()?;
+    let data = difforge_model::images::to_vec(&images.clamp(-1.0, 1.0))?;
     let planar = difforge_data::PlanarImages { data: &data, count: n as usize, channels: c as usize, side: s as usize };
-    (0..n as usize).map(|i| planar.image(i)).collect()
+    Ok((0..n as usize).map(|i| planar.image(i)).collect())
 }
 
 fn ramp(v: f32) -> Rgb<u8> {
@@ -20,11 +20,11 @@ fn ramp(v: f32) -> Rgb<u8> {
 }
 
 /// A (H, W) map as a heat picture, scaled by `max` (values above it saturate).
-pub fn heat(map: &Tensor, max: f64) -> DynamicImage {
-    let (h, w) = map.size2().unwrap_or((1, 1));
-    let v = Vec::<f32>::try_from(&map.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default();
+pub fn heat(map: &Tensor, max: f64) -> Result<DynamicImage, tch::TchError> {
+    let (h, w) = map.size2()?;
+    let v = Vec::<f32>::try_from(&map.to_kind(Kind::Float).contiguous().view([-1]))?;
     let scale = if max > 0.0 { 1.0 / max as f32 } else { 0.0 };
-    DynamicImage::ImageRgb8(RgbImage::from_fn(w as u32, h as u32, |x, y| ramp(v[(y as i64 * w + x as i64) as usize] * scale)))
+    Ok(DynamicImage::ImageRgb8(RgbImage::from_fn(w as u32, h as u32, |x, y| ramp(v[(y as i64 * w + x as i64) as usize] * scale))))
 }
 
 /// Pictures tiled in rows (each row may have its own length), 2-pixel gaps, scaled up `zoom`x.
@@ -42,8 +42,8 @@ pub fn tile(rows: &[Vec<DynamicImage>], zoom: u32) -> DynamicImage {
     DynamicImage::ImageRgb8(canvas)
 }
 
-pub fn png_bytes(img: &DynamicImage) -> Vec<u8> {
+pub fn png_bytes(img: &DynamicImage) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
-    let _ = img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png);
-    out
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
+    Ok(out)
 }

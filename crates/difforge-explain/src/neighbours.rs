@@ -2,7 +2,7 @@
 //! model's resolution), to see whether the model copies its data.
 
 use difforge_data::{source, Loader, Split};
-use difforge_train::{DiffusionModel, TrainError};
+use difforge_model::{DiffusionModel, ModelError};
 use serde::Serialize;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -15,8 +15,8 @@ pub struct Neighbours {
     pub images: Vec<Tensor>,
 }
 
-pub fn neighbours(model: &DiffusionModel, samples: &Tensor, k: usize) -> Result<Neighbours, TrainError> {
-    let cfg = &model.config;
+pub fn neighbours(model: &DiffusionModel, samples: &Tensor, k: usize) -> Result<Neighbours, ModelError> {
+    let cfg = model.config();
     let set = Arc::new(source::load(&cfg.data)?);
     let split = Split::new(&set.ids, cfg.data.val_fraction, cfg.seed);
     let loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, Default::default(), cfg.seed);

@@ -4,6 +4,7 @@
 use crate::heatmap::{pictures, tile};
 use crate::Subject;
 use difforge_diffusion::sample;
+use difforge_model::{ModelError, Weights};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, Frame};
 use serde::Serialize;
@@ -23,17 +24,17 @@ pub struct Trajectory {
 #[derive(Serialize)]
 pub struct TrajectorySummary {
     pub seeds: Vec<u64>,
-    pub class: Option<i64>,
+    pub condition: String,
     pub timesteps: Vec<usize>,
     pub shown_steps: Vec<usize>,
     /// Mean |x0(step) - output| per step: how early the final image is decided.
     pub x0_distance_to_output: Vec<f64>,
 }
 
-pub fn trajectory(s: &Subject) -> Trajectory {
+pub fn trajectory(s: &Subject) -> Result<Trajectory, ModelError> {
     let noise = s.noise();
-    let req = s.request(&noise, s.sampler);
-    let denoiser = s.model.denoiser(true);
+    let req = s.request(&noise, s.sampler, None)?;
+    let denoiser = s.model.denoiser(Weights::Ema);
     let mut t = Trajectory { steps: Vec::new(), x_t: Vec::new(), x0: Vec::new(), output: Tensor::new() };
     let mut observe = |step: difforge_diffusion::TrajectoryStep| {
         t.steps.push((step.index, step.t));
@@ -42,7 +43,7 @@ pub fn trajectory(s: &Subject) -> Trajectory {
     };
     let out = sample(&denoiser, &req, Some(&mut observe));
     t.output = out.to_device(Device::Cpu);
-    t
+    Ok(t)
 }
 
 /// Indices of `count` steps spread over the trajectory, always with the first and last.
@@ -57,7 +58,7 @@ impl Trajectory {
     pub fn summary(&self, s: &Subject, shown: &[usize]) -> TrajectorySummary {
         TrajectorySummary {
             seeds: s.seeds.clone(),
-            class: s.class,
+            condition: format!("{:?}", s.condition),
             timesteps: self.steps.iter().map(|(_, t)| *t).collect(),
             shown_steps: shown.to_vec(),
             x0_distance_to_output: self.x0.iter().map(|x0| (x0 - &self.output).abs().mean(tch::Kind::Float).double_value(&[])).collect(),
@@ -65,34 +66,33 @@ impl Trajectory {
     }
 
     /// Two rows per sample (x_t, then x0) at the shown steps, then the output.
-    pub fn strip(&self, shown: &[usize]) -> image::DynamicImage {
-        let n = self.output.size()[0];
+    pub fn strip(&self, shown: &[usize]) -> Result<image::DynamicImage, tch::TchError> {
+        let outputs = pictures(&self.output)?;
+        let xt: Vec<Vec<image::DynamicImage>> = shown.iter().map(|&k| pictures(&self.x_t[k])).collect::<Result<_, _>>()?;
+        let x0: Vec<Vec<image::DynamicImage>> = shown.iter().map(|&k| pictures(&self.x0[k])).collect::<Result<_, _>>()?;
         let mut rows = Vec::new();
-        let outputs = pictures(&self.output);
-        for i in 0..n {
-            let mut xt_row: Vec<_> = shown.iter().map(|&k| pictures(&self.x_t[k].narrow(0, i, 1)).remove(0)).collect();
-            let mut x0_row: Vec<_> = shown.iter().map(|&k| pictures(&self.x0[k].narrow(0, i, 1)).remove(0)).collect();
-            xt_row.push(outputs[i as usize].clone());
-            x0_row.push(outputs[i as usize].clone());
-            rows.push(xt_row);
-            rows.push(x0_row);
+        for (i, out) in outputs.iter().enumerate() {
+            let row = |per_step: &[Vec<image::DynamicImage>]| per_step.iter().map(|p| p[i].clone()).chain(std::iter::once(out.clone())).collect::<Vec<_>>();
+            rows.push(row(&xt));
+            rows.push(row(&x0));
         }
-        tile(&rows, 4)
+        Ok(tile(&rows, 4))
     }
 
     /// An animated GIF of x_t (top) and x0 (bottom) for every sample, one frame per step.
-    pub fn gif(&self) -> Vec<u8> {
+    pub fn gif(&self) -> Result<Vec<u8>, String> {
         let mut bytes = Vec::new();
         {
             let mut enc = GifEncoder::new_with_speed(&mut bytes, 10);
-            let _ = enc.set_repeat(Repeat::Infinite);
+            enc.set_repeat(Repeat::Infinite).map_err(|e| e.to_string())?;
+            let frame = |a: &tch::Tensor, b: &tch::Tensor| -> Result<image::RgbaImage, String> {
+                Ok(tile(&[pictures(a).map_err(|e| e.to_string())?, pictures(b).map_err(|e| e.to_string())?], 4).to_rgba8())
+            };
             for k in 0..self.x_t.len() {
-                let frame = tile(&[pictures(&self.x_t[k]), pictures(&self.x0[k])], 4).to_rgba8();
-                let _ = enc.encode_frame(Frame::from_parts(frame, 0, 0, Delay::from_numer_denom_ms(150, 1)));
+                enc.encode_frame(Frame::from_parts(frame(&self.x_t[k], &self.x0[k])?, 0, 0, Delay::from_numer_denom_ms(150, 1))).map_err(|e| e.to_string())?;
             }
-            let last = tile(&[pictures(&self.output), pictures(&self.output)], 4).to_rgba8();
-            let _ = enc.encode_frame(Frame::from_parts(last, 0, 0, Delay::from_numer_denom_ms(1200, 1)));
+            enc.encode_frame(Frame::from_parts(frame(&self.output, &self.output)?, 0, 0, Delay::from_numer_denom_ms(1200, 1))).map_err(|e| e.to_string())?;
         }
-        bytes
+        Ok(bytes)
     }
 }

@@ -2,41 +2,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use difforge_config::RunConfig;
 use difforge_explain::attention::attention;
 use difforge_explain::attribution::attribution;
 use difforge_explain::timesteps::profile;
 use difforge_explain::trajectory::trajectory;
 use difforge_explain::Subject;
-use difforge_train::generate::{generate, GenerateSpec};
-use difforge_train::{checkpoint, train, DiffusionModel, RunConfig, TrainOptions};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use difforge_model::{checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
+use difforge_train::{train, TrainOptions};
 
+/// The tests' tiny config (configs/tiny.toml) with attention at 4x4, trained 6 steps.
 fn tiny_run(dir: &std::path::Path) -> (DiffusionModel, std::path::PathBuf) {
-    let sets: Vec<String> = [
-        "data.image_size=8",
-        "model.channels=16",
-        "model.channel_mult=[1,2]",
-        "model.res_blocks=1",
-        "model.groups=8",
-        "model.heads=2",
-        "model.attention_resolutions=[4]",
-        "train.batch_size=16",
-        "train.steps=6",
-        "train.warmup_steps=2",
-        "train.val_every=3",
-        "train.val_images=24",
-        "train.device=\"cpu\"",
-        "train.threads=2",
-        "train.sample_per_class=1",
-        "sample.steps=5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let cfg = RunConfig::load(None, &sets).unwrap();
+    let sets: Vec<String> =
+        ["model.attention_resolutions=[4]", "train.steps=6", "train.warmup_steps=2", "train.val_every=3", "train.val_images=24", "train.sample_per_class=1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let cfg = RunConfig::from_toml(include_str!("../../../configs/tiny.toml"), &sets, "configs/tiny.toml").unwrap();
     let run = dir.join("run");
-    train(cfg, &TrainOptions { out_dir: run.clone(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None }).unwrap();
+    train(cfg, TrainOptions { out_dir: run.clone(), ..Default::default() }).unwrap();
     let ckpt = checkpoint::resolve_latest(&run).unwrap();
     let cfg = checkpoint::read_config(&ckpt).unwrap();
     (checkpoint::load_model(&ckpt, &cfg, tch::Device::Cpu).unwrap(), run)
@@ -46,14 +30,21 @@ fn tiny_run(dir: &std::path::Path) -> (DiffusionModel, std::path::PathBuf) {
 fn explanations_agree_with_the_sampler_the_trainer_and_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let (model, run) = tiny_run(dir.path());
-    let sampler = model.config.sample.clone();
-    let s = Subject { model: &model, sampler: &sampler, class: Some(3), seeds: vec![5, 6, 7] };
+    let sampler = model.config().sample.clone();
+    let s = Subject { model: &model, sampler: &sampler, condition: Condition::Class(3), seeds: vec![5, 6, 7] };
 
     // The trajectory's last x0 is the sampler's output.
-    let t = trajectory(&s);
+    let t = trajectory(&s).unwrap();
     assert_eq!(t.steps.len(), sampler.steps);
-    let spec = GenerateSpec { classes: Some(vec![3, 3, 3]), seeds: vec![5, 6, 7], sampler: &sampler, use_ema: true, max_batch: 8, fixed_batch: false };
-    let generated = generate(&model, &spec);
+    let spec = GenerateSpec {
+        conditions: vec![Condition::Class(3); 3],
+        seeds: vec![5, 6, 7],
+        sampler: &sampler,
+        weights: Weights::Ema,
+        max_batch: 8,
+        fixed_batch: false,
+    };
+    let generated = generate(&model, &spec).unwrap();
     assert!(t.x0.last().unwrap().equal(&generated), "the last x0 differs from the sampler's output");
 
     // The timestep profile is the trainer's validation at the same step.
@@ -69,21 +60,21 @@ fn explanations_agree_with_the_sampler_the_trainer_and_the_model() {
     assert!((p.ema.loss - last["val_loss_ema"].as_f64().unwrap()).abs() < 1e-9);
 
     // Attention maps are distributions.
-    let maps = attention(&s, &t, &[0, 2, 4], 1, (3, 5));
+    let maps = attention(&s, &t, &[0, 2, 4], 1, (3, 5)).unwrap();
     assert_eq!(maps.len(), 3 * 4, "3 steps x 4 attention layers");
     for m in &maps {
         assert!((m.map.sum(tch::Kind::Double).double_value(&[]) - 1.0).abs() < 1e-5, "{}", m.layer);
     }
 
     // Attribution is non-zero for a real model, and zero when the class embedding is zeroed.
-    let a = attribution(&s);
+    let a = attribution(&s).unwrap();
     assert!(a.integrated_gradients.max().double_value(&[]) > 0.0);
     tch::no_grad(|| {
-        for vs in [&model.vs, &model.ema_vs] {
-            let _ = vs.variables()["class_embedding.weight"].shallow_clone().zero_();
+        for w in [Weights::Raw, Weights::Ema] {
+            let _ = model.var_store(w).variables()["class_embedding.weight"].shallow_clone().zero_();
         }
     });
-    let z = attribution(&s);
+    let z = attribution(&s).unwrap();
     assert_eq!(z.guidance_difference.abs().max().double_value(&[]), 0.0);
     assert_eq!(z.integrated_gradients.abs().max().double_value(&[]), 0.0);
 }

@@ -1,13 +1,12 @@
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// The non-linearity used throughout a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Silu,
-    Gelu,
-    Mish,
+difforge_core::choice! {
+    /// The non-linearity used throughout a network.
+    pub enum Activation {
+        Silu = "silu",
+        Gelu = "gelu",
+        Mish = "mish",
+    }
 }
 
 impl Activation {

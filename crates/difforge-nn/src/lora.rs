@@ -3,19 +3,20 @@
 //! Variables sit beside the layer they adapt (`to_q.lora_down.weight`, `to_q.lora_up.weight`,
 //! as kohya's sd-scripts name them), so adapters can be saved, loaded and merged by name.
 
+use difforge_core::{Choice, ConfigError};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-/// Which layers get adapters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoraTarget {
-    /// The q, k, v and out projections of every self-attention layer.
-    Attention,
-    /// The two 3x3 convolutions of every residual block.
-    Conv,
-    /// The time-embedding MLP.
-    Embedding,
+difforge_core::choice! {
+    /// Which layers get adapters.
+    pub enum LoraTarget {
+        /// The q, k, v and out projections of every self-attention layer.
+        Attention = "attention",
+        /// The two 3x3 convolutions of every residual block.
+        Conv = "conv",
+        /// The time-embedding MLP.
+        Embedding = "embedding",
+    }
 }
 
 /// The `[lora]` section.
@@ -43,25 +44,18 @@ impl Default for LoraConfig {
 pub const CLASS_EMBEDDING: &str = "class_embedding.weight";
 
 impl LoraConfig {
-    /// The variables an adapter trains and carries.
-    pub fn carries(&self, name: &str) -> bool {
-        is_lora_variable(name) || (self.train_class_embedding && name == CLASS_EMBEDDING)
-    }
-}
-
-impl LoraConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.rank < 1 {
-            return Err(format!("lora.rank = {}: expected at least 1", self.rank));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1024).contains(&self.rank) {
+            return Err(ConfigError::new("lora.rank", self.rank, "1..=1024"));
         }
-        if self.alpha.is_nan() || self.alpha <= 0.0 {
-            return Err(format!("lora.alpha = {}: expected a positive number", self.alpha));
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(ConfigError::new("lora.alpha", self.alpha, "a positive number"));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("lora.dropout = {}: expected 0.0 <= x < 1.0", self.dropout));
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(ConfigError::new("lora.dropout", self.dropout, "0.0 <= x < 1.0"));
         }
         if self.targets.is_empty() {
-            return Err("lora.targets is empty: expected some of \"attention\", \"conv\", \"embedding\"".into());
+            return Err(ConfigError::new("lora.targets", "[]", format!("some of {}", LoraTarget::expected())));
         }
         Ok(())
     }

@@ -41,3 +41,33 @@ pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), NnError> {
 pub fn parameter_count(vs: &VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }
+
+/// Writes named tensors as float32 safetensors with string metadata (the `__metadata__` map that
+/// adapter files and the ecosystem's LoRA files carry), atomically.
+pub fn save_with_metadata(path: &Path, tensors: &[(String, tch::Tensor)], metadata: &std::collections::HashMap<String, String>) -> Result<(), NnError> {
+    let err = |reason: String| NnError::Save { path: path.to_path_buf(), reason };
+    let mut raw = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+        let values = Vec::<f32>::try_from(&t.view([-1])).map_err(|e| err(e.to_string()))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        raw.push((name.clone(), shape, bytes));
+    }
+    let views = raw
+        .iter()
+        .map(|(name, shape, bytes)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| err(e.to_string()))?;
+    difforge_core::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
+}
+
+/// The `__metadata__` map of a safetensors file (empty when it has none), after checking that
+/// the header describes the file.
+pub fn read_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>, NnError> {
+    let err = |reason: String| NnError::Load { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}

@@ -8,11 +8,11 @@
 //! requests slowed. On a small CPU machine the feature network still competes with generation for
 //! cores, which is why it is off unless configured.
 
+use difforge_config::RunConfig;
 use difforge_eval::cache::FeatureCache;
 use difforge_eval::dataset::{load_split, SplitChoice};
 use difforge_eval::features::FeatureNet;
 use difforge_eval::metrics::frechet::{frechet_distance, Gaussian};
-use difforge_train::RunConfig;
 use prometheus::{Gauge, IntCounter};
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -52,11 +52,11 @@ pub fn spawn(cfg: &RunConfig, window: usize, every: usize, gauges: Gauges) -> Fe
     let cfg = cfg.clone();
     let started = std::thread::Builder::new().name("difforge-feature-drift".into()).spawn(move || {
         if let Err(e) = monitor(&cfg, rx, window.max(2), every.max(1), &gauges) {
-            eprintln!("feature drift monitor stopped: {e}");
+            tracing::error!("feature drift monitor stopped: {e}");
         }
     });
     if let Err(e) = started {
-        eprintln!("feature drift monitor not started: {e}");
+        tracing::error!("feature drift monitor not started: {e}");
     }
     FeatureDrift { tx, dropped }
 }

@@ -2,8 +2,8 @@
 //! data's pixel statistics that output drift is measured against.
 
 use crate::drift::Reference;
-use difforge_train::generate::{generate, GenerateSpec};
-use difforge_train::{checkpoint, DiffusionModel, RunConfig};
+use difforge_model::generate::classes_in_turn;
+use difforge_model::{checkpoint, generate, DiffusionModel, GenerateSpec, RunConfig, Weights};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -32,9 +32,10 @@ pub struct Loaded {
     pub reference: Option<Reference>,
 }
 
-/// Class names of the model's dataset, when they can be had cheaply.
-fn class_names(cfg: &RunConfig) -> Vec<String> {
-    let k = cfg.model.num_classes.max(0) as usize;
+/// Class names of a class-conditional model, from its dataset's config when it names them.
+fn class_names(model: &DiffusionModel) -> Vec<String> {
+    let cfg = model.config();
+    let k = model.family().condition_kind().classes().unwrap_or(0) as usize;
     if !cfg.data.class_names.is_empty() {
         return cfg.data.class_names.iter().take(k).cloned().collect();
     }
@@ -55,27 +56,28 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
     let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
     let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
     let model = match adapter {
-        Some(a) => difforge_train::adapter::load_with_adapter(&dir, &a.path, a.scale, device).map_err(|e| e.to_string())?,
+        Some(a) => difforge_model::adapter::load_with_adapter(&dir, &a.path, a.scale, device).map_err(|e| e.to_string())?,
         None => {
             let cfg = checkpoint::read_config(&dir).map_err(|e| e.to_string())?;
             checkpoint::load_model(&dir, &cfg, device).map_err(|e| e.to_string())?
         }
     };
-    let cfg = model.config.clone();
+    let cfg = model.config().clone();
     let manifest = std::fs::read(dir.join(checkpoint::MANIFEST_FILE)).map_err(|e| e.to_string())?;
     let mut warm = cfg.sample.clone();
     warm.steps = 1;
-    let classes = (cfg.model.num_classes > 0).then(|| vec![0]);
-    let _ = generate(&model, &GenerateSpec { classes, seeds: vec![0], sampler: &warm, use_ema: true, max_batch: 1, fixed_batch: false });
+    let conditions = classes_in_turn(model.family().condition_kind(), 1);
+    let _warm_up = generate(&model, &GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false })
+        .map_err(|e| e.to_string())?;
     let info = ModelInfo {
         checkpoint: dir,
         adapter: adapter.map(|a| (a.path.clone(), a.scale)),
         checkpoint_hash: difforge_core::sha256_hex(&manifest),
         step: state.step,
         parameters: model.parameter_count(),
-        image_size: cfg.model.image_size,
-        channels: cfg.model.in_channels,
-        classes: class_names(&cfg),
+        image_size: model.family().pixel_shape()[1],
+        channels: model.family().pixel_shape()[0],
+        classes: class_names(&model),
         defaults: cfg.sample.clone(),
         timesteps: cfg.diffusion.timesteps,
         device: format!("{device:?}").to_lowercase(),

@@ -93,8 +93,7 @@ pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<
         sampler.steps = steps;
     }
     if let Some(name) = &body.sampler {
-        sampler.sampler =
-            SamplerKind::parse(name).ok_or_else(|| FieldError::new("sampler", format!("\"{name}\": expected \"ddpm\", \"ddim\" or \"dpm++2m\"")))?;
+        sampler.sampler = SamplerKind::parse(name).ok_or_else(|| FieldError::new("sampler", format!("\"{name}\": expected {}", SamplerKind::expected())))?;
     }
     if let Some(g) = body.guidance {
         if !(g.is_finite() && (0.0..=s.max_guidance).contains(&g)) {

@@ -103,8 +103,18 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.shared.metrics.render()).into_response()
 }
 
-pub async fn page() -> Html<&'static str> {
-    Html(include_str!("page.html"))
+/// The page, with the sampler choices of the registry filled in.
+pub async fn page() -> Html<String> {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Html(
+        PAGE.get_or_init(|| {
+            let options: String = difforge_diffusion::SamplerKind::all()
+                .map(|k| format!("<option title=\"{}\">{}</option>", difforge_report::html::escape(k.info().about), difforge_report::html::escape(k.name())))
+                .collect();
+            include_str!("page.html").replace("<!--SAMPLER_OPTIONS-->", &options)
+        })
+        .clone(),
+    )
 }
 
 fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>, image::ImageError> {

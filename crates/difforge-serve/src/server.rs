@@ -55,7 +55,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
-    eprintln!("shutting down: finishing queued requests");
+    tracing::info!("shutting down: finishing queued requests");
 }
 
 async fn reload_on_sighup(app: Arc<AppState>) {
@@ -63,8 +63,8 @@ async fn reload_on_sighup(app: Arc<AppState>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
         match routes::reload_checkpoint(&app, None).await {
-            Ok(info) => eprintln!("SIGHUP: reloaded {} ({})", info.checkpoint.display(), info.checkpoint_hash),
-            Err(e) => eprintln!("SIGHUP: reload refused, the running model stays: {e}"),
+            Ok(info) => tracing::info!("SIGHUP: reloaded {} ({})", info.checkpoint.display(), info.checkpoint_hash),
+            Err(e) => tracing::warn!("SIGHUP: reload refused, the running model stays: {e}"),
         }
     }
 }
@@ -72,13 +72,13 @@ async fn reload_on_sighup(app: Arc<AppState>) {
 /// Loads the model, serves until SIGTERM/SIGINT, drains the queue and returns.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = opts.config.clone();
-    let device = difforge_train::trainer::device_for(&cfg.device, cfg.threads).map_err(|e| e.to_string())?;
+    let device = difforge_model::device::prepare("device", &cfg.device, cfg.threads, difforge_config::Precision::Fp32).map_err(|e| e.to_string())?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let feature_drift = (cfg.feature_drift_every > 0).then(|| {
         let gauges =
             crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
-        crate::feature_drift::spawn(&loaded.model.config, cfg.drift_window, cfg.feature_drift_every, gauges)
+        crate::feature_drift::spawn(loaded.model.config(), cfg.drift_window, cfg.feature_drift_every, gauges)
     });
     let shared = Arc::new(Shared {
         info: RwLock::new(loaded.info.clone()),
@@ -108,7 +108,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(&cfg.bind).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         if app.keys.is_open() {
-            eprintln!("warning: no API keys configured: the API is open to anyone who can reach {addr}");
+            tracing::warn!("no API keys configured: the API is open to anyone who can reach {addr}");
         }
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();
@@ -118,6 +118,6 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     // Every connection is closed: drop the queue's sender so the worker ends once drained.
     app.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     let _ = worker.join();
-    eprintln!("stopped");
+    tracing::info!("stopped");
     Ok(())
 }

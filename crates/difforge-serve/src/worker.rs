@@ -8,7 +8,7 @@ use crate::drift::Rolling;
 use crate::loaded::{Loaded, ModelInfo};
 use crate::metrics::Metrics;
 use crate::request::Generate;
-use difforge_train::generate::{generate, GenerateSpec};
+use difforge_model::{generate, Condition, GenerateSpec, Weights};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -129,9 +129,15 @@ impl Worker {
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live)));
         match outcome {
-            Ok(per_job) => {
+            Ok(Ok(per_job)) => {
                 for (job, images) in live.into_iter().zip(per_job) {
                     let _ = job.reply.send(Ok(images));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!("the model refused a batch of {} request(s): {e}", live.len());
+                for job in live {
+                    let _ = job.reply.send(Err(format!("the model refused this batch: {e}")));
                 }
             }
             Err(_) => {
@@ -143,30 +149,28 @@ impl Worker {
         }
     }
 
-    fn compute(&self, jobs: &[Job]) -> Vec<Images> {
+    fn compute(&self, jobs: &[Job]) -> Result<Vec<Images>, String> {
         let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
-        let cfg = &loaded.model.config;
-        let null = cfg.model.null_class();
-        let conditional = cfg.model.num_classes > 0;
-        let mut classes = Vec::new();
+        let mut conditions = Vec::new();
         let mut seeds = Vec::new();
         for j in jobs {
             let r = &j.request;
-            classes.extend(std::iter::repeat_n(r.class.unwrap_or(null), r.n));
+            let condition = r.class.map_or(Condition::Unconditional, Condition::Class);
+            conditions.extend(std::iter::repeat_n(condition, r.n));
             seeds.extend((0..r.n as u64).map(|k| r.seed.wrapping_add(k)));
         }
         let total = seeds.len();
         let start = Instant::now();
         let spec = GenerateSpec {
-            classes: conditional.then_some(classes),
+            conditions,
             seeds,
             sampler: &jobs[0].request.sampler,
-            use_ema: true,
+            weights: Weights::Ema,
             // Without batching every image runs alone: still a fixed size, so still repeatable.
             max_batch: if self.cfg.batching { self.cfg.max_batch } else { 1 },
             fixed_batch: true,
         };
-        let images = generate(&loaded.model, &spec);
+        let images = generate(&loaded.model, &spec).map_err(|e| e.to_string())?;
         if let Some(monitor) = &self.shared.feature_drift {
             monitor.offer(&images);
         }
@@ -174,8 +178,9 @@ impl Worker {
         m.compute.observe(start.elapsed().as_secs_f64());
         m.batch_images.observe(total as f64);
         m.images.inc_by(total as u64);
-        let (c, s) = (cfg.model.in_channels as usize, cfg.model.image_size as usize);
-        let data = difforge_train::generate::to_vec(&images);
+        let [c, s, _] = loaded.model.family().pixel_shape();
+        let (c, s) = (c as usize, s as usize);
+        let data = difforge_model::images::to_vec(&images).map_err(|e| e.to_string())?;
         let per = c * s * s;
         {
             let mut rolling = self.shared.rolling.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,7 +203,7 @@ impl Worker {
             out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, side: s });
             offset += n;
         }
-        out
+        Ok(out)
     }
 }
 

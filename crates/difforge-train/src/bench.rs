@@ -1,23 +1,21 @@
-//! Throughput benchmarks (`difforge bench`): the trainer's own optimiser step and the sampling
-//! loop, timed on synthetic data, with the model's FLOPs counted analytically so that the
-//! achieved rate can be put against a card's peak (model FLOPs utilisation).
+//! Throughput benchmarks (`difforge bench`): the trainer's own optimiser step ([`Stepper`]) and
+//! the sampling loop, timed on synthetic data, with the network's FLOPs counted analytically
+//! (by the network itself) so that the achieved rate can be put against a card's peak (model
+//! FLOPs utilisation).
 //!
 //! `tools/bench_torch.py` runs the identical network ("ref6m") in PyTorch and prints the same
 //! field names, and `tools/bench.sh` puts the two side by side.
 
-use crate::config::{Precision, RunConfig};
-use crate::device;
-use crate::ema;
 use crate::error::TrainError;
-use crate::generate::{generate, GenerateSpec};
 use crate::lr::learning_rate;
-use crate::model::DiffusionModel;
-use crate::optimizer::{AdamW, AdamWConfig};
-use crate::trainer::{loss_of, make_micro_batch};
-use difforge_core::{derive_seed, rng_for, Stream};
+use crate::step::{StepData, Stepper};
+use difforge_config::{Precision, RunConfig};
+use difforge_core::{rng_for, Stream};
 use difforge_data::Batch;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
-use difforge_nn::UNetConfig;
+use difforge_model::generate::{classes_in_turn, generate};
+use difforge_model::{device, ConditionKind, DiffusionModel, GenerateSpec, Weights};
+use difforge_nn::{AdamW, AdamWConfig};
 use rand::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -87,80 +85,6 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
-/// FLOPs of 3x3 / 1x1 convolutions and linears, multiply-adds counted as 2.
-fn conv(cin: i64, cout: i64, k: i64, side: i64) -> f64 {
-    2.0 * (cin * cout * k * k) as f64 * (side * side) as f64
-}
-
-fn linear(cin: i64, cout: i64, tokens: i64) -> f64 {
-    2.0 * (cin * cout) as f64 * tokens as f64
-}
-
-/// A residual block from `cin` to `cout` channels at `side` x `side`.
-fn resblock(c: &UNetConfig, cin: i64, cout: i64, side: i64) -> f64 {
-    let emb_out = if c.scale_shift { 2 * cout } else { cout };
-    let skip = if cin != cout { conv(cin, cout, 1, side) } else { 0.0 };
-    conv(cin, cout, 3, side) + linear(c.embed_dim(), emb_out, 1) + conv(cout, cout, 3, side) + skip
-}
-
-/// Self-attention over `side` x `side` tokens of `ch` channels: q, k, v and out projections,
-/// then QK^T and AV (2 x 2 N^2 C summed over the heads).
-fn attention(ch: i64, side: i64) -> f64 {
-    let n = side * side;
-    4.0 * linear(ch, ch, n) + 2.0 * 2.0 * (n * n) as f64 * ch as f64
-}
-
-/// FLOPs of one forward pass of the UNet for one image, block by block as
-/// `difforge_nn::UNet::new` builds it. The config must be resolved (channels and size known).
-pub fn unet_forward_flops(c: &UNetConfig) -> f64 {
-    let emb = c.embed_dim();
-    let sides = c.level_sides();
-    let levels = c.channel_mult.len();
-    let size = c.image_size;
-    // Time embedding MLP (the class embedding is a lookup).
-    let mut f = linear(c.channels, emb, 1) + linear(emb, emb, 1);
-    f += conv(c.in_channels, c.channels, 3, size);
-    let mut skips = vec![c.channels];
-    let mut ch = c.channels;
-    for (i, &side) in sides.iter().enumerate() {
-        let out = c.level_channels(i);
-        for _ in 0..c.res_blocks {
-            f += resblock(c, ch, out, side);
-            if c.attention_resolutions.contains(&side) {
-                f += attention(out, side);
-            }
-            ch = out;
-            skips.push(ch);
-        }
-        if i + 1 < levels {
-            // Stride-2 3x3 conv: its output is half the side.
-            f += conv(ch, ch, 3, side / 2);
-            skips.push(ch);
-        }
-    }
-    let low = sides[levels - 1];
-    f += 2.0 * resblock(c, ch, ch, low);
-    if c.mid_attention {
-        f += attention(ch, low);
-    }
-    for i in (0..levels).rev() {
-        let out = c.level_channels(i);
-        for _ in 0..=c.res_blocks {
-            let skip = skips.pop().unwrap_or(0);
-            f += resblock(c, ch + skip, out, sides[i]);
-            if c.attention_resolutions.contains(&sides[i]) {
-                f += attention(out, sides[i]);
-            }
-            ch = out;
-        }
-        if i > 0 {
-            // Nearest x2, then a 3x3 conv at the doubled side.
-            f += conv(ch, ch, 3, sides[i] * 2);
-        }
-    }
-    f + conv(ch, c.out_channels, 3, size)
-}
-
 /// The process's peak resident set (VmHWM) in bytes, on Linux.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -176,78 +100,45 @@ fn synchronize(dev: Device) {
 }
 
 /// A batch of uniform random images in [-1, 1] with random labels (or none).
-fn synthetic_batch(cfg: &RunConfig, size: usize) -> Batch {
-    let (c, s) = (cfg.model.in_channels as usize, cfg.model.image_size as usize);
-    let mut rng = rng_for(cfg.seed, Stream::Augment, u64::MAX);
+fn synthetic_batch(model: &DiffusionModel, size: usize) -> Batch {
+    let [c, s, _] = model.family().pixel_shape();
+    let (c, s) = (c as usize, s as usize);
+    let mut rng = rng_for(model.config().seed, Stream::Augment, u64::MAX);
     let images = (0..size * c * s * s).map(|_| rng.random_range(-1.0f32..=1.0)).collect();
-    let labels = (0..size).map(|_| if cfg.model.num_classes > 0 { rng.random_range(0..cfg.model.num_classes) } else { -1 }).collect();
-    Batch { images, labels, size, channels: c, side: s }
-}
-
-/// The trainer's step on one fixed synthetic batch.
-struct Step<'a> {
-    cfg: &'a RunConfig,
-    model: &'a DiffusionModel,
-    opt: AdamW,
-    ema_params: Vec<tch::Tensor>,
-    batch: Batch,
-}
-
-impl Step<'_> {
-    /// `Trainer::step` without the data loader: zero_grad, forward and backward of each
-    /// micro-batch, global-norm clipping, AdamW, EMA.
-    fn run(&mut self, step: u64) -> f64 {
-        let t = &self.cfg.train;
-        tch::manual_seed((derive_seed(self.cfg.seed, Stream::Dropout, step) >> 1) as i64);
-        self.opt.zero_grad();
-        let mut loss_sum = 0.0;
-        for micro in 0..t.grad_accum as u64 {
-            let draw = step * t.grad_accum as u64 + micro;
-            let mb = make_micro_batch(self.model, &self.batch, draw);
-            let loss = loss_of(self.model, &mb) / t.grad_accum as f64;
-            loss.backward();
-            loss_sum += loss.double_value(&[]);
-        }
-        let grad_norm = self.opt.grad_norm();
-        let lr = learning_rate(t, step);
-        if loss_sum.is_finite() && grad_norm.is_finite() {
-            if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
-                self.opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
-            }
-            self.opt.step(lr);
-            ema::update(&self.ema_params, self.opt.params(), ema::ema_decay(t.ema_decay, self.opt.steps));
-        }
-        loss_sum
-    }
-}
-
-fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::Fp32 => "fp32",
-        Precision::Tf32 => "tf32",
-        Precision::Bf16 => "bf16",
-    }
+    let labels = (0..size)
+        .map(|_| match model.family().condition_kind() {
+            ConditionKind::Classes(k) => rng.random_range(0..k),
+            ConditionKind::Nothing => -1,
+        })
+        .collect();
+    Batch { images, labels, captions: vec![None; size], size, channels: c, side: s }
 }
 
 /// Times `opts.steps` training steps and one sampling run of the model `cfg` describes.
 pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainError> {
     if opts.batch == 0 || opts.steps == 0 || opts.sample_batch == 0 {
-        return Err(TrainError::Config("bench: batch, steps and sample batch must be at least 1".into()));
+        return Err(difforge_core::ConfigError::problem("--batch", "bench: batch, steps and sample batch must be at least 1").into());
     }
     let mut cfg = cfg.clone();
     cfg.train.batch_size = opts.batch;
-    cfg.validate().map_err(TrainError::Config)?;
-    let sampler = SamplerConfig { sampler: SamplerKind::Ddim, steps: opts.sample_steps, eta: 0.0, guidance: 1.0, ..cfg.sample.clone() };
-    sampler.validate(cfg.diffusion.timesteps).map_err(|e| TrainError::Config(e.replace("sample.steps", "sample steps")))?;
+    cfg.validate()?;
+    let sampler = SamplerConfig { sampler: SamplerKind::ddim(), steps: opts.sample_steps, eta: 0.0, guidance: 1.0, ..cfg.sample.clone() };
+    sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(|k| (k == "sample.steps").then_some("--sample-steps")))?;
 
-    let dev = device::prepare(&cfg.train.device, cfg.train.threads, cfg.train.precision).map_err(TrainError::Config)?;
+    let dev = device::prepare("train.device", &cfg.train.device, cfg.train.threads, cfg.train.precision)?;
     let model = DiffusionModel::new(&cfg, dev)?;
     let t = &cfg.train;
-    let opt = AdamW::new(model.parameters(), AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
-    let mut step = Step { cfg: &cfg, model: &model, opt, ema_params: model.ema_parameters(), batch: synthetic_batch(&cfg, opts.batch) };
-
+    let (trainable, ema_params) = model.trainable();
+    let opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let fixed = synthetic_batch(&model, opts.batch);
+    let mut stepper = Stepper { model, opt, ema_params };
+    // The trainer's own step on one fixed batch: no data loading, no prior images.
+    let run = |stepper: &mut Stepper, step: u64| {
+        let mut batch = |_draw: u64| fixed.clone();
+        stepper.step(t, step, learning_rate(t, step), StepData { batch: &mut batch, prior: None, inject_nan: false }).loss
+    };
     for s in 0..opts.warmup {
-        step.run(s as u64);
+        run(&mut stepper, s as u64);
     }
     synchronize(dev);
     let mut times = Vec::with_capacity(opts.steps);
@@ -255,7 +146,7 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let start = Instant::now();
     for s in 0..opts.steps {
         let t0 = Instant::now();
-        final_loss = step.run((opts.warmup + s) as u64);
+        final_loss = run(&mut stepper, (opts.warmup + s) as u64);
         times.push(t0.elapsed().as_secs_f64());
     }
     synchronize(dev);
@@ -263,26 +154,32 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let train_peak = peak_rss_bytes();
 
     // Sampling: DDIM with guidance 1 (one forward per step, no doubled batch), EMA weights.
-    let classes = (cfg.model.num_classes > 0).then(|| (0..opts.sample_batch as i64).map(|k| k % cfg.model.num_classes).collect::<Vec<_>>());
+    let model = &stepper.model;
+    let conditions = classes_in_turn(model.family().condition_kind(), opts.sample_batch);
     let seeds: Vec<u64> = (0..opts.sample_batch as u64).collect();
     if opts.warmup > 0 {
         let short = SamplerConfig { steps: opts.sample_steps.min(2), ..sampler.clone() };
-        let spec =
-            GenerateSpec { classes: classes.clone(), seeds: seeds.clone(), sampler: &short, use_ema: true, max_batch: opts.sample_batch, fixed_batch: false };
-        let _ = generate(&model, &spec);
+        let spec = GenerateSpec {
+            conditions: conditions.clone(),
+            seeds: seeds.clone(),
+            sampler: &short,
+            weights: Weights::Ema,
+            max_batch: opts.sample_batch,
+            fixed_batch: false,
+        };
+        let _warm = generate(model, &spec)?;
     }
-    let spec = GenerateSpec { classes, seeds, sampler: &sampler, use_ema: true, max_batch: opts.sample_batch, fixed_batch: false };
+    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: opts.sample_batch, fixed_batch: false };
     synchronize(dev);
     let start = Instant::now();
-    let images = generate(&model, &spec);
+    let _images = generate(model, &spec)?;
     synchronize(dev);
     let sample_s = start.elapsed().as_secs_f64();
-    debug_assert_eq!(images.size()[0], opts.sample_batch as i64);
 
     let per_step = (opts.batch * cfg.train.grad_accum) as f64;
     let train_step_s = train_wall / opts.steps as f64;
     let train_images_per_s = per_step / train_step_s;
-    let fwd = unet_forward_flops(&cfg.model);
+    let fwd = model.network(Weights::Raw).flops_per_sample().unwrap_or(f64::NAN);
     let train_tflops = 3.0 * fwd * train_images_per_s / 1e12;
     let sample_images_per_s = opts.sample_batch as f64 / sample_s;
     let sample_tflops = fwd * opts.sample_steps as f64 * sample_images_per_s / 1e12;
@@ -314,11 +211,11 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         model: opts.model_name.clone(),
         device: device::describe(dev),
         threads: tch::get_num_threads().max(1) as usize,
-        precision: precision_name(cfg.train.precision).into(),
+        precision: cfg.train.precision.name().into(),
         autocast_bf16: model.autocast(),
         parameters: model.parameter_count(),
-        image_size: cfg.model.image_size,
-        channels: cfg.model.in_channels,
+        image_size: model.family().pixel_shape()[1],
+        channels: model.family().pixel_shape()[0],
         batch: opts.batch,
         grad_accum: cfg.train.grad_accum,
         warmup_steps: opts.warmup,
@@ -345,82 +242,4 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         peak_memory_source,
         notes,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One level of 8 channels at 4x4, one residual block, no attention, additive conditioning,
-    /// one input and output channel.
-    fn one_level() -> UNetConfig {
-        UNetConfig {
-            channels: 8,
-            channel_mult: vec![1],
-            res_blocks: 1,
-            attention_resolutions: vec![],
-            mid_attention: false,
-            scale_shift: false,
-            heads: 1,
-            groups: 4,
-            in_channels: 1,
-            out_channels: 1,
-            image_size: 4,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn flops_of_a_one_level_unet_by_hand() {
-        // Embedding width 32, 16 pixels.
-        let time_mlp = 2 * (8 * 32 + 32 * 32); // 2,560
-        let conv_in = 2 * 8 * 9 * 16; // 2,304
-        let res_8_8 = 2 * 8 * 8 * 9 * 16 + 2 * 32 * 8 + 2 * 8 * 8 * 9 * 16; // 37,376
-                                                                            // Up path: two blocks of 16 -> 8 channels (skip concatenated), with a 1x1 skip conv.
-        let res_16_8 = 2 * 16 * 8 * 9 * 16 + 2 * 32 * 8 + 2 * 8 * 8 * 9 * 16 + 2 * 16 * 8 * 16; // 59,904
-        let conv_out = 2 * 8 * 9 * 16; // 2,304
-        let want = time_mlp + conv_in + res_8_8 + 2 * res_8_8 + 2 * res_16_8 + conv_out;
-        assert_eq!(want, 239_104);
-        assert_eq!(unet_forward_flops(&one_level()), want as f64);
-    }
-
-    #[test]
-    fn attention_scale_shift_and_levels_add_what_they_should() {
-        let base = unet_forward_flops(&one_level());
-        // Middle attention at 4x4 with 8 channels: four 8x8 projections of 16 tokens, plus
-        // QK^T and AV: 2 * 2 * 16^2 * 8.
-        let with_attn = unet_forward_flops(&UNetConfig { mid_attention: true, ..one_level() });
-        assert_eq!(with_attn - base, (4 * 2 * 8 * 8 * 16 + 2 * 2 * 256 * 8) as f64);
-        // Scale-shift doubles each of the 5 blocks' embedding projections (32 -> 16, not 8).
-        let ss = unet_forward_flops(&UNetConfig { scale_shift: true, ..one_level() });
-        assert_eq!(ss - base, (5 * 2 * 32 * 8) as f64);
-        // A second level at 2x2 with 16 channels: downsample 8->8 (2x2 output), down block
-        // 8->16 at 2x2 (with 1x1 skip), the middle now at 16 channels 2x2, the up path of
-        // level 1 (2 blocks, 32->16 and 24->16 with skips) and its upsample conv (16 at 4x4),
-        // then level 0's up path taking 16+8, then 8+8 channels.
-        let two = UNetConfig { channel_mult: vec![1, 2], ..one_level() };
-        let cfg = &two;
-        let want = (2 * (8 * 32 + 32 * 32)) as f64
-            + conv(1, 8, 3, 4)
-            + resblock(cfg, 8, 8, 4)
-            + conv(8, 8, 3, 2)
-            + resblock(cfg, 8, 16, 2)
-            + 2.0 * resblock(cfg, 16, 16, 2)
-            + resblock(cfg, 32, 16, 2)
-            + resblock(cfg, 24, 16, 2)
-            + conv(16, 16, 3, 4)
-            + resblock(cfg, 24, 8, 4)
-            + resblock(cfg, 16, 8, 4)
-            + conv(8, 1, 3, 4);
-        assert_eq!(unet_forward_flops(&two), want);
-    }
-
-    #[test]
-    fn reference_preset_flops_match_pytorchs_flop_counter() {
-        // torch.utils.flop_counter.FlopCounterMode on one forward of the reference UNet(64) at
-        // batch 1 (tools/bench_torch.py prints it): 2,839,347,200.
-        let mut c = UNetConfig::preset("ref6m").expect("preset");
-        c.out_channels = 3;
-        assert_eq!(unet_forward_flops(&c), 2_839_347_200.0);
-    }
 }

@@ -1,15 +1,17 @@
+use difforge_core::ConfigError;
+use difforge_model::ModelError;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("config: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error(transparent)]
     Data(#[from] difforge_data::DataError),
     #[error(transparent)]
     Nn(#[from] difforge_nn::NnError),
-    #[error("{path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
@@ -23,7 +25,11 @@ impl TrainError {
         TrainError::Io { path: path.into(), source }
     }
 
-    pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        TrainError::Checkpoint { path: path.into(), reason: reason.into() }
+    /// The bad input behind this error, if that is what it is.
+    pub fn config_error(&self) -> Option<&ConfigError> {
+        match self {
+            TrainError::Config(e) | TrainError::Model(ModelError::Config(e)) | TrainError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            _ => None,
+        }
     }
 }

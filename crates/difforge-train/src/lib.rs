@@ -1,28 +1,21 @@
-//! The difforge trainer: the run config, the training loop with its optimiser, LR schedule and
-//! EMA, checkpoints and resume, sampling from a trained model, and the sample judge
-//! (a classifier trained on the real data).
+//! The difforge trainer: the training loop, one optimiser step (shared with the benchmark), the
+//! training loss, learning-rate schedule and EMA, the run's records, prior preservation for
+//! fine-tunes, hyperparameter sweeps and throughput benchmarks. The model, its checkpoints and
+//! generation live in difforge-model; the config in difforge-config.
 
-pub mod adapter;
 pub mod bench;
-pub mod checkpoint;
-pub mod classifier;
-pub mod config;
-pub mod device;
+pub mod data;
 pub mod ema;
 pub mod error;
-pub mod evaluator;
-pub mod generate;
+pub mod logs;
+pub mod loss;
 pub mod lr;
 pub mod metrics;
-pub mod model;
-pub mod optimizer;
 pub mod prior;
-pub mod progress;
+pub mod step;
 pub mod sweep;
+pub mod tensorboard;
 pub mod trainer;
-pub mod validation;
 
-pub use config::{Precision, RunConfig, TrainConfig};
 pub use error::TrainError;
-pub use model::DiffusionModel;
-pub use trainer::{train, TrainOptions, TrainSummary};
+pub use trainer::{train, Evaluate, TrainOptions, TrainSummary};

@@ -1,6 +1,6 @@
 //! Learning rate at a step: linear warm-up, then constant or cosine decay to a floor.
 
-use crate::config::{LrSchedule, TrainConfig};
+use difforge_config::{LrSchedule, TrainConfig};
 
 pub fn learning_rate(cfg: &TrainConfig, step: u64) -> f64 {
     if step < cfg.warmup_steps {

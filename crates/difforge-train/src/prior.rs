@@ -2,12 +2,13 @@
 //! own classes are mixed into every fine-tuning step, so the model keeps what it knew while it
 //! learns the new data. The images are generated once, deterministically, from the base.
 
-use crate::checkpoint;
-use crate::config::RunConfig;
 use crate::error::TrainError;
-use crate::generate::{class_grid_spec, generate, to_vec, GenerateSpec};
+use difforge_config::RunConfig;
 use difforge_core::{derive_seed, Stream};
 use difforge_data::{AugmentConfig, CropMode, ImageSet, Loader, Pixels};
+use difforge_model::generate::{generate, preview_conditions};
+use difforge_model::images::to_vec;
+use difforge_model::{checkpoint, Condition, GenerateSpec, Weights};
 use std::sync::Arc;
 use tch::Device;
 
@@ -17,13 +18,15 @@ pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, T
     let dir = checkpoint::resolve(from)?;
     let base_cfg = checkpoint::read_config(&dir)?;
     let base = checkpoint::load_model(&dir, &base_cfg, device)?;
-    let k = base_cfg.model.num_classes;
-    let (classes, seeds) = class_grid_spec(k, cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
-    eprintln!("prior preservation: generating {} images with the base model", seeds.len());
-    let spec = GenerateSpec { classes: classes.clone(), seeds, sampler: &base_cfg.sample, use_ema: true, max_batch: 256, fixed_batch: false };
-    let images = to_vec(&generate(&base, &spec));
-    let (c, s) = (base_cfg.model.in_channels as usize, base_cfg.model.image_size as usize);
-    let mut set = ImageSet { class_names: (0..k).map(|i| i.to_string()).collect(), ..Default::default() };
+    let kind = base.family().condition_kind();
+    let (conditions, seeds) = preview_conditions(kind, cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
+    tracing::info!("prior preservation: generating {} images with the base model", seeds.len());
+    let labels: Vec<Option<usize>> = conditions.iter().map(|c| if let Condition::Class(k) = c { Some(*k as usize) } else { None }).collect();
+    let spec = GenerateSpec { conditions, seeds, sampler: &base_cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false };
+    let images = to_vec(&generate(&base, &spec)?)?;
+    let [c, s, _] = base.family().pixel_shape();
+    let (c, s) = (c as usize, s as usize);
+    let mut set = ImageSet { class_names: (0..kind.classes().unwrap_or(0)).map(|i| i.to_string()).collect(), ..Default::default() };
     for (i, img) in images.chunks(c * s * s).enumerate() {
         // Planar floats -> interleaved bytes, as every image set stores pixels.
         let mut data = vec![0u8; c * s * s];
@@ -33,7 +36,7 @@ pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, T
             }
         }
         set.pixels.push(Pixels { width: s as u32, height: s as u32, channels: c as u32, data });
-        set.labels.push(classes.as_ref().map(|cl| cl[i] as usize));
+        set.labels.push(labels[i]);
         set.captions.push(None);
         set.ids.push(format!("prior/{i}"));
     }

@@ -3,9 +3,10 @@
 //! successive halving, all trials get a small budget, the better half continues (resumed, not
 //! restarted) with double the budget, and so on until one budget is the full one.
 
-use crate::config::{MetricMode, RunConfig};
 use crate::error::TrainError;
 use crate::trainer::{train, TrainOptions, TrainSummary};
+use difforge_config::{MetricMode, RunConfig};
+use difforge_core::ConfigError;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 /// One `--grid key=v1,v2,...`: commas inside brackets or quotes do not split.
 pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), TrainError> {
-    let (key, values) = spec.split_once('=').ok_or_else(|| TrainError::Config(format!("--grid {spec}: expected key=v1,v2,... e.g. train.lr=1e-3,3e-4")))?;
+    let (key, values) = spec.split_once('=').ok_or_else(|| ConfigError::new("--grid", spec, "key=v1,v2,... e.g. train.lr=1e-3,3e-4"))?;
     let mut out = Vec::new();
     let (mut depth, mut quoted, mut cur) = (0i32, false, String::new());
     for ch in values.chars() {
@@ -32,7 +33,7 @@ pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), TrainError> {
     out.push(cur);
     let out: Vec<String> = out.into_iter().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
     if out.is_empty() {
-        return Err(TrainError::Config(format!("--grid {spec}: no values")));
+        return Err(ConfigError::new("--grid", spec, "at least one value after `=`").into());
     }
     Ok((key.trim().to_string(), out))
 }
@@ -92,9 +93,9 @@ fn run_trial(trial: &mut Trial, dir: &Path, steps: u64, stop: &Arc<AtomicBool>) 
         stop: stop.clone(),
         evaluator: None,
     };
-    let summary = train(cfg, &opts)?;
+    let summary = train(cfg, opts)?;
     trial.wall += summary.wall_time_s;
-    eprintln!(
+    tracing::info!(
         "sweep: {} [{}] step {}: {} = {}",
         trial.name,
         trial.settings.join(" "),

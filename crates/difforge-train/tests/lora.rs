@@ -3,34 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use difforge_config::RunConfig;
 use difforge_diffusion::SamplerConfig;
-use difforge_train::generate::{generate, GenerateSpec};
-use difforge_train::{adapter, checkpoint, train, DiffusionModel, RunConfig, TrainOptions};
+use difforge_model::{adapter, checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
+use difforge_train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
-const TINY: &[&str] = &[
-    "data.image_size=8",
-    "model.channels=16",
-    "model.channel_mult=[1,2]",
-    "model.res_blocks=1",
-    "model.groups=8",
-    "model.heads=2",
-    "model.attention_resolutions=[4]",
-    "train.batch_size=16",
-    "train.warmup_steps=2",
-    "train.device=\"cpu\"",
-    "train.threads=2",
-    "train.sample_per_class=1",
-    "sample.steps=3",
-];
-
+/// The tests' tiny config (configs/tiny.toml) with attention at 4x4 and short runs.
 fn run(out: &Path, extra: &[String]) -> difforge_train::TrainSummary {
-    let sets: Vec<String> = TINY.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect();
-    let cfg = RunConfig::load(None, &sets).unwrap();
-    train(cfg, &TrainOptions { out_dir: out.to_path_buf(), resume: false, resume_sets: vec![], stop: Arc::new(AtomicBool::new(false)), evaluator: None })
-        .unwrap()
+    let mut sets: Vec<String> =
+        ["model.attention_resolutions=[4]", "train.warmup_steps=2", "train.sample_per_class=1", "sample.steps=3"].iter().map(|s| s.to_string()).collect();
+    sets.extend(extra.iter().cloned());
+    let cfg = RunConfig::from_toml(include_str!("../../../configs/tiny.toml"), &sets, "configs/tiny.toml").unwrap();
+    train(cfg, TrainOptions { out_dir: out.to_path_buf(), ..Default::default() }).unwrap()
 }
 
 fn base(dir: &Path, seed: u64) -> PathBuf {
@@ -79,24 +64,31 @@ fn adapters_train_stay_small_merge_exactly_and_refuse_other_bases() {
 
     // Unmerged at scale 0.7 and merged at 0.7 give the same images (within 1e-3).
     let sampler = SamplerConfig { steps: 4, ..Default::default() };
-    let spec = |s| GenerateSpec { classes: Some(vec![1, 4, 7]), seeds: vec![3, 4, 5], sampler: s, use_ema: true, max_batch: 8, fixed_batch: false };
+    let spec = |s| GenerateSpec {
+        conditions: [1, 4, 7].map(Condition::Class).to_vec(),
+        seeds: vec![3, 4, 5],
+        sampler: s,
+        weights: Weights::Ema,
+        max_batch: 8,
+        fixed_batch: false,
+    };
     let unmerged = adapter::load_with_adapter(&base_dir, &file, 0.7, tch::Device::Cpu).unwrap();
-    let a = generate(&unmerged, &spec(&sampler));
+    let a = generate(&unmerged, &spec(&sampler)).unwrap();
     let at_one = adapter::load_with_adapter(&base_dir, &file, 1.0, tch::Device::Cpu).unwrap();
     let weights = adapter::merged_weights(&at_one, 0.7).unwrap();
     let mut cfg = checkpoint::read_config(&base_dir).unwrap();
     cfg.lora = None;
     let merged = DiffusionModel::new(&cfg, tch::Device::Cpu).unwrap();
-    for vs in [&merged.vs, &merged.ema_vs] {
-        let vars = vs.variables();
+    for w in [Weights::Raw, Weights::Ema] {
+        let vars = merged.var_store(w).variables();
         for (name, w) in &weights {
             tch::no_grad(|| vars[name].shallow_clone().copy_(w));
         }
     }
-    let b = generate(&merged, &spec(&sampler));
+    let b = generate(&merged, &spec(&sampler)).unwrap();
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(diff < 1e-3, "merged and unmerged differ by {diff}");
-    let plain = generate(&checkpoint::load_model(&base_dir, &cfg, tch::Device::Cpu).unwrap(), &spec(&sampler));
+    let plain = generate(&checkpoint::load_model(&base_dir, &cfg, tch::Device::Cpu).unwrap(), &spec(&sampler)).unwrap();
     assert!((&a - &plain).abs().max().double_value(&[]) > 1e-3, "the adapter changes nothing");
 
     // Another base refuses the adapter, naming both.

@@ -91,9 +91,9 @@ pub struct FinetuneArgs {
     /// keep their labels, new names become new classes).
     #[arg(long)]
     pub data: PathBuf,
-    /// "lora" (train adapters, base frozen) or "full" (train every weight).
-    #[arg(long, default_value = "lora")]
-    pub method: String,
+    /// lora (train adapters, base frozen) or full (train every weight).
+    #[arg(long, value_enum, default_value_t = FinetuneMethod::Lora)]
+    pub method: FinetuneMethod,
     /// A TOML file merged over the base's config: [train] (lr, steps, ...), [lora], [finetune].
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -104,6 +104,14 @@ pub struct FinetuneArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinetuneMethod {
+    /// LoRA adapters on the frozen base.
+    Lora,
+    /// Every weight.
+    Full,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -177,7 +185,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DATASET")]
     pub data: Option<String>,
     /// Which split of the real data: val (held out from training), train or all.
-    #[arg(long, default_value = "val")]
+    #[arg(long, default_value = "val", value_parser = ["val", "train", "all"])]
     pub split: String,
     /// Samples to generate.
     #[arg(long, default_value_t = 1000)]
@@ -282,11 +290,16 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
+/// The sampler names of the registry, for the `--sampler` value parser and its help.
+fn sampler_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(difforge_diffusion::SamplerKind::all().map(|k| clap::builder::PossibleValue::new(k.name()).help(k.info().about)))
+}
+
 /// Overrides of the run's [sample] settings.
 #[derive(Args, Clone)]
 pub struct SamplerArgs {
-    /// ddpm, ddim or dpm++2m (default: the run's [sample] config).
-    #[arg(long)]
+    /// The sampler (default: the run's [sample] config).
+    #[arg(long, value_parser = sampler_parser())]
     pub sampler: Option<String>,
     /// Denoising steps.
     #[arg(long)]

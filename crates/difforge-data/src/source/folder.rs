@@ -6,6 +6,7 @@ use crate::error::DataError;
 use crate::image_set::{ImageSet, SkippedFile};
 use crate::pixels::Pixels;
 use crate::preprocess::Preprocess;
+use difforge_core::ConfigError;
 use image::ImageReader;
 use rayon::prelude::*;
 use std::collections::BTreeSet;
@@ -62,7 +63,7 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<image::DynamicImage, Strin
 /// position in that list (a fine-tune keeps its base's labels); otherwise by sorted name.
 pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classes: &[String]) -> Result<ImageSet, DataError> {
     if !root.is_dir() {
-        return Err(DataError::Invalid(format!("data.path = {}: not a folder", root.display())));
+        return Err(ConfigError::new("data.path", root.display(), "an existing folder of images").into());
     }
     let files = list_images(root)?;
     let classes: BTreeSet<String> = files.iter().filter_map(|f| class_of(root, f)).collect();
@@ -70,7 +71,12 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
         classes.into_iter().collect()
     } else {
         if let Some(unknown) = classes.iter().find(|c| !known_classes.contains(c)) {
-            return Err(DataError::Invalid(format!("{}: subfolder `{unknown}` is not one of data.class_names {known_classes:?}", root.display())));
+            return Err(ConfigError::new(
+                "data.class_names",
+                format!("{known_classes:?}"),
+                format!("every subfolder of {} among them (`{unknown}` is not)", root.display()),
+            )
+            .into());
         }
         known_classes.to_vec()
     };

@@ -71,7 +71,12 @@ pub fn load_idx(images: &Path, labels: Option<&Path>, class_names: &[String], pr
     };
     let num_classes = labels.as_ref().map_or(0, |l| l.iter().copied().max().map_or(0, |m| m as usize + 1));
     if !class_names.is_empty() && class_names.len() < num_classes {
-        return Err(DataError::Invalid(format!("data.class_names has {} names but the labels go up to {}", class_names.len(), num_classes - 1)));
+        return Err(difforge_core::ConfigError::new(
+            "data.class_names",
+            format!("{} names", class_names.len()),
+            format!("at least {num_classes} (the labels go up to {})", num_classes - 1),
+        )
+        .into());
     }
     let names = if class_names.is_empty() { (0..num_classes).map(|c| c.to_string()).collect() } else { class_names.to_vec() };
     let pixels: Vec<_> = (0..n)

@@ -12,6 +12,7 @@ use crate::config::{DataConfig, SourceKind};
 use crate::error::DataError;
 use crate::image_set::ImageSet;
 use crate::preprocess::Preprocess;
+use difforge_core::ConfigError;
 
 /// Loads and preprocesses the dataset a `[data]` section describes.
 pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
@@ -19,11 +20,11 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
     let set = match config.source {
         SourceKind::Digits => load_digits(&prep)?,
         SourceKind::Folder => {
-            let path = config.path.as_deref().ok_or(DataError::MissingPath("folder"))?;
+            let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"folder\"")))?;
             load_folder(path, &prep, config.max_pixels, &config.class_names)?
         }
         SourceKind::Idx => {
-            let path = config.path.as_deref().ok_or(DataError::MissingPath("idx"))?;
+            let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"idx\"")))?;
             load_idx(path, config.labels_path.as_deref(), &config.class_names, &prep)?
         }
     };

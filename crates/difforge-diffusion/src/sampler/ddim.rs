@@ -1,8 +1,16 @@
 //! DDIM (Song et al. 2021) with eta: eta = 0 is deterministic, eta = 1 matches DDPM's variance.
 
-use super::{alpha_bars, Sampler};
+use super::{alpha_bars, Sampler, SamplerInfo};
+use crate::config::SamplerConfig;
 use crate::schedule::NoiseSchedule;
 use tch::Tensor;
+
+pub(super) const INFO: SamplerInfo =
+    SamplerInfo { name: "ddim", aliases: &[], about: "DDIM; deterministic with eta 0, DDPM-like noise with eta 1", stochastic: false, build };
+
+fn build(cfg: &SamplerConfig, schedule: &NoiseSchedule, ts: Vec<usize>) -> Box<dyn Sampler> {
+    Box::new(Ddim::new(schedule, ts, cfg.eta))
+}
 
 pub struct Ddim {
     ts: Vec<usize>,

@@ -1,9 +1,16 @@
 //! DDPM ancestral sampling (Ho et al. 2020): the posterior q(x_prev | x_t, x0) with its "fixed
 //! small" variance, generalised to skipped timesteps as diffusers' DDPMScheduler does.
 
-use super::{alpha_bars, Sampler};
+use super::{alpha_bars, Sampler, SamplerInfo};
+use crate::config::SamplerConfig;
 use crate::schedule::NoiseSchedule;
 use tch::Tensor;
+
+pub(super) const INFO: SamplerInfo = SamplerInfo { name: "ddpm", aliases: &[], about: "DDPM ancestral sampling (stochastic)", stochastic: true, build };
+
+fn build(_cfg: &SamplerConfig, schedule: &NoiseSchedule, ts: Vec<usize>) -> Box<dyn Sampler> {
+    Box::new(Ddpm::new(schedule, ts))
+}
 
 pub struct Ddpm {
     ts: Vec<usize>,

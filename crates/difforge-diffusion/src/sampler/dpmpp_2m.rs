@@ -2,9 +2,22 @@
 //! ODE in data-prediction form, in log-SNR time lambda = log(alpha / sigma). The first step and
 //! the last (to t = 0) are first order, as diffusers does for short schedules.
 
-use super::{alpha_bars, Sampler};
+use super::{alpha_bars, Sampler, SamplerInfo};
+use crate::config::SamplerConfig;
 use crate::schedule::NoiseSchedule;
 use tch::Tensor;
+
+pub(super) const INFO: SamplerInfo = SamplerInfo {
+    name: "dpm++2m",
+    aliases: &["dpmpp2m"],
+    about: "DPM-Solver++(2M), a second-order multistep ODE solver (deterministic)",
+    stochastic: false,
+    build,
+};
+
+fn build(_cfg: &SamplerConfig, schedule: &NoiseSchedule, ts: Vec<usize>) -> Box<dyn Sampler> {
+    Box::new(DpmPlusPlus2M::new(schedule, ts))
+}
 
 pub struct DpmPlusPlus2M {
     ts: Vec<usize>,

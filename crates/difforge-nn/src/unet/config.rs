@@ -1,6 +1,7 @@
 //! The `[model]` section: the shape of the UNet.
 
 use crate::activation::Activation;
+use difforge_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,47 +76,62 @@ impl UNetConfig {
     }
 
     /// Range and consistency checks, naming the key; run on the effective config.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.channels < 1 {
-            return Err(format!("model.channels = {}: expected a positive number", self.channels));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.channels) {
+            return Err(ConfigError::new("model.channels", self.channels, "1..=4096"));
         }
-        if self.channel_mult.is_empty() || self.channel_mult.iter().any(|&m| m < 1) {
-            return Err(format!("model.channel_mult = {:?}: expected one or more positive multipliers", self.channel_mult));
+        if self.channel_mult.is_empty() || self.channel_mult.len() > 8 || self.channel_mult.iter().any(|m| !(1..=16).contains(m)) {
+            return Err(ConfigError::new("model.channel_mult", format!("{:?}", self.channel_mult), "1 to 8 levels, each multiplier in 1..=16"));
         }
-        if self.res_blocks == 0 {
-            return Err("model.res_blocks = 0: expected at least 1".into());
+        if !(1..=16).contains(&self.res_blocks) {
+            return Err(ConfigError::new("model.res_blocks", self.res_blocks, "1..=16"));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("model.dropout = {}: expected 0.0 <= x < 1.0", self.dropout));
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(ConfigError::new("model.dropout", self.dropout, "0.0 <= x < 1.0"));
         }
-        if self.heads < 1 || self.groups < 1 {
-            return Err(format!("model.heads = {} and model.groups = {}: expected positive numbers", self.heads, self.groups));
+        if !(1..=64).contains(&self.heads) {
+            return Err(ConfigError::new("model.heads", self.heads, "1..=64"));
+        }
+        if !(1..=1024).contains(&self.groups) {
+            return Err(ConfigError::new("model.groups", self.groups, "1..=1024"));
         }
         if self.in_channels < 1 || self.out_channels < 1 || self.image_size < 1 {
-            return Err("model.in_channels, model.out_channels and model.image_size must be resolved before building".into());
+            return Err(ConfigError::problem(
+                "model.in_channels",
+                "model.in_channels, model.out_channels and model.image_size must be resolved before building",
+            ));
         }
-        if self.num_classes < 0 {
-            return Err(format!("model.num_classes = {}: expected 0 (unconditional) or more", self.num_classes));
+        for (key, v) in [("model.in_channels", self.in_channels), ("model.out_channels", self.out_channels)] {
+            if v > 64 {
+                return Err(ConfigError::new(key, v, "1..=64"));
+            }
+        }
+        if !(0..=100_000).contains(&self.num_classes) {
+            return Err(ConfigError::new("model.num_classes", self.num_classes, "0 (unconditional) ..= 100000"));
         }
         let down = 1i64 << (self.channel_mult.len() - 1);
         if self.image_size % down != 0 {
-            return Err(format!(
-                "model.image_size = {}: with {} levels (model.channel_mult) it must divide by {down}",
+            return Err(ConfigError::new(
+                "model.image_size",
                 self.image_size,
-                self.channel_mult.len()
+                format!("a multiple of {down} with {} levels (model.channel_mult)", self.channel_mult.len()),
             ));
         }
         for i in 0..self.channel_mult.len() {
             let ch = self.level_channels(i);
             if ch % self.groups != 0 {
-                return Err(format!("model.groups = {}: level {i} has {ch} channels, not divisible", self.groups));
+                return Err(ConfigError::new("model.groups", self.groups, format!("a divisor of every level's channels (level {i} has {ch})")));
             }
         }
         let last = self.channel_mult.len() - 1;
         for (i, side) in self.level_sides().into_iter().enumerate() {
             let attends = self.attention_resolutions.contains(&side) || (i == last && self.mid_attention);
             if attends && self.level_channels(i) % self.heads != 0 {
-                return Err(format!("model.heads = {}: level {i} has {} channels, not divisible", self.heads, self.level_channels(i)));
+                return Err(ConfigError::new(
+                    "model.heads",
+                    self.heads,
+                    format!("a divisor of the channels of every level with attention (level {i} has {})", self.level_channels(i)),
+                ));
             }
         }
         Ok(())
@@ -125,6 +141,9 @@ impl UNetConfig {
     pub fn level_sides(&self) -> Vec<i64> {
         (0..self.channel_mult.len()).map(|i| self.image_size >> i).collect()
     }
+
+    /// The names [`UNetConfig::preset`] knows.
+    pub const PRESETS: &'static [&'static str] = &["ref6m", "big64"];
 
     /// Named presets for the sizes the README and benchmarks talk about.
     pub fn preset(name: &str) -> Option<UNetConfig> {

@@ -1,5 +1,5 @@
-//! Conditioning: sinusoidal timestep features through an MLP, plus a learnt class embedding
-//! with one extra row for the null class.
+//! The embedding every residual block receives: sinusoidal timestep features through an MLP,
+//! plus a learnt class embedding with one extra row for the null class.
 
 use crate::activation::Activation;
 use crate::lora::{self, LoraSpec, LoraTarget};
@@ -15,7 +15,7 @@ pub fn timestep_features(t: &Tensor, dim: i64) -> Tensor {
 }
 
 #[derive(Debug)]
-pub struct Conditioning {
+pub struct TimeClassEmbedding {
     features: i64,
     linear_1: lora::Linear,
     linear_2: lora::Linear,
@@ -23,11 +23,11 @@ pub struct Conditioning {
     activation: Activation,
 }
 
-impl Conditioning {
-    pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation, lora: Option<&LoraSpec>) -> Conditioning {
+impl TimeClassEmbedding {
+    pub fn new(p: &nn::Path, features: i64, dim: i64, num_classes: i64, activation: Activation, lora: Option<&LoraSpec>) -> TimeClassEmbedding {
         let lora = lora.filter(|l| l.wants(LoraTarget::Embedding));
         let class_embedding = (num_classes > 0).then(|| nn::embedding(p / "class_embedding", num_classes + 1, dim, Default::default()));
-        Conditioning {
+        TimeClassEmbedding {
             features,
             linear_1: lora::Linear::new(p / "time_embedding" / "linear_1", features, dim, Default::default(), lora),
             linear_2: lora::Linear::new(p / "time_embedding" / "linear_2", dim, dim, Default::default(), lora),

@@ -6,16 +6,20 @@
 mod attention;
 mod config;
 mod embedding;
+mod flops;
 mod resample;
 mod resnet;
 
 pub use attention::SelfAttention;
 pub use config::UNetConfig;
 pub use embedding::timestep_features;
+pub use flops::unet_forward_flops;
 
+use crate::conditioning::Conditioning;
+use crate::denoiser::{AttentionMaps, DenoiserNet};
 use crate::error::NnError;
 use crate::lora::LoraSpec;
-use embedding::Conditioning;
+use embedding::TimeClassEmbedding;
 use resample::{Downsample, Upsample};
 use resnet::{conv3x3, BlockOptions, ResBlock};
 use tch::{nn, Tensor};
@@ -57,7 +61,7 @@ struct Level {
 #[derive(Debug)]
 pub struct UNet {
     config: UNetConfig,
-    cond: Conditioning,
+    cond: TimeClassEmbedding,
     conv_in: nn::Conv2D,
     down: Vec<Level>,
     mid_res1: ResBlock,
@@ -76,7 +80,7 @@ impl UNet {
 
     /// Builds the network with LoRA adapters on the targeted layers.
     pub fn with_lora(p: &nn::Path, config: &UNetConfig, lora: Option<&LoraSpec>) -> Result<UNet, NnError> {
-        config.validate().map_err(NnError::Config)?;
+        config.validate()?;
         let c = config;
         let emb = c.embed_dim();
         let opts = BlockOptions { groups: c.groups, activation: c.activation, dropout: c.dropout, scale_shift: c.scale_shift };
@@ -128,7 +132,7 @@ impl UNet {
 
         Ok(UNet {
             config: c.clone(),
-            cond: Conditioning::new(p, c.channels, emb, c.num_classes, c.activation, lora),
+            cond: TimeClassEmbedding::new(p, c.channels, emb, c.num_classes, c.activation, lora),
             conv_in,
             down,
             mid_res1,
@@ -144,20 +148,8 @@ impl UNet {
         &self.config
     }
 
-    /// Predicts the model target for noisy images `x` (B, C, S, S) at timesteps `t` (B,),
-    /// conditioned on class indices `class` (B,) where `num_classes` means "no class".
-    pub fn forward(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>, train: bool) -> Tensor {
-        self.forward_impl(x, t, class, train, None)
-    }
-
-    /// The prediction and, for every self-attention layer in forward order, its name and its
-    /// attention weights (B, heads, H*W, H*W), for explanations.
-    pub fn forward_with_attention(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> (Tensor, Vec<(String, Tensor)>) {
-        let mut captured = Vec::new();
-        let out = self.forward_impl(x, t, class, false, Some(&mut captured));
-        (out, captured)
-    }
-
+    /// The prediction for noisy images `x` (B, C, S, S) at timesteps `t` (B,), conditioned on
+    /// class indices `class` (B,) where `num_classes` means "no class".
     fn forward_impl(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>, train: bool, mut capture: AttentionCapture) -> Tensor {
         let emb = self.cond.forward(t, class);
         let mut h = x.apply(&self.conv_in);
@@ -188,6 +180,23 @@ impl UNet {
             }
         }
         self.config.activation.apply(&h.apply(&self.norm_out)).apply(&self.conv_out)
+    }
+}
+
+impl DenoiserNet for UNet {
+    /// Class conditioning is read from `Conditioning::Class`; any other kind means no class.
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Tensor {
+        self.forward_impl(x, t, cond.class(), train, None)
+    }
+
+    fn forward_with_attention(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Option<(Tensor, AttentionMaps)> {
+        let mut captured = Vec::new();
+        let out = self.forward_impl(x, t, cond.class(), false, Some(&mut captured));
+        Some((out, captured))
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        Some(unet_forward_flops(&self.config))
     }
 }
 
@@ -223,7 +232,7 @@ mod tests {
             let x = Tensor::randn([2, ch, size, size], (Kind::Float, Device::Cpu));
             let t = Tensor::from_slice(&[10i64, 500]);
             let c = Tensor::from_slice(&[0i64, 3]);
-            let y = net.forward(&x, &t, Some(&c), false);
+            let y = net.forward(&x, &t, &Conditioning::Class(c), false);
             assert_eq!(y.size(), vec![2, ch, size, size], "config {mult:?} at {size}");
         }
     }
@@ -233,7 +242,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = UNet::new(&vs.root(), &tiny(1, 16, vec![1, 2], vec![8])).unwrap();
         let x = Tensor::randn([1, 1, 16, 16], (Kind::Float, Device::Cpu));
-        let y = net.forward(&x, &Tensor::from_slice(&[3i64]), None, false);
+        let y = net.forward(&x, &Tensor::from_slice(&[3i64]), &Conditioning::None, false);
         assert_eq!(y.abs().max().double_value(&[]), 0.0);
         let names: Vec<String> = vs.variables().into_keys().collect();
         for expected in [
@@ -254,8 +263,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = UNet::new(&vs.root(), &tiny(1, 16, vec![1, 2], vec![8])).unwrap();
         let x = Tensor::randn([2, 1, 16, 16], (Kind::Float, Device::Cpu));
-        let (y, attn) = net.forward_with_attention(&x, &Tensor::from_slice(&[3i64, 9]), None);
-        assert!(y.equal(&net.forward(&x, &Tensor::from_slice(&[3i64, 9]), None, false)));
+        let (y, attn) = net.forward_with_attention(&x, &Tensor::from_slice(&[3i64, 9]), &Conditioning::None).unwrap();
+        assert!(y.equal(&net.forward(&x, &Tensor::from_slice(&[3i64, 9]), &Conditioning::None, false)));
         let names: Vec<&str> = attn.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["down.1.attn.0", "mid.attn", "up.1.attn.0", "up.1.attn.1"]);
         for (_, w) in &attn {
@@ -282,9 +291,9 @@ mod tests {
         let mut cfg = tiny(1, 20, vec![1, 2, 2], vec![]);
         cfg.channel_mult = vec![1, 2, 2, 2];
         let err = cfg.validate().unwrap_err();
-        assert!(err.contains("model.image_size"), "{err}");
+        assert_eq!(err.key, "model.image_size", "{err}");
         let mut cfg = tiny(1, 16, vec![1, 2], vec![]);
         cfg.groups = 5;
-        assert!(cfg.validate().unwrap_err().contains("model.groups"));
+        assert_eq!(cfg.validate().unwrap_err().key, "model.groups");
     }
 }

@@ -1,13 +1,11 @@
 //! `difforge bench`: training and sampling throughput of a model preset or a run config, on
 //! synthetic data, with FLOPs and (given the card's peak) model FLOPs utilisation.
 
-use difforge_diffusion::Prediction;
+use difforge_config::{Precision, RunConfig};
+use difforge_core::ConfigError;
 use difforge_nn::UNetConfig;
 use difforge_train::bench::{bench, BenchOptions, BenchReport};
-use difforge_train::{Precision, RunConfig};
 use std::path::Path;
-
-const PRESETS: &[&str] = &["ref6m", "big64"];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -32,7 +30,7 @@ pub struct BenchArgs {
     pub sample_steps: usize,
     /// fp32, tf32 or bf16 (default: the config's train.precision; tf32 for presets).
     #[arg(long)]
-    pub precision: Option<String>,
+    pub precision: Option<Precision>,
     /// auto, cpu, cuda or cuda:N (default: the config's train.device; auto for presets).
     #[arg(long)]
     pub device: Option<String>,
@@ -48,76 +46,57 @@ pub struct BenchArgs {
 
 /// The run config of a preset: the default config with the preset's UNet, unconditional,
 /// epsilon target without loss weighting (the same work per step as tools/bench_torch.py).
-fn preset_config(name: &str, model: UNetConfig) -> anyhow::Result<RunConfig> {
-    let mut cfg = RunConfig::default();
-    cfg.data.channels = u32::try_from(model.in_channels)?;
-    cfg.data.image_size = u32::try_from(model.image_size)?;
-    cfg.model = UNetConfig { num_classes: 0, ..model };
-    cfg.diffusion.prediction = Prediction::Epsilon;
-    cfg.diffusion.min_snr_gamma = 0.0;
-    cfg.diffusion.class_dropout = 0.0;
-    cfg.resolve();
-    cfg.validate().map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
-    Ok(cfg)
+fn preset_config(name: &str) -> Result<RunConfig, ConfigError> {
+    let model = UNetConfig::preset(name)
+        .ok_or_else(|| ConfigError::new("--model", name, format!("a preset ({}) or a config file", difforge_core::one_of(UNetConfig::PRESETS))))?;
+    let sets = [
+        format!("data.channels={}", model.in_channels),
+        format!("data.image_size={}", model.image_size),
+        format!("model.preset=\"{name}\""),
+        "model.num_classes=0".to_string(),
+        "diffusion.prediction=\"epsilon\"".to_string(),
+        "diffusion.min_snr_gamma=0.0".to_string(),
+        "diffusion.class_dropout=0.0".to_string(),
+    ];
+    RunConfig::from_toml("", &sets, &format!("the {name} preset")).map_err(|e| e.with_key("--model"))
 }
 
-fn load_model_config(model: &str) -> anyhow::Result<RunConfig> {
-    if let Some(preset) = UNetConfig::preset(model) {
-        return preset_config(model, preset);
-    }
+fn load_model_config(model: &str) -> Result<RunConfig, ConfigError> {
     let path = Path::new(model);
-    if !path.is_file() {
-        anyhow::bail!("--model {model}: neither a preset ({}) nor a config file", PRESETS.join(", "));
+    if UNetConfig::preset(model).is_some() || !path.is_file() {
+        return preset_config(model);
     }
-    Ok(RunConfig::load(Some(path), &[])?)
+    RunConfig::load(Some(path), &[])
 }
 
-fn parse_precision(s: &str) -> anyhow::Result<Precision> {
-    match s {
-        "fp32" => Ok(Precision::Fp32),
-        "tf32" => Ok(Precision::Tf32),
-        "bf16" => Ok(Precision::Bf16),
-        _ => anyhow::bail!("--precision {s}: expected fp32, tf32 or bf16"),
-    }
-}
-
-fn check_device(s: &str) -> anyhow::Result<()> {
-    let dev = difforge_train::device::parse_device(s).map_err(|_| anyhow::anyhow!("--device {s}: expected auto, cpu, cuda or cuda:N"))?;
-    if let tch::Device::Cuda(n) = dev {
-        let count = tch::Cuda::device_count();
-        if n as i64 >= count {
-            anyhow::bail!("--device {s}: {count} CUDA device(s) available");
-        }
+fn check_range(flag: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::new(flag, v, "at least 1"));
     }
     Ok(())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    for (name, v) in [("--batch", args.batch), ("--steps", args.steps), ("--sample-steps", args.sample_steps)] {
-        if v == 0 {
-            anyhow::bail!("{name} 0: expected at least 1");
-        }
-    }
-    if args.sample_batch == Some(0) {
-        anyhow::bail!("--sample-batch 0: expected at least 1");
+    for (flag, v) in
+        [("--batch", args.batch), ("--steps", args.steps), ("--sample-steps", args.sample_steps), ("--sample-batch", args.sample_batch.unwrap_or(1))]
+    {
+        check_range(flag, v)?;
     }
     if let Some(p) = args.peak_tflops {
         if !(p.is_finite() && p > 0.0) {
-            anyhow::bail!("--peak-tflops {p}: expected a positive number of TFLOP/s");
+            return Err(ConfigError::new("--peak-tflops", p, "a positive number of TFLOP/s").into());
         }
     }
     let mut cfg = load_model_config(&args.model)?;
     if args.sample_steps > cfg.diffusion.timesteps {
-        anyhow::bail!("--sample-steps {}: expected 1..={} (diffusion.timesteps)", args.sample_steps, cfg.diffusion.timesteps);
+        return Err(ConfigError::new("--sample-steps", args.sample_steps, format!("1..={} (diffusion.timesteps)", cfg.diffusion.timesteps)).into());
     }
-    if let Some(p) = &args.precision {
-        cfg.train.precision = parse_precision(p)?;
+    if let Some(p) = args.precision {
+        cfg.train.precision = p;
     }
     if let Some(d) = &args.device {
-        check_device(d)?;
+        difforge_config::DeviceChoice::parse("--device", d)?;
         cfg.train.device = d.clone();
-    } else {
-        check_device(&cfg.train.device)?;
     }
     if let Some(t) = args.threads {
         cfg.train.threads = t;
@@ -137,7 +116,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.model, opts.warmup, opts.steps, opts.batch, opts.sample_steps, opts.sample_batch
         );
     }
-    let report = bench(&cfg, &opts)?;
+    let report = bench(&cfg, &opts).map_err(|e| match e {
+        difforge_train::TrainError::Config(c) if args.device.is_some() && c.key == "train.device" => c.with_key("--device").into(),
+        other => anyhow::Error::from(other),
+    })?;
     if args.json {
         return super::print_json(&report);
     }

@@ -1,7 +1,7 @@
 //! `difforge config show`.
 
 use crate::cli::ConfigArgs;
-use difforge_train::RunConfig;
+use difforge_config::RunConfig;
 
 pub fn load(args: &ConfigArgs) -> anyhow::Result<RunConfig> {
     Ok(RunConfig::load(args.config.as_deref(), &args.sets)?)

@@ -5,7 +5,10 @@ use std::path::Path;
 
 pub fn check(path: &Path, model_size: u32, imbalance_threshold: f64, near_distance: u32, fix: Option<&Path>, json: bool) -> anyhow::Result<()> {
     if near_distance > 3 {
-        anyhow::bail!("--near-distance {near_distance}: expected 0..=3");
+        return Err(difforge_core::ConfigError::new("--near-distance", near_distance, "0..=3").into());
+    }
+    if !(imbalance_threshold.is_finite() && imbalance_threshold >= 1.0) {
+        return Err(difforge_core::ConfigError::new("--imbalance-threshold", imbalance_threshold, "a ratio of at least 1").into());
     }
     let opts = CheckOptions { model_size, imbalance_threshold, near_duplicate_distance: near_distance, ..Default::default() };
     let report = check_folder(path, &opts)?;

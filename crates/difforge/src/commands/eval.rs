@@ -3,19 +3,21 @@
 
 use crate::cli::EvalArgs;
 use anyhow::Context;
+use difforge_config::RunConfig;
+use difforge_core::ConfigError;
 use difforge_eval::cache::FeatureCache;
 use difforge_eval::dataset::{resolve_dataset, SplitChoice};
 use difforge_eval::evaluate::{evaluate, EvalData, EvalExtras, EvalOptions, EvalReport};
 use difforge_eval::features::FeatureNet;
 use difforge_eval::metrics::kid::KidConfig;
-use difforge_train::{checkpoint, RunConfig};
+use difforge_model::checkpoint;
 use std::path::{Path, PathBuf};
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let checkpoints = checkpoints(&args)?;
     let (first_dir, _) = checkpoints.last().context("no checkpoint to evaluate")?;
     let cfg = checkpoint::read_config(first_dir)?;
-    let device = difforge_train::trainer::device_for(&args.device, cfg.train.threads)?;
+    let device = super::sample::device(&args.device, cfg.train.threads)?;
     let opts = options(&args, &cfg)?;
     let mut nets = vec![FeatureNet::efficientnet(args.effnet_weights.as_deref(), device)?];
     if let Some(weights) = &args.inception_weights {
@@ -30,7 +32,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let cfg = checkpoint::read_config(dir)?;
         let model = checkpoint::load_model(dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?;
         if checkpoints.len() > 1 {
-            eprintln!("evaluating {} (step {step})", dir.display());
+            tracing::info!("evaluating {} (step {step})", dir.display());
         }
         let (report, extras) = evaluate(&model, dir.clone(), *step, &nets, &cache, &data, &opts)?;
         history.push(report.clone());
@@ -39,7 +41,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (report, extras) = last.context("no checkpoint was evaluated")?;
     if let Some(dir) = &args.report {
         let page = difforge_eval::report::write(dir, &report, &extras, args.run.as_deref().or(run_of(&args.checkpoint)), &history)?;
-        eprintln!("report -> {}", page.display());
+        tracing::info!("report -> {}", page.display());
     }
     if args.json {
         return if history.len() > 1 { super::print_json(&serde_json::json!({ "checkpoints": history })) } else { super::print_json(&report) };
@@ -59,11 +61,16 @@ fn checkpoints(args: &EvalArgs) -> anyhow::Result<Vec<(PathBuf, u64)>> {
         (None, Some(run)) => {
             let kept = checkpoint::list(run)?;
             if kept.is_empty() {
-                anyhow::bail!("--run {}: no checkpoints in {}", run.display(), run.join("checkpoints").display());
+                return Err(ConfigError::new(
+                    "--run",
+                    run.display(),
+                    format!("a run folder with checkpoints (there are none in {})", run.join("checkpoints").display()),
+                )
+                .into());
             }
             kept.into_iter().map(|(_, dir)| with_step(dir)).collect()
         }
-        _ => anyhow::bail!("give exactly one of --checkpoint PATH or --run RUN_DIR"),
+        _ => Err(ConfigError::problem("--checkpoint", "give exactly one of --checkpoint PATH or --run RUN_DIR").into()),
     }
 }
 
@@ -79,20 +86,30 @@ fn run_of(checkpoint: &Option<PathBuf>) -> Option<&Path> {
 
 fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
     if args.samples.is_none() && !(2..=50_000).contains(&args.n) {
-        anyhow::bail!("--n {}: expected 2..=50000 (at least 2 samples are needed for a covariance)", args.n);
+        return Err(ConfigError::new("--n", args.n, "2..=50000 (at least 2 samples are needed for a covariance)").into());
     }
     let real_data = match &args.data {
         Some(spec) => resolve_dataset(spec, &cfg.data)?,
         None => cfg.data.clone(),
     };
-    let real_split = SplitChoice::parse(&args.split).with_context(|| format!("--split {}: expected val, train or all", args.split))?;
+    let real_split = SplitChoice::parse(&args.split).ok_or_else(|| ConfigError::new("--split", &args.split, "val, train or all"))?;
     let classifier = args.classifier.clone().or_else(|| {
         let default = run_of(&args.checkpoint).or(args.run.as_deref())?.join("classifier");
-        default.join(difforge_train::classifier::META_FILE).is_file().then_some(default)
+        default.join(difforge_eval::judge::META_FILE).is_file().then_some(default)
     });
     if args.classifier.is_none() {
         if let Some(dir) = &classifier {
-            eprintln!("class accuracy: using the run's classifier {}", dir.display());
+            tracing::info!("class accuracy: using the run's classifier {}", dir.display());
+        }
+    }
+    if !(args.memorisation_threshold.is_finite() && args.memorisation_threshold > 0.0 && args.memorisation_threshold <= 10.0) {
+        return Err(ConfigError::new("--memorisation-threshold", args.memorisation_threshold, "a fraction in (0, 10]").into());
+    }
+    for (flag, v, min) in
+        [("--k", args.k, 1), ("--kid-subsets", args.kid_subsets, 1), ("--kid-subset-size", args.kid_subset_size, 2), ("--batch", args.batch, 1)]
+    {
+        if v < min {
+            return Err(ConfigError::new(flag, v, format!("at least {min}")).into());
         }
     }
     Ok(EvalOptions {

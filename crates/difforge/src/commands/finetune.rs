@@ -1,26 +1,16 @@
 //! `difforge finetune` and `difforge lora merge`.
 
-use crate::cli::FinetuneArgs;
+use crate::cli::{FinetuneArgs, FinetuneMethod};
+use difforge_config::{deep_merge, RunConfig};
+use difforge_core::ConfigError;
 use difforge_data::SourceKind;
-use difforge_train::checkpoint::{self, CheckpointTensors};
-use difforge_train::{adapter, train, RunConfig, TrainOptions};
+use difforge_model::checkpoint::{self, CheckpointTensors};
+use difforge_model::{adapter, family::family_of};
+use difforge_train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 
-/// Copies every key of `over` into `base`, descending into tables.
-fn deep_merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
-/// The class names of a base model, in label order.
-fn base_class_names(cfg: &RunConfig) -> Vec<String> {
-    let k = cfg.model.num_classes.max(0) as usize;
+/// The class names of a class-conditional base model with `k` classes, in label order.
+fn base_class_names(cfg: &RunConfig, k: usize) -> Vec<String> {
     if !cfg.data.class_names.is_empty() {
         return cfg.data.class_names.clone();
     }
@@ -52,25 +42,22 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let base = checkpoint::read_config(&base_dir)?;
     let mut table: toml::Table = base.to_toml().parse()?;
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?;
-        deep_merge(&mut table, text.parse().map_err(|e| anyhow::anyhow!("--config {}: {e}", path.display()))?);
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("--config", path.display(), format!("a readable TOML file ({e})")))?;
+        deep_merge(&mut table, text.parse().map_err(|e: toml::de::Error| ConfigError::new("--config", path.display(), format!("TOML ({})", e.message())))?);
     }
-    let lora = match args.method.as_str() {
-        "lora" => true,
-        "full" => false,
-        other => anyhow::bail!("--method {other}: expected lora or full"),
-    };
+    let lora = args.method == FinetuneMethod::Lora;
     if !lora {
         table.remove("lora");
     } else if !table.contains_key("lora") {
         table.insert("lora".into(), toml::Value::Table(Default::default()));
     }
-    let mut names = base_class_names(&base);
+    let classes = family_of(&base.model).condition_kind().classes();
+    let mut names = base_class_names(&base, classes.unwrap_or(0) as usize);
     let mut added = false;
-    if base.model.num_classes > 0 {
+    if classes.is_some() {
         for c in subfolders(&args.data)? {
             if !names.contains(&c) {
-                eprintln!("new class `{c}` (label {})", names.len());
+                tracing::info!("new class `{c}` (label {})", names.len());
                 names.push(c);
                 added = true;
             }
@@ -81,7 +68,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         "data.source=\"folder\"".to_string(),
         format!("data.path={}", toml::Value::String(args.data.display().to_string())),
     ];
-    if base.model.num_classes > 0 {
+    if classes.is_some() {
         sets.push(format!("data.class_names={}", toml::Value::Array(names.iter().cloned().map(toml::Value::String).collect())));
         sets.push(format!("model.num_classes={}", names.len()));
     }
@@ -94,11 +81,11 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let cfg = RunConfig::from_toml(&text, &sets, "the fine-tune config")?;
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune"));
     if !checkpoint::list(&out_dir)?.is_empty() {
-        anyhow::bail!("{} already holds checkpoints: choose another --out", out_dir.display());
+        return Err(ConfigError::new("--out", out_dir.display(), "a new run folder: this one already holds checkpoints").into());
     }
     let stop = super::stop_on_signals()?;
-    let evaluator: Box<dyn difforge_train::evaluator::Evaluator> = Box::new(difforge_eval::training::TrainingEvaluator::new());
-    let summary = train(cfg, &TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop, evaluator: Some(evaluator) })?;
+    let opts = TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop, evaluator: Some(super::train::sample_evaluation()) };
+    let summary = train(cfg, opts)?;
     if args.json {
         return super::print_json(&summary);
     }
@@ -114,10 +101,13 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
 }
 
 pub fn merge(base: &Path, lora: &Path, scale: f64, out: &Path) -> anyhow::Result<()> {
+    if !(scale.is_finite() && (-10.0..=10.0).contains(&scale)) {
+        return Err(ConfigError::new("--scale", scale, "a number in -10..=10").into());
+    }
     let base_dir = checkpoint::resolve(base)?;
     let model = adapter::load_with_adapter(&base_dir, lora, 1.0, tch::Device::Cpu)?;
     let weights = adapter::merged_weights(&model, scale)?;
-    let mut cfg = model.config.clone();
+    let mut cfg = model.config().clone();
     cfg.lora = None;
     cfg.finetune = RunConfig::default().finetune;
     let state = checkpoint::read_state(&base_dir)?;

@@ -1,30 +1,53 @@
-//! `difforge sample`, and the checkpoint loading it shares with other commands.
+//! `difforge sample`, and the checkpoint loading and sampler overrides it shares with other
+//! commands.
 
 use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs};
 use anyhow::Context;
+use difforge_config::RunConfig;
+use difforge_core::ConfigError;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
-use difforge_train::generate::{generate, save_each, save_grid, GenerateSpec};
-use difforge_train::{checkpoint, DiffusionModel};
+use difforge_model::generate::classes_in_turn;
+use difforge_model::images::{save_each, save_grid};
+use difforge_model::{checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
 use serde::Serialize;
 
-/// Loads the checkpoint named by `--checkpoint` and the sampler settings, with overrides.
+/// The flag that overrides a `[sample]` key, for error messages.
+fn sampler_flag(key: &str) -> Option<&'static str> {
+    match key {
+        "sample.sampler" => Some("--sampler"),
+        "sample.steps" => Some("--steps"),
+        "sample.guidance" => Some("--guidance"),
+        "sample.eta" => Some("--eta"),
+        _ => None,
+    }
+}
+
+/// Prepares the device a command asks for with `--device`.
+pub fn device(flag: &str, threads: usize) -> Result<tch::Device, ConfigError> {
+    difforge_model::device::prepare("--device", flag, threads, difforge_config::Precision::Fp32)
+}
+
+/// Loads the checkpoint named by `--checkpoint` (with its adapter) and the sampler settings.
 pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfig, std::path::PathBuf)> {
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg = checkpoint::read_config(&dir)?;
-    let device = difforge_train::trainer::device_for(&args.device, cfg.train.threads)?;
+    let dev = device(&args.device, cfg.train.threads)?;
+    if !(args.lora_scale.is_finite() && (-10.0..=10.0).contains(&args.lora_scale)) {
+        return Err(ConfigError::new("--lora-scale", args.lora_scale, "a number in -10..=10").into());
+    }
     let model = match &args.lora {
-        Some(adapter) => difforge_train::adapter::load_with_adapter(&dir, adapter, args.lora_scale, device)?,
-        None => checkpoint::load_model(&dir, &cfg, device).with_context(|| format!("loading {}", dir.display()))?,
+        Some(adapter) => difforge_model::adapter::load_with_adapter(&dir, adapter, args.lora_scale, dev)?,
+        None => checkpoint::load_model(&dir, &cfg, dev).with_context(|| format!("loading {}", dir.display()))?,
     };
     let sampler = sampler_config(&args.sampler, &cfg)?;
     Ok((model, sampler, dir))
 }
 
-/// The run's [sample] settings with the command line's overrides, checked.
-pub fn sampler_config(args: &SamplerArgs, cfg: &difforge_train::RunConfig) -> anyhow::Result<SamplerConfig> {
+/// The run's [sample] settings with the command line's overrides, checked; errors name the flag.
+pub fn sampler_config(args: &SamplerArgs, cfg: &RunConfig) -> Result<SamplerConfig, ConfigError> {
     let mut sampler = cfg.sample.clone();
     if let Some(name) = &args.sampler {
-        sampler.sampler = SamplerKind::parse(name).ok_or_else(|| anyhow::anyhow!("--sampler {name}: expected ddpm, ddim or dpm++2m"))?;
+        sampler.sampler = SamplerKind::parse(name).ok_or_else(|| ConfigError::new("--sampler", name, SamplerKind::expected()))?;
     }
     if let Some(s) = args.steps {
         sampler.steps = s;
@@ -35,7 +58,7 @@ pub fn sampler_config(args: &SamplerArgs, cfg: &difforge_train::RunConfig) -> an
     if let Some(e) = args.eta {
         sampler.eta = e;
     }
-    sampler.validate(cfg.diffusion.timesteps).map_err(|e| anyhow::anyhow!("{}", e.replace("sample.", "--")))?;
+    sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(sampler_flag))?;
     Ok(sampler)
 }
 
@@ -53,22 +76,22 @@ struct SampleReport {
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    if args.n == 0 || args.n > 4096 {
-        anyhow::bail!("--n {}: expected 1..=4096", args.n);
+    if !(1..=4096).contains(&args.n) {
+        return Err(ConfigError::new("--n", args.n, "1..=4096").into());
     }
     let (model, sampler, dir) = load(&args.sampling)?;
-    let k = model.config.model.num_classes;
-    let classes = match (k, args.class) {
-        (0, Some(_)) => anyhow::bail!("--class: this model is unconditional (model.num_classes = 0)"),
-        (0, None) => None,
-        (_, Some(c)) if c < 0 || c >= k => anyhow::bail!("--class {c}: expected 0..={}", k - 1),
-        (_, Some(c)) => Some(vec![c; args.n]),
-        (_, None) => Some((0..args.n as i64).map(|i| i % k).collect()),
+    let kind = model.family().condition_kind();
+    let conditions = match args.class {
+        Some(c) => {
+            kind.check("--class", &Condition::Class(c))?;
+            vec![Condition::Class(c); args.n]
+        }
+        None => classes_in_turn(kind, args.n),
     };
     let seeds = (0..args.n as u64).map(|i| args.sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec = GenerateSpec { classes, seeds, sampler: &sampler, use_ema: !args.sampling.raw, max_batch: 256, fixed_batch: false };
-    let images = generate(&model, &spec);
+    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::ema(!args.sampling.raw), max_batch: 256, fixed_batch: false };
+    let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();
     let columns = (args.n as f64).sqrt().ceil() as usize;
     save_grid(&images, columns, &args.out).with_context(|| format!("writing {}", args.out.display()))?;

@@ -1,7 +1,9 @@
 //! `difforge train`.
 
 use crate::cli::TrainArgs;
-use difforge_train::{checkpoint, train, TrainOptions};
+use difforge_core::ConfigError;
+use difforge_model::checkpoint;
+use difforge_train::{train, TrainOptions};
 use std::path::PathBuf;
 
 fn default_out(args: &TrainArgs) -> PathBuf {
@@ -11,10 +13,15 @@ fn default_out(args: &TrainArgs) -> PathBuf {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = if args.resume.is_some() {
-        if args.config.config.is_some() {
-            anyhow::bail!("--config cannot be combined with --resume: a resumed run keeps its config (use --set train.KEY=VALUE to change [train] keys)");
+        if let Some(path) = &args.config.config {
+            return Err(ConfigError::new(
+                "--config",
+                path.display(),
+                "nothing with --resume: a resumed run keeps its config (use --set train.KEY=VALUE to change [train] keys)",
+            )
+            .into());
         }
-        difforge_train::RunConfig::default()
+        difforge_config::RunConfig::default()
     } else {
         super::config::load(&args.config)?
     };
@@ -23,13 +30,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => (args.out.clone().unwrap_or_else(|| default_out(&args)), false),
     };
     if !resume && !checkpoint::list(&out_dir)?.is_empty() {
-        anyhow::bail!("{} already holds checkpoints: continue it with --resume {0}, or choose another --out", out_dir.display());
+        return Err(ConfigError::new(
+            "--out",
+            out_dir.display(),
+            format!("a new run folder: this one already holds checkpoints (continue it with --resume {})", out_dir.display()),
+        )
+        .into());
     }
     let stop = super::stop_on_signals()?;
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
-    let evaluator: Box<dyn difforge_train::evaluator::Evaluator> = Box::new(difforge_eval::training::TrainingEvaluator::new());
-    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop, evaluator: Some(evaluator) };
-    let summary = train(config, &opts)?;
+    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop, evaluator: Some(sample_evaluation()) };
+    let summary = train(config, opts)?;
     if args.json {
         super::print_json(&summary)?;
         if summary.diverged {
@@ -68,4 +79,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         println!("resume with: difforge train --resume {}", out_dir.display());
     }
     Ok(())
+}
+
+/// The sample-quality evaluation `train.eval_every` runs (difforge-eval's, behind the trainer's
+/// hook).
+pub fn sample_evaluation() -> difforge_train::Evaluate {
+    let evaluator = difforge_eval::training::TrainingEvaluator::new();
+    Box::new(move |model, step| evaluator.evaluate(model, step))
 }

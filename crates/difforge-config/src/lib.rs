@@ -1,0 +1,19 @@
+//! The run config: one TOML file with sections [data], [model], [diffusion], [train], [sample],
+//! [finetune] and [lora]. Every field has a default; unknown keys are rejected; `--set a.b=value`
+//! overrides any field; every error is a [`ConfigError`] naming the key, the value and what was
+//! expected. The config of a run is also the recipe of its model: every checkpoint carries it.
+
+pub mod device;
+pub mod finetune;
+pub mod model;
+pub mod overrides;
+pub mod run;
+pub mod train;
+
+pub use device::DeviceChoice;
+pub use difforge_core::ConfigError;
+pub use finetune::FinetuneConfig;
+pub use model::{ModelConfig, ModelFamily};
+pub use overrides::{apply_set, deep_merge};
+pub use run::{RunConfig, DEFAULT_CONFIG};
+pub use train::{eval_metric, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};

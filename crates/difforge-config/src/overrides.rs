@@ -1,0 +1,68 @@
+//! `--set key.path=value` overrides and merging of TOML tables.
+
+use difforge_core::ConfigError;
+
+/// Parses a `--set key=value` value: TOML syntax when it parses (numbers, booleans, arrays,
+/// quoted strings), otherwise a bare string.
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Applies `key.path=value` to a TOML table, creating sections as needed.
+pub fn apply_set(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::new("--set", assignment, "key=value, e.g. train.steps=200"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new("--set", assignment, "a key without empty segments, e.g. train.steps=200"));
+    }
+    let mut node = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        node = entry.as_table_mut().ok_or_else(|| ConfigError::new("--set", assignment, format!("`{part}` to be a section, but it is a value")))?;
+    }
+    node.insert(parts[parts.len() - 1].to_string(), parse_value(raw.trim()));
+    Ok(())
+}
+
+/// Copies every key of `over` into `base`, descending into tables.
+pub fn deep_merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_creates_sections_and_types_values() {
+        let mut t = toml::Table::new();
+        apply_set(&mut t, "train.steps=200").unwrap();
+        apply_set(&mut t, "model.channel_mult=[1,2]").unwrap();
+        apply_set(&mut t, "data.path=some/where").unwrap();
+        assert_eq!(t["train"]["steps"].as_integer(), Some(200));
+        assert_eq!(t["model"]["channel_mult"].as_array().map(Vec::len), Some(2));
+        assert_eq!(t["data"]["path"].as_str(), Some("some/where"));
+        assert!(apply_set(&mut t, "nokey").unwrap_err().to_string().contains("key=value"));
+        assert!(apply_set(&mut t, "train.steps.x=1").is_err());
+    }
+
+    #[test]
+    fn merge_descends_into_tables() {
+        let mut base: toml::Table = "[train]\nsteps = 1\nlr = 0.1\n".parse().unwrap();
+        deep_merge(&mut base, "[train]\nsteps = 2\n[lora]\nrank = 4\n".parse().unwrap());
+        assert_eq!(base["train"]["steps"].as_integer(), Some(2));
+        assert_eq!(base["train"]["lr"].as_float(), Some(0.1));
+        assert_eq!(base["lora"]["rank"].as_integer(), Some(4));
+    }
+}

@@ -1,0 +1,103 @@
+//! Model families: what differs between a class-conditional pixel UNet and (later) a latent
+//! text-to-image model. A family builds its denoising network and its codec, turns what a user
+//! asks for ([`Condition`]) and what a dataset holds (labels, captions) into the network's
+//! [`Conditioning`], knows its null conditioning for guidance, and owns its family-specific rules
+//! (how a base checkpoint's tensors grow into a fine-tune, which variables an adapter carries).
+//! Everything else in difforge (training, sampling, checkpoints, serving, evaluation) only talks
+//! to this trait.
+
+mod pixel_unet;
+
+pub use pixel_unet::PixelUnetFamily;
+
+use crate::codec::Codec;
+use crate::error::ModelError;
+use difforge_config::ModelConfig;
+use difforge_core::{ConfigError, StreamRng};
+use difforge_data::{Batch, ImageSet};
+use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
+use std::path::Path;
+use tch::{nn, Device, Tensor};
+
+/// What one generated image is conditioned on, as a user asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Nothing: an unconditional sample (a class-conditional model's null class).
+    Unconditional,
+    /// A class index of a class-conditional model.
+    Class(i64),
+}
+
+/// What a model can be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionKind {
+    /// Nothing: an unconditional model.
+    Nothing,
+    /// One of this many classes (or nothing, for the null class).
+    Classes(i64),
+}
+
+impl ConditionKind {
+    pub fn classes(self) -> Option<i64> {
+        match self {
+            ConditionKind::Classes(k) => Some(k),
+            ConditionKind::Nothing => None,
+        }
+    }
+
+    /// Checks a requested class; `key` names the flag or field it came from.
+    pub fn check(self, key: &str, condition: &Condition) -> Result<(), ConfigError> {
+        match (self, condition) {
+            (_, Condition::Unconditional) => Ok(()),
+            (ConditionKind::Nothing, Condition::Class(c)) => Err(ConfigError::new(key, c, "nothing: this model is unconditional (omit it)")),
+            (ConditionKind::Classes(k), Condition::Class(c)) if !(0..k).contains(c) => Err(ConfigError::new(key, c, format!("a class in 0..={}", k - 1))),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub trait Family: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// The shape (C, H, W) of one image in pixels.
+    fn pixel_shape(&self) -> [i64; 3];
+
+    /// What requests may ask for.
+    fn condition_kind(&self) -> ConditionKind;
+
+    /// Builds the denoising network under `p` (with LoRA adapters when `lora` is given).
+    fn build_network(&self, p: &nn::Path, lora: Option<&LoraSpec>) -> Result<Box<dyn DenoiserNet>, ModelError>;
+
+    /// Between pixels and the network's space.
+    fn codec(&self) -> Box<dyn Codec>;
+
+    /// The network conditioning for one condition per image and, for guidance, its null
+    /// counterpart (None when the model has nothing to guide with).
+    fn encode(&self, conditions: &[Condition], device: Device) -> Result<(Conditioning, Option<Conditioning>), ModelError>;
+
+    /// The training conditioning of a batch: each image's label (or caption), replaced by the
+    /// null conditioning with probability `dropout` (so the model learns the unconditional
+    /// prediction guidance needs). Draws from `rng` once per labelled image.
+    fn training_conditioning(&self, batch: &Batch, dropout: f64, rng: &mut StreamRng, device: Device) -> Conditioning;
+
+    /// The conditioning of fixed labels (validation: never dropped), on the CPU.
+    fn fixed_conditioning(&self, labels: &[i64]) -> Conditioning;
+
+    /// Checks a dataset against the model (e.g. more classes than the model has); returns notes
+    /// worth printing.
+    fn check_data(&self, set: &ImageSet) -> Result<Vec<String>, ConfigError>;
+
+    /// The starting value of variable `name` of a fine-tune from the base's tensor: the base
+    /// tensor itself, or grown where the family allows it (new classes).
+    fn start_from_base(&self, name: &str, base: &Tensor, var: &Tensor, path: &Path) -> Result<Tensor, ModelError>;
+
+    /// Whether an adapter with `lora` trains and carries variable `name`.
+    fn adapter_carries(&self, lora: &LoraConfig, name: &str) -> bool;
+}
+
+/// The family a model config describes.
+pub fn family_of(config: &ModelConfig) -> Box<dyn Family> {
+    match config {
+        ModelConfig::PixelUnet(c) => Box::new(PixelUnetFamily::new(c.clone())),
+    }
+}

@@ -1,0 +1,84 @@
+//! Generating images from a model: the one place that turns (conditions, seeds, sampler) into
+//! images, used by training previews, `difforge sample`, evaluation, explanations and the server.
+//! Image k of a request with seed S draws its noise from seed S + k.
+
+use crate::error::ModelError;
+use crate::family::{Condition, ConditionKind};
+use crate::model::{DiffusionModel, Weights};
+use difforge_diffusion::{sample, NoiseSource, SampleRequest, SamplerConfig};
+use tch::{Device, Tensor};
+
+pub struct GenerateSpec<'a> {
+    /// What each image is conditioned on (one per seed).
+    pub conditions: Vec<Condition>,
+    /// One noise seed per image.
+    pub seeds: Vec<u64>,
+    pub sampler: &'a SamplerConfig,
+    pub weights: Weights,
+    /// Largest batch sent through the network at once.
+    pub max_batch: usize,
+    /// Pad every chunk to exactly `max_batch` images. libtorch's CPU kernels give results that
+    /// differ in the last bits between batch sizes (not between neighbours at one size), so a
+    /// fixed size makes each image independent of what it was batched with: the server relies
+    /// on this to give the same bytes for the same request and seed.
+    pub fixed_batch: bool,
+}
+
+/// Images (N, C, H, W) on the CPU, clamped to [-1, 1].
+pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, ModelError> {
+    if spec.conditions.len() != spec.seeds.len() {
+        return Err(ModelError::Other(format!("{} conditions for {} seeds: one per image is needed", spec.conditions.len(), spec.seeds.len())));
+    }
+    let shape = model.latent_shape();
+    let denoiser = model.denoiser(spec.weights);
+    let mut parts = Vec::new();
+    let chunk = spec.max_batch.max(1);
+    for (chunk_index, seeds) in spec.seeds.chunks(chunk).enumerate() {
+        let offset = chunk_index * chunk;
+        let real = seeds.len();
+        let mut seeds = seeds.to_vec();
+        let mut conditions = spec.conditions[offset..offset + real].to_vec();
+        if spec.fixed_batch {
+            // Padding: copies of the first image, dropped below.
+            seeds.resize(chunk, seeds[0]);
+            conditions.resize(chunk, conditions[0].clone());
+        }
+        let (cond, null) = model.encode(&conditions)?;
+        let noise = NoiseSource::new(seeds, shape, model.device());
+        let req =
+            SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: spec.sampler, cond, null, noise: &noise };
+        let latents = sample(&denoiser, &req, None).narrow(0, 0, real as i64);
+        parts.push(model.codec().decode(&latents).clamp(-1.0, 1.0).to_device(Device::Cpu));
+    }
+    if parts.is_empty() {
+        return Err(ModelError::Other("no images asked for".into()));
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// The conditions of a preview grid: `per_class` images of every class (row by row), or
+/// `per_class` x 8 unconditional ones; seeds `seed ..`.
+pub fn preview_conditions(kind: ConditionKind, per_class: usize, seed: u64) -> (Vec<Condition>, Vec<u64>) {
+    let conditions: Vec<Condition> = match kind {
+        ConditionKind::Nothing => vec![Condition::Unconditional; per_class * 8],
+        ConditionKind::Classes(k) => (0..k).flat_map(|c| std::iter::repeat_n(Condition::Class(c), per_class)).collect(),
+    };
+    let seeds = (0..conditions.len() as u64).map(|k| seed + k).collect();
+    (conditions, seeds)
+}
+
+/// Columns of a preview grid: one row per class, else 8.
+pub fn preview_columns(kind: ConditionKind, per_class: usize) -> usize {
+    match kind {
+        ConditionKind::Nothing => 8,
+        ConditionKind::Classes(_) => per_class,
+    }
+}
+
+/// Classes in turn (0, 1, 2, ...) for a class-conditional model, else unconditional.
+pub fn classes_in_turn(kind: ConditionKind, n: usize) -> Vec<Condition> {
+    match kind {
+        ConditionKind::Classes(k) => (0..n as i64).map(|i| Condition::Class(i % k)).collect(),
+        ConditionKind::Nothing => vec![Condition::Unconditional; n],
+    }
+}

@@ -1,0 +1,189 @@
+//! A diffusion model in memory: the family's denoising network twice (the trained weights and
+//! their exponential moving average), its noise schedule, its codec, and the run config it was
+//! built from. Whatever the family, the rest of difforge uses this type.
+
+use crate::codec::Codec;
+use crate::error::ModelError;
+use crate::family::{family_of, Condition, Family};
+use difforge_config::{Precision, RunConfig};
+use difforge_core::{derive_seed, Stream};
+use difforge_diffusion::{Denoiser, ForwardProcess, NoiseSchedule};
+use difforge_nn::{Conditioning, DenoiserNet, LoraSpec};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Which of a model's two sets of weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// The weights the optimiser updates.
+    Raw,
+    /// Their exponential moving average (what sampling uses by default).
+    Ema,
+}
+
+impl Weights {
+    pub fn ema(use_ema: bool) -> Weights {
+        if use_ema {
+            Weights::Ema
+        } else {
+            Weights::Raw
+        }
+    }
+}
+
+pub struct DiffusionModel {
+    config: RunConfig,
+    family: Box<dyn Family>,
+    device: Device,
+    vs: VarStore,
+    net: Box<dyn DenoiserNet>,
+    ema_vs: VarStore,
+    ema: Box<dyn DenoiserNet>,
+    schedule: NoiseSchedule,
+    codec: Box<dyn Codec>,
+}
+
+/// Sorted (name, tensor) pairs of a VarStore: the stable order optimiser and EMA rely on.
+pub fn sorted_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+impl DiffusionModel {
+    /// A freshly initialised model; the initial weights depend only on the seed.
+    pub fn new(config: &RunConfig, device: Device) -> Result<DiffusionModel, ModelError> {
+        DiffusionModel::with_lora_scale(config, device, 1.0)
+    }
+
+    /// A model whose LoRA adapters (if the config has `[lora]`) act at `scale`.
+    pub fn with_lora_scale(config: &RunConfig, device: Device, scale: f64) -> Result<DiffusionModel, ModelError> {
+        tch::manual_seed(derive_seed(config.seed, Stream::Init, 0) as i64 >> 1);
+        let family = family_of(&config.model);
+        let spec = config.lora.clone().map(|c| LoraSpec { config: c, scale });
+        let vs = VarStore::new(device);
+        let net = family.build_network(&vs.root(), spec.as_ref())?;
+        let mut ema_vs = VarStore::new(device);
+        let ema = family.build_network(&ema_vs.root(), spec.as_ref())?;
+        ema_vs.copy(&vs)?;
+        ema_vs.freeze();
+        let codec = family.codec();
+        Ok(DiffusionModel { config: config.clone(), family, device, vs, net, ema_vs, ema, schedule: NoiseSchedule::from_config(&config.diffusion), codec })
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn family(&self) -> &dyn Family {
+        self.family.as_ref()
+    }
+
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+
+    pub fn codec(&self) -> &dyn Codec {
+        self.codec.as_ref()
+    }
+
+    /// The run's forward process (schedule, prediction type, loss weighting).
+    pub fn forward_process(&self) -> ForwardProcess<'_> {
+        let d = &self.config.diffusion;
+        ForwardProcess { schedule: &self.schedule, prediction: d.prediction, min_snr_gamma: d.min_snr_gamma }
+    }
+
+    /// The shape (C, H, W) the network works in (the codec's space).
+    pub fn latent_shape(&self) -> [i64; 3] {
+        self.codec.latent_shape(self.family.pixel_shape())
+    }
+
+    pub fn network(&self, w: Weights) -> &dyn DenoiserNet {
+        match w {
+            Weights::Raw => self.net.as_ref(),
+            Weights::Ema => self.ema.as_ref(),
+        }
+    }
+
+    pub fn var_store(&self, w: Weights) -> &VarStore {
+        match w {
+            Weights::Raw => &self.vs,
+            Weights::Ema => &self.ema_vs,
+        }
+    }
+
+    pub fn var_store_mut(&mut self, w: Weights) -> &mut VarStore {
+        match w {
+            Weights::Raw => &mut self.vs,
+            Weights::Ema => &mut self.ema_vs,
+        }
+    }
+
+    /// Every variable of one set of weights, sorted by name.
+    pub fn variables(&self, w: Weights) -> Vec<(String, Tensor)> {
+        sorted_variables(self.var_store(w))
+    }
+
+    /// The variables that train: only what the adapter carries with `[lora]`, else all (sorted
+    /// by name), and their EMA twins. The others are frozen (no gradient).
+    pub fn trainable(&self) -> (Vec<(String, Tensor)>, Vec<Tensor>) {
+        let lora = self.config.lora.as_ref();
+        let keep = |n: &str| lora.is_none_or(|l| self.family.adapter_carries(l, n));
+        let mut params = Vec::new();
+        for (name, t) in self.variables(Weights::Raw) {
+            if keep(&name) {
+                params.push((name, t));
+            } else {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        let ema = self.variables(Weights::Ema).into_iter().filter(|(n, _)| keep(n)).map(|(_, t)| t).collect();
+        (params, ema)
+    }
+
+    pub fn parameter_count(&self) -> i64 {
+        difforge_nn::weights::parameter_count(&self.vs)
+    }
+
+    /// bf16 autocast applies on CUDA only.
+    pub fn autocast(&self) -> bool {
+        self.device.is_cuda() && self.config.train.precision == Precision::Bf16
+    }
+
+    /// The network's prediction (under autocast when configured) as float32.
+    pub fn predict(&self, w: Weights, x: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Tensor {
+        tch::autocast(self.autocast(), || self.network(w).forward(x, t, cond, train)).to_kind(Kind::Float)
+    }
+
+    /// The network that sampling uses.
+    pub fn denoiser(&self, w: Weights) -> ModelDenoiser<'_> {
+        ModelDenoiser { model: self, weights: w }
+    }
+
+    /// The network conditioning (and its null counterpart) for one condition per image.
+    pub fn encode(&self, conditions: &[Condition]) -> Result<(Conditioning, Option<Conditioning>), ModelError> {
+        self.family.encode(conditions, self.device)
+    }
+
+    /// A checksum of the raw weights (sum of |w| over all, in f64): two runs that agree here to
+    /// the last bit almost surely have identical weights.
+    pub fn checksum(&self) -> f64 {
+        tch::no_grad(|| self.variables(Weights::Raw).iter().map(|(_, t)| t.abs().sum(Kind::Double).double_value(&[])).sum())
+    }
+}
+
+/// One of a model's networks as the sampling loop sees it.
+pub struct ModelDenoiser<'a> {
+    model: &'a DiffusionModel,
+    weights: Weights,
+}
+
+impl Denoiser for ModelDenoiser<'_> {
+    fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
+        self.model.predict(self.weights, x, t, cond, false)
+    }
+}

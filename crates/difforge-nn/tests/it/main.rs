@@ -1,0 +1,8 @@
+//! Networks against their references: EfficientNet-Lite0 and the FID Inception-v3 against
+//! PyTorch, and the torch.save reader on files torch wrote. One test binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod efficientnet_lite;
+mod inception_parity;
+mod torch_pickle;

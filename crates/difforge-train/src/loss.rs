@@ -1,0 +1,56 @@
+//! The training loss of one micro-batch: draw each image's timestep, noise and condition dropout
+//! from (seed, draw index), push the images through the forward process, and take the weighted
+//! MSE between the network's prediction and the target. Everything random here is derived from
+//! the draw index, so a step can be recomputed exactly after a resume.
+
+use difforge_core::{rng_for, Stream};
+use difforge_data::Batch;
+use difforge_diffusion::loss::weighted_mse;
+use difforge_diffusion::noise::gaussian;
+use difforge_model::{DiffusionModel, Weights};
+use difforge_nn::Conditioning;
+use rand::Rng;
+use tch::Tensor;
+
+/// The tensors of one micro-batch.
+pub struct MicroBatch {
+    x_t: Tensor,
+    t: Tensor,
+    cond: Conditioning,
+    target: Tensor,
+    weights: Tensor,
+}
+
+impl MicroBatch {
+    /// The micro-batch of `batch` for draw number `draw_index` (step x grad_accum + micro).
+    pub fn new(model: &DiffusionModel, batch: &Batch, draw_index: u64) -> MicroBatch {
+        let cfg = model.config();
+        let dev = model.device();
+        let n = batch.size as i64;
+        let (c, s) = (batch.channels as i64, batch.side as i64);
+        let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
+        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(0..cfg.diffusion.timesteps)).collect();
+        let cond = model.family().training_conditioning(batch, cfg.diffusion.class_dropout, &mut rng, dev);
+        let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]).to_device(dev);
+        let x0 = model.codec().encode(&pixels);
+        let [lc, lh, lw] = model.latent_shape();
+        let eps = gaussian(cfg.seed, Stream::Noise, draw_index, (n * lc * lh * lw) as usize);
+        let eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]).to_device(dev);
+        let noised = model.forward_process().noise(&x0, &eps, &ts, dev);
+        let weights: Vec<f32> = noised.weights.iter().map(|&w| w as f32).collect();
+        let ts: Vec<i64> = ts.iter().map(|&t| t as i64).collect();
+        MicroBatch {
+            x_t: noised.x_t,
+            t: Tensor::from_slice(&ts).to_device(dev),
+            cond,
+            target: noised.target,
+            weights: Tensor::from_slice(&weights).to_device(dev),
+        }
+    }
+
+    /// The weighted MSE of the raw network's prediction (dropout on).
+    pub fn loss(&self, model: &DiffusionModel) -> Tensor {
+        let out = model.predict(Weights::Raw, &self.x_t, &self.t, &self.cond, true);
+        weighted_mse(&out, &self.target, &self.weights)
+    }
+}

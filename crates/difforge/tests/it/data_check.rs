@@ -1,0 +1,101 @@
+//! `difforge data check` on a damaged copy of the digits, and training through the damage.
+
+use crate::common::{difforge, tiny_args, write_digit_folder};
+use std::path::Path;
+
+/// 100 digits per class with class 7 cut to 10 (10%).
+fn cut_digits(root: &Path) {
+    write_digit_folder(root, 100);
+    for i in 10..100 {
+        std::fs::remove_file(root.join(format!("7/{i:03}.png"))).unwrap();
+    }
+}
+
+/// The same, plus 20 corrupt files and 10 exact duplicates.
+fn damaged_digits(root: &Path) {
+    cut_digits(root);
+    for i in 0..20 {
+        let class = i % 10;
+        let bytes: &[u8] = if i % 2 == 0 { b"" } else { b"\x89PNG\r\n\x1a\n\0\0\0\rIHDRtruncated" };
+        std::fs::write(root.join(format!("{class}/corrupt-{i:02}.png")), bytes).unwrap();
+    }
+    for i in 0..10 {
+        let class = if i == 7 { 8 } else { i };
+        std::fs::copy(root.join(format!("{class}/{:03}.png", 50 + i)), root.join(format!("{class}/copy-{i}.png"))).unwrap();
+    }
+}
+
+fn check_json(path: &Path) -> serde_json::Value {
+    let out = difforge().args(["data", "check"]).arg(path).args(["--model-size", "16", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Near-duplicate pairs as paths relative to the data folder.
+fn near_pairs(report: &serde_json::Value, root: &Path) -> Vec<(String, String)> {
+    let rel = |v: &serde_json::Value| Path::new(v.as_str().unwrap()).strip_prefix(root).unwrap().display().to_string();
+    report["near_duplicates"].as_array().unwrap().iter().map(|n| (rel(&n["a"]), rel(&n["b"]))).collect()
+}
+
+#[test]
+fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // The OpenCV sheet has near-identical digits of its own (same writer, e.g. several 1s and
+    // a pair of 6s): those are real findings, and planting damage must add none.
+    let pristine = dir.path().join("pristine");
+    cut_digits(&pristine);
+    let clean = check_json(&pristine);
+    let natural = near_pairs(&clean, &pristine);
+    assert!(!natural.is_empty() && natural.len() < 20, "{natural:?}");
+
+    let data = dir.path().join("digits");
+    damaged_digits(&data);
+    let fix = dir.path().join("fix.json");
+    let out = difforge().args(["data", "check"]).arg(&data).args(["--model-size", "16", "--json", "--fix-report"]).arg(&fix).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["files_found"], 9 * 100 + 10 + 20 + 10);
+    assert_eq!(r["usable"], 920);
+    assert_eq!(r["unreadable"].as_array().unwrap().len(), 20);
+    let dups = r["exact_duplicates"].as_array().unwrap();
+    assert_eq!(dups.len(), 10);
+    assert!(dups.iter().all(|g| g.as_array().unwrap().len() == 2 && g[1].as_str().unwrap().contains("copy-")), "{dups:?}");
+    assert_eq!(near_pairs(&r, &data), natural);
+    assert_eq!(r["outliers"].as_array().unwrap().len(), 0);
+    assert_eq!(r["smaller_than_model"].as_array().unwrap().len(), 0);
+    assert_eq!(r["class_counts"]["7"], 10);
+    assert_eq!(r["class_counts"]["8"], 102);
+    assert_eq!(r["imbalance_ratio"], 10.2);
+    assert_eq!(r["color_modes"]["grey"], 920);
+    let warnings: Vec<&str> = r["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "class imbalance: the largest class has 10.2x the images of the smallest (7 with 10); consider data.balance = \"class\"".to_string(),
+            "20 unreadable or corrupt file(s)".to_string(),
+            "10 exact duplicate file(s)".to_string(),
+            format!("{} near-duplicate pair(s)", natural.len()),
+        ]
+    );
+    let fix: serde_json::Value = serde_json::from_slice(&std::fs::read(&fix).unwrap()).unwrap();
+    assert_eq!(fix["remove"].as_array().unwrap().len(), 30);
+
+    // Training on it: the corrupt files are skipped, the check's warnings are printed, balanced
+    // sampling is available, and the run reaches its last step.
+    let out = difforge()
+        .arg("train")
+        .args(tiny_args(&["train.steps=6", "data.source=\"folder\"", "data.balance=\"class\""]))
+        .arg("--set")
+        .arg(format!("data.path=\"{}\"", data.display()))
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("data check: class imbalance") && stderr.contains("20 unreadable"), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["final_step"], 6);
+    assert_eq!(s["skipped_files"], 20);
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests of the real `difforge` binary on real files, one module per area. One test
+//! binary, so libtorch is linked once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod bench;
+mod cli;
+mod data_check;
+mod eval;
+mod explain;
+mod finetune;
+mod serve;
+mod stability;
+mod tensorboard;
