@@ -88,3 +88,34 @@ fn fashion_mnist_from_the_debian_package() {
     assert_eq!(set.len(), 10_000);
     assert!(set.class_counts().values().all(|&c| c == 1000));
 }
+
+/// A folder with a symbolic link back to its parent and a file whose name is not UTF-8: the
+/// search ends, reports the link, and every report (JSON included) can name the odd file.
+#[test]
+fn folder_search_does_not_follow_folder_links_and_reports_any_file_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("a");
+    std::fs::create_dir_all(&class).unwrap();
+    image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8])).save(class.join("one.png")).unwrap();
+    image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(y * 30 + x) as u8])).save(class.join("two.png")).unwrap();
+    std::os::unix::fs::symlink("..", class.join("loop")).unwrap();
+    let odd = class.join(std::ffi::OsStr::from_bytes(b"\xff\xfe.png"));
+    image::GrayImage::from_fn(8, 8, |x, _| image::Luma([x as u8 * 20])).save(&odd).unwrap();
+
+    let listing = difforge_data::source::folder::list_images(dir.path()).unwrap();
+    assert_eq!(listing.files.len(), 3, "{:?}", listing.files);
+    assert_eq!(listing.skipped.len(), 1);
+    assert!(listing.skipped[0].path.ends_with("loop") && listing.skipped[0].reason.contains("symbolic link"));
+
+    let cfg = DataConfig { source: SourceKind::Folder, path: Some(dir.path().to_path_buf()), image_size: 8, ..Default::default() };
+    let set = source::load(&cfg).unwrap();
+    assert_eq!(set.len(), 3);
+
+    let report = difforge_data::check::check_folder(dir.path(), &Default::default()).unwrap();
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains("\u{fffd}\u{fffd}.png"), "{json}");
+    assert_eq!(report.skipped_folders.len(), 1);
+    let fix = serde_json::to_string(&difforge_data::check::fix_report(&report)).unwrap();
+    assert!(fix.starts_with('{'));
+}

@@ -6,10 +6,15 @@ use difforge_config::RunConfig;
 use difforge_data::check::{check_folder, check_set, CheckOptions};
 use difforge_data::{source, ImageSet, SourceKind, Split};
 use difforge_model::Family;
+use std::path::Path;
 use std::sync::Arc;
 
-/// Loads the dataset, checks it against the model family and splits it.
-pub fn load(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>, Split), TrainError> {
+/// Where the full data check of a run is written.
+pub const CHECK_REPORT: &str = "data-check.json";
+
+/// Loads the dataset, checks it against the model family (and with `data.check`, with the data
+/// check, whose full report goes to `run_dir`) and splits it.
+pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc<ImageSet>, Split), TrainError> {
     let set = source::load(&cfg.data)?;
     if let Some(first) = set.skipped.first() {
         tracing::warn!("{} unreadable image file(s) skipped, e.g. {}: {}", set.skipped.len(), first.path.display(), first.reason);
@@ -18,7 +23,7 @@ pub fn load(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>, Spli
         tracing::info!("{note}");
     }
     if cfg.data.check {
-        for w in data_check_warnings(cfg, &set)? {
+        for w in data_check_warnings(cfg, &set, run_dir)? {
             tracing::warn!("data check: {w}");
         }
     }
@@ -33,15 +38,20 @@ pub fn load(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>, Spli
     Ok((Arc::new(set), split))
 }
 
-/// The data check's warnings for the configured dataset (the full file check for folders).
-fn data_check_warnings(cfg: &RunConfig, set: &ImageSet) -> Result<Vec<String>, TrainError> {
-    let opts = CheckOptions { model_size: cfg.data.image_size, max_pixels: cfg.data.max_pixels, ..Default::default() };
-    match (cfg.data.source, &cfg.data.path) {
+/// The data check's summary for the configured dataset: one line per kind of problem, never the
+/// whole list. For folders the full report is written to `run_dir`/data-check.json.
+fn data_check_warnings(cfg: &RunConfig, set: &ImageSet, run_dir: &Path) -> Result<Vec<String>, TrainError> {
+    let d = &cfg.data;
+    let opts = CheckOptions { model_size: d.image_size, channels: d.channels, pad: d.pad, max_pixels: d.max_pixels, ..Default::default() };
+    match (d.source, &d.path) {
         (SourceKind::Folder, Some(path)) => {
             let report = check_folder(path, &opts)?;
+            let file = run_dir.join(CHECK_REPORT);
+            let json = serde_json::to_vec_pretty(&report).map_err(|e| TrainError::Other(e.to_string()))?;
+            difforge_core::write_atomic(&file, &json).map_err(|e| TrainError::io(&file, e))?;
             let mut warnings = report.warnings;
             if !warnings.is_empty() {
-                warnings.push(format!("details: difforge data check {}", path.display()));
+                warnings.push(format!("the full report is in {}", file.display()));
             }
             Ok(warnings)
         }

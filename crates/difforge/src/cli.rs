@@ -307,6 +307,13 @@ pub struct SamplerArgs {
     /// Classifier-free guidance scale (1 = none).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Guide only at noise levels sigma in (LO, HI] (EDM sigma = sqrt((1 - alpha_bar) / alpha_bar));
+    /// `all` guides at every step.
+    #[arg(long, value_name = "LO,HI|all")]
+    pub guidance_interval: Option<String>,
+    /// Rescale the guided prediction toward the conditional one's spread by this fraction (0 = off).
+    #[arg(long)]
+    pub guidance_rescale: Option<f64>,
     /// DDIM eta.
     #[arg(long)]
     pub eta: Option<f64>,
@@ -359,25 +366,41 @@ pub struct SampleArgs {
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Report unreadable files, duplicates, near-duplicates, small images, colour modes, sizes,
-    /// class balance, caption coverage and outliers of an image folder.
-    Check {
-        /// The image folder.
-        path: std::path::PathBuf,
-        /// The model's image size: smaller images are reported.
-        #[arg(long, default_value_t = 32)]
-        model_size: u32,
-        /// Warn when the largest class has more than this many times the smallest's images.
-        #[arg(long, default_value_t = 3.0)]
-        imbalance_threshold: f64,
-        /// Perceptual-hash distance (bits of 64, at most 3) for near-duplicates.
-        #[arg(long, default_value_t = 2)]
-        near_distance: u32,
-        /// Write the files to remove (corrupt, duplicate, outlier) and pairs to review as JSON.
-        #[arg(long)]
-        fix_report: Option<std::path::PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// class balance, caption coverage and near-constant images of an image folder, looking at
+    /// the pixels training would see (alpha composited on white, the model's colour mode and size).
+    Check(DataCheckArgs),
+}
+
+#[derive(Args)]
+pub struct DataCheckArgs {
+    /// The image folder.
+    pub path: std::path::PathBuf,
+    /// The model's image size: images are looked at resized to it, and smaller ones are reported.
+    #[arg(long, default_value_t = 32)]
+    pub model_size: u32,
+    /// The model's colour channels: 1 (grey) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    pub channels: u32,
+    /// Black border added before resizing (data.pad).
+    #[arg(long, default_value_t = 0)]
+    pub pad: u32,
+    /// Files declaring more pixels than this are not decoded (data.max_pixels).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_pixels: u64,
+    /// Warn when the largest class has more than this many times the smallest's images.
+    #[arg(long, default_value_t = 3.0)]
+    pub imbalance_threshold: f64,
+    /// Perceptual-hash distance (bits of 64, at most 3) for near-duplicates.
+    #[arg(long, default_value_t = 2)]
+    pub near_distance: u32,
+    /// Lines shown per kind of problem in the text output (all of them in --json and --fix-report).
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
+    /// Write the files to remove (corrupt, duplicate, near-constant) and the groups to review as JSON.
+    #[arg(long)]
+    pub fix_report: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -1,6 +1,7 @@
 //! An image folder: searched recursively for png, jpg, jpeg, webp and bmp files; the class of an
 //! image is the name of the first-level subfolder it lies under; an optional caption lies beside
-//! it in a same-named .txt file. Unreadable files are skipped, named and counted.
+//! it in a same-named .txt file. Unreadable files and folders are skipped, named and counted;
+//! symbolic links to folders are not followed (a link back to a parent would loop forever).
 
 use crate::error::DataError;
 use crate::image_set::{ImageSet, SkippedFile};
@@ -12,29 +13,59 @@ use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+/// Skipped files named in the log before only their count is given.
+const SHOWN_SKIPS: usize = 5;
+
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp"];
 
 pub fn is_image_file(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Image files under `root`, sorted by path so that every run sees the same order.
-pub fn list_images(root: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut files = Vec::new();
+/// What a folder search found: the image files, sorted by path so that every run sees the same
+/// order, and the folders (or links to folders) it did not enter, with the reason.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// Image files under `root`. Only `root` itself must be readable: an unreadable subfolder is
+/// skipped and reported, and so is a symbolic link to a folder.
+pub fn list_images(root: &Path) -> Result<Listing, DataError> {
+    let mut out = Listing::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir, e))?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if dir == root => return Err(DataError::io(&dir, e)),
+            Err(e) => {
+                out.skipped.push(SkippedFile { path: dir.clone(), reason: format!("folder not readable: {e}") });
+                continue;
+            }
+        };
         for entry in entries {
-            let path = entry.map_err(|e| DataError::io(&dir, e))?.path();
-            if path.is_dir() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    out.skipped.push(SkippedFile { path: dir.clone(), reason: format!("folder listing failed: {e}") });
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| DataError::io(&path, e))?;
+            if kind.is_dir() {
                 stack.push(path);
+            } else if kind.is_symlink() && path.is_dir() {
+                out.skipped.push(SkippedFile { path, reason: "symbolic link to a folder: not followed".into() });
             } else if is_image_file(&path) {
-                files.push(path);
+                out.files.push(path);
             }
         }
     }
-    files.sort();
-    Ok(files)
+    out.files.sort();
+    out.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
 }
 
 /// The class of a file: its first-level subfolder under `root`, if any.
@@ -45,18 +76,42 @@ pub fn class_of(root: &Path, file: &Path) -> Option<String> {
     parts.next().map(|_| first.as_os_str().to_string_lossy().into_owned())
 }
 
+/// Why a file could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Its header declares more pixels than the limit: refused before anything is decoded.
+    TooLarge {
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
+    Unreadable(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooLarge { width, height, limit } => {
+                write!(f, "too large ({width} x {height}, limit {limit} pixels): raise data.max_pixels (or --max-pixels) to use it")
+            }
+            DecodeError::Unreadable(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// Decodes one file, refusing huge declared dimensions before any pixel is allocated.
-pub fn decode(path: &Path, max_pixels: u64) -> Result<image::DynamicImage, String> {
-    let open = || ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| e.to_string());
-    let (w, h) = open()?.into_dimensions().map_err(|e| e.to_string())?;
-    if u64::from(w) * u64::from(h) > max_pixels {
-        return Err(format!("declares {w}x{h} pixels, more than data.max_pixels = {max_pixels}"));
+pub fn decode(path: &Path, max_pixels: u64) -> Result<image::DynamicImage, DecodeError> {
+    let unreadable = |e: &dyn std::fmt::Display| DecodeError::Unreadable(e.to_string());
+    let open = || ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| unreadable(&e));
+    let (width, height) = open()?.into_dimensions().map_err(|e| unreadable(&e))?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DecodeError::TooLarge { width, height, limit: max_pixels });
     }
     let mut reader = open()?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16));
     reader.limits(limits);
-    reader.decode().map_err(|e| e.to_string())
+    reader.decode().map_err(|e| unreadable(&e))
 }
 
 /// Loads a folder. With `known_classes` (data.class_names) the subfolders are labelled by their
@@ -65,7 +120,8 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
     if !root.is_dir() {
         return Err(ConfigError::new("data.path", root.display(), "an existing folder of images").into());
     }
-    let files = list_images(root)?;
+    let Listing { files, skipped: skipped_folders } = list_images(root)?;
+    let skipped_count = skipped_folders.len();
     let classes: BTreeSet<String> = files.iter().filter_map(|f| class_of(root, f)).collect();
     let class_names: Vec<String> = if known_classes.is_empty() {
         classes.into_iter().collect()
@@ -80,9 +136,9 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
         }
         known_classes.to_vec()
     };
-    let decoded: Vec<Result<Pixels, String>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
+    let decoded: Vec<Result<Pixels, DecodeError>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
 
-    let mut set = ImageSet { class_names, ..Default::default() };
+    let mut set = ImageSet { class_names, skipped: skipped_folders, ..Default::default() };
     for (file, result) in files.iter().zip(decoded) {
         match result {
             Ok(px) => {
@@ -91,17 +147,19 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
                 let id = file.strip_prefix(root).unwrap_or(file).to_string_lossy().into_owned();
                 set.push(px, label, caption, id);
             }
-            Err(reason) => {
-                tracing::warn!("skipping {}: {reason}", file.display());
-                set.skipped.push(SkippedFile { path: file.clone(), reason });
-            }
+            Err(reason) => set.skipped.push(SkippedFile { path: file.clone(), reason: reason.to_string() }),
         }
     }
     if set.is_empty() {
         return Err(DataError::NoImages { path: root.to_path_buf(), skipped: set.skipped.len() });
     }
+    // The first few by name, then the count: a folder with thousands of broken files must not
+    // flood the log (`difforge data check` lists them all).
+    for f in set.skipped.iter().take(SHOWN_SKIPS) {
+        tracing::warn!("skipping {}: {}", f.path.display(), f.reason);
+    }
     if !set.skipped.is_empty() {
-        tracing::warn!("{} of {} image file(s) skipped as unreadable", set.skipped.len(), files.len());
+        tracing::warn!("{} of {} image file(s) or folder(s) skipped", set.skipped.len(), files.len() + skipped_count);
     }
     Ok(set)
 }

@@ -28,9 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
-        Command::Data { command: DataCommand::Check { path, model_size, imbalance_threshold, near_distance, fix_report, json } } => {
-            data::check(&path, model_size, imbalance_threshold, near_distance, fix_report.as_deref(), json)
-        }
+        Command::Data { command: DataCommand::Check(args) } => data::check(&args),
         Command::Classifier { command } => match command {
             ClassifierCommand::Train { config, data, out, steps, device, json } => classifier::train(&config, data.as_deref(), &out, steps, &device, json),
             ClassifierCommand::Judge { sampling, classifier, per_class, first_class, grid, json } => {

@@ -31,10 +31,10 @@ fn check_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Near-duplicate pairs as paths relative to the data folder.
-fn near_pairs(report: &serde_json::Value, root: &Path) -> Vec<(String, String)> {
+/// Near-duplicate groups as paths relative to the data folder.
+fn near_groups(report: &serde_json::Value, root: &Path) -> Vec<Vec<String>> {
     let rel = |v: &serde_json::Value| Path::new(v.as_str().unwrap()).strip_prefix(root).unwrap().display().to_string();
-    report["near_duplicates"].as_array().unwrap().iter().map(|n| (rel(&n["a"]), rel(&n["b"]))).collect()
+    report["near_duplicates"].as_array().unwrap().iter().map(|g| g["members"].as_array().unwrap().iter().map(rel).collect()).collect()
 }
 
 #[test]
@@ -45,7 +45,7 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
     let pristine = dir.path().join("pristine");
     cut_digits(&pristine);
     let clean = check_json(&pristine);
-    let natural = near_pairs(&clean, &pristine);
+    let natural = near_groups(&clean, &pristine);
     assert!(!natural.is_empty() && natural.len() < 20, "{natural:?}");
 
     let data = dir.path().join("digits");
@@ -60,7 +60,7 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
     let dups = r["exact_duplicates"].as_array().unwrap();
     assert_eq!(dups.len(), 10);
     assert!(dups.iter().all(|g| g.as_array().unwrap().len() == 2 && g[1].as_str().unwrap().contains("copy-")), "{dups:?}");
-    assert_eq!(near_pairs(&r, &data), natural);
+    assert_eq!(near_groups(&r, &data), natural);
     assert_eq!(r["outliers"].as_array().unwrap().len(), 0);
     assert_eq!(r["smaller_than_model"].as_array().unwrap().len(), 0);
     assert_eq!(r["class_counts"]["7"], 10);
@@ -74,11 +74,18 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
             "class imbalance: the largest class has 10.2x the images of the smallest (7 with 10); consider data.balance = \"class\"".to_string(),
             "20 unreadable or corrupt file(s)".to_string(),
             "10 exact duplicate file(s)".to_string(),
-            format!("{} near-duplicate pair(s)", natural.len()),
+            format!("{} group(s) of near-duplicates ({} images)", natural.len(), natural.iter().map(Vec::len).sum::<usize>()),
         ]
     );
     let fix: serde_json::Value = serde_json::from_slice(&std::fs::read(&fix).unwrap()).unwrap();
     assert_eq!(fix["remove"].as_array().unwrap().len(), 30);
+    assert_eq!(fix["review"].as_array().unwrap().len(), natural.len());
+
+    // The text output is bounded: a few lines per kind of problem, then a count.
+    let out = difforge().args(["data", "check"]).arg(&data).args(["--model-size", "16", "--show", "3"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("unreadable ")).count(), 4, "{text}");
+    assert!(text.contains("... and 17 more"), "{text}");
 
     // Training on it: the corrupt files are skipped, the check's warnings are printed, balanced
     // sampling is available, and the run reaches its last step.
@@ -95,6 +102,11 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("data check: class imbalance") && stderr.contains("20 unreadable"), "{stderr}");
+    let report = dir.path().join("run").join("data-check.json");
+    assert!(stderr.contains(&format!("the full report is in {}", report.display())), "{stderr}");
+    assert!(!stderr.contains("data check: copy-"), "the summary must not list files: {stderr}");
+    let full: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(full["unreadable"].as_array().unwrap().len(), 20);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["final_step"], 6);
     assert_eq!(s["skipped_files"], 20);
