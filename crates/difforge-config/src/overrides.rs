@@ -1,4 +1,5 @@
-//! `--set key.path=value` overrides and merging of TOML tables.
+//! `--set key.path=value` overrides, `--grid key=v1,v2,...` value lists and their combinations,
+//! and merging of TOML tables.
 
 use difforge_core::ConfigError;
 
@@ -40,9 +41,59 @@ pub fn deep_merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// One `--grid key=v1,v2,...`: commas inside brackets or quotes do not split.
+pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), ConfigError> {
+    let (key, values) = spec.split_once('=').ok_or_else(|| ConfigError::new("--grid", spec, "key=v1,v2,... e.g. train.lr=1e-3,3e-4"))?;
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut cur) = (0i32, false, String::new());
+    for ch in values.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            '[' if !quoted => depth += 1,
+            ']' if !quoted => depth -= 1,
+            ',' if depth == 0 && !quoted => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    out.push(cur);
+    let out: Vec<String> = out.into_iter().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+    if out.is_empty() {
+        return Err(ConfigError::new("--grid", spec, "at least one value after `=`"));
+    }
+    Ok((key.trim().to_string(), out))
+}
+
+/// Every combination, as lists of `key=value` assignments.
+pub fn combinations(grid: &[(String, Vec<String>)]) -> Vec<Vec<String>> {
+    grid.iter().fold(vec![Vec::new()], |acc, (key, values)| {
+        acc.iter().flat_map(|prefix| values.iter().map(move |v| [prefix.clone(), vec![format!("{key}={v}")]].concat())).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn grid_values_split_outside_brackets() {
+        let (k, v) = parse_grid("model.channel_mult=[1,2],[1,2,2]").unwrap();
+        assert_eq!(k, "model.channel_mult");
+        assert_eq!(v, vec!["[1,2]", "[1,2,2]"]);
+        assert_eq!(parse_grid("train.lr=1e-3, 3e-4").unwrap().1, vec!["1e-3", "3e-4"]);
+        assert!(parse_grid("train.lr").is_err());
+    }
+
+    #[test]
+    fn combinations_are_the_cartesian_product() {
+        let grid = vec![("a".to_string(), vec!["1".to_string(), "2".to_string()]), ("b".to_string(), vec!["x".to_string(), "y".to_string(), "z".to_string()])];
+        let c = combinations(&grid);
+        assert_eq!(c.len(), 6);
+        assert_eq!(c[0], vec!["a=1", "b=x"]);
+        assert_eq!(c[5], vec!["a=2", "b=z"]);
+    }
 
     #[test]
     fn set_creates_sections_and_types_values() {

@@ -2,7 +2,7 @@
 //! sampler's timesteps, convert its output to (x0, eps), let the sampler step.
 
 use crate::config::SamplerConfig;
-use crate::guidance::combine;
+use crate::guidance::{combine, rescale};
 use crate::noise::NoiseSource;
 use crate::prediction::Prediction;
 use crate::sampler;
@@ -36,15 +36,21 @@ pub struct TrajectoryStep<'a> {
     pub x_next: &'a Tensor,
 }
 
-/// The guided prediction: conditional and null predictions in one doubled batch, combined;
-/// or the conditional prediction alone when there is no null counterpart or the scale is 1.
-fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, req: &SampleRequest) -> Tensor {
-    let g = req.sampler.guidance;
+/// The guided prediction at noise level `sigma`: conditional and null predictions in one doubled
+/// batch, combined (and rescaled when asked); or the conditional prediction alone when there is
+/// no null counterpart, the scale is 1, or `sigma` is outside the guidance interval.
+fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &SampleRequest) -> Tensor {
+    let s = req.sampler;
     match &req.null {
-        Some(null) if (g - 1.0).abs() > 1e-12 => {
+        Some(null) if (s.guidance - 1.0).abs() > 1e-12 && s.guides_at(sigma) => {
             let out = model.predict(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), &Conditioning::cat(&[&req.cond, null]));
             let parts = out.chunk(2, 0);
-            combine(&parts[0], &parts[1], g)
+            let g = combine(&parts[0], &parts[1], s.guidance);
+            if s.guidance_rescale > 0.0 {
+                rescale(&g, &parts[0], s.guidance_rescale)
+            } else {
+                g
+            }
         }
         _ => model.predict(x, t, &req.cond),
     }
@@ -61,7 +67,7 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         for (i, &t) in ts.iter().enumerate() {
             let (a, sg) = req.schedule.coefficients_at(t, device);
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
-            let out = guided(model, &x, &tt, req).to_kind(Kind::Float);
+            let out = guided(model, &x, &tt, req.schedule.sigma(t), req).to_kind(Kind::Float);
             let (mut x0, mut eps) = req.prediction.split(&out, &x, &a, &sg);
             if req.sampler.clip_x0 {
                 x0 = x0.clamp(-1.0, 1.0);
@@ -76,4 +82,58 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         }
         x
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::ScheduleKind;
+    use std::cell::RefCell;
+    use tch::Device;
+
+    /// Predicts a fixed function of x, t and the class, and records each call's batch size.
+    struct Recorder(RefCell<Vec<i64>>);
+
+    impl Denoiser for Recorder {
+        fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
+            self.0.borrow_mut().push(x.size()[0]);
+            let class = cond.class().map_or_else(|| x.zeros_like(), |c| c.to_kind(Kind::Float).view([-1, 1, 1, 1]) * 0.1);
+            x * 0.5 + t.to_kind(Kind::Float).view([-1, 1, 1, 1]) * 1e-4 + class
+        }
+    }
+
+    fn run(sampler: SamplerConfig) -> (Tensor, Vec<i64>) {
+        let schedule = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
+        let noise = NoiseSource::new(vec![1, 2], [1, 4, 4], Device::Cpu);
+        let req = SampleRequest {
+            schedule: &schedule,
+            prediction: Prediction::Epsilon,
+            sampler: &sampler,
+            cond: Conditioning::Class(Tensor::from_slice(&[1i64, 2])),
+            null: Some(Conditioning::Class(Tensor::from_slice(&[9i64, 9]))),
+            noise: &noise,
+        };
+        let d = Recorder(RefCell::new(Vec::new()));
+        let out = sample(&d, &req, None);
+        (out, d.0.into_inner())
+    }
+
+    #[test]
+    fn guidance_runs_only_inside_its_interval() {
+        let base = SamplerConfig { steps: 10, guidance: 3.0, ..Default::default() };
+        let (_, always) = run(base.clone());
+        assert_eq!(always, vec![4; 10], "every step guided: doubled batches");
+        // An interval no step falls in: the conditional prediction alone, as with guidance 1.
+        let (never, calls) = run(SamplerConfig { guidance_interval: Some([1e6, 2e6]), ..base.clone() });
+        assert_eq!(calls, vec![2; 10]);
+        let (unguided, _) = run(SamplerConfig { guidance: 1.0, ..base.clone() });
+        assert!(never.equal(&unguided));
+        // The middle noise levels only.
+        let schedule = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
+        let ts = crate::sampler::sampling_timesteps(1000, 10, base.spacing);
+        let inside = ts.iter().map(|&t| schedule.sigma(t)).filter(|&s| 0.5 < s && s <= 3.1).count();
+        let (_, calls) = run(SamplerConfig { guidance_interval: Some([0.5, 3.1]), ..base });
+        assert_eq!(calls.iter().filter(|&&b| b == 4).count(), inside);
+        assert!(inside > 0 && inside < 10);
+    }
 }

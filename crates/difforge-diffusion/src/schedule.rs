@@ -74,6 +74,13 @@ impl NoiseSchedule {
         t.map_or(1.0, |t| self.alphas_cumprod[t])
     }
 
+    /// The EDM noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) at t (x_t / sqrt(alpha_bar)
+    /// is the clean image plus noise of this standard deviation).
+    pub fn sigma(&self, t: usize) -> f64 {
+        let a = self.alphas_cumprod[t];
+        ((1.0 - a) / a).sqrt()
+    }
+
     /// Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at t.
     pub fn snr(&self, t: usize) -> f64 {
         let a = self.alphas_cumprod[t];

@@ -13,6 +13,7 @@ pub mod judge;
 pub mod memorisation;
 pub mod metrics;
 pub mod report;
+pub mod sampler_sweep;
 pub mod training;
 
 pub use error::EvalError;

@@ -15,4 +15,4 @@ pub enum ReportError {
     Write { path: PathBuf, reason: String },
 }
 
-pub use plot::{confusion_matrix_png, line_chart_png, Series};
+pub use plot::{confusion_matrix_png, line_chart_png, scatter_png, Series};

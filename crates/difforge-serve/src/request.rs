@@ -13,8 +13,17 @@ pub struct GenerateBody {
     pub steps: Option<usize>,
     pub sampler: Option<String>,
     pub guidance: Option<f64>,
+    /// [lo, hi]: guide only at noise levels sigma in (lo, hi]; null: at every step.
+    #[serde(default, deserialize_with = "interval")]
+    pub guidance_interval: Option<Option<[f64; 2]>>,
+    pub guidance_rescale: Option<f64>,
     pub seed: Option<u64>,
     pub format: Option<String>,
+}
+
+/// A present field (even `null`) is Some; an absent one stays None (serde's default).
+fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<[f64; 2]>>, D::Error> {
+    Option::<[f64; 2]>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +110,13 @@ pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<
         }
         sampler.guidance = g;
     }
+    if let Some(interval) = body.guidance_interval {
+        sampler.guidance_interval = interval;
+    }
+    if let Some(r) = body.guidance_rescale {
+        sampler.guidance_rescale = r;
+    }
+    sampler.validate(limits.timesteps).map_err(|e| FieldError::new(e.key.trim_start_matches("sample."), e.to_string()))?;
     let format = match body.format.as_deref() {
         None | Some("png") => Format::Png,
         Some("json") => Format::Json,
@@ -132,6 +148,8 @@ mod tests {
         assert_eq!(err(r#"{"sampler": "euler"}"#).field, "sampler");
         assert_eq!(err(r#"{"guidance": -1}"#).field, "guidance");
         assert_eq!(err(r#"{"format": "gif"}"#).field, "format");
+        assert_eq!(err(r#"{"guidance_interval": [2, 1]}"#).field, "guidance_interval");
+        assert_eq!(err(r#"{"guidance_rescale": 2}"#).field, "guidance_rescale");
         assert_eq!(err(r#"{"n": "three"}"#).field, "n");
         assert_eq!(err(r#"{"colour": 1}"#).field, "colour");
         let ok = validate(parse(br#"{"class": 3, "n": 2, "seed": 9, "steps": 5, "format": "json"}"#).unwrap(), &l, 1).unwrap();

@@ -45,9 +45,11 @@ pub struct Shared {
     pub worker_alive: AtomicBool,
 }
 
-/// Requests that can share a batch agree on these.
-fn batch_key(g: &Generate) -> (&'static str, usize, u64, u64) {
-    (g.sampler.sampler.name(), g.sampler.steps, g.sampler.guidance.to_bits(), g.sampler.eta.to_bits())
+/// Requests that can share a batch agree on these (every sampler setting).
+fn batch_key(g: &Generate) -> (&'static str, usize, [u64; 5]) {
+    let s = &g.sampler;
+    let [lo, hi] = s.guidance_interval.unwrap_or([-1.0, -1.0]);
+    (s.sampler.name(), s.steps, [s.guidance.to_bits(), s.eta.to_bits(), s.guidance_rescale.to_bits(), lo.to_bits(), hi.to_bits()])
 }
 
 struct Worker {

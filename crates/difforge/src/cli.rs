@@ -283,9 +283,26 @@ pub struct SweepArgs {
     /// Successive halving: small budgets first, the better half continues with twice the steps.
     #[arg(long)]
     pub halving: bool,
-    /// Sweep folder (default: runs/sweep-<config name>).
+    /// Sweep folder (default: runs/sweep-<config name>, or runs/sweep-sampler with --checkpoint).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Sweep sampler settings (sample.* keys) on this trained checkpoint or run folder, without
+    /// training: each setting is evaluated like `difforge eval` and ranked by --metric.
+    #[arg(long, conflicts_with_all = ["budget_steps", "halving", "config"])]
+    pub checkpoint: Option<PathBuf>,
+    /// With --checkpoint: the ranking metric (fd_effnet, kid, precision, recall, f1, density,
+    /// coverage, class_accuracy, fid).
+    #[arg(long, default_value = "fd_effnet")]
+    pub metric: String,
+    /// With --checkpoint: samples per setting.
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    /// With --checkpoint: the classifier for class accuracy (default: the run's classifier/).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
 }

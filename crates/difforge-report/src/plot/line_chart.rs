@@ -2,6 +2,7 @@
 
 use plotters::coord::ranged1d::Ranged;
 use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -26,14 +27,14 @@ const PALETTE: [RGBColor; 10] = [
 ];
 
 /// Points that can be placed on an axis: finite, and small enough that a padded range stays finite.
-fn plottable((x, y): &(f64, f64)) -> bool {
+pub(super) fn plottable((x, y): &(f64, f64)) -> bool {
     const LIMIT: f64 = 1e300;
     x.is_finite() && y.is_finite() && x.abs() < LIMIT && y.abs() < LIMIT
 }
 
 /// The axis range for values spanning `lo..=hi`, padded by 5% each side so lines and markers do
 /// not sit on the frame; a range too narrow to show (one value, or equal values) is widened.
-fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
+pub(super) fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
     let magnitude = lo.abs().max(hi.abs());
     let span = hi - lo;
     if span <= magnitude * 1e-9 || span <= f64::MIN_POSITIVE {
@@ -89,20 +90,28 @@ impl TickFormat {
     }
 }
 
-/// Draws the chart that [`line_chart_png`](super::line_chart_png) describes onto `root`.
-pub(super) fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> DrawResult<()> {
-    let cleaned: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.points.iter().copied().filter(plottable).collect()).collect();
-    let all = || cleaned.iter().flatten();
-    let has_data = all().next().is_some();
-    let (x_range, y_range) = if has_data {
-        let fold = |f: fn(&(f64, f64)) -> f64| all().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let (x_lo, x_hi) = fold(|p| p.0);
-        let (y_lo, y_hi) = fold(|p| p.1);
-        (padded_range(x_lo, x_hi), padded_range(y_lo, y_hi))
-    } else {
-        ((0.0, 1.0), (0.0, 1.0))
-    };
+/// The axis ranges of the points (padded), or the unit square when there are none.
+pub(super) fn ranges<'a>(points: impl Iterator<Item = &'a (f64, f64)> + Clone) -> ((f64, f64), (f64, f64)) {
+    if points.clone().next().is_none() {
+        return ((0.0, 1.0), (0.0, 1.0));
+    }
+    let fold = |f: fn(&(f64, f64)) -> f64| points.clone().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (x_lo, x_hi) = fold(|p| p.0);
+    let (y_lo, y_hi) = fold(|p| p.1);
+    (padded_range(x_lo, x_hi), padded_range(y_lo, y_hi))
+}
 
+pub(super) type Chart<'a, 'b> = ChartContext<'a, super::text::TextBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Title, axes with measured label areas, tick labels and grid: everything but the data.
+pub(super) fn axes<'a, 'b>(
+    root: &'a DrawingArea<super::text::TextBackend<'b>, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x_range: (f64, f64),
+    y_range: (f64, f64),
+) -> DrawResult<Chart<'a, 'b>> {
     let x_ticks = RangedCoordf64::from(x_range.0..x_range.1).key_points(X_LABELS);
     let y_ticks = RangedCoordf64::from(y_range.0..y_range.1).key_points(Y_LABELS);
     let x_fmt = TickFormat::for_ticks(&x_ticks);
@@ -140,6 +149,24 @@ pub(super) fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_lab
         mesh.y_desc(y_label);
     }
     mesh.draw()?;
+    Ok(chart)
+}
+
+/// Writes "no data" in the middle of an empty chart.
+pub(super) fn no_data(chart: &Chart<'_, '_>) -> DrawResult<()> {
+    let area = chart.plotting_area();
+    let (w, h) = area.dim_in_pixel();
+    let centre = (w as i32 / 2, h as i32 / 2);
+    let anchor = Pos::new(HPos::Center, VPos::Center);
+    draw_label(&area.strip_coord_spec(), "no data", AXIS_FONT, &RGBColor(120, 120, 120), anchor, Direction::Level, centre)
+}
+
+/// Draws the chart that [`line_chart_png`](super::line_chart_png) describes onto `root`.
+pub(super) fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> DrawResult<()> {
+    let cleaned: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.points.iter().copied().filter(plottable).collect()).collect();
+    let has_data = cleaned.iter().flatten().next().is_some();
+    let (x_range, y_range) = ranges(cleaned.iter().flatten());
+    let mut chart = axes(root, title, x_label, y_label, x_range, y_range)?;
 
     let mut any_named = false;
     for (i, (s, points)) in series.iter().zip(&cleaned).enumerate() {
@@ -159,11 +186,7 @@ pub(super) fn draw_line_chart(root: &Area<'_>, title: &str, x_label: &str, y_lab
     }
 
     if !has_data {
-        let area = chart.plotting_area();
-        let (w, h) = area.dim_in_pixel();
-        let centre = (w as i32 / 2, h as i32 / 2);
-        let anchor = Pos::new(HPos::Center, VPos::Center);
-        draw_label(&area.strip_coord_spec(), "no data", AXIS_FONT, &RGBColor(120, 120, 120), anchor, Direction::Level, centre)?;
+        no_data(&chart)?;
     }
 
     if any_named {

@@ -11,6 +11,7 @@
 
 mod confusion;
 mod line_chart;
+mod scatter;
 mod text;
 
 use std::error::Error as StdError;
@@ -27,6 +28,7 @@ use plotters::style::{register_font, FontStyle};
 use crate::ReportError;
 use confusion::{draw_confusion_matrix, MatrixLayout};
 use line_chart::draw_line_chart;
+use scatter::draw_scatter;
 use text::TextBackend;
 
 /// One line of a line chart: a legend name and its (x, y) points, drawn in the order given.
@@ -63,6 +65,11 @@ type DrawResult<T> = Result<T, Box<dyn StdError + Send + Sync>>;
 /// valid picture (an empty chart says "no data").
 pub fn line_chart_png(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), ReportError> {
     plot_png(path, LINE_CHART_SIZE, |root| draw_line_chart(root, title, x_label, y_label, series))
+}
+
+/// Draws labelled points (x, y, label) into a 640x400 PNG at `path`; non-finite points are left out.
+pub fn scatter_png(path: &Path, title: &str, x_label: &str, y_label: &str, points: &[(f64, f64, String)]) -> Result<(), ReportError> {
+    plot_png(path, LINE_CHART_SIZE, |root| draw_scatter(root, title, x_label, y_label, points))
 }
 
 /// Draws a confusion matrix as a heat map into a PNG at `path`: rows are the class asked for,
@@ -281,6 +288,9 @@ mod tests {
         let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
         let labels: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         confusion_matrix_png(&dir.join("confusion-names.png"), &matrix, &labels, "CIFAR-10 classes").unwrap();
+        let settings: Vec<(f64, f64, String)> =
+            [(0.78, 0.44, "g3"), (0.88, 0.61, "g3 (0.5, 3.1]"), (0.91, 0.49, "g4 (0.28, 5.3]")].iter().map(|(x, y, l)| (*x, *y, l.to_string())).collect();
+        scatter_png(&dir.join("scatter.png"), "Precision and recall per setting", "precision", "recall", &settings).unwrap();
         let few = vec![series("one point", vec![(3.0, 0.5)]), series("empty", vec![])];
         line_chart_png(&dir.join("degenerate.png"), "One point and an empty series", "step", "value", &few).unwrap();
         line_chart_png(&dir.join("nothing.png"), "Nothing yet", "step", "loss", &[]).unwrap();
@@ -290,7 +300,7 @@ mod tests {
         let big: Vec<Vec<u64>> = (0..n).map(|r| (0..n).map(|c| if r == c { 180 } else { ((r * 7 + c * 3) % 4) as u64 }).collect()).collect();
         let labels: Vec<String> = (0..n).map(|k| format!("class {k}")).collect();
         confusion_matrix_png(&dir.join("confusion-50.png"), &big, &labels, "50 classes").unwrap();
-        for name in ["loss", "metric", "confusion", "confusion-names", "degenerate", "nothing", "scientific", "confusion-50"] {
+        for name in ["loss", "metric", "confusion", "confusion-names", "degenerate", "nothing", "scientific", "confusion-50", "scatter"] {
             let img = decode(&dir.join(format!("{name}.png")));
             assert!(distinct_colours(&img) > 2, "{name}.png has no content");
         }

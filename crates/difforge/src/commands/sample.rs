@@ -18,6 +18,8 @@ fn sampler_flag(key: &str) -> Option<&'static str> {
         "sample.steps" => Some("--steps"),
         "sample.guidance" => Some("--guidance"),
         "sample.eta" => Some("--eta"),
+        "sample.guidance_interval" => Some("--guidance-interval"),
+        "sample.guidance_rescale" => Some("--guidance-rescale"),
         _ => None,
     }
 }
@@ -58,8 +60,24 @@ pub fn sampler_config(args: &SamplerArgs, cfg: &RunConfig) -> Result<SamplerConf
     if let Some(e) = args.eta {
         sampler.eta = e;
     }
+    if let Some(interval) = &args.guidance_interval {
+        sampler.guidance_interval = parse_interval(interval)?;
+    }
+    if let Some(r) = args.guidance_rescale {
+        sampler.guidance_rescale = r;
+    }
     sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(sampler_flag))?;
     Ok(sampler)
+}
+
+/// `LO,HI` or `all`.
+fn parse_interval(s: &str) -> Result<Option<[f64; 2]>, ConfigError> {
+    if s == "all" {
+        return Ok(None);
+    }
+    let bad = || ConfigError::new("--guidance-interval", s, "LO,HI (two noise levels sigma) or all");
+    let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+    Ok(Some([lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?]))
 }
 
 #[derive(Serialize)]

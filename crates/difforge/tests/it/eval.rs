@@ -243,3 +243,55 @@ fn eval_metric_settings_are_checked() {
     fails(&["train.early_stop_metric=\"eval.fd_effnet\""], "train.eval_every > 0");
     fails(&["train.eval_every=10", "train.early_stop_metric=\"eval.recall\""], "train.early_stop_mode = \"min\": expected \"max\"");
 }
+
+/// `difforge sweep --checkpoint`: every sampler setting evaluated on the same samples and real
+/// images, ranked, with the plots and page; the same setting gives the same numbers as `eval`.
+#[test]
+fn a_sampler_sweep_ranks_settings_of_a_trained_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    train_tiny(&run, &["train.steps=10"]);
+    let out = tmp.path().join("sweep");
+    let o = difforge()
+        .args(["sweep", "--checkpoint"])
+        .arg(&run)
+        .args([
+            "--grid",
+            "sample.guidance=1,3",
+            "--grid",
+            "sample.guidance_interval=[0.5,3.1]",
+            "--n",
+            "20",
+            "--metric",
+            "recall",
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let board: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let results = board["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(board["metric"], "recall");
+    assert!(results[0]["recall"].as_f64().unwrap() >= results[1]["recall"].as_f64().unwrap());
+    for r in results {
+        assert_eq!(r["sampler"]["guidance_interval"], serde_json::json!([0.5, 3.1]));
+    }
+    for f in ["leaderboard.json", "leaderboard.md", "precision-recall.png", "report.html"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // The setting with guidance 3 gives what `difforge eval` gives for it.
+    let g3 = results.iter().find(|r| r["sampler"]["guidance"] == 3.0).unwrap();
+    let (e, _) =
+        eval_json(&["--checkpoint", run.to_str().unwrap(), "--n", "20", "--guidance", "3", "--guidance-interval", "0.5,3.1", "--consistency-sets", "1"], &[]);
+    assert_eq!(e["metrics"][0]["frechet_distance"], g3["fd_effnet"]);
+
+    // Only sampler settings can be swept on a checkpoint.
+    let bad = difforge().args(["sweep", "--checkpoint"]).arg(&run).args(["--grid", "train.lr=1e-3"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sample.*"));
+}
