@@ -19,6 +19,19 @@ difforge_core::choice! {
 }
 
 difforge_core::choice! {
+    /// Which CPU kernels libtorch runs, which decides the last bits of every result.
+    pub enum CpuKernels {
+        /// The AVX2 code paths of ATen, oneDNN and MKL on every x86-64 machine (pinned before
+        /// libtorch starts), so that the same config, seed, libtorch and thread count give the
+        /// same bytes on any of them.
+        Portable = "portable",
+        /// The fastest code paths this machine has (AVX-512 where present): results identical run
+        /// to run on one machine, not across machines.
+        Native = "native",
+    }
+}
+
+difforge_core::choice! {
     /// The learning rate after warm-up.
     pub enum LrSchedule {
         Constant = "constant",
@@ -118,6 +131,9 @@ pub struct TrainConfig {
     /// "fp32", "tf32" or "bf16": what CUDA matmuls and convolutions compute in (the CPU always
     /// computes in float32).
     pub precision: Precision,
+    /// "portable" (the same bytes on any x86-64 machine) or "native" (this machine's fastest
+    /// kernels); see the README's reproducibility section.
+    pub cpu_kernels: CpuKernels,
     /// Evaluate the validation loss every N steps (and at the end); 0 turns validation off.
     pub val_every: u64,
     /// At most this many validation images are used.
@@ -188,6 +204,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             threads: 0,
             precision: Precision::Tf32,
+            cpu_kernels: CpuKernels::Portable,
             val_every: 500,
             val_images: 500,
             val_repeats: 2,

@@ -113,15 +113,50 @@ pub fn save_best(run_dir: &Path, model: &DiffusionModel, optimizer: Vec<(String,
     write(run_dir, BEST_DIR, model, optimizer, state)
 }
 
-/// Removes temporary folders left by a process that died while writing a checkpoint.
-pub fn remove_stale_temporaries(run_dir: &Path) -> Result<(), ModelError> {
+/// A checkpoint being written: `.tmp-NAME-PID`.
+const TMP_PREFIX: &str = ".tmp-";
+/// The checkpoint it replaces, moved aside: `.tmp-old-NAME-PID`.
+const TMP_OLD_PREFIX: &str = ".tmp-old-";
+
+/// (checkpoint name, whether it is the old copy moved aside) of a temporary folder's name.
+fn temporary_of(file_name: &str) -> Option<(String, bool)> {
+    let (rest, old) = match file_name.strip_prefix(TMP_OLD_PREFIX) {
+        Some(rest) => (rest, true),
+        None => (file_name.strip_prefix(TMP_PREFIX)?, false),
+    };
+    let (name, pid) = rest.rsplit_once('-')?;
+    pid.parse::<u32>().ok().map(|_| (name.to_string(), old))
+}
+
+/// Cleans up after a process that died while writing a checkpoint. Temporaries of a checkpoint
+/// that exists are deleted. When the checkpoint itself is missing (the process died between
+/// moving the old copy aside and moving the new one in), the new copy is put in place if it is
+/// complete, else the old one, and only then are the rest deleted: a complete checkpoint is
+/// never thrown away.
+pub fn recover_temporaries(run_dir: &Path) -> Result<(), ModelError> {
     let root = run_dir.join("checkpoints");
     let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+    let mut by_name: std::collections::BTreeMap<String, Vec<(bool, PathBuf)>> = Default::default();
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-            std::fs::remove_dir_all(entry.path()).map_err(|e| ModelError::io(entry.path(), e))?;
+        if let Some((name, old)) = temporary_of(&entry.file_name().to_string_lossy()) {
+            by_name.entry(name).or_default().push((old, entry.path()));
         }
     }
+    for (name, mut temps) in by_name {
+        let target = root.join(&name);
+        if !target.exists() {
+            // The new copy first (it is newer), then the old one.
+            temps.sort_by_key(|(old, _)| *old);
+            if let Some((_, good)) = temps.iter().find(|(_, dir)| verify(dir).is_ok()) {
+                std::fs::rename(good, &target).map_err(|e| ModelError::io(&target, e))?;
+                tracing::warn!("restored checkpoint {} from {} (an earlier run stopped while replacing it)", target.display(), good.display());
+            }
+        }
+        for (_, dir) in temps.iter().filter(|(_, dir)| dir.exists()) {
+            std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+    }
+    difforge_core::atomic::sync_dir(&root).map_err(|e| ModelError::io(&root, e))?;
     Ok(())
 }
 
@@ -145,34 +180,21 @@ pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &Train
     let root = final_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = final_dir.file_name().map_or("checkpoint".to_string(), |n| n.to_string_lossy().into_owned());
     std::fs::create_dir_all(&root).map_err(|e| ModelError::io(&root, e))?;
-    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    let tmp = root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    tch::Tensor::write_safetensors(&tensors.model, tmp.join(MODEL_FILE)).map_err(torch_err(&tmp))?;
-    tch::Tensor::write_safetensors(&tensors.ema, tmp.join(EMA_FILE)).map_err(torch_err(&tmp))?;
-    tch::Tensor::write_safetensors(&tensors.optimizer, tmp.join(OPTIMIZER_FILE)).map_err(torch_err(&tmp))?;
-    let state_json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Other(e.to_string()))?;
-    write_atomic(&tmp.join(STATE_FILE), &state_json).map_err(|e| ModelError::io(tmp.join(STATE_FILE), e))?;
-    write_atomic(&tmp.join(CONFIG_FILE), config.to_toml().as_bytes()).map_err(|e| ModelError::io(tmp.join(CONFIG_FILE), e))?;
-
-    let mut files = Vec::new();
-    for name in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE] {
-        let path = tmp.join(name);
-        let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
-        file.sync_all().map_err(|e| ModelError::io(&path, e))?;
-        let size = file.metadata().map_err(|e| ModelError::io(&path, e))?.len();
-        let sha256 = sha256_file(&path).map_err(|e| ModelError::io(&path, e))?;
-        files.push(ManifestEntry { name: name.to_string(), size, sha256 });
+    if let Err(e) = write_files(&tmp, tensors, state, config) {
+        // A full disk (or any failure) must not leave a half-written folder taking its space.
+        if let Err(cleanup) = std::fs::remove_dir_all(&tmp) {
+            tracing::warn!("could not remove the partial checkpoint {}: {cleanup}", tmp.display());
+        }
+        return Err(e);
     }
-    let manifest = Manifest { format: 1, step: state.step, files };
-    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::Other(e.to_string()))?;
-    write_atomic(&tmp.join(MANIFEST_FILE), &bytes).map_err(|e| ModelError::io(tmp.join(MANIFEST_FILE), e))?;
-
     if final_dir.exists() {
-        // Move the old one aside first: a crash in between leaves a temporary, never a mix.
-        let old = root.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        // Move the old one aside first: a crash in between leaves complete temporaries that
+        // `recover_temporaries` puts back, never a mix.
+        let old = root.join(format!("{TMP_OLD_PREFIX}{name}-{}", std::process::id()));
         std::fs::rename(final_dir, &old).map_err(|e| ModelError::io(final_dir, e))?;
         std::fs::rename(&tmp, final_dir).map_err(|e| ModelError::io(final_dir, e))?;
         std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
@@ -181,6 +203,29 @@ pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &Train
     }
     difforge_core::atomic::sync_dir(&root).map_err(|e| ModelError::io(&root, e))?;
     Ok(final_dir.to_path_buf())
+}
+
+/// Writes every file of a checkpoint into `dir` (synced), the manifest last.
+fn write_files(dir: &Path, tensors: &CheckpointTensors, state: &TrainState, config: &RunConfig) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    tch::Tensor::write_safetensors(&tensors.model, dir.join(MODEL_FILE)).map_err(torch_err(dir))?;
+    tch::Tensor::write_safetensors(&tensors.ema, dir.join(EMA_FILE)).map_err(torch_err(dir))?;
+    tch::Tensor::write_safetensors(&tensors.optimizer, dir.join(OPTIMIZER_FILE)).map_err(torch_err(dir))?;
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Other(e.to_string()))?;
+    write_atomic(&dir.join(STATE_FILE), &state_json).map_err(|e| ModelError::io(dir.join(STATE_FILE), e))?;
+    write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes()).map_err(|e| ModelError::io(dir.join(CONFIG_FILE), e))?;
+    let mut files = Vec::new();
+    for name in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE] {
+        let path = dir.join(name);
+        let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+        file.sync_all().map_err(|e| ModelError::io(&path, e))?;
+        let size = file.metadata().map_err(|e| ModelError::io(&path, e))?.len();
+        let sha256 = sha256_file(&path).map_err(|e| ModelError::io(&path, e))?;
+        files.push(ManifestEntry { name: name.to_string(), size, sha256 });
+    }
+    let manifest = Manifest { format: 1, step: state.step, files };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::Other(e.to_string()))?;
+    write_atomic(&dir.join(MANIFEST_FILE), &bytes).map_err(|e| ModelError::io(dir.join(MANIFEST_FILE), e))
 }
 
 /// Removes all but the newest `keep` checkpoints, and stale temporary folders.

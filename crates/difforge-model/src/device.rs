@@ -1,14 +1,58 @@
-//! Device choice and the libtorch switches that go with it.
+//! Device choice and the libtorch switches that go with it: CPU threads, which CPU kernels run
+//! (portable or native), cuDNN autotuning.
 
-use difforge_config::{DeviceChoice, Precision};
+use difforge_config::{CpuKernels, DeviceChoice, Precision, TrainConfig};
 use difforge_core::ConfigError;
 use tch::Device;
 
-/// Resolves a device setting (`key` names where it came from, e.g. `train.device` or
-/// `--device`), checks that the device exists, sets the CPU threads and, on CUDA, cuDNN
-/// autotuning.
-pub fn prepare(key: &str, device: &str, threads: usize, _precision: Precision) -> Result<Device, ConfigError> {
-    let dev = match DeviceChoice::parse(key, device)? {
+/// What a command asks of the device.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSettings<'a> {
+    /// Where the device setting came from, for errors (`train.device`, `--device`).
+    pub key: &'a str,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    pub device: &'a str,
+    /// CPU threads; 0 means one per core.
+    pub threads: usize,
+    pub precision: Precision,
+    pub kernels: CpuKernels,
+}
+
+impl<'a> DeviceSettings<'a> {
+    /// The settings of a run's `[train]` section.
+    pub fn of_run(train: &'a TrainConfig) -> DeviceSettings<'a> {
+        DeviceSettings { key: "train.device", device: &train.device, threads: train.threads, precision: train.precision, kernels: train.cpu_kernels }
+    }
+}
+
+/// The environment that pins ATen's CPU capability, oneDNN's instruction set and MKL's
+/// conditional numerical reproducibility branch to AVX2: what every x86-64 server of the last
+/// decade has. Each library reads its variable once, at its first use.
+pub const PORTABLE_ENV: [(&str, &str); 3] = [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2")];
+
+/// A description of the kernels in use, for summaries and benchmarks.
+pub fn describe_kernels(kernels: CpuKernels) -> String {
+    match kernels {
+        CpuKernels::Portable => format!("portable ({})", PORTABLE_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")),
+        CpuKernels::Native => "native (this machine's fastest kernels)".to_string(),
+    }
+}
+
+/// Pins the kernels before libtorch first computes anything. The portable mode overrides what
+/// the environment says; the native one leaves it alone.
+fn pin_kernels(kernels: CpuKernels) {
+    if kernels == CpuKernels::Portable {
+        for (key, value) in PORTABLE_ENV {
+            std::env::set_var(key, value);
+        }
+    }
+}
+
+/// Resolves the device, checks that it exists, pins the CPU kernels, sets the CPU threads and,
+/// on CUDA, cuDNN autotuning (off in portable mode, whose point is repeatable bytes).
+pub fn prepare(s: &DeviceSettings) -> Result<Device, ConfigError> {
+    pin_kernels(s.kernels);
+    let dev = match DeviceChoice::parse(s.key, s.device)? {
         DeviceChoice::Auto => {
             if tch::Cuda::is_available() {
                 Device::Cuda(0)
@@ -20,16 +64,17 @@ pub fn prepare(key: &str, device: &str, threads: usize, _precision: Precision) -
         DeviceChoice::Cuda(n) => {
             let count = tch::Cuda::device_count() as usize;
             if n >= count {
-                return Err(ConfigError::new(key, format!("\"{device}\""), format!("a device that exists: {count} CUDA device(s) available")));
+                return Err(ConfigError::new(s.key, format!("\"{}\"", s.device), format!("a device that exists: {count} CUDA device(s) available")));
             }
             Device::Cuda(n)
         }
     };
     if dev.is_cuda() {
-        // Shapes are fixed during training, so let cuDNN pick the fastest kernels once.
-        tch::Cuda::cudnn_set_benchmark(true);
+        // Shapes are fixed during training, so cuDNN can pick the fastest kernels once; the
+        // portable mode keeps its default, deterministic choice.
+        tch::Cuda::cudnn_set_benchmark(s.kernels == CpuKernels::Native);
     }
-    tch::set_num_threads(resolve_threads(threads) as i32);
+    tch::set_num_threads(resolve_threads(s.threads) as i32);
     Ok(dev)
 }
 

@@ -72,7 +72,14 @@ async fn reload_on_sighup(app: Arc<AppState>) {
 /// Loads the model, serves until SIGTERM/SIGINT, drains the queue and returns.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = opts.config.clone();
-    let device = difforge_model::device::prepare("device", &cfg.device, cfg.threads, difforge_config::Precision::Fp32).map_err(|e| e.to_string())?;
+    let settings = difforge_model::device::DeviceSettings {
+        key: "device",
+        device: &cfg.device,
+        threads: cfg.threads,
+        precision: difforge_config::Precision::Fp32,
+        kernels: difforge_config::CpuKernels::Portable,
+    };
+    let device = difforge_model::device::prepare(&settings).map_err(|e| e.to_string())?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let feature_drift = (cfg.feature_drift_every > 0).then(|| {

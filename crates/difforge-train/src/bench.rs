@@ -125,7 +125,7 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let sampler = SamplerConfig { sampler: SamplerKind::ddim(), steps: opts.sample_steps, eta: 0.0, guidance: 1.0, ..cfg.sample.clone() };
     sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(|k| (k == "sample.steps").then_some("--sample-steps")))?;
 
-    let dev = device::prepare("train.device", &cfg.train.device, cfg.train.threads, cfg.train.precision)?;
+    let dev = device::prepare(&device::DeviceSettings::of_run(&cfg.train))?;
     let model = DiffusionModel::new(&cfg, dev)?;
     let t = &cfg.train;
     let (trainable, ema_params) = model.trainable();

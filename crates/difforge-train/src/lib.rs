@@ -12,6 +12,7 @@ pub mod loss;
 pub mod lr;
 pub mod metrics;
 pub mod prior;
+pub mod run_folder;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;

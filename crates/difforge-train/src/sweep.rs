@@ -54,6 +54,7 @@ fn run_trial(trial: &mut Trial, dir: &Path, steps: u64, stop: &Arc<AtomicBool>) 
     let mut cfg = trial.config.clone();
     cfg.train.steps = steps;
     let opts = TrainOptions {
+        overwrite: false,
         out_dir: dir.to_path_buf(),
         resume,
         resume_sets: if resume { vec![format!("train.steps={steps}")] } else { Vec::new() },

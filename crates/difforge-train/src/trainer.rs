@@ -7,6 +7,7 @@
 use crate::error::TrainError;
 use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
+use crate::run_folder::{RunFolder, Use};
 use crate::step::{StepData, StepOutcome, Stepper};
 use difforge_config::{eval_metric, RunConfig};
 use difforge_core::Progress;
@@ -35,6 +36,8 @@ pub struct TrainOptions {
     pub out_dir: PathBuf,
     /// Continue from the newest good checkpoint in `out_dir`.
     pub resume: bool,
+    /// Replace a run already in `out_dir` (without it, such a folder is refused).
+    pub overwrite: bool,
     /// Overrides allowed on resume (train.steps and other [train] keys).
     pub resume_sets: Vec<String>,
     /// Set by SIGINT/SIGTERM: finish the step, checkpoint, stop.
@@ -63,6 +66,9 @@ pub struct TrainSummary {
     pub images_per_s: f64,
     pub device: String,
     pub threads: usize,
+    /// Which CPU kernels ran (train.cpu_kernels): portable results are the same on any x86-64
+    /// machine with the same libtorch and thread count.
+    pub cpu_kernels: String,
     pub parameters: i64,
     pub train_images: usize,
     pub val_images: usize,
@@ -308,11 +314,16 @@ fn starting_model(cfg: &RunConfig, resume_from: &Option<(PathBuf, TrainState)>, 
 }
 
 pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, TrainError> {
+    let how = match (opts.resume, opts.overwrite) {
+        (true, _) => Use::Resume,
+        (false, true) => Use::Overwrite,
+        (false, false) => Use::New,
+    };
+    // Held until training ends: a second trainer on this folder is refused.
+    let _folder = RunFolder::open(&opts.out_dir, how)?;
     let (cfg, resume_from) = start_state(config, &opts)?;
-    let device = device::prepare("train.device", &cfg.train.device, cfg.train.threads, cfg.train.precision)?;
+    let device = device::prepare(&device::DeviceSettings::of_run(&cfg.train))?;
     let run_dir = opts.out_dir.clone();
-    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
-    checkpoint::remove_stale_temporaries(&run_dir)?;
     difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
 
     let (model, state) = starting_model(&cfg, &resume_from, device)?;
@@ -445,6 +456,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         images_per_s: run_images as f64 / start.elapsed().as_secs_f64().max(1e-9),
         device: device::describe(device),
         threads: device::resolve_threads(t.threads),
+        cpu_kernels: device::describe_kernels(t.cpu_kernels),
         parameters: tr.model().parameter_count(),
         train_images: split.train.len(),
         val_images: split.val.len(),

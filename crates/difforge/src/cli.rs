@@ -77,6 +77,9 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its newest good checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Replace the run already in --out (its checkpoints, records and samples are deleted).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +105,9 @@ pub struct FinetuneArgs {
     /// Run folder (default: runs/finetune).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace the run already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -15,7 +15,7 @@ pub fn train(config: &ConfigArgs, data: Option<&str>, out: &Path, steps: u64, de
     if steps == 0 {
         return Err(ConfigError::new("--steps", steps, "at least 1").into());
     }
-    let dev = super::sample::device(device, cfg.train.threads)?;
+    let dev = super::sample::device(device, &cfg.train)?;
     let opts = ClassifierTraining { steps, ..Default::default() };
     let meta = train_classifier(&cfg.data, cfg.seed, &opts, dev, out)?;
     if json {

@@ -17,7 +17,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let checkpoints = checkpoints(&args)?;
     let (first_dir, _) = checkpoints.last().context("no checkpoint to evaluate")?;
     let cfg = checkpoint::read_config(first_dir)?;
-    let device = super::sample::device(&args.device, cfg.train.threads)?;
+    let device = super::sample::device(&args.device, &cfg.train)?;
     let opts = options(&args, &cfg)?;
     let mut nets = vec![FeatureNet::efficientnet(args.effnet_weights.as_deref(), device)?];
     if let Some(weights) = &args.inception_weights {

@@ -80,11 +80,15 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let text = toml::to_string(&table)?;
     let cfg = RunConfig::from_toml(&text, &sets, "the fine-tune config")?;
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune"));
-    if !checkpoint::list(&out_dir)?.is_empty() {
-        return Err(ConfigError::new("--out", out_dir.display(), "a new run folder: this one already holds checkpoints").into());
-    }
     let stop = super::stop_on_signals()?;
-    let opts = TrainOptions { out_dir: out_dir.clone(), resume: false, resume_sets: Vec::new(), stop, evaluator: Some(super::train::sample_evaluation()) };
+    let opts = TrainOptions {
+        out_dir: out_dir.clone(),
+        resume: false,
+        overwrite: args.overwrite,
+        resume_sets: Vec::new(),
+        stop,
+        evaluator: Some(super::train::sample_evaluation()),
+    };
     let summary = train(cfg, opts)?;
     if args.json {
         return super::print_json(&summary);

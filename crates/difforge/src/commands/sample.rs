@@ -24,16 +24,18 @@ fn sampler_flag(key: &str) -> Option<&'static str> {
     }
 }
 
-/// Prepares the device a command asks for with `--device`.
-pub fn device(flag: &str, threads: usize) -> Result<tch::Device, ConfigError> {
-    difforge_model::device::prepare("--device", flag, threads, difforge_config::Precision::Fp32)
+/// Prepares the device a command asks for with `--device`, with the run's other device settings
+/// (threads, CPU kernels).
+pub fn device(flag: &str, train: &difforge_config::TrainConfig) -> Result<tch::Device, ConfigError> {
+    use difforge_model::device::{prepare, DeviceSettings};
+    prepare(&DeviceSettings { key: "--device", device: flag, ..DeviceSettings::of_run(train) })
 }
 
 /// Loads the checkpoint named by `--checkpoint` (with its adapter) and the sampler settings.
 pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfig, std::path::PathBuf)> {
     let dir = checkpoint::resolve(&args.checkpoint)?;
     let cfg = checkpoint::read_config(&dir)?;
-    let dev = device(&args.device, cfg.train.threads)?;
+    let dev = device(&args.device, &cfg.train)?;
     if !(args.lora_scale.is_finite() && (-10.0..=10.0).contains(&args.lora_scale)) {
         return Err(ConfigError::new("--lora-scale", args.lora_scale, "a number in -10..=10").into());
     }

@@ -51,7 +51,7 @@ fn sampler(args: &SweepArgs, path: &Path, grid: &[(String, Vec<String>)]) -> any
     let dir = checkpoint::resolve(path)?;
     let cfg = checkpoint::read_config(&dir)?;
     let step = checkpoint::read_state(&dir)?.step;
-    let device = super::sample::device(&args.device, cfg.train.threads)?;
+    let device = super::sample::device(&args.device, &cfg.train)?;
     let model = checkpoint::load_model(&dir, &cfg, device)?;
     let opts = EvalOptions {
         n: args.n,

@@ -2,7 +2,6 @@
 
 use crate::cli::TrainArgs;
 use difforge_core::ConfigError;
-use difforge_model::checkpoint;
 use difforge_train::{train, TrainOptions};
 use std::path::PathBuf;
 
@@ -29,17 +28,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => (dir.clone(), true),
         None => (args.out.clone().unwrap_or_else(|| default_out(&args)), false),
     };
-    if !resume && !checkpoint::list(&out_dir)?.is_empty() {
-        return Err(ConfigError::new(
-            "--out",
-            out_dir.display(),
-            format!("a new run folder: this one already holds checkpoints (continue it with --resume {})", out_dir.display()),
-        )
-        .into());
-    }
     let stop = super::stop_on_signals()?;
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
-    let opts = TrainOptions { out_dir: out_dir.clone(), resume, resume_sets, stop, evaluator: Some(sample_evaluation()) };
+    let opts = TrainOptions { out_dir: out_dir.clone(), resume, overwrite: args.overwrite, resume_sets, stop, evaluator: Some(sample_evaluation()) };
     let summary = train(config, opts)?;
     if args.json {
         super::print_json(&summary)?;

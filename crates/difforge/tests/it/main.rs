@@ -11,6 +11,8 @@ mod data_check;
 mod eval;
 mod explain;
 mod finetune;
+mod reproducibility;
+mod run_folder;
 mod serve;
 mod stability;
 mod tensorboard;

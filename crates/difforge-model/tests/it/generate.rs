@@ -1,15 +1,13 @@
 //! The server merges requests into batches; an image must not depend on the batch it was in,
 //! or the same request and seed would not give the same bytes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use difforge_config::RunConfig;
 use difforge_diffusion::SamplerConfig;
 use difforge_model::{generate, Condition, DiffusionModel, GenerateSpec, Weights};
 
 fn random_model() -> DiffusionModel {
     let sets: Vec<String> = ["data.image_size=16", "model.channel_mult=[1,2,2]"].iter().map(|s| s.to_string()).collect();
-    let cfg = RunConfig::from_toml(include_str!("../../../configs/tiny.toml"), &sets, "configs/tiny.toml").unwrap();
+    let cfg = RunConfig::from_toml(include_str!("../../../../configs/tiny.toml"), &sets, "configs/tiny.toml").unwrap();
     let model = DiffusionModel::new(&cfg, tch::Device::Cpu).unwrap();
     // Random weights everywhere (a fresh model's zero-initialised output layers predict zero).
     tch::no_grad(|| {

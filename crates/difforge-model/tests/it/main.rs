@@ -1,0 +1,7 @@
+//! The model crate on real tensors and real files: generation independent of batching, and
+//! checkpoints that survive a full disk. One test binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod checkpoint;
+mod generate;
