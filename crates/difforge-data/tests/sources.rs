@@ -57,7 +57,7 @@ fn idx_files_plain_and_gzipped() {
         write_idx(&dir.path().join(format!("train-labels-idx1-ubyte{ext}")), &[3], &[4, 0, 9], gzip);
         let (dims, data) = read_idx(&img_path).unwrap();
         assert_eq!((dims, data.len()), (vec![3, 28, 28], images.len()));
-        let set = load_idx(&img_path, None, &[], &grey(28)).unwrap();
+        let set = load_idx(&img_path, None, &[], &grey(28), 1 << 26).unwrap();
         assert_eq!(set.labels, vec![Some(4), Some(0), Some(9)]);
         assert_eq!(set.class_names.len(), 10);
         assert_eq!(set.pixels[1].data[..], images[784..2 * 784]);
@@ -73,6 +73,28 @@ fn idx_errors_name_the_file_and_the_problem() {
     assert!(err.contains("x-images-idx3-ubyte") && err.contains("32 bytes"), "{err}");
     std::fs::write(&bad, b"GIF89a").unwrap();
     assert!(read_idx(&bad).unwrap_err().to_string().contains("magic"));
+    // Images of 0 x 0 pixels.
+    write_idx(&bad, &[5, 0, 0], &[], false);
+    assert!(read_idx(&bad).unwrap_err().to_string().contains("at least 1"));
+}
+
+/// A small gzipped file that declares, or holds, far more than it should: refused without
+/// inflating it (the declared size is checked against the file's), or as soon as the surplus
+/// appears (more data than declared).
+#[test]
+fn idx_decompression_bombs_are_refused_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb-images-idx3-ubyte.gz");
+    // 2.5 GB of zeros declared: a few kilobytes compressed. Only the header is written here; the
+    // declared size alone gives it away.
+    write_idx(&bomb, &[3_000_000, 28, 30], &[0u8; 4096], true);
+    let err = read_idx(&bomb).unwrap_err().to_string();
+    assert!(err.contains("more than this") && err.contains("bomb-images"), "{err}");
+    // More data than the header declares: refused after reading one byte past it.
+    let extra = dir.path().join("extra-images-idx3-ubyte.gz");
+    write_idx(&extra, &[1, 4, 4], &vec![7u8; 50_000_000], true);
+    let err = read_idx(&extra).unwrap_err().to_string();
+    assert!(err.contains("found more"), "{err}");
 }
 
 /// The real Fashion-MNIST test set when the Debian package is installed (CI installs it).

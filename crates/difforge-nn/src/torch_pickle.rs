@@ -173,8 +173,14 @@ impl TensorRef {
         let numel = (data.len() / elt) as i64;
         let last = self.offset + self.size.iter().zip(&self.stride).map(|(&n, &s)| if n == 0 { 0 } else { (n - 1) * s }).sum::<i64>();
         let empty = self.size.contains(&0);
-        if self.offset < 0 || self.stride.iter().any(|&s| s < 0) || (!empty && last >= numel) {
+        if self.offset < 0 || self.stride.iter().any(|&s| s < 0) || self.size.iter().any(|&n| n < 0) || (!empty && last >= numel) {
             return Err(format!("view (offset {}, size {:?}, stride {:?}) exceeds its storage of {numel} elements", self.offset, self.size, self.stride));
+        }
+        // A view may not hold more elements than its storage (a zero stride could otherwise
+        // expand a few bytes into terabytes when made contiguous).
+        let elements = self.size.iter().try_fold(1i64, |acc, &n| acc.checked_mul(n));
+        if elements.is_none_or(|e| e > numel.max(1)) {
+            return Err(format!("view of size {:?} holds more elements than its storage of {numel}", self.size));
         }
         let flat = Tensor::f_from_data_size(data, &[numel], self.storage.kind).map_err(|e| e.to_string())?;
         Ok(flat.as_strided(self.size.as_slice(), self.stride.as_slice(), self.offset).contiguous())
@@ -256,16 +262,66 @@ fn storage_kind(name: &str) -> Option<Kind> {
     })
 }
 
+/// Containers nested deeper than this are refused (a state dict is a few levels deep; a crafted
+/// file could nest until the stack overflows).
+const MAX_DEPTH: u16 = 100;
+
+/// A value with what it costs: how deeply it nests and how many values it holds.
+struct Entry {
+    value: Value,
+    depth: u16,
+    nodes: usize,
+}
+
+impl Entry {
+    fn leaf(value: Value) -> Entry {
+        Entry { value, depth: 0, nodes: 1 }
+    }
+
+    /// A container of `items`, one level deeper than the deepest of them.
+    fn container(items: Vec<Entry>, make: impl FnOnce(Vec<Value>) -> Result<Value, String>) -> Result<Entry, String> {
+        let depth = 1 + items.iter().map(|e| e.depth).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(format!("the pickle nests containers more than {MAX_DEPTH} deep"));
+        }
+        let nodes = 1 + items.iter().map(|e| e.nodes).sum::<usize>();
+        Ok(Entry { value: make(items.into_iter().map(|e| e.value).collect())?, depth, nodes })
+    }
+
+    fn clone_entry(&self) -> Entry {
+        Entry { value: self.value.clone(), depth: self.depth, nodes: self.nodes }
+    }
+}
+
 struct Unpickler<'a> {
     bytes: &'a [u8],
     pos: &'a mut usize,
-    stack: Vec<Value>,
-    memo: HashMap<u32, Value>,
+    stack: Vec<Entry>,
+    memo: HashMap<u32, Entry>,
+    /// Values created so far (copies included), against `budget`: a small file must not expand
+    /// into gigabytes by copying memoised values into themselves.
+    made: usize,
+    budget: usize,
 }
 
 impl<'a> Unpickler<'a> {
     fn new(bytes: &'a [u8], pos: &'a mut usize) -> Self {
-        Unpickler { bytes, pos, stack: Vec::new(), memo: HashMap::new() }
+        Unpickler { bytes, pos, stack: Vec::new(), memo: HashMap::new(), made: 0, budget: 4096 + 16 * bytes.len() }
+    }
+
+    /// Counts `nodes` new values against the budget.
+    fn spend(&mut self, nodes: usize) -> Result<(), String> {
+        self.made = self.made.saturating_add(nodes);
+        if self.made > self.budget {
+            return Err(format!("the pickle expands to more than {} values, far beyond what a file of {} bytes holds", self.budget, self.bytes.len()));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, value: Value) -> Result<(), String> {
+        self.spend(1)?;
+        self.stack.push(Entry::leaf(value));
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -297,30 +353,45 @@ impl<'a> Unpickler<'a> {
         String::from_utf8(raw.to_vec()).map_err(|_| "a pickled string is not UTF-8".to_string())
     }
 
-    fn pop(&mut self) -> Result<Value, String> {
+    fn pop(&mut self) -> Result<Entry, String> {
         self.stack.pop().ok_or_else(|| "pickle stack underflow".to_string())
     }
 
-    fn pop_to_mark(&mut self) -> Result<Vec<Value>, String> {
-        let mark = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or("pickle MARK missing")?;
+    fn pop_to_mark(&mut self) -> Result<Vec<Entry>, String> {
+        let mark = self.stack.iter().rposition(|e| matches!(e.value, Value::Mark)).ok_or("pickle MARK missing")?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
         Ok(items)
     }
 
-    fn top(&mut self) -> Result<&mut Value, String> {
+    fn top(&mut self) -> Result<&mut Entry, String> {
         self.stack.last_mut().ok_or_else(|| "pickle stack underflow".to_string())
     }
 
+    /// Puts `items` into the container on top of the stack (a list or a dict, by `put`).
+    fn add_to_top(&mut self, items: Vec<Entry>, put: impl FnOnce(&mut Value, Vec<Value>) -> Result<(), String>) -> Result<(), String> {
+        let top = self.top()?;
+        let depth = items.iter().map(|e| e.depth + 1).max().unwrap_or(0).max(top.depth);
+        if depth > MAX_DEPTH {
+            return Err(format!("the pickle nests containers more than {MAX_DEPTH} deep"));
+        }
+        top.depth = depth;
+        top.nodes += items.iter().map(|e| e.nodes).sum::<usize>();
+        put(&mut top.value, items.into_iter().map(|e| e.value).collect())
+    }
+
     fn memoize(&mut self, index: u32) -> Result<(), String> {
-        let top = self.top()?.clone();
+        let top = self.top()?.clone_entry();
+        self.spend(top.nodes)?;
         self.memo.insert(index, top);
         Ok(())
     }
 
     fn recall(&mut self, index: u32) -> Result<(), String> {
-        let value = self.memo.get(&index).cloned().ok_or_else(|| format!("pickle memo {index} is missing"))?;
-        self.stack.push(value);
+        let nodes = self.memo.get(&index).map(|e| e.nodes).ok_or_else(|| format!("pickle memo {index} is missing"))?;
+        self.spend(nodes)?;
+        let entry = self.memo.get(&index).map(Entry::clone_entry).ok_or_else(|| format!("pickle memo {index} is missing"))?;
+        self.stack.push(entry);
         Ok(())
     }
 
@@ -335,22 +406,22 @@ impl<'a> Unpickler<'a> {
                 0x95 => {
                     self.take(8)?;
                 } // FRAME
-                b'.' => return self.pop(), // STOP
-                b'(' => self.stack.push(Value::Mark),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'.' => return self.pop().map(|e| e.value), // STOP
+                b'(' => self.push(Value::Mark)?,
+                b'N' => self.push(Value::None)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'K' => {
                     let v = self.le_uint(1)? as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 b'M' => {
                     let v = self.le_uint(2)? as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 b'J' => {
                     let v = self.le_uint(4)? as u32 as i32 as i64;
-                    self.stack.push(Value::Int(v))
+                    self.push(Value::Int(v))?
                 }
                 b'I' => {
                     let line = self.line()?;
@@ -359,94 +430,100 @@ impl<'a> Unpickler<'a> {
                         "01" => Value::Bool(true),
                         s => Value::Int(s.parse().map_err(|_| format!("bad INT {s}"))?),
                     };
-                    self.stack.push(v)
+                    self.push(v)?
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a { self.le_uint(1)? } else { self.le_uint(4)? } as usize;
                     let raw = self.take(n)?.to_vec();
-                    self.stack.push(long_value(raw));
+                    self.push(long_value(raw))?;
                 }
                 b'G' => {
                     self.take(8)?;
-                    self.stack.push(Value::Float)
+                    self.push(Value::Float)?
                 }
-                b'X' => {
+                b'X' | b'T' => {
                     let s = self.string(4)?;
-                    self.stack.push(Value::Str(s))
+                    self.push(Value::Str(s))?
                 }
-                0x8c => {
+                0x8c | b'U' => {
                     let s = self.string(1)?;
-                    self.stack.push(Value::Str(s))
+                    self.push(Value::Str(s))?
                 }
                 0x8d => {
                     let s = self.string(8)?;
-                    self.stack.push(Value::Str(s))
-                }
-                b'U' => {
-                    let s = self.string(1)?;
-                    self.stack.push(Value::Str(s))
-                }
-                b'T' => {
-                    let s = self.string(4)?;
-                    self.stack.push(Value::Str(s))
+                    self.push(Value::Str(s))?
                 }
                 b'C' => {
                     let n = self.le_uint(1)? as usize;
                     self.take(n)?;
-                    self.stack.push(Value::Bytes)
+                    self.push(Value::Bytes)?
                 }
                 b'B' => {
                     let n = self.le_uint(4)? as usize;
                     self.take(n)?;
-                    self.stack.push(Value::Bytes)
+                    self.push(Value::Bytes)?
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b')' => self.push(Value::Tuple(Vec::new()))?,
+                b']' => self.push(Value::List(Vec::new()))?,
+                b'}' => self.push(Value::Dict(Vec::new()))?,
                 b't' => {
                     let items = self.pop_to_mark()?;
-                    self.stack.push(Value::Tuple(items))
+                    self.spend(1)?;
+                    self.stack.push(Entry::container(items, |v| Ok(Value::Tuple(v)))?)
                 }
                 b'l' => {
                     let items = self.pop_to_mark()?;
-                    self.stack.push(Value::List(items))
+                    self.spend(1)?;
+                    self.stack.push(Entry::container(items, |v| Ok(Value::List(v)))?)
                 }
                 b'd' => {
                     let items = self.pop_to_mark()?;
-                    let pairs = pairs(items)?;
-                    self.stack.push(Value::Dict(pairs))
+                    self.spend(1)?;
+                    self.stack.push(Entry::container(items, |v| Ok(Value::Dict(pairs(v)?)))?)
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let at = self.stack.len().checked_sub(n).ok_or("pickle stack underflow")?;
                     let items = self.stack.split_off(at);
-                    self.stack.push(Value::Tuple(items));
+                    self.spend(1)?;
+                    self.stack.push(Entry::container(items, |v| Ok(Value::Tuple(v)))?);
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    if let Value::List(l) = self.top()? {
-                        l.push(v)
-                    }
+                    self.add_to_top(vec![v], |top, items| {
+                        if let Value::List(l) = top {
+                            l.extend(items)
+                        }
+                        Ok(())
+                    })?
                 }
                 b'e' => {
                     let items = self.pop_to_mark()?;
-                    if let Value::List(l) = self.top()? {
-                        l.extend(items)
-                    }
+                    self.add_to_top(items, |top, items| {
+                        if let Value::List(l) = top {
+                            l.extend(items)
+                        }
+                        Ok(())
+                    })?
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    if let Value::Dict(d) = self.top()? {
-                        d.push((k, v))
-                    }
+                    self.add_to_top(vec![k, v], |top, items| {
+                        if let Value::Dict(d) = top {
+                            d.extend(pairs(items)?)
+                        }
+                        Ok(())
+                    })?
                 }
                 b'u' => {
                     let items = self.pop_to_mark()?;
-                    let new = pairs(items)?;
-                    if let Value::Dict(d) = self.top()? {
-                        d.extend(new)
-                    }
+                    self.add_to_top(items, |top, items| {
+                        if let Value::Dict(d) = top {
+                            d.extend(pairs(items)?)
+                        }
+                        Ok(())
+                    })?
                 }
                 b'q' => {
                     let i = self.le_uint(1)? as u32;
@@ -474,31 +551,33 @@ impl<'a> Unpickler<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(module, name))
+                    self.push(Value::Global(module, name))?
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.value;
+                    let module = self.pop()?.value;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(m, n)),
+                        (Value::Str(m), Value::Str(n)) => self.push(Value::Global(m, n))?,
                         _ => return Err("STACK_GLOBAL expects two strings".into()),
                     }
                 }
                 b'Q' => {
-                    let pid = self.pop()?;
+                    let pid = self.pop()?.value;
                     let storage = persistent_storage(pid)?;
-                    self.stack.push(storage)
+                    self.push(storage)?
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = reduce(callable, args)?;
-                    self.stack.push(v)
+                    let (depth, nodes) = (args.depth, args.nodes);
+                    let v = reduce(callable.value, args.value)?;
+                    self.spend(1)?;
+                    self.stack.push(Entry { value: v, depth, nodes })
                 }
                 0x81 => {
                     let _args = self.pop()?;
                     self.pop()?;
-                    self.stack.push(Value::Opaque)
+                    self.push(Value::Opaque)?
                 } // NEWOBJ
                 b'b' => {
                     self.pop()?;
@@ -583,6 +662,44 @@ mod tests {
         assert!(matches!(long_value(vec![0xff]), Value::Int(-1)));
         assert!(matches!(long_value(vec![0x01, 0x01]), Value::Int(257)));
         assert!(matches!(long_value(LEGACY_MAGIC.to_vec()), Value::BigInt(_)));
+    }
+
+    fn run(bytes: &[u8]) -> Result<Value, String> {
+        let mut pos = 0;
+        Unpickler::new(bytes, &mut pos).run()
+    }
+
+    #[test]
+    fn a_small_pickle_cannot_expand_into_a_huge_value() {
+        // [] memoised, then 40 times: recall it, append the copy into it, memoise again: each
+        // round doubles it (2^40 values from 200 bytes).
+        let mut bytes = b"]q\x00".to_vec();
+        for _ in 0..40 {
+            bytes.extend_from_slice(b"h\x00aq\x00");
+        }
+        bytes.push(b'.');
+        let err = run(&bytes).unwrap_err();
+        assert!(err.contains("expands"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_overflows_the_stack() {
+        let mut bytes = vec![b']'; 100_000];
+        bytes.extend(std::iter::repeat_n(b'a', 99_999));
+        bytes.push(b'.');
+        let err = run(&bytes).unwrap_err();
+        assert!(err.contains("nests"), "{err}");
+        // A state dict's few levels are fine.
+        assert!(run(b"]]]aa.").is_ok());
+    }
+
+    #[test]
+    fn a_view_cannot_hold_more_elements_than_its_storage() {
+        let storages: Storages = [("0".to_string(), vec![0u8; 16])].into_iter().collect();
+        let view = |size: Vec<i64>, stride: Vec<i64>| TensorRef { storage: StorageRef { key: "0".into(), kind: Kind::Float }, offset: 0, size, stride };
+        let err = view(vec![1 << 40], vec![0]).materialise(&storages).unwrap_err();
+        assert!(err.contains("more elements than its storage"), "{err}");
+        assert_eq!(view(vec![2, 2], vec![2, 1]).materialise(&storages).unwrap().size(), vec![2, 2]);
     }
 
     #[test]

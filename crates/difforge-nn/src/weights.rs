@@ -15,7 +15,7 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<(), NnError> {
     std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
-/// Loads weights into `vs`: every variable must be present with the same shape.
+/// Loads weights into `vs`: every variable must be present with the same shape and element type.
 pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), NnError> {
     let err = |reason: String| NnError::Load { path: path.to_path_buf(), reason };
     let tensors = tch::Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?;
@@ -28,6 +28,9 @@ pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), NnError> {
         let src = named.get(name).ok_or_else(|| err(format!("tensor `{name}` is missing")))?;
         if src.size() != var.size() {
             return Err(err(format!("tensor `{name}` has shape {:?}, the model expects {:?}", src.size(), var.size())));
+        }
+        if src.kind() != var.kind() {
+            return Err(err(format!("tensor `{name}` is {:?}, the model expects {:?}", src.kind(), var.kind())));
         }
         tch::no_grad(|| {
             let mut v = var.shallow_clone();
@@ -70,4 +73,23 @@ pub fn read_metadata(path: &Path) -> Result<std::collections::HashMap<String, St
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn, Device, Kind, Tensor};
+
+    #[test]
+    fn weights_of_another_type_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vs = VarStore::new(Device::Cpu);
+        let _w = vs.root().var("w", &[2, 3], nn::Init::Const(1.0));
+        let path = dir.path().join("w.safetensors");
+        Tensor::write_safetensors(&[("w", Tensor::ones([2, 3], (Kind::Int, Device::Cpu)))], &path).unwrap();
+        let err = load(&mut vs, &path).unwrap_err().to_string();
+        assert!(err.contains("`w` is Int") && err.contains("Float"), "{err}");
+        Tensor::write_safetensors(&[("w", Tensor::ones([2, 3], (Kind::Float, Device::Cpu)))], &path).unwrap();
+        load(&mut vs, &path).unwrap();
+    }
 }

@@ -25,7 +25,7 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
         }
         SourceKind::Idx => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"idx\"")))?;
-            load_idx(path, config.labels_path.as_deref(), &config.class_names, &prep)?
+            load_idx(path, config.labels_path.as_deref(), &config.class_names, &prep, config.max_pixels)?
         }
     };
     Ok(set)

@@ -2,6 +2,10 @@
 
 use crate::activation::Activation;
 use difforge_core::ConfigError;
+
+/// The largest network a config may describe: a bigger one would not fit in memory anywhere this
+/// runs, and building it would abort instead of failing with a message.
+const MAX_PARAMETERS: f64 = 2e9;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +127,14 @@ impl UNetConfig {
                 return Err(ConfigError::new("model.groups", self.groups, format!("a divisor of every level's channels (level {i} has {ch})")));
             }
         }
+        let params = self.parameter_estimate();
+        if params > MAX_PARAMETERS {
+            return Err(ConfigError::new(
+                "model.channels",
+                self.channels,
+                format!("a model of at most {MAX_PARAMETERS:.0e} parameters; these settings make about {params:.2e}"),
+            ));
+        }
         let last = self.channel_mult.len() - 1;
         for (i, side) in self.level_sides().into_iter().enumerate() {
             let attends = self.attention_resolutions.contains(&side) || (i == last && self.mid_attention);
@@ -135,6 +147,50 @@ impl UNetConfig {
             }
         }
         Ok(())
+    }
+
+    /// About how many parameters the network has (its convolutions, linears and embeddings,
+    /// counted block by block as `UNet::new` builds them), as f64 so that absurd settings do not
+    /// overflow.
+    pub fn parameter_estimate(&self) -> f64 {
+        let (emb, levels) = (self.embed_dim() as f64, self.channel_mult.len());
+        let conv = |cin: f64, cout: f64, k: f64| cin * cout * k * k + cout;
+        let res = |cin: f64, cout: f64| {
+            conv(cin, cout, 3.0)
+                + conv(cout, cout, 3.0)
+                + emb * cout * if self.scale_shift { 2.0 } else { 1.0 }
+                + if cin != cout { conv(cin, cout, 1.0) } else { 0.0 }
+        };
+        let attn = |ch: f64| 4.0 * (ch * ch + ch);
+        let sides = self.level_sides();
+        let mut total =
+            self.channels as f64 * emb + emb * emb + (self.num_classes as f64 + 1.0) * emb + conv(self.in_channels as f64, self.channels as f64, 3.0);
+        let mut ch = self.channels as f64;
+        let mut skips = vec![ch];
+        for i in 0..levels {
+            let out = self.level_channels(i) as f64;
+            for _ in 0..self.res_blocks {
+                total += res(ch, out) + if self.attention_resolutions.contains(&sides[i]) { attn(out) } else { 0.0 };
+                ch = out;
+                skips.push(ch);
+            }
+            if i + 1 < levels {
+                total += conv(ch, ch, 3.0);
+                skips.push(ch);
+            }
+        }
+        total += 2.0 * res(ch, ch) + if self.mid_attention { attn(ch) } else { 0.0 };
+        for i in (0..levels).rev() {
+            let out = self.level_channels(i) as f64;
+            for _ in 0..=self.res_blocks {
+                total += res(ch + skips.pop().unwrap_or(0.0), out) + if self.attention_resolutions.contains(&sides[i]) { attn(out) } else { 0.0 };
+                ch = out;
+            }
+            if i > 0 {
+                total += conv(ch, ch, 3.0);
+            }
+        }
+        total + conv(ch, self.out_channels as f64, 3.0)
     }
 
     /// The image side at each level.

@@ -287,6 +287,16 @@ mod tests {
     const REF6M_PARAMS: i64 = 6_140_675;
 
     #[test]
+    fn the_parameter_estimate_is_close_and_bounds_absurd_models() {
+        let mut cfg = UNetConfig::preset("ref6m").unwrap();
+        cfg.out_channels = 3;
+        let estimate = cfg.parameter_estimate();
+        assert!((estimate / REF6M_PARAMS as f64 - 1.0).abs() < 0.02, "{estimate}");
+        let huge = UNetConfig { channels: 4096, channel_mult: vec![1, 16, 16], ..cfg };
+        assert_eq!(huge.validate().unwrap_err().key, "model.channels");
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         let mut cfg = tiny(1, 20, vec![1, 2, 2], vec![]);
         cfg.channel_mult = vec![1, 2, 2, 2];
