@@ -167,10 +167,10 @@ impl UNetConfig {
             self.channels as f64 * emb + emb * emb + (self.num_classes as f64 + 1.0) * emb + conv(self.in_channels as f64, self.channels as f64, 3.0);
         let mut ch = self.channels as f64;
         let mut skips = vec![ch];
-        for i in 0..levels {
+        for (i, side) in sides.iter().enumerate() {
             let out = self.level_channels(i) as f64;
             for _ in 0..self.res_blocks {
-                total += res(ch, out) + if self.attention_resolutions.contains(&sides[i]) { attn(out) } else { 0.0 };
+                total += res(ch, out) + if self.attention_resolutions.contains(side) { attn(out) } else { 0.0 };
                 ch = out;
                 skips.push(ch);
             }
