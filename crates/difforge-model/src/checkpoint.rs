@@ -44,6 +44,36 @@ pub struct TrainState {
     /// Validations since the best one.
     #[serde(default)]
     pub validations_without_improvement: u32,
+    /// Pixel statistics of the training images, kept so that a server can watch its outputs
+    /// drift without reading the training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_pixels: Option<PixelStats>,
+}
+
+/// Mean and standard deviation of pixel values on the [-1, 1] scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PixelStats {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl PixelStats {
+    /// The statistics of the images at `indices` of `set` (None when there are no pixels).
+    pub fn of(set: &difforge_data::ImageSet, indices: &[usize]) -> Option<PixelStats> {
+        let (mut sum, mut sq, mut n) = (0f64, 0f64, 0f64);
+        for &i in indices {
+            for &v in &set.pixels[i].data {
+                let x = f64::from(v) / 127.5 - 1.0;
+                sum += x;
+                sq += x * x;
+                n += 1.0;
+            }
+        }
+        (n > 0.0).then(|| {
+            let mean = sum / n;
+            PixelStats { mean, std: (sq / n - mean * mean).max(1e-12).sqrt() }
+        })
+    }
 }
 
 fn one() -> f64 {
@@ -71,6 +101,7 @@ impl TrainState {
             loss_spikes: 0,
             best: None,
             validations_without_improvement: 0,
+            data_pixels: None,
         }
     }
 }

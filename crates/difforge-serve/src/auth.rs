@@ -2,6 +2,7 @@
 //! a key written as `admin:KEY` may also call /admin/*. Keys are compared in constant time
 //! (as SHA-256 digests, so lengths do not leak either) and never logged.
 
+use difforge_core::ConfigError;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -41,14 +42,25 @@ impl Keys {
         Keys { keys }
     }
 
-    /// Keys from `--api-keys-file` and DIFFORGE_API_KEYS together.
-    pub fn load(file: Option<&std::path::Path>, env: Option<String>) -> Result<Keys, String> {
+    /// Keys from `--api-keys-file` and DIFFORGE_API_KEYS together. A key file given explicitly
+    /// must hold a key; with no key anywhere the server only starts when `no_auth` says so.
+    pub fn load(file: Option<&std::path::Path>, env: Option<String>, no_auth: bool) -> Result<Keys, ConfigError> {
         let mut text = String::new();
         if let Some(path) = file {
-            text = std::fs::read_to_string(path).map_err(|e| format!("--api-keys-file {}: {e}", path.display()))?;
+            text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("--api-keys-file", path.display(), format!("a readable file of keys ({e})")))?;
+            if Keys::parse(text.lines()).is_open() {
+                return Err(ConfigError::new("--api-keys-file", path.display(), "a file with at least one key (it has only blank lines and comments)"));
+            }
         }
         let env = env.unwrap_or_default();
-        Ok(Keys::parse(text.lines().chain(env.split(','))))
+        let keys = Keys::parse(text.lines().chain(env.split(',')));
+        match (keys.is_open(), no_auth) {
+            (true, false) => {
+                Err(ConfigError::problem("--api-keys-file", "no API keys: give --api-keys-file or DIFFORGE_API_KEYS, or --no-auth to serve without keys"))
+            }
+            (false, true) => Err(ConfigError::problem("--no-auth", "API keys were given too: drop --no-auth, or the keys")),
+            _ => Ok(keys),
+        }
     }
 
     /// No keys configured: the API is open.

@@ -1,5 +1,6 @@
 //! serve.toml: the server's settings. Every key has a default; unknown keys are rejected.
 
+use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,19 @@ pub struct ServeConfig {
     pub device: String,
     /// CPU threads for libtorch; 0 means one per core.
     pub threads: usize,
+    /// Connections open at once at most; at the limit a new connection closes the oldest one
+    /// that has sent nothing (so /healthz stays reachable under a flood of idle connections).
+    /// Lowered to what the open-file limit allows.
+    pub max_connections: usize,
+    /// Request headers must arrive within this many milliseconds of a connection opening (or of
+    /// the previous response on a kept-alive connection), or the connection is closed.
+    pub header_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, connections still open this many milliseconds after the listener
+    /// closed are dropped (requests already queued are still answered).
+    pub shutdown_timeout_ms: u64,
+    /// Folders /admin/reload may load checkpoints from (default: the folder that holds the served
+    /// checkpoint or run folder).
+    pub reload_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -55,42 +69,83 @@ impl Default for ServeConfig {
             feature_drift_every: 0,
             device: "auto".into(),
             threads: 0,
+            max_connections: 4096,
+            header_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
+            reload_roots: Vec::new(),
         }
     }
 }
 
 impl ServeConfig {
-    pub fn load(path: Option<&std::path::Path>) -> Result<ServeConfig, String> {
+    /// Reads serve.toml (the defaults without one); errors name the file, the key, the value and
+    /// what was expected.
+    pub fn load(path: Option<&std::path::Path>) -> Result<ServeConfig, ConfigError> {
         let Some(path) = path else { return Ok(ServeConfig::default()) };
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let value: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| format!("{}: {e}", path.display()))?;
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("--config", &origin, format!("a readable serve.toml ({e})")))?;
+        let value: toml::Value =
+            text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| ConfigError::problem("", e.message().trim().to_string()).with_origin(&origin))?;
         let cfg: ServeConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            format!("{}: key `{key}`: {}", path.display(), e.into_inner().message().trim())
+            ConfigError::problem(if key == "." { String::new() } else { key }, e.into_inner().message().trim().to_string()).with_origin(&origin)
         })?;
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| e.with_origin(&origin))?;
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        for (key, v) in [
-            ("max_batch", self.max_batch),
-            ("queue_capacity", self.queue_capacity),
-            ("max_images", self.max_images),
-            ("max_steps", self.max_steps),
-            ("max_body_bytes", self.max_body_bytes),
-            ("drift_window", self.drift_window),
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v, max) in [
+            ("max_batch", self.max_batch, 1024),
+            ("queue_capacity", self.queue_capacity, 100_000),
+            ("max_images", self.max_images, 1024),
+            ("max_steps", self.max_steps, 100_000),
+            ("max_body_bytes", self.max_body_bytes, 16 << 20),
+            ("drift_window", self.drift_window, 1_000_000),
+            ("max_connections", self.max_connections, 1_000_000),
         ] {
-            if v == 0 {
-                return Err(format!("{key} = 0: expected at least 1"));
+            if !(1..=max).contains(&v) {
+                return Err(ConfigError::new(key, v, format!("1..={max}")));
             }
         }
-        if self.max_batch > 1024 || self.max_images > 1024 {
-            return Err("max_batch and max_images: expected at most 1024".into());
+        for (key, v, min, max) in [
+            ("max_wait_ms", self.max_wait_ms, 0, 60_000),
+            ("request_timeout_ms", self.request_timeout_ms, 1, 86_400_000),
+            ("header_timeout_ms", self.header_timeout_ms, 1, 3_600_000),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms, 1, 3_600_000),
+        ] {
+            if !(min..=max).contains(&v) {
+                return Err(ConfigError::new(key, v, format!("{min}..={max} milliseconds")));
+            }
         }
-        if self.request_timeout_ms == 0 {
-            return Err("request_timeout_ms = 0: expected at least 1".into());
+        if self.threads > 1024 {
+            return Err(ConfigError::new("threads", self.threads, "0..=1024"));
         }
+        check_range("max_guidance", self.max_guidance, 0.0, 100.0)?;
+        difforge_config::DeviceChoice::parse("device", &self.device)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_values_are_refused_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (line, key) in [
+            ("queue_capacity = 100000000000", "queue_capacity"),
+            ("max_guidance = nan", "max_guidance"),
+            ("max_wait_ms = 9223372036854775807", "max_wait_ms"),
+            ("max_connections = 0", "max_connections"),
+            ("device = \"tpu\"", "device"),
+            ("colour = 1", "colour"),
+        ] {
+            let path = dir.path().join("serve.toml");
+            std::fs::write(&path, line).unwrap();
+            let err = ServeConfig::load(Some(&path)).unwrap_err();
+            assert!(err.to_string().contains(key) && err.to_string().contains("serve.toml"), "{line}: {err}");
+        }
     }
 }

@@ -5,31 +5,28 @@
 use std::collections::VecDeque;
 
 /// Pixel statistics of the training data, on the [-1, 1] scale.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reference {
-    pub mean: f64,
-    pub std: f64,
-}
+pub type Reference = difforge_model::checkpoint::PixelStats;
 
-impl Reference {
-    /// Computed from the model's own dataset when it can be loaded here (the embedded digits
-    /// always can); None otherwise, and drift is then not reported.
-    pub fn from_data(cfg: &difforge_data::DataConfig) -> Option<Reference> {
-        let set = difforge_data::source::load(cfg).ok()?;
-        let (mut sum, mut sq, mut n) = (0f64, 0f64, 0f64);
-        for px in &set.pixels {
-            for &v in &px.data {
-                let x = f64::from(v) / 127.5 - 1.0;
-                sum += x;
-                sq += x * x;
-                n += 1.0;
-            }
-        }
-        (n > 0.0).then(|| {
-            let mean = sum / n;
-            Reference { mean, std: (sq / n - mean * mean).max(1e-12).sqrt() }
-        })
+/// The reference of a checkpoint: the statistics its training run recorded, or for checkpoints
+/// written before those were kept, computed from its dataset once per process (reloads of the
+/// same data reuse it; the data is not read again).
+pub fn reference(state: &difforge_model::checkpoint::TrainState, data: &difforge_data::DataConfig, seed: u64) -> Option<Reference> {
+    if let Some(stats) = state.data_pixels {
+        return Some(stats);
     }
+    static COMPUTED: std::sync::Mutex<Vec<(String, Option<Reference>)>> = std::sync::Mutex::new(Vec::new());
+    let key = format!("{data:?} {seed}");
+    let mut computed = COMPUTED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, r)) = computed.iter().find(|(k, _)| *k == key) {
+        return *r;
+    }
+    tracing::info!("this checkpoint does not record its data's pixel statistics: computing them once from its dataset");
+    let r = difforge_data::source::load(data).ok().and_then(|set| {
+        let split = difforge_data::Split::new(&set.ids, data.val_fraction, seed);
+        Reference::of(&set, &split.train)
+    });
+    computed.push((key, r));
+    r
 }
 
 /// Per-image means over the last `window` generated images.

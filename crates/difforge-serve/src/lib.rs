@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod drift;
 pub mod feature_drift;
 pub mod loaded;
@@ -15,4 +16,4 @@ pub mod server;
 pub mod worker;
 
 pub use config::ServeConfig;
-pub use server::{serve, ServeOptions};
+pub use server::{serve, ServeError, ServeOptions};

@@ -32,6 +32,23 @@ pub struct Loaded {
     pub reference: Option<Reference>,
 }
 
+impl ModelInfo {
+    /// What a user key may see: no paths on the server's disk.
+    pub fn without_paths(&self) -> ModelInfo {
+        let mut info = self.clone();
+        info.checkpoint = info.checkpoint.file_name().map(PathBuf::from).unwrap_or_default();
+        info.adapter = info.adapter.map(|(p, s)| (p.file_name().map(PathBuf::from).unwrap_or_default(), s));
+        let cfg = &mut info.config;
+        cfg.data.path = None;
+        cfg.data.val_path = None;
+        cfg.data.labels_path = None;
+        cfg.finetune.from = None;
+        cfg.train.eval_classifier = None;
+        cfg.train.eval_inception_weights = None;
+        info
+    }
+}
+
 /// Class names of a class-conditional model, from its dataset's config when it names them.
 fn class_names(model: &DiffusionModel) -> Vec<String> {
     let cfg = model.config();
@@ -83,6 +100,6 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
         device: format!("{device:?}").to_lowercase(),
         config: cfg.clone(),
     };
-    let reference = Reference::from_data(&cfg.data);
+    let reference = crate::drift::reference(&state, &cfg.data, cfg.seed);
     Ok(Loaded { model, info, reference })
 }

@@ -3,7 +3,7 @@
 use crate::auth::{Access, Keys};
 use crate::config::ServeConfig;
 use crate::request::{self, FieldError, Format, Limits};
-use crate::worker::{Images, Job, Shared};
+use crate::worker::{Images, Job, JobError, Shared};
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -28,6 +28,8 @@ pub struct AppState {
     pub checkpoint: tokio::sync::Mutex<PathBuf>,
     /// Applied to every checkpoint loaded, including reloads.
     pub adapter: Option<crate::loaded::AdapterChoice>,
+    /// Canonical folders /admin/reload may load from.
+    pub reload_roots: Vec<PathBuf>,
     pub device: Device,
     pub seeds: AtomicU64,
     pub request_ids: AtomicU64,
@@ -67,16 +69,26 @@ pub async fn authorize(State(app): State<Arc<AppState>>, req: Request, next: Nex
     if app.keys.is_open() || matches!(path, "/healthz" | "/readyz" | "/") {
         return next.run(req).await;
     }
-    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match presented.and_then(|k| app.keys.check(k.trim())) {
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    match presented.and_then(|k| app.keys.check(k)) {
         None => {
             let mut r = error(StatusCode::UNAUTHORIZED, None, "missing or unknown API key: send `Authorization: Bearer KEY`");
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
         }
         Some(Access::User) if path.starts_with("/admin/") => error(StatusCode::FORBIDDEN, None, "this endpoint needs an admin key"),
-        Some(_) => next.run(req).await,
+        Some(access) => {
+            let mut req = req;
+            req.extensions_mut().insert(access);
+            next.run(req).await
+        }
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -94,9 +106,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub async fn models(State(app): State<Arc<AppState>>) -> Response {
+/// The loaded model. Paths on the server's disk (the checkpoint, the adapter, the training data,
+/// the base of a fine-tune) are shown to admin keys only.
+pub async fn models(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let info = app.shared.info.read().unwrap_or_else(|p| p.into_inner()).clone();
-    Json(json!({ "models": [info] })).into_response()
+    let admin = req.extensions().get::<Access>() == Some(&Access::Admin);
+    let shown = if admin { serde_json::to_value(&info) } else { serde_json::to_value(info.without_paths()) };
+    match shown {
+        Ok(v) => Json(json!({ "models": [v] })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, None, format!("cannot describe the model: {e}")),
+    }
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
@@ -172,8 +191,12 @@ pub async fn generate(State(app): State<Arc<AppState>>, body: Bytes) -> Response
         Err(TrySendError::Disconnected(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, None, "the model worker has stopped"),
     }
     match tokio::time::timeout(timeout, rx).await {
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, None, format!("not answered within {} ms", app.config.request_timeout_ms)),
-        Ok(Err(_)) | Ok(Ok(Err(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, None, "generation failed"),
+        Err(_) | Ok(Ok(Err(JobError::TimedOut))) => {
+            error(StatusCode::GATEWAY_TIMEOUT, None, format!("not answered within {} ms", app.config.request_timeout_ms))
+        }
+        Ok(Ok(Err(JobError::Conflict(why)))) => error(StatusCode::CONFLICT, Some("class"), why),
+        Ok(Ok(Err(JobError::Failed(why)))) => error(StatusCode::INTERNAL_SERVER_ERROR, None, why),
+        Ok(Err(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, None, "generation failed"),
         Ok(Ok(Ok(images))) => {
             let resp = tokio::task::spawn_blocking(move || encode(&images, format, seed, class)).await;
             match resp {
@@ -192,13 +215,39 @@ struct ReloadBody {
 
 /// Loads a checkpoint, warms it, then swaps it in between batches; a broken one is refused and
 /// the running model stays.
-pub async fn reload_checkpoint(app: &Arc<AppState>, path: Option<PathBuf>) -> Result<crate::loaded::ModelInfo, String> {
+/// Why a reload did not happen.
+pub enum ReloadError {
+    /// The path lies outside the folders reloads may read (403).
+    Outside(String),
+    /// The checkpoint could not be loaded (422).
+    Refused(String),
+}
+
+/// `path` (canonical) if it lies in one of the reload roots.
+fn within_roots(app: &AppState, path: &std::path::Path) -> Result<PathBuf, ReloadError> {
+    let canonical = path.canonicalize().map_err(|e| ReloadError::Refused(format!("{}: {e}", path.display())))?;
+    if app.reload_roots.iter().any(|root| canonical.starts_with(root)) {
+        Ok(canonical)
+    } else {
+        let roots: Vec<String> = app.reload_roots.iter().map(|r| r.display().to_string()).collect();
+        Err(ReloadError::Outside(format!("{} is outside the folders reloads may read ({}; serve.toml reload_roots)", path.display(), roots.join(", "))))
+    }
+}
+
+pub async fn reload_checkpoint(app: &Arc<AppState>, path: Option<PathBuf>) -> Result<crate::loaded::ModelInfo, ReloadError> {
     let mut current = app.checkpoint.lock().await;
-    let target = path.unwrap_or_else(|| current.clone());
+    let target = match path {
+        Some(p) => within_roots(app, &p)?,
+        None => current.clone(),
+    };
     let device = app.device;
     let t = target.clone();
     let adapter = app.adapter.clone();
-    let loaded = tokio::task::spawn_blocking(move || crate::loaded::load(&t, adapter.as_ref(), device)).await.map_err(|e| e.to_string())?;
+    let load = move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::loaded::load(&t, adapter.as_ref(), device)));
+    let loaded = match tokio::task::spawn_blocking(load).await {
+        Ok(Ok(result)) => result.map_err(ReloadError::Refused),
+        Ok(Err(_)) | Err(_) => Err(ReloadError::Refused("loading the checkpoint failed inside libtorch (a damaged or mismatched file?)".into())),
+    };
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
@@ -214,7 +263,7 @@ pub async fn reload_checkpoint(app: &Arc<AppState>, path: Option<PathBuf>) -> Re
         *shared.info.write().unwrap_or_else(|p| p.into_inner()) = model.info.clone();
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| ReloadError::Refused("swapping the model in failed".into()))?;
     *current = target;
     app.shared.metrics.reloads.with_label_values(&["ok"]).inc();
     tracing::info!(checkpoint = %info.checkpoint.display(), hash = %info.checkpoint_hash, "model reloaded");
@@ -229,7 +278,8 @@ pub async fn reload(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     match reload_checkpoint(&app, body.checkpoint).await {
         Ok(info) => Json(json!({ "reloaded": info })).into_response(),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, Some("checkpoint"), format!("refused, the running model stays: {e}")),
+        Err(ReloadError::Outside(e)) => error(StatusCode::FORBIDDEN, Some("checkpoint"), e),
+        Err(ReloadError::Refused(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, Some("checkpoint"), format!("refused, the running model stays: {e}")),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::worker::{self, Shared};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use difforge_core::ConfigError;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -64,13 +65,40 @@ async fn reload_on_sighup(app: Arc<AppState>) {
     while hup.recv().await.is_some() {
         match routes::reload_checkpoint(&app, None).await {
             Ok(info) => tracing::info!("SIGHUP: reloaded {} ({})", info.checkpoint.display(), info.checkpoint_hash),
-            Err(e) => tracing::warn!("SIGHUP: reload refused, the running model stays: {e}"),
+            Err(routes::ReloadError::Refused(e) | routes::ReloadError::Outside(e)) => tracing::warn!("SIGHUP: reload refused, the running model stays: {e}"),
         }
     }
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// serve.toml, the key file, a flag.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for ServeError {
+    fn from(s: String) -> ServeError {
+        ServeError::Other(s)
+    }
+}
+
+/// Where reloads may read by default: the folder holding the served run (for
+/// `RUN/checkpoints/NAME`, the folder holding RUN).
+fn default_reload_root(checkpoint: &std::path::Path) -> std::path::PathBuf {
+    let path = checkpoint.canonicalize().unwrap_or_else(|_| checkpoint.to_path_buf());
+    let run = match path.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => parent.parent().unwrap_or(parent).to_path_buf(),
+        _ => path.clone(),
+    };
+    run.parent().map_or(run.clone(), std::path::Path::to_path_buf)
+}
+
 /// Loads the model, serves until SIGTERM/SIGINT, drains the queue and returns.
-pub fn serve(opts: ServeOptions) -> Result<(), String> {
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let cfg = opts.config.clone();
     let settings = difforge_model::device::DeviceSettings {
         key: "device",
@@ -79,9 +107,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         precision: difforge_config::Precision::Fp32,
         kernels: difforge_config::CpuKernels::Portable,
     };
-    let device = difforge_model::device::prepare(&settings).map_err(|e| e.to_string())?;
+    let device = difforge_model::device::prepare(&settings)?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
-    let metrics = Metrics::new().map_err(|e| e.to_string())?;
+    let metrics = Metrics::new().map_err(|e| ServeError::Other(e.to_string()))?;
     let feature_drift = (cfg.feature_drift_every > 0).then(|| {
         let gauges =
             crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
@@ -99,6 +127,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
     let worker = worker::spawn(shared.clone(), rx, cfg.clone());
     let seed0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let reload_roots = if cfg.reload_roots.is_empty() { vec![default_reload_root(&opts.checkpoint)] } else { cfg.reload_roots.clone() };
+    let reload_roots = reload_roots
+        .iter()
+        .map(|r| r.canonicalize().map_err(|e| ConfigError::new("reload_roots", r.display(), format!("existing folders ({e})"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let app = Arc::new(AppState {
         shared,
         jobs: Mutex::new(Some(tx)),
@@ -106,21 +139,28 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         config: cfg.clone(),
         checkpoint: tokio::sync::Mutex::new(opts.checkpoint.clone()),
         adapter: opts.adapter.clone(),
+        reload_roots,
         device,
         seeds: AtomicU64::new(seed0),
         request_ids: AtomicU64::new(1),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| ServeError::Other(e.to_string()))?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&cfg.bind).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(&cfg.bind).await.map_err(|e| ServeError::Other(format!("cannot listen on {}: {e}", cfg.bind)))?;
+        let addr = listener.local_addr().map_err(|e| ServeError::Other(e.to_string()))?;
         if app.keys.is_open() {
-            tracing::warn!("no API keys configured: the API is open to anyone who can reach {addr}");
+            tracing::warn!("--no-auth: the API is open to anyone who can reach {addr}");
         }
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();
         tokio::spawn(reload_on_sighup(app.clone()));
-        axum::serve(listener, router(app.clone())).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
+        let limits = crate::connections::Limits {
+            max_connections: crate::connections::fit_to_file_limit(cfg.max_connections),
+            header_timeout: std::time::Duration::from_millis(cfg.header_timeout_ms),
+            shutdown_timeout: std::time::Duration::from_millis(cfg.shutdown_timeout_ms),
+        };
+        crate::connections::serve(listener, router(app.clone()), limits, shutdown_signal()).await;
+        Ok::<(), ServeError>(())
     })?;
     // Every connection is closed: drop the queue's sender so the worker ends once drained.
     app.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();

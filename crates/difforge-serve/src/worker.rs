@@ -24,11 +24,22 @@ pub struct Images {
     pub side: usize,
 }
 
+/// Why a queued request got no images.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobError {
+    /// It waited past its deadline.
+    TimedOut,
+    /// The model was reloaded while it waited, and the new one cannot serve it (409).
+    Conflict(String),
+    /// The model failed on its batch (500).
+    Failed(String),
+}
+
 pub struct Job {
     pub request: Generate,
     pub enqueued: Instant,
     pub deadline: Instant,
-    pub reply: tokio::sync::oneshot::Sender<Result<Images, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Images, JobError>>,
 }
 
 /// State shared by the worker and the HTTP handlers.
@@ -121,8 +132,9 @@ impl Worker {
         let now = Instant::now();
         let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
         for j in expired {
-            let _ = j.reply.send(Err("timed out in the queue".into()));
+            let _ = j.reply.send(Err(JobError::TimedOut));
         }
+        let live = self.refuse_unservable(live);
         if live.is_empty() {
             return;
         }
@@ -139,16 +151,36 @@ impl Worker {
             Ok(Err(e)) => {
                 tracing::error!("the model refused a batch of {} request(s): {e}", live.len());
                 for job in live {
-                    let _ = job.reply.send(Err(format!("the model refused this batch: {e}")));
+                    let _ = job.reply.send(Err(JobError::Failed(format!("the model refused this batch: {e}"))));
                 }
             }
             Err(_) => {
                 tracing::error!("the model failed on a batch of {} request(s)", live.len());
                 for job in live {
-                    let _ = job.reply.send(Err("the model failed on this batch".into()));
+                    let _ = job.reply.send(Err(JobError::Failed("the model failed on this batch".into())));
                 }
             }
         }
+    }
+
+    /// Answers 409 to requests the current model cannot serve (validated against the model
+    /// that was loaded when they arrived, which a reload has since replaced) and keeps the rest.
+    fn refuse_unservable(&self, jobs: Vec<Job>) -> Vec<Job> {
+        if jobs.is_empty() {
+            return jobs;
+        }
+        let kind = self.shared.model.lock().unwrap_or_else(|p| p.into_inner()).model.family().condition_kind();
+        let (ok, refused): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| kind.check("class", &j.request.class.map_or(Condition::Unconditional, Condition::Class)).is_ok());
+        for j in refused {
+            let why = format!(
+                "the model was reloaded while this request waited, and the new one cannot serve it ({:?} classes: class {:?})",
+                kind.classes().unwrap_or(0),
+                j.request.class
+            );
+            let _ = j.reply.send(Err(JobError::Conflict(why)));
+        }
+        ok
     }
 
     fn compute(&self, jobs: &[Job]) -> Result<Vec<Images>, String> {

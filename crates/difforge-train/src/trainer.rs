@@ -326,8 +326,9 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let run_dir = opts.out_dir.clone();
     difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
 
-    let (model, state) = starting_model(&cfg, &resume_from, device)?;
+    let (model, mut state) = starting_model(&cfg, &resume_from, device)?;
     let (set, split) = crate::data::load(&cfg, model.family(), &run_dir)?;
+    state.data_pixels = checkpoint::PixelStats::of(&set, &split.train);
     let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
     if cfg.data.balance == Balance::Class {
         loader = loader.balanced();

@@ -262,6 +262,9 @@ pub struct ServeArgs {
     /// DIFFORGE_API_KEYS (comma-separated).
     #[arg(long)]
     pub api_keys_file: Option<PathBuf>,
+    /// Serve without API keys (anyone who can reach the address may generate and reload).
+    #[arg(long)]
+    pub no_auth: bool,
     /// Logs as JSON lines.
     #[arg(long)]
     pub log_json: bool,

@@ -51,4 +51,5 @@ fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
         || matches!(e.downcast_ref::<difforge_data::DataError>(), Some(difforge_data::DataError::Config(_)))
         || matches!(e.downcast_ref::<difforge_nn::NnError>(), Some(difforge_nn::NnError::Config(_)))
         || matches!(e.downcast_ref::<difforge_explain::ExplainError>(), Some(difforge_explain::ExplainError::Model(difforge_model::ModelError::Config(_))))
+        || matches!(e.downcast_ref::<difforge_serve::ServeError>(), Some(difforge_serve::ServeError::Config(_)))
 }

@@ -15,5 +15,6 @@ mod finetune;
 mod reproducibility;
 mod run_folder;
 mod serve;
+mod serve_hardening;
 mod stability;
 mod tensorboard;
