@@ -111,3 +111,31 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
     assert_eq!(s["final_step"], 6);
     assert_eq!(s["skipped_files"], 20);
 }
+
+/// A subfolder that cannot be read is skipped and reported; the rest is checked. (As root the
+/// check runs without the capabilities that bypass file permissions.)
+#[test]
+fn an_unreadable_subfolder_is_reported_not_fatal() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    write_digit_folder(dir.path(), 3);
+    let locked = dir.path().join("7");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let is_root = std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    let bin = assert_cmd::cargo::cargo_bin("difforge");
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.arg("--bounding-set=-dac_override,-dac_read_search").arg(bin);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = cmd.args(["data", "check"]).arg(dir.path()).args(["--model-size", "16", "--json"]).output().unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["usable"], 27);
+    let skipped = r["skipped_folders"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["path"].as_str().unwrap().ends_with("/7") && skipped[0]["reason"].as_str().unwrap().contains("not readable"));
+}
