@@ -155,11 +155,14 @@ pub fn write(board: &SamplerLeaderboard, dir: &Path) -> Result<PathBuf, EvalErro
     let write = |name: &str, bytes: &[u8]| difforge_core::write_atomic(&dir.join(name), bytes).map_err(|e| EvalError::write(dir.join(name), e));
     write("leaderboard.json", &serde_json::to_vec_pretty(board).map_err(|e| EvalError::write(dir.join("leaderboard.json"), e))?)?;
     write("leaderboard.md", markdown(board).as_bytes())?;
-    let pr: Vec<(f64, f64, String)> = board.results.iter().map(|r| (r.precision, r.recall, label(r))).collect();
-    scatter_png(&dir.join("precision-recall.png"), "Precision and recall per sampler setting", "precision", "recall", &pr)?;
-    let af: Vec<(f64, f64, String)> = board.results.iter().filter_map(|r| Some((r.fd_effnet, r.class_accuracy?, label(r)))).collect();
+    // Points are named by their rank: settings' full names collide in a crowded plot, and the
+    // leaderboard beside it says which is which.
+    let rank = |r: &SettingResult| format!("#{}", r.rank);
+    let pr: Vec<(f64, f64, String)> = board.results.iter().map(|r| (r.precision, r.recall, rank(r))).collect();
+    scatter_png(&dir.join("precision-recall.png"), "Precision and recall per sampler setting (#rank)", "precision", "recall", &pr)?;
+    let af: Vec<(f64, f64, String)> = board.results.iter().filter_map(|r| Some((r.fd_effnet, r.class_accuracy?, rank(r)))).collect();
     if !af.is_empty() {
-        scatter_png(&dir.join("accuracy-fd.png"), "Class accuracy and Frechet distance per setting", "FD-EffNet (lower is better)", "class accuracy", &af)?;
+        scatter_png(&dir.join("accuracy-fd.png"), "Class accuracy and Frechet distance per setting (#rank)", "FD-EffNet (lower is better)", "class accuracy", &af)?;
     }
     let mut page = Page::new("difforge sampler sweep");
     page.paragraph(&format!(

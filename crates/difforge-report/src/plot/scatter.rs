@@ -24,14 +24,64 @@ pub(super) fn draw_scatter(root: &Area<'_>, title: &str, x_label: &str, y_label:
     let area = chart.plotting_area();
     let plain = area.strip_coord_spec();
     let (left, top) = (area.get_base_pixel().0, area.get_base_pixel().1);
-    let width = area.dim_in_pixel().0 as i32;
+    let (width, height) = (area.dim_in_pixel().0 as i32, area.dim_in_pixel().1 as i32);
+    let mut placed: Vec<LabelBox> = Vec::new();
     for (x, y, label) in &kept {
         let (px, py) = area.map_coordinate(&(*x, *y));
         let (px, py) = (px - left, py - top);
-        // Right of the point, unless the label would run off the plot: then left of it.
-        let label_width = text_size(label, LABEL_FONT)?.0 as i32;
-        let (anchor, at) = if px + 7 + label_width <= width { (HPos::Left, px + 7) } else { (HPos::Right, px - 7) };
-        draw_label(&plain, label, LABEL_FONT, &TEXT, Pos::new(anchor, VPos::Center), Direction::Level, (at, py))?;
+        let (w, h) = text_size(label, LABEL_FONT)?;
+        let spot = place_label((px, py), (w as i32, h as i32), (width, height), &placed);
+        placed.push(spot);
+        let (anchor, at) = if spot.x0 >= px { (HPos::Left, spot.x0) } else { (HPos::Right, spot.x1) };
+        draw_label(&plain, label, LABEL_FONT, &TEXT, Pos::new(anchor, VPos::Center), Direction::Level, (at, (spot.y0 + spot.y1) / 2))?;
     }
     Ok(())
+}
+
+/// A label's rectangle in plot pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LabelBox {
+    x0: i32,
+    y0: i32,
+    x1: i32,
+    y1: i32,
+}
+
+impl LabelBox {
+    fn overlaps(&self, o: &LabelBox) -> bool {
+        self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
+    }
+}
+
+/// Where a label of `size` goes beside the point at `p`: right of it, else left, else a line
+/// above or below on either side; the first spot inside the plot that no earlier label covers
+/// (right of the point when every spot is taken).
+fn place_label(p: (i32, i32), size: (i32, i32), plot: (i32, i32), placed: &[LabelBox]) -> LabelBox {
+    const GAP: i32 = 7;
+    let (w, h) = size;
+    let at = |right: bool, dy: i32| {
+        let x0 = if right { p.0 + GAP } else { p.0 - GAP - w };
+        let yc = p.1 + dy;
+        LabelBox { x0, y0: yc - h / 2, x1: x0 + w, y1: yc - h / 2 + h }
+    };
+    let candidates = [at(true, 0), at(false, 0), at(true, -h), at(false, -h), at(true, h), at(false, h), at(true, -2 * h), at(true, 2 * h)];
+    let inside = |b: &LabelBox| b.x0 >= 0 && b.x1 <= plot.0 && b.y0 >= 0 && b.y1 <= plot.1;
+    let free = |b: &LabelBox| !placed.iter().any(|o| o.overlaps(b));
+    candidates.iter().copied().find(|b| inside(b) && free(b)).or_else(|| candidates.iter().copied().find(inside)).unwrap_or(candidates[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_of_close_points_do_not_overlap() {
+        let plot = (600, 400);
+        let first = place_label((100, 200), (120, 12), plot, &[]);
+        assert_eq!(first.x0, 107, "right of the point when free");
+        let second = place_label((104, 202), (120, 12), plot, &[first]);
+        assert!(!second.overlaps(&first), "{first:?} {second:?}");
+        let near_edge = place_label((590, 100), (120, 12), plot, &[]);
+        assert!(near_edge.x1 <= 590, "left of a point near the right edge: {near_edge:?}");
+    }
 }
