@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# difforge vs PyTorch on the same machine, one after the other, with the same network (ref6m,
-# the 6.1 M-parameter reference UNet), batch, steps and threads; prints one Markdown table.
+# difforge vs PyTorch on the same machine, one after the other, with the same network, batch,
+# steps and threads; prints one Markdown table. The network is ref6m (the 6.1 M-parameter
+# reference UNet) or, with --model CONFIG, the UNet and training recipe of a difforge run config,
+# which tools/bench_torch.py mirrors in PyTorch (e.g. --model configs/digits.toml, the demo's).
 #
-#   tools/bench.sh [--batch 16] [--steps 10] [--warmup 3] [--threads N] [--device auto|cpu|cuda]
+#   tools/bench.sh [--model ref6m|CONFIG.toml] [--batch 16] [--steps 10] [--warmup 3] [--threads N] [--device auto|cpu|cuda]
 #                  [--sample-batch B] [--sample-steps 50] [--precision fp32|tf32|bf16]
 #                  [--compile] [--out DIR]
 #
@@ -13,9 +15,10 @@ cd "$(dirname "$0")/.."
 source ./env.sh
 
 batch=16 steps=10 warmup=3 threads=0 device=auto sample_batch="" sample_steps=50 precision=fp32
-compile=0 out=""
+compile=0 out="" model=ref6m
 while [ $# -gt 0 ]; do
     case "$1" in
+        --model) model="$2"; shift 2 ;;
         --batch) batch="$2"; shift 2 ;;
         --steps) steps="$2"; shift 2 ;;
         --warmup) warmup="$2"; shift 2 ;;
@@ -26,11 +29,16 @@ while [ $# -gt 0 ]; do
         --precision) precision="$2"; shift 2 ;;
         --compile) compile=1; shift ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 sample_batch="${sample_batch:-$batch}"
+case "$model" in
+    ref6m) torch_model=() ;;
+    *.toml) [ -f "$model" ] || { echo "bench.sh: --model $model: no such file" >&2; exit 2; }; torch_model=(--config "$model") ;;
+    *) echo "bench.sh: --model $model: expected ref6m or a run config .toml (bench_torch.py mirrors only those)" >&2; exit 2 ;;
+esac
 if [ "$threads" = 0 ]; then threads="$(nproc)"; fi
 
 bin=target/release/difforge
@@ -61,12 +69,12 @@ run_engine() {  # run_engine LABEL OUT_JSON COMMAND...
 }
 : > "$dir/others.txt"
 
-run_engine "difforge bench (ref6m, batch $batch, $steps steps, $threads threads, $precision)" "$dir/difforge.json" \
-    "$bin" bench --model ref6m "${common[@]}" --precision "$precision" --json
-run_engine "PyTorch eager" "$dir/torch-eager.json" "$py" tools/bench_torch.py "${common[@]}" --mode "$precision"
+run_engine "difforge bench ($model, batch $batch, $steps steps, $threads threads, $precision)" "$dir/difforge.json" \
+    "$bin" bench --model "$model" "${common[@]}" --precision "$precision" --json
+run_engine "PyTorch eager" "$dir/torch-eager.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision"
 files=("$dir/difforge.json" "$dir/torch-eager.json")
 if [ "$compile" = 1 ]; then
-    run_engine "PyTorch torch.compile" "$dir/torch-compile.json" "$py" tools/bench_torch.py "${common[@]}" --mode "$precision" --compile
+    run_engine "PyTorch torch.compile" "$dir/torch-compile.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision" --compile
     files+=("$dir/torch-compile.json")
 fi
 
@@ -85,7 +93,7 @@ for r in rows:
           f"{r['sample_images_per_s']:,.2f} | {mem(r)} |")
 r0 = rows[0]
 print()
-print(f"ref6m ({r0['parameters']:,} parameters, 3x32x32), {r0['device']}, {r0['threads']} threads, {r0['precision']}; "
+print(f"{r0['model']} ({r0['parameters']:,} parameters, {r0['channels']}x{r0['image_size']}x{r0['image_size']}), {r0['device']}, {r0['threads']} threads, {r0['precision']}; "
       f"training: batch {r0['batch']}, {r0['timed_steps']} timed steps after {r0['warmup_steps']} warm-up; "
       f"sampling: DDIM {r0['sample_steps']} steps at batch {r0['sample_batch']}, guidance 1 (no CFG doubling). "
       f"Forward FLOPs/image: {r0['flops_per_image_forward'] / 1e9:.3f} G (difforge, analytic) vs "

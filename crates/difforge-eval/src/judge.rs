@@ -84,7 +84,7 @@ pub fn train_classifier(data: &DataConfig, seed: u64, opts: &ClassifierTraining,
         dropout: 0.3,
     };
     let net = Classifier::new(&vs.root(), &network);
-    let mut opt = AdamW::new(sorted_variables(&vs), AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 });
+    let mut opt = AdamW::new(sorted_variables(&vs), AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 })?;
     let mut progress = Progress::new("classifier", opts.steps, 0);
     for step in 0..opts.steps {
         let (x, y) = batch_tensors(&loader.train_batch(step, opts.batch_size), device);
@@ -93,7 +93,7 @@ pub fn train_classifier(data: &DataConfig, seed: u64, opts: &ClassifierTraining,
         loss.backward();
         // Cosine decay over the run.
         let lr = opts.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / opts.steps as f64).cos());
-        opt.step(lr);
+        opt.step(lr)?;
         if step % 20 == 0 || step + 1 == opts.steps {
             progress.update(step + 1, &format!("loss {:.4}", loss.double_value(&[])));
         }

@@ -162,7 +162,13 @@ pub fn write(board: &SamplerLeaderboard, dir: &Path) -> Result<PathBuf, EvalErro
     scatter_png(&dir.join("precision-recall.png"), "Precision and recall per sampler setting (#rank)", "precision", "recall", &pr)?;
     let af: Vec<(f64, f64, String)> = board.results.iter().filter_map(|r| Some((r.fd_effnet, r.class_accuracy?, rank(r)))).collect();
     if !af.is_empty() {
-        scatter_png(&dir.join("accuracy-fd.png"), "Class accuracy and Frechet distance per setting (#rank)", "FD-EffNet (lower is better)", "class accuracy", &af)?;
+        scatter_png(
+            &dir.join("accuracy-fd.png"),
+            "Class accuracy and Frechet distance per setting (#rank)",
+            "FD-EffNet (lower is better)",
+            "class accuracy",
+            &af,
+        )?;
     }
     let mut page = Page::new("difforge sampler sweep");
     page.paragraph(&format!(

@@ -1,5 +1,5 @@
 //! Device choice and the libtorch switches that go with it: CPU threads, which CPU kernels run
-//! (portable or native), cuDNN autotuning.
+//! (portable or native), cuDNN autotuning, TF32.
 
 use difforge_config::{CpuKernels, DeviceChoice, Precision, TrainConfig};
 use difforge_core::ConfigError;
@@ -48,8 +48,9 @@ fn pin_kernels(kernels: CpuKernels) {
     }
 }
 
-/// Resolves the device, checks that it exists, pins the CPU kernels, sets the CPU threads and,
-/// on CUDA, cuDNN autotuning (off in portable mode, whose point is repeatable bytes).
+/// Resolves the device, checks that it exists, pins the CPU kernels, sets the CPU threads, TF32
+/// as the precision says and, on CUDA, cuDNN autotuning (off in portable mode, whose point is
+/// repeatable bytes).
 pub fn prepare(s: &DeviceSettings) -> Result<Device, ConfigError> {
     pin_kernels(s.kernels);
     let dev = match DeviceChoice::parse(s.key, s.device)? {
@@ -74,8 +75,38 @@ pub fn prepare(s: &DeviceSettings) -> Result<Device, ConfigError> {
         // portable mode keeps its default, deterministic choice.
         tch::Cuda::cudnn_set_benchmark(s.kernels == CpuKernels::Native);
     }
+    set_tf32(s.precision);
     tch::set_num_threads(resolve_threads(s.threads) as i32);
     Ok(dev)
+}
+
+/// TF32 tensor-core maths in float32 matmuls and convolutions: off for `fp32` (exact float32,
+/// as `torch.backends.cuda.matmul.allow_tf32 = False` and `cudnn.allow_tf32 = False`), on for
+/// `tf32` and for `bf16` (whose float32 parts PyTorch users also run in TF32). libtorch's own
+/// defaults (matmul off, cuDNN on) are never left in place: the config decides both. No effect
+/// on the CPU.
+pub fn set_tf32(precision: Precision) {
+    let on = precision != Precision::Fp32;
+    if let Err(e) = difforge_native::cuda::set_tf32(on, on) {
+        // Only a libtorch without these switches fails here; the run is still correct.
+        tracing::warn!("could not set TF32 {}: {e}", if on { "on" } else { "off" });
+    }
+}
+
+/// What libtorch's CUDA allocator holds on `dev` at most since the last reset, in bytes
+/// (tensors, then the allocator's reserve); `None` on the CPU.
+pub fn cuda_peak_memory(dev: Device) -> Option<(u64, u64)> {
+    match dev {
+        Device::Cuda(n) => difforge_native::cuda::peak_memory(n).ok(),
+        _ => None,
+    }
+}
+
+/// Starts a new peak for [`cuda_peak_memory`].
+pub fn reset_cuda_peak_memory(dev: Device) {
+    if let Device::Cuda(n) = dev {
+        let _ = difforge_native::cuda::reset_peak_memory(n);
+    }
 }
 
 /// 0 means one thread per core.

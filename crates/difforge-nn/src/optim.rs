@@ -2,6 +2,10 @@
 //! checkpointed and restored exactly (tch's nn::Optimizer hides its state). The diffusion
 //! trainer and the sample judge's classifier both train with it.
 
+use crate::error::NnError;
+use crate::flat::FlatBuffer;
+use difforge_native::{fused_adamw, AdamWStep};
+use std::collections::HashMap;
 use tch::Tensor;
 
 #[derive(Debug, Clone, Copy)]
@@ -12,96 +16,82 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+/// AdamW over flat buffers: the parameters, their gradients and both moments are each one
+/// contiguous buffer (see [`FlatBuffer`]), so an update is one pass of libtorch's fused AdamW
+/// kernel (what `torch.optim.AdamW(fused=True)` runs, on CPU and CUDA) whatever the number of
+/// parameters, and clipping is one norm and one scale.
 pub struct AdamW {
     names: Vec<String>,
-    params: Vec<Tensor>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    params: FlatBuffer,
+    grads: FlatBuffer,
+    m: FlatBuffer,
+    v: FlatBuffer,
+    /// The step number as the fused kernel reads it: a float32 scalar on the parameters' device.
+    step_count: Tensor,
     /// Optimiser steps taken (bias correction uses it).
     pub steps: u64,
     cfg: AdamWConfig,
 }
 
 impl AdamW {
-    /// `named` must be in a stable order (sorted by name).
-    pub fn new(named: Vec<(String, Tensor)>, cfg: AdamWConfig) -> AdamW {
-        let (names, params): (Vec<_>, Vec<_>) = named.into_iter().unzip();
-        let m = params.iter().map(Tensor::zeros_like).collect();
-        let v = params.iter().map(Tensor::zeros_like).collect();
-        AdamW { names, params, m, v, steps: 0, cfg }
+    /// `named` must be in a stable order (sorted by name), of one dtype on one device, and
+    /// require grad. The tensors (and their gradients) become views of the optimiser's buffers.
+    pub fn new(named: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Result<AdamW, NnError> {
+        let (names, tensors): (Vec<_>, Vec<_>) = named.into_iter().unzip();
+        let params = FlatBuffer::adopt(&tensors)?;
+        let grads = FlatBuffer::adopt_grads(&tensors)?;
+        let (m, v) = (params.zeros_like(), params.zeros_like());
+        let step_count = Tensor::zeros([], (tch::Kind::Float, params.data().device()));
+        Ok(AdamW { names, params, grads, m, v, step_count, steps: 0, cfg })
     }
 
-    pub fn params(&self) -> &[Tensor] {
+    /// The parameters' buffer (what the EMA follows).
+    pub fn params(&self) -> &FlatBuffer {
         &self.params
     }
 
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params.iter().map(Tensor::grad).filter(Tensor::defined).collect()
-    }
-
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+        let _ = self.grads.data().shallow_clone().zero_();
     }
 
-    /// The global L2 norm of the gradients (one host sync).
+    /// The global L2 norm of the gradients (one kernel, one host sync).
     pub fn grad_norm(&self) -> f64 {
-        let norms: Vec<Tensor> = self.grads().iter().map(|g| g.norm()).collect();
-        if norms.is_empty() {
-            return 0.0;
-        }
-        Tensor::stack(&norms, 0).norm().double_value(&[])
+        self.grads.data().norm().double_value(&[])
     }
 
     /// Scales every gradient by `factor` (for clipping).
     pub fn scale_grads(&self, factor: f64) {
-        tch::no_grad(|| {
-            for mut g in self.grads() {
-                let _ = g.g_mul_scalar_(factor);
-            }
-        });
+        let _ = self.grads.data().shallow_clone().g_mul_scalar_(factor);
     }
 
-    /// One AdamW update at learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
+    /// One AdamW update at learning rate `lr` (PyTorch's rule: decay, then the Adam step).
+    pub fn step(&mut self, lr: f64) -> Result<(), NnError> {
         self.steps += 1;
         let c = self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.steps as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.steps as i32);
-        tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if c.weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                }
-                let _ = m.lerp_(&g, 1.0 - c.beta1);
-                let _ = v.g_mul_scalar_(c.beta2);
-                let _ = v.addcmul_(&(&g * (1.0 - c.beta2)), &g);
-                let denom = (&*v / bc2).sqrt() + c.eps;
-                let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
-            }
-        });
+        // Filled on the device, not read back: no host sync.
+        let _ = self.step_count.shallow_clone().fill_(self.steps as f64);
+        let s = AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, weight_decay: c.weight_decay, eps: c.eps };
+        tch::no_grad(|| fused_adamw(self.params.data(), self.grads.data(), self.m.data(), self.v.data(), &self.step_count, s))
+            .map_err(|e| NnError::Invalid(format!("AdamW step {}: {e}", self.steps)))
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`) for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
+        let (m, v) = (self.m.views(), self.v.views());
         let mut out = Vec::with_capacity(2 * self.names.len());
-        for (i, name) in self.names.iter().enumerate() {
-            out.push((format!("m.{name}"), self.m[i].shallow_clone()));
-            out.push((format!("v.{name}"), self.v[i].shallow_clone()));
+        for ((name, m), v) in self.names.iter().zip(m).zip(v) {
+            out.push((format!("m.{name}"), m));
+            out.push((format!("v.{name}"), v));
         }
         out
     }
 
     /// Restores the moments saved by [`AdamW::state`]; every one must be present.
-    pub fn load_state(&mut self, named: &std::collections::HashMap<String, Tensor>, steps: u64) -> Result<(), String> {
+    pub fn load_state(&mut self, named: &HashMap<String, Tensor>, steps: u64) -> Result<(), String> {
+        let (m, v) = (self.m.views(), self.v.views());
         tch::no_grad(|| {
-            for (i, name) in self.names.iter().enumerate() {
-                for (prefix, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+            for ((name, m), v) in self.names.iter().zip(m).zip(v) {
+                for (prefix, mut dst) in [("m", m), ("v", v)] {
                     let key = format!("{prefix}.{name}");
                     let src = named.get(&key).ok_or_else(|| format!("optimizer state `{key}` is missing"))?;
                     if src.size() != dst.size() {
@@ -128,11 +118,11 @@ mod tests {
     fn matches_pytorch_adamw() {
         let x = Tensor::from_slice(&[1.0f64, -2.0]).set_requires_grad(true);
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = AdamW::new(vec![("x".into(), x.shallow_clone())], cfg);
+        let mut opt = AdamW::new(vec![("x".into(), x.shallow_clone())], cfg).unwrap();
         for _ in 0..3 {
             opt.zero_grad();
             (&x * &x).sum(Kind::Double).backward();
-            opt.step(0.1);
+            opt.step(0.1).unwrap();
         }
         let got: Vec<f64> = Vec::try_from(&x.to_device(Device::Cpu)).unwrap();
         let want = [EXPECTED[0], EXPECTED[1]];

@@ -8,14 +8,14 @@
 
 use crate::error::TrainError;
 use crate::lr::learning_rate;
-use crate::step::{StepData, Stepper};
+use crate::step::{PhaseTimes, StepData, Stepper};
 use difforge_config::{Precision, RunConfig};
 use difforge_core::{rng_for, Stream};
 use difforge_data::Batch;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
 use difforge_model::generate::{classes_in_turn, generate};
 use difforge_model::{device, ConditionKind, DiffusionModel, GenerateSpec, Weights};
-use difforge_nn::{AdamW, AdamWConfig};
+use difforge_nn::{AdamW, AdamWConfig, FlatBuffer};
 use rand::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub sample_steps: usize,
     /// The card's peak dense TFLOP/s for the precision used, for the utilisation figure.
     pub peak_tflops: Option<f64>,
+    /// Time each phase of the timed training steps.
+    pub profile: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +63,8 @@ pub struct BenchReport {
     pub train_step_min_s: f64,
     pub train_step_max_s: f64,
     pub train_images_per_s: f64,
+    /// Mean seconds per step in each phase (with `profile`).
+    pub train_phases: Option<PhaseTimes>,
     pub final_loss: f64,
     /// FLOPs of one forward pass for one image (multiply-adds count 2; norms, activations and
     /// element-wise ops are left out).
@@ -126,27 +130,30 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(|k| (k == "sample.steps").then_some("--sample-steps")))?;
 
     let dev = device::prepare(&device::DeviceSettings::of_run(&cfg.train))?;
+    device::reset_cuda_peak_memory(dev);
     let model = DiffusionModel::new(&cfg, dev)?;
     let t = &cfg.train;
     let (trainable, ema_params) = model.trainable();
-    let opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay })?;
+    let ema_params = FlatBuffer::adopt(&ema_params)?;
     let fixed = synthetic_batch(&model, opts.batch);
-    let mut stepper = Stepper { model, opt, ema_params };
+    let mut stepper = Stepper { model, opt, ema_params, phases: None };
     // The trainer's own step on one fixed batch: no data loading, no prior images.
     let run = |stepper: &mut Stepper, step: u64| {
         let mut batch = |_draw: u64| fixed.clone();
-        stepper.step(t, step, learning_rate(t, step), StepData { batch: &mut batch, prior: None, inject_nan: false }).loss
+        stepper.step(t, step, learning_rate(t, step), StepData { batch: &mut batch, prior: None, inject_nan: false }).map(|o| o.loss)
     };
     for s in 0..opts.warmup {
-        run(&mut stepper, s as u64);
+        run(&mut stepper, s as u64)?;
     }
     synchronize(dev);
+    stepper.phases = opts.profile.then(PhaseTimes::default);
     let mut times = Vec::with_capacity(opts.steps);
     let mut final_loss = f64::NAN;
     let start = Instant::now();
     for s in 0..opts.steps {
         let t0 = Instant::now();
-        final_loss = run(&mut stepper, (opts.warmup + s) as u64);
+        final_loss = run(&mut stepper, (opts.warmup + s) as u64)?;
         times.push(t0.elapsed().as_secs_f64());
     }
     synchronize(dev);
@@ -191,8 +198,12 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         "FLOPs counted analytically from the model config: convolutions, linears and attention matmuls (multiply-add = 2); norms, activations and element-wise ops not counted; training = 3 x forward".to_string(),
     ];
     let (peak_memory_bytes, peak_memory_source) = if dev.is_cuda() {
-        notes.push("peak GPU memory is not reported: tch 0.24 exposes no CUDA memory statistics".into());
-        (None, "not available on CUDA (tch exposes no allocator statistics)".to_string())
+        // Both phases: the allocator's peak was reset once, before the model was built.
+        let peak = device::cuda_peak_memory(dev);
+        if let Some((_, reserved)) = peak {
+            notes.push(format!("the CUDA caching allocator reserved at most {:.1} MiB", reserved as f64 / (1024.0 * 1024.0)));
+        }
+        (peak.map(|(allocated, _)| allocated), "torch.cuda.max_memory_allocated's number: tensors only, not the process".to_string())
     } else {
         let both = match (train_peak, peak_rss_bytes()) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -200,9 +211,6 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         };
         (both, "VmHWM: peak resident set of the whole process (libtorch included)".to_string())
     };
-    if dev.is_cuda() && cfg.train.precision != Precision::Bf16 {
-        notes.push("tch exposes no TF32 switches: fp32 and tf32 both run with libtorch's defaults (cuDNN convolutions may use TF32, matmuls do not)".into());
-    }
     if !dev.is_cuda() && cfg.train.precision == Precision::Bf16 {
         notes.push("bf16 autocast applies on CUDA only: this CPU run is float32".into());
     }
@@ -224,6 +232,7 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         train_step_min_s: times.iter().copied().fold(f64::INFINITY, f64::min),
         train_step_max_s: times.iter().copied().fold(0.0, f64::max),
         train_images_per_s,
+        train_phases: stepper.phases.map(|p| p.per_step()),
         final_loss,
         flops_per_image_forward: fwd,
         flops_per_image_train: 3.0 * fwd,

@@ -9,8 +9,72 @@ use difforge_config::TrainConfig;
 use difforge_core::{derive_seed, Stream};
 use difforge_data::Batch;
 use difforge_model::DiffusionModel;
-use difforge_nn::AdamW;
-use tch::Tensor;
+use difforge_nn::{AdamW, FlatBuffer, NnError};
+use serde::Serialize;
+use std::time::Instant;
+use tch::Device;
+
+/// Wall time spent in each phase of the steps run while [`Stepper::phases`] was on. The device
+/// is synchronised at each phase boundary, which costs a little on CUDA and nothing on the CPU.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseTimes {
+    pub steps: u64,
+    /// Batch assembly, noise and timestep draws, host-to-device copies.
+    pub data_s: f64,
+    /// The network's forward pass and the loss.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    /// Gradient norm, clipping and the AdamW update.
+    pub optimizer_s: f64,
+    pub ema_s: f64,
+}
+
+impl PhaseTimes {
+    /// The mean of each phase over `steps` steps.
+    pub fn per_step(&self) -> PhaseTimes {
+        let n = self.steps.max(1) as f64;
+        PhaseTimes {
+            steps: self.steps,
+            data_s: self.data_s / n,
+            forward_s: self.forward_s / n,
+            backward_s: self.backward_s / n,
+            optimizer_s: self.optimizer_s / n,
+            ema_s: self.ema_s / n,
+        }
+    }
+
+    fn add(&mut self, o: &PhaseTimes) {
+        self.steps += o.steps;
+        self.data_s += o.data_s;
+        self.forward_s += o.forward_s;
+        self.backward_s += o.backward_s;
+        self.optimizer_s += o.optimizer_s;
+        self.ema_s += o.ema_s;
+    }
+}
+
+/// Lap timer for [`PhaseTimes`]; free when off.
+struct Laps {
+    on: bool,
+    device: Device,
+    last: Instant,
+}
+
+impl Laps {
+    /// Seconds since the previous lap (0 when off), after the device has finished its work.
+    fn lap(&mut self) -> f64 {
+        if !self.on {
+            return 0.0;
+        }
+        if let Device::Cuda(n) = self.device {
+            tch::Cuda::synchronize(n as i64);
+        }
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        dt
+    }
+}
 
 /// What one step did.
 #[derive(Debug, Clone, Copy)]
@@ -22,11 +86,14 @@ pub struct StepOutcome {
     pub applied: bool,
 }
 
-/// The model with its optimiser and the EMA twins of the trained variables.
+/// The model with its optimiser and the EMA twins of the trained variables (laid out like the
+/// optimiser's parameter buffer).
 pub struct Stepper {
     pub model: DiffusionModel,
     pub opt: AdamW,
-    pub ema_params: Vec<Tensor>,
+    pub ema_params: FlatBuffer,
+    /// Per-phase timing (`difforge bench --profile`); None in training.
+    pub phases: Option<PhaseTimes>,
 }
 
 /// Where a step's data comes from: the micro-batch of each draw index, and optionally a second
@@ -43,25 +110,31 @@ const PRIOR_DRAWS: u64 = 1 << 62;
 
 impl Stepper {
     /// Runs step `step` at learning rate `lr`.
-    pub fn step(&mut self, t: &TrainConfig, step: u64, lr: f64, data: StepData) -> StepOutcome {
+    pub fn step(&mut self, t: &TrainConfig, step: u64, lr: f64, data: StepData) -> Result<StepOutcome, NnError> {
         let seed = self.model.config().seed;
         // Dropout is the one draw from libtorch's generator: seed it from the step.
         tch::manual_seed((derive_seed(seed, Stream::Dropout, step) >> 1) as i64);
+        let mut laps = Laps { on: self.phases.is_some(), device: self.model.device(), last: Instant::now() };
+        let mut ph = PhaseTimes { steps: 1, ..PhaseTimes::default() };
         self.opt.zero_grad();
         let StepData { batch, mut prior, inject_nan } = data;
         let mut loss_sum = 0.0;
         for micro in 0..t.grad_accum as u64 {
             let draw = step * t.grad_accum as u64 + micro;
-            let mut loss = MicroBatch::new(&self.model, &batch(draw), draw).loss(&self.model) / t.grad_accum as f64;
-            if let Some((prior_batch, weight)) = prior.as_mut() {
-                let pb = prior_batch(draw);
-                loss += MicroBatch::new(&self.model, &pb, draw | PRIOR_DRAWS).loss(&self.model) * (*weight / t.grad_accum as f64);
+            let main = MicroBatch::new(&self.model, &batch(draw), draw);
+            let extra = prior.as_mut().map(|(prior_batch, weight)| (MicroBatch::new(&self.model, &prior_batch(draw), draw | PRIOR_DRAWS), *weight));
+            ph.data_s += laps.lap();
+            let mut loss = main.loss(&self.model) / t.grad_accum as f64;
+            if let Some((pb, weight)) = extra {
+                loss += pb.loss(&self.model) * (weight / t.grad_accum as f64);
             }
             if inject_nan {
                 loss *= f64::NAN;
             }
+            ph.forward_s += laps.lap();
             loss.backward();
             loss_sum += loss.double_value(&[]);
+            ph.backward_s += laps.lap();
         }
         let grad_norm = self.opt.grad_norm();
         let applied = loss_sum.is_finite() && grad_norm.is_finite();
@@ -69,9 +142,14 @@ impl Stepper {
             if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
                 self.opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
             }
-            self.opt.step(lr);
+            self.opt.step(lr)?;
+            ph.optimizer_s += laps.lap();
             ema::update(&self.ema_params, self.opt.params(), ema::ema_decay(t.ema_decay, self.opt.steps));
+            ph.ema_s += laps.lap();
         }
-        StepOutcome { loss: loss_sum, grad_norm, lr, applied }
+        if let Some(total) = self.phases.as_mut() {
+            total.add(&ph);
+        }
+        Ok(StepOutcome { loss: loss_sum, grad_norm, lr, applied })
     }
 }

@@ -18,7 +18,7 @@ use difforge_model::generate::{generate, preview_columns, preview_conditions};
 use difforge_model::images::save_grid;
 use difforge_model::validation::{validation_batch, Validator};
 use difforge_model::{device, DiffusionModel, GenerateSpec, Weights};
-use difforge_nn::{AdamW, AdamWConfig};
+use difforge_nn::{AdamW, AdamWConfig, FlatBuffer};
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub struct TrainSummary {
     /// Which CPU kernels ran (train.cpu_kernels): portable results are the same on any x86-64
     /// machine with the same libtorch and thread count.
     pub cpu_kernels: String,
+    /// Peak bytes held by tensors on the GPU during this process's training (the CUDA caching
+    /// allocator's count, as torch.cuda.max_memory_allocated); absent on the CPU.
+    pub peak_gpu_memory_bytes: Option<u64>,
     pub parameters: i64,
     pub train_images: usize,
     pub val_images: usize,
@@ -125,7 +128,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn step(&mut self) -> StepOutcome {
+    fn step(&mut self) -> Result<StepOutcome, TrainError> {
         let t = &self.cfg.train;
         let step = self.state.step;
         let lr = learning_rate(t, step) * self.state.lr_scale;
@@ -136,14 +139,14 @@ impl Trainer {
         let prior_weight = self.cfg.finetune.prior_weight;
         let mut prior_batch = self.prior.as_mut().map(|p| move |draw: u64| p.train_batch(draw, batch_size));
         let prior = prior_batch.as_mut().map(|f| (f as &mut dyn FnMut(u64) -> difforge_data::Batch, prior_weight));
-        let out = self.stepper.step(t, step, lr, StepData { batch: &mut batch, prior, inject_nan });
+        let out = self.stepper.step(t, step, lr, StepData { batch: &mut batch, prior, inject_nan })?;
         if out.applied {
             self.state.optimizer_steps = self.stepper.opt.steps;
         }
         self.state.step += 1;
         self.state.images_seen += (t.batch_size * t.grad_accum) as u64;
         self.state.last_loss = out.loss;
-        out
+        Ok(out)
     }
 
     fn model(&self) -> &DiffusionModel {
@@ -323,6 +326,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let _folder = RunFolder::open(&opts.out_dir, how)?;
     let (cfg, resume_from) = start_state(config, &opts)?;
     let device = device::prepare(&device::DeviceSettings::of_run(&cfg.train))?;
+    device::reset_cuda_peak_memory(device);
     let run_dir = opts.out_dir.clone();
     difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
 
@@ -343,7 +347,8 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         .into());
     }
     let (trainable, ema_params) = model.trainable();
-    let mut opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let mut opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay })?;
+    let ema_params = FlatBuffer::adopt(&ema_params)?;
     let prior = crate::prior::prior_loader(&cfg, device)?;
     if let Some((dir, st)) = &resume_from {
         load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
@@ -355,7 +360,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         None => None,
     };
     let mut tr = Trainer {
-        stepper: Stepper { model, opt, ema_params },
+        stepper: Stepper { model, opt, ema_params, phases: None },
         prior,
         loader,
         validator,
@@ -381,7 +386,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let per_step = (t.batch_size * t.grad_accum) as u64;
 
     while tr.state.step < t.steps {
-        let out = tr.step();
+        let out = tr.step()?;
         tr.state.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
         if out.applied {
             tr.bad_streak = 0;
@@ -458,6 +463,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         device: device::describe(device),
         threads: device::resolve_threads(t.threads),
         cpu_kernels: device::describe_kernels(t.cpu_kernels),
+        peak_gpu_memory_bytes: device::cuda_peak_memory(device).map(|(allocated, _)| allocated),
         parameters: tr.model().parameter_count(),
         train_images: split.train.len(),
         val_images: split.val.len(),

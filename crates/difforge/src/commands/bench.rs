@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// The card's peak dense TFLOP/s at the precision used, to report model FLOPs utilisation.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Also time each phase of the training step (data, forward, backward, optimiser, EMA),
+    /// synchronising the device at each boundary.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -109,6 +113,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         sample_batch: args.sample_batch.unwrap_or(args.batch),
         sample_steps: args.sample_steps,
         peak_tflops: args.peak_tflops,
+        profile: args.profile,
     };
     if !args.json {
         eprintln!(
@@ -135,6 +140,13 @@ fn human_flops(f: f64) -> String {
     }
 }
 
+/// "data 1.2 ms (3%), forward ..." for one step.
+fn phase_line(p: &difforge_train::step::PhaseTimes, step_s: f64) -> String {
+    let parts = [("data", p.data_s), ("forward", p.forward_s), ("backward", p.backward_s), ("optimizer", p.optimizer_s), ("EMA", p.ema_s)];
+    let items: Vec<String> = parts.iter().map(|(k, s)| format!("{k} {:.1} ms ({:.0}%)", 1e3 * s, 100.0 * s / step_s)).collect();
+    items.join(", ")
+}
+
 fn print_table(r: &BenchReport) {
     let mfu = |m: Option<f64>| m.map_or("- (give --peak-tflops)".to_string(), |m| format!("{:.1}%", 100.0 * m));
     let rows: Vec<(&str, String)> = vec![
@@ -150,6 +162,7 @@ fn print_table(r: &BenchReport) {
             ),
         ),
         ("train images/s", format!("{:.1}", r.train_images_per_s)),
+        ("train phases", r.train_phases.map_or("- (give --profile)".to_string(), |p| phase_line(&p, r.train_step_s))),
         ("train TFLOP/s", format!("{:.4}", r.train_tflops)),
         ("train MFU", mfu(r.mfu)),
         ("sampling", format!("DDIM {} steps, guidance {} (no CFG doubling), batch {}: {:.2} s", r.sample_steps, r.guidance, r.sample_batch, r.sample_s)),

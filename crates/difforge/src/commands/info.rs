@@ -9,17 +9,47 @@ struct Info {
     cuda_available: bool,
     cuda_devices: i64,
     cudnn_available: bool,
+    /// Whether difforge's native layer has its CUDA half (TF32, peak memory, CUDA graphs).
+    native_cuda: bool,
+    gpus: Vec<Gpu>,
     threads: i32,
     cores: usize,
 }
 
+#[derive(Serialize)]
+struct Gpu {
+    index: usize,
+    name: String,
+    memory_bytes: u64,
+    compute_capability: String,
+    multiprocessors: i32,
+}
+
+fn gpus(count: i64) -> Vec<Gpu> {
+    (0..count.max(0) as usize)
+        .filter_map(|index| {
+            let p = difforge_native::cuda::device_properties(index).ok()?;
+            Some(Gpu {
+                index,
+                name: p.name,
+                memory_bytes: p.total_memory_bytes,
+                compute_capability: format!("{}.{}", p.compute_capability.0, p.compute_capability.1),
+                multiprocessors: p.multiprocessors,
+            })
+        })
+        .collect()
+}
+
 pub fn run(json: bool) -> anyhow::Result<()> {
+    let cuda_devices = tch::Cuda::device_count();
     let info = Info {
         difforge: env!("CARGO_PKG_VERSION"),
         libtorch: env!("DIFFORGE_LIBTORCH_VERSION"),
         cuda_available: tch::Cuda::is_available(),
-        cuda_devices: tch::Cuda::device_count(),
+        cuda_devices,
         cudnn_available: tch::Cuda::cudnn_is_available(),
+        native_cuda: difforge_native::built_with_cuda(),
+        gpus: gpus(cuda_devices),
         threads: tch::get_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
@@ -27,13 +57,23 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         return super::print_json(&info);
     }
     println!("difforge   {}", info.difforge);
-    println!("libtorch   {}", info.libtorch);
+    println!("libtorch   {} (native layer {})", info.libtorch, if info.native_cuda { "with CUDA" } else { "CPU only" });
     println!(
         "cuda       {} ({} device(s), cuDNN {})",
         if info.cuda_available { "available" } else { "not available" },
         info.cuda_devices,
         if info.cudnn_available { "available" } else { "not available" }
     );
+    for g in &info.gpus {
+        println!(
+            "gpu {}      {}, {:.1} GiB, compute capability {}, {} multiprocessors",
+            g.index,
+            g.name,
+            g.memory_bytes as f64 / (1u64 << 30) as f64,
+            g.compute_capability,
+            g.multiprocessors
+        );
+    }
     println!("threads    {} (cores: {})", info.threads, info.cores);
     Ok(())
 }

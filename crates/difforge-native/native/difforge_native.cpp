@@ -1,0 +1,188 @@
+// difforge's native layer: the few libtorch calls that tch 0.24 does not expose, as plain C
+// functions over tch's tensor handles (`at::Tensor*`). Every function returns 0 on success and -1
+// on failure, with the message kept for `dfn_last_error` (C++ exceptions never cross into Rust).
+// The CUDA half is compiled only against a CUDA libtorch (DIFFORGE_NATIVE_CUDA, see build.rs).
+
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_fused_adamw.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+
+#ifdef DIFFORGE_NATIVE_CUDA
+#include <ATen/cuda/CUDAContextLight.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace {
+
+thread_local std::string last_error;
+
+// Runs `body`, turning an exception into -1 and a message.
+template <typename F>
+int guarded(F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return -1;
+}
+
+int fail(const char* message) {
+  last_error = message;
+  return -1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The message of the last failure on this thread ("" when none).
+const char* dfn_last_error() { return last_error.c_str(); }
+
+// 1 when the CUDA half was compiled in.
+int dfn_built_with_cuda() {
+#ifdef DIFFORGE_NATIVE_CUDA
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// One AdamW step with libtorch's fused kernel (one pass over each buffer; CPU and CUDA kernels),
+// exactly torch.optim.AdamW(fused=True): `step` is a float32 scalar tensor holding the step
+// number, already incremented, on the parameters' device.
+int dfn_fused_adamw(at::Tensor* param, at::Tensor* grad, at::Tensor* exp_avg, at::Tensor* exp_avg_sq, at::Tensor* step, double lr, double beta1,
+                    double beta2, double weight_decay, double eps) {
+  return guarded([&] {
+    at::_fused_adamw_({*param}, {*grad}, {*exp_avg}, {*exp_avg_sq}, {}, {*step}, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
+  });
+}
+
+// TF32 for float32 matmuls (cuBLAS) and cuDNN convolutions: PyTorch's
+// torch.backends.cuda.matmul.allow_tf32 / torch.backends.cudnn.allow_tf32.
+int dfn_set_tf32(int matmul, int cudnn) {
+  return guarded([&] {
+    at::globalContext().setFloat32MatmulPrecision(matmul ? "high" : "highest");
+    at::globalContext().setAllowTF32CuDNN(cudnn != 0);
+  });
+}
+
+int dfn_tf32(int* matmul, int* cudnn) {
+  return guarded([&] {
+    *matmul = at::globalContext().allowTF32CuBLAS() ? 1 : 0;
+    *cudnn = at::globalContext().allowTF32CuDNN() ? 1 : 0;
+  });
+}
+
+// Name, memory and compute capability of CUDA device `index`.
+int dfn_cuda_device_properties(int64_t index, char* name, size_t name_len, uint64_t* total_memory, int* major, int* minor,
+                               int* multiprocessors) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  return guarded([&] {
+    const cudaDeviceProp* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index));
+    std::snprintf(name, name_len, "%s", p->name);
+    *total_memory = p->totalGlobalMem;
+    *major = p->major;
+    *minor = p->minor;
+    *multiprocessors = p->multiProcessorCount;
+  });
+#else
+  return fail("difforge was built against a libtorch without CUDA");
+#endif
+}
+
+// Peak bytes held by tensors and reserved by the CUDA caching allocator on device `index`
+// since the start or the last reset (torch.cuda.max_memory_allocated / max_memory_reserved).
+int dfn_cuda_peak_memory(int64_t index, uint64_t* allocated, uint64_t* reserved) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  return guarded([&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+    const auto all = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+    *allocated = static_cast<uint64_t>(stats.allocated_bytes[all].peak);
+    *reserved = static_cast<uint64_t>(stats.reserved_bytes[all].peak);
+  });
+#else
+  return fail("difforge was built against a libtorch without CUDA");
+#endif
+}
+
+int dfn_cuda_reset_peak_memory(int64_t index) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  return guarded([&] { c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index)); });
+#else
+  return fail("difforge was built against a libtorch without CUDA");
+#endif
+}
+
+// CUDA graphs. `dfn_graph_capture` runs `body(ctx)` on a side stream of device `index` while
+// capturing it (the body must launch the same kernels on every call and must not synchronise
+// with the host), and returns the graph in *out; `dfn_graph_replay` launches it again on the
+// current stream. Tensors the body reads and writes must stay alive (and in place) while the
+// graph exists: they are its static inputs and outputs.
+int dfn_graph_capture(int64_t index, int (*body)(void*), void* ctx, void** out) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  *out = nullptr;
+  int body_rc = 0;
+  int rc = guarded([&] {
+    auto device = static_cast<c10::DeviceIndex>(index);
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device);
+    // The capture starts after all work already queued, and what follows it waits for the
+    // capture: a whole-device synchronisation on each side, paid once per capture. (Stream
+    // events would be finer, but their inline cudart calls would make this library link the
+    // CUDA runtime itself; c10_cuda's exported functions need nothing more.)
+    c10::cuda::device_synchronize();
+    auto graph = std::make_unique<at::cuda::CUDAGraph>();
+    {
+      // The generic guard (c10's registered CUDA guard at run time), not CUDAStreamGuard, whose
+      // inline implementation would also need the CUDA runtime linked here.
+      c10::StreamGuard guard(side.unwrap());
+      graph->capture_begin();
+      body_rc = body(ctx);
+      graph->capture_end();
+    }
+    c10::cuda::device_synchronize();
+    if (body_rc == 0) *out = graph.release();
+  });
+  if (rc == 0 && body_rc != 0) return fail("the captured step failed (see the error it reported)");
+  return rc;
+#else
+  (void)body;
+  (void)ctx;
+  *out = nullptr;
+  return fail("difforge was built against a libtorch without CUDA");
+#endif
+}
+
+int dfn_graph_replay(void* graph) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  return guarded([&] { static_cast<at::cuda::CUDAGraph*>(graph)->replay(); });
+#else
+  (void)graph;
+  return fail("difforge was built against a libtorch without CUDA");
+#endif
+}
+
+void dfn_graph_free(void* graph) {
+#ifdef DIFFORGE_NATIVE_CUDA
+  delete static_cast<at::cuda::CUDAGraph*>(graph);
+#else
+  (void)graph;
+#endif
+}
+
+}  // extern "C"

@@ -1,0 +1,37 @@
+//! The C functions of native/difforge_native.cpp. Tensors are tch's handles (`at::Tensor*`).
+
+use std::os::raw::{c_char, c_int, c_void};
+use torch_sys::C_tensor;
+
+extern "C" {
+    pub fn dfn_last_error() -> *const c_char;
+    pub fn dfn_built_with_cuda() -> c_int;
+    pub fn dfn_fused_adamw(
+        param: *mut C_tensor,
+        grad: *mut C_tensor,
+        exp_avg: *mut C_tensor,
+        exp_avg_sq: *mut C_tensor,
+        step: *mut C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> c_int;
+    pub fn dfn_set_tf32(matmul: c_int, cudnn: c_int) -> c_int;
+    pub fn dfn_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
+    pub fn dfn_cuda_device_properties(
+        index: i64,
+        name: *mut c_char,
+        name_len: usize,
+        total_memory: *mut u64,
+        major: *mut c_int,
+        minor: *mut c_int,
+        multiprocessors: *mut c_int,
+    ) -> c_int;
+    pub fn dfn_cuda_peak_memory(index: i64, allocated: *mut u64, reserved: *mut u64) -> c_int;
+    pub fn dfn_cuda_reset_peak_memory(index: i64) -> c_int;
+    pub fn dfn_graph_capture(index: i64, body: extern "C" fn(*mut c_void) -> c_int, ctx: *mut c_void, out: *mut *mut c_void) -> c_int;
+    pub fn dfn_graph_replay(graph: *mut c_void) -> c_int;
+    pub fn dfn_graph_free(graph: *mut c_void);
+}
