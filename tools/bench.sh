@@ -6,16 +6,18 @@
 #
 #   tools/bench.sh [--model ref6m|CONFIG.toml] [--batch 16] [--steps 10] [--warmup 3] [--threads N] [--device auto|cpu|cuda]
 #                  [--sample-batch B] [--sample-steps 50] [--precision fp32|tf32|bf16]
-#                  [--compile] [--out DIR]
+#                  [--compile] [--repeat N] [--out DIR]
 #
-# --compile adds a PyTorch torch.compile row; --out keeps the three JSON reports in DIR.
+# --compile adds a PyTorch torch.compile row; --repeat N runs the engines N times in turn and
+# reports the median of each (a shared machine's speed drifts by 20% from minute to minute, so a
+# single pass can favour whichever engine ran in a fast minute); --out keeps the JSON reports.
 # Needs target/release/difforge (make build) and the torch 2.11.0 venv (tools/setup_venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ./env.sh
 
 batch=16 steps=10 warmup=3 threads=0 device=auto sample_batch="" sample_steps=50 precision=fp32
-compile=0 out="" model=ref6m
+compile=0 out="" model=ref6m repeat=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --model) model="$2"; shift 2 ;;
@@ -28,8 +30,9 @@ while [ $# -gt 0 ]; do
         --sample-steps) sample_steps="$2"; shift 2 ;;
         --precision) precision="$2"; shift 2 ;;
         --compile) compile=1; shift ;;
+        --repeat) repeat="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,31 +72,55 @@ run_engine() {  # run_engine LABEL OUT_JSON COMMAND...
 }
 : > "$dir/others.txt"
 
-run_engine "difforge bench ($model, batch $batch, $steps steps, $threads threads, $precision)" "$dir/difforge.json" \
-    "$bin" bench --model "$model" "${common[@]}" --precision "$precision" --json
-run_engine "PyTorch eager" "$dir/torch-eager.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision"
-files=("$dir/difforge.json" "$dir/torch-eager.json")
-if [ "$compile" = 1 ]; then
-    run_engine "PyTorch torch.compile" "$dir/torch-compile.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision" --compile
-    files+=("$dir/torch-compile.json")
-fi
+case "$repeat" in ''|*[!0-9]*|0) echo "bench.sh: --repeat $repeat: expected a whole number of at least 1" >&2; exit 2 ;; esac
+files=()
+for r in $(seq 1 "$repeat"); do
+    run_engine "[$r/$repeat] difforge bench ($model, batch $batch, $steps steps, $threads threads, $precision)" "$dir/difforge-$r.json" \
+        "$bin" bench --model "$model" "${common[@]}" --precision "$precision" --json
+    run_engine "[$r/$repeat] PyTorch eager" "$dir/torch-eager-$r.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision"
+    files+=("$dir/difforge-$r.json" "$dir/torch-eager-$r.json")
+    if [ "$compile" = 1 ]; then
+        run_engine "[$r/$repeat] PyTorch torch.compile" "$dir/torch-compile-$r.json" "$py" tools/bench_torch.py "${torch_model[@]}" "${common[@]}" --mode "$precision" --compile
+        files+=("$dir/torch-compile-$r.json")
+    fi
+done
 
 "$py" - "$dir/others.txt" "${files[@]}" <<'EOF'
 import json, sys
 others = "; ".join(l.strip() for l in open(sys.argv[1]) if l.strip())
-rows = [json.load(open(p)) for p in sys.argv[2:]]
+import statistics
+runs = {}
+for p in sys.argv[2:]:
+    r = json.load(open(p))
+    runs.setdefault(r["engine"], []).append(r)
+def median_row(rs):
+    # Each number is the median over the repeats; the rest is the first run's.
+    out = dict(rs[0])
+    for k in ["train_step_s", "train_images_per_s", "sample_images_per_s", "peak_memory_bytes"]:
+        vals = [r[k] for r in rs if r.get(k) is not None]
+        out[k] = statistics.median(vals) if vals else None
+    out["spread"] = (min(r["train_step_s"] for r in rs), max(r["train_step_s"] for r in rs))
+    out["repeats"] = len(rs)
+    return out
+rows = [median_row(rs) for rs in runs.values()]
+eager = next((r for r in rows if r["engine"] == "pytorch-eager"), None)
 def mem(r):
     b = r.get("peak_memory_bytes")
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 names = {"difforge": "difforge (Rust, tch 0.24)", "pytorch-eager": "PyTorch eager", "pytorch-compile": "PyTorch torch.compile"}
-print("| engine | train img/s | s/step | sample img/s | peak memory |")
-print("|---|---:|---:|---:|---:|")
+def ratio(r, k):
+    return f"{r[k] / eager[k]:.2f}x" if eager else "-"
+print("| engine | train img/s | vs eager | s/step (range over repeats) | sample img/s | vs eager | peak memory |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
-    print(f"| {names.get(r['engine'], r['engine'])} | {r['train_images_per_s']:,.1f} | {r['train_step_s']:.4f} | "
-          f"{r['sample_images_per_s']:,.2f} | {mem(r)} |")
+    lo, hi = r["spread"]
+    spread = f" ({lo:.3f}-{hi:.3f})" if r["repeats"] > 1 else ""
+    print(f"| {names.get(r['engine'], r['engine'])} | {r['train_images_per_s']:,.1f} | {ratio(r, 'train_images_per_s')} | "
+          f"{r['train_step_s']:.4f}{spread} | {r['sample_images_per_s']:,.2f} | {ratio(r, 'sample_images_per_s')} | {mem(r)} |")
 r0 = rows[0]
 print()
 print(f"{r0['model']} ({r0['parameters']:,} parameters, {r0['channels']}x{r0['image_size']}x{r0['image_size']}), {r0['device']}, {r0['threads']} threads, {r0['precision']}; "
+      f"medians of {r0['repeats']} runs of each engine, in turn; "
       f"training: batch {r0['batch']}, {r0['timed_steps']} timed steps after {r0['warmup_steps']} warm-up; "
       f"sampling: DDIM {r0['sample_steps']} steps at batch {r0['sample_batch']}, guidance 1 (no CFG doubling). "
       f"Forward FLOPs/image: {r0['flops_per_image_forward'] / 1e9:.3f} G (difforge, analytic) vs "
