@@ -57,7 +57,7 @@ fn lora_finetune_merge_and_sample_from_the_command_line() {
 
     // The server applies the adapter too: the new class exists there.
     let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--checkpoint"])
+        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--no-auth", "--checkpoint"])
         .arg(&base)
         .args(["--lora", &adapter])
         .stdout(std::process::Stdio::piped())
@@ -66,7 +66,11 @@ fn lora_finetune_merge_and_sample_from_the_command_line() {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
-    let url = format!("{}/v1/generate", line.trim().trim_start_matches("listening on "));
+    let Some(base_url) = line.trim().strip_prefix("listening on ") else {
+        let _ = server.kill();
+        panic!("the server did not start (first line {line:?}); exit status {:?}", server.wait());
+    };
+    let url = format!("{base_url}/v1/generate");
     let status = match ureq::post(&url).send_string(r#"{"class": 10, "steps": 2}"#) {
         Ok(r) => r.status(),
         Err(ureq::Error::Status(code, _)) => code,
