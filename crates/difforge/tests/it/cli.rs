@@ -1,6 +1,6 @@
 //! End-to-end tests of the real binary: configs, training, sampling, determinism, data sources.
 
-use crate::common::{difforge, tiny_args, train_tiny, write_digit_folder};
+use crate::common::{data_path, difforge, tiny_args, train_tiny, train_tiny_output, write_digit_folder};
 use predicates::prelude::*;
 use std::path::Path;
 
@@ -148,16 +148,7 @@ fn folder_source_skips_corrupt_files_and_names_them() {
     std::fs::write(data.join("3/broken.png"), b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
     std::fs::write(data.join("7/empty.jpg"), b"").unwrap();
     std::fs::write(data.join("3/003.txt"), "a caption").unwrap();
-    let out = difforge()
-        .arg("train")
-        .args(tiny_args(&["train.steps=3", "data.source=\"folder\"", "data.val_fraction=0.2"]))
-        .arg("--set")
-        .arg(format!("data.path=\"{}\"", data.display()))
-        .arg("--out")
-        .arg(dir.path().join("run"))
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = train_tiny_output(&dir.path().join("run"), &["train.steps=3", "data.source=\"folder\"", "data.val_fraction=0.2", &data_path(&data)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("broken.png") && stderr.contains("empty.jpg"), "{stderr}");

@@ -1,6 +1,6 @@
 //! `difforge data check` on a damaged copy of the digits, and training through the damage.
 
-use crate::common::{difforge, tiny_args, write_digit_folder};
+use crate::common::{data_path, difforge, train_tiny_output, write_digit_folder};
 use std::path::Path;
 
 /// 100 digits per class with class 7 cut to 10 (10%).
@@ -89,16 +89,7 @@ fn data_check_reports_exactly_the_planted_problems_and_training_survives_them() 
 
     // Training on it: the corrupt files are skipped, the check's warnings are printed, balanced
     // sampling is available, and the run reaches its last step.
-    let out = difforge()
-        .arg("train")
-        .args(tiny_args(&["train.steps=6", "data.source=\"folder\"", "data.balance=\"class\""]))
-        .arg("--set")
-        .arg(format!("data.path=\"{}\"", data.display()))
-        .arg("--out")
-        .arg(dir.path().join("run"))
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = train_tiny_output(&dir.path().join("run"), &["train.steps=6", "data.source=\"folder\"", "data.balance=\"class\"", &data_path(&data)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("data check: class imbalance") && stderr.contains("20 unreadable"), "{stderr}");

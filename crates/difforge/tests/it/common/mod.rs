@@ -20,9 +20,20 @@ pub fn tiny_args(extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `difforge train` of the tiny config with `extra` settings into `out` (`--json`), however it
+/// ends.
+pub fn train_tiny_output(out: &Path, extra: &[&str]) -> std::process::Output {
+    difforge().arg("train").args(tiny_args(extra)).arg("--out").arg(out).arg("--json").output().expect("runs")
+}
+
+/// The `--set` value that points `data.path` at `folder`.
+pub fn data_path(folder: &Path) -> String {
+    format!("data.path=\"{}\"", folder.display())
+}
+
 /// Trains a tiny model into `out` and returns the parsed JSON summary.
 pub fn train_tiny(out: &Path, extra: &[&str]) -> serde_json::Value {
-    let output = difforge().arg("train").args(tiny_args(extra)).arg("--out").arg(out).arg("--json").output().expect("runs");
+    let output = train_tiny_output(out, extra);
     assert!(output.status.success(), "train failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("summary JSON")
 }
