@@ -13,6 +13,7 @@ pub mod features;
 pub mod flat;
 pub mod lora;
 pub mod optim;
+pub mod sd;
 pub mod torch_pickle;
 pub mod unet;
 pub mod weights;

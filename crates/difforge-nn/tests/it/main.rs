@@ -5,4 +5,5 @@
 
 mod efficientnet_lite;
 mod inception_parity;
+mod sd_reference;
 mod torch_pickle;

@@ -1,0 +1,170 @@
+//! Reading a diffusers or transformers component folder: its `config.json` into a typed config,
+//! and its weights (one safetensors file, a `*.fp16.safetensors` variant, or shards listed in a
+//! `*.safetensors.index.json`) into a network's variables, strictly: every variable present with
+//! its shape, no tensor left over, or nothing is loaded at all.
+
+use crate::error::NnError;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+/// How many names an error lists before it says "and N more".
+const NAMES_SHOWN: usize = 8;
+
+/// Reads `dir/config.json` into `T`; the error names the file and serde's line, column and field.
+pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, NnError> {
+    let path = dir.join("config.json");
+    let err = |reason: String| NnError::Load { path: path.clone(), reason };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| err(format!("not a valid config: {e}")))
+}
+
+/// The weight files of a component folder, given the file stem diffusers or transformers uses
+/// (`diffusion_pytorch_model` or `model`) and an optional variant (`fp16`): the single file if
+/// there is one, else the shards of its index.
+pub fn weight_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>, NnError> {
+    let name = match variant {
+        Some(v) => format!("{stem}.{v}.safetensors"),
+        None => format!("{stem}.safetensors"),
+    };
+    let single = dir.join(&name);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(format!("{name}.index.json"));
+    if index.is_file() {
+        return shards_of(&index);
+    }
+    Err(NnError::Load { path: single, reason: format!("neither it nor {} exists", index.display()) })
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn shards_of(index: &Path) -> Result<Vec<PathBuf>, NnError> {
+    let err = |reason: String| NnError::Load { path: index.to_path_buf(), reason };
+    let text = std::fs::read_to_string(index).map_err(|e| err(e.to_string()))?;
+    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| err(format!("not a valid shard index: {e}")))?;
+    let files: BTreeSet<&String> = parsed.weight_map.values().collect();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Reads every tensor of `files`; a name found in two files is an error.
+pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (Tensor, PathBuf)>, NnError> {
+    let mut all = HashMap::new();
+    for file in files {
+        let err = |reason: String| NnError::Load { path: file.clone(), reason };
+        for (name, tensor) in Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))? {
+            if let Some((_, first)) = all.insert(name.clone(), (tensor, file.clone())) {
+                return Err(err(format!("tensor `{name}` is also in {}", first.display())));
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn listed(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(String::as_str).collect();
+    let more = names.len().saturating_sub(NAMES_SHOWN);
+    let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+    format!("`{}`{tail}", shown.join("`, `"))
+}
+
+/// Copies `tensors` into the variables of `vs` (converting fp16/bf16 to the variable's type).
+/// Checked before anything is copied: a missing variable, a tensor the network has no place
+/// for, or a shape mismatch (both shapes given) fails the load and names `source`.
+pub fn load_strict(vs: &VarStore, tensors: &HashMap<String, (Tensor, PathBuf)>, source: &Path) -> Result<(), NnError> {
+    let err = |reason: String| NnError::Load { path: source.to_path_buf(), reason };
+    let vars = vs.variables();
+    let mut missing: Vec<String> = vars.keys().filter(|k| !tensors.contains_key(*k)).cloned().collect();
+    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
+    missing.sort();
+    unexpected.sort();
+    if !missing.is_empty() {
+        return Err(err(format!("{} tensor(s) the model needs are missing: {}", missing.len(), listed(&missing))));
+    }
+    if !unexpected.is_empty() {
+        return Err(err(format!("{} tensor(s) are not part of the model: {}", unexpected.len(), listed(&unexpected))));
+    }
+    for (name, var) in &vars {
+        let (src, file) = &tensors[name];
+        if src.size() != var.size() {
+            let reason = format!("tensor `{name}` has shape {:?}, the model expects {:?}", src.size(), var.size());
+            return Err(NnError::Load { path: file.clone(), reason });
+        }
+    }
+    tch::no_grad(|| {
+        for (name, var) in &vars {
+            let mut v = var.shallow_clone();
+            v.copy_(&tensors[name].0.to_kind(var.kind()));
+        }
+    });
+    Ok(())
+}
+
+/// Loads a component's weights from `dir` (see [`weight_files`]) into `vs`.
+pub fn load_component(vs: &VarStore, dir: &Path, stem: &str, variant: Option<&str>) -> Result<(), NnError> {
+    let files = weight_files(dir, stem, variant)?;
+    let tensors = read_tensors(&files)?;
+    load_strict(vs, &tensors, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn, Device, Kind};
+
+    fn store() -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let _a = (vs.root() / "a").var("weight", &[2, 3], nn::Init::Const(0.0));
+        let _b = (vs.root() / "b").var("bias", &[3], nn::Init::Const(0.0));
+        vs
+    }
+
+    fn write(dir: &Path, file: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
+        let path = dir.join(file);
+        Tensor::write_safetensors(tensors, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn half_precision_weights_load_and_nothing_loads_when_one_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = store();
+        let half = |shape: &[i64]| Tensor::ones(shape, (Kind::Half, Device::Cpu));
+        write(dir.path(), "m.fp16.safetensors", &[("a.weight", half(&[2, 3])), ("b.bias", half(&[3]))]);
+        load_component(&vs, dir.path(), "m", Some("fp16")).unwrap();
+        assert_eq!(vs.variables()["a.weight"].sum(Kind::Float).double_value(&[]), 6.0);
+
+        let f = |shape: &[i64]| Tensor::full(shape, 2.0, (Kind::Float, Device::Cpu));
+        write(dir.path(), "m.safetensors", &[("a.weight", f(&[2, 3])), ("b.bias", f(&[4]))]);
+        let e = load_component(&vs, dir.path(), "m", None).unwrap_err().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("`b.bias` has shape [4], the model expects [3]"), "{e}");
+        assert_eq!(vs.variables()["a.weight"].sum(Kind::Float).double_value(&[]), 6.0, "a.weight was loaded half");
+
+        write(dir.path(), "m.safetensors", &[("a.weight", f(&[2, 3])), ("c", f(&[1]))]);
+        let e = load_component(&vs, dir.path(), "m", None).unwrap_err().to_string();
+        assert!(e.contains("missing: `b.bias`"), "{e}");
+    }
+
+    #[test]
+    fn shards_are_read_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = store();
+        let f = |shape: &[i64]| Tensor::full(shape, 3.0, (Kind::Float, Device::Cpu));
+        write(dir.path(), "m-00001-of-00002.safetensors", &[("a.weight", f(&[2, 3]))]);
+        write(dir.path(), "m-00002-of-00002.safetensors", &[("b.bias", f(&[3])), ("extra", f(&[1]))]);
+        let index = r#"{"metadata": {}, "weight_map": {"a.weight": "m-00001-of-00002.safetensors", "b.bias": "m-00002-of-00002.safetensors"}}"#;
+        std::fs::write(dir.path().join("m.safetensors.index.json"), index).unwrap();
+        let e = load_component(&vs, dir.path(), "m", None).unwrap_err().to_string();
+        assert!(e.contains("not part of the model: `extra`"), "{e}");
+        write(dir.path(), "m-00002-of-00002.safetensors", &[("b.bias", f(&[3]))]);
+        load_component(&vs, dir.path(), "m", None).unwrap();
+        assert_eq!(vs.variables()["b.bias"].sum(Kind::Float).double_value(&[]), 9.0);
+    }
+}
