@@ -23,13 +23,18 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from make_tokenizer_fixtures import write_folder as write_tokenizer
 
 OUT = Path(__file__).resolve().parent.parent / "crates" / "difforge-nn" / "tests" / "fixtures" / "sd"
 TEXT_LEN = 77
 BOS, EOS = 998, 999  # the tiny vocabulary's last ids, as CLIP's start/end tokens are its last
+TINY_MERGES = 1000 - 512 - 2  # CLIP's first merges: a 1000-id vocabulary of CLIP's form
+PROMPT = "a photo of an astronaut riding a horse on mars, (masterpiece:1.2)"
+NEGATIVE = "blurry, low quality"
 
 
 def perturb(module, seed):
@@ -95,8 +100,48 @@ def vae_references(vae, seed):
     image = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     dist = vae.encode(image).latent_dist
     latents = torch.randn(2, vae.config.latent_channels, 8, 8, generator=g)
-    return {"vae.image": image, "vae.mean": dist.mean, "vae.logvar": dist.logvar, "vae.latents": latents,
+    refs = {"vae.image": image, "vae.mean": dist.mean, "vae.logvar": dist.logvar, "vae.latents": latents,
             "vae.decoded": vae.decode(latents).sample}
+    # Tiled decoding at diffusers' defaults (tiles of sample_size = 32 pixels, 16 latents, overlap 0.25) on
+    # latents two tiles high and three wide, the last column (2 latents) narrower than the blend.
+    tiled_latents = torch.randn(1, vae.config.latent_channels, 20, 26, generator=g)
+    vae.enable_tiling()
+    refs.update({"vae.tiled_latents": tiled_latents, "vae.tiled_decoded": vae.decode(tiled_latents).sample})
+    vae.disable_tiling()
+    return refs
+
+
+def ddim_references(scheduler, seed):
+    """DDIM's timesteps and every step's result for fixed model outputs (SD 1.x settings:
+    scaled_linear betas, leading spacing with steps_offset 1, final alpha alphas_cumprod[0])."""
+    g = torch.Generator().manual_seed(seed)
+    scheduler.set_timesteps(10)
+    x = torch.randn(1, 4, 4, 4, generator=g)
+    refs = {"ddim.timesteps": scheduler.timesteps.clone(), "ddim.start": x.clone()}
+    outputs, states = [], []
+    for t in scheduler.timesteps:
+        out = torch.randn(1, 4, 4, 4, generator=g)
+        x = scheduler.step(out, t, x).prev_sample
+        outputs.append(out)
+        states.append(x)
+    refs.update({"ddim.model_outputs": torch.stack(outputs), "ddim.samples": torch.stack(states)})
+    return refs
+
+
+def sd_scheduler():
+    """Stable Diffusion's DDIM settings (scaled_linear betas, leading spacing, steps_offset 1)."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def pipeline_references(pipe, refs, negative):
+    """A whole 4-step guided image (32x32) from a prompt, through the folder's tokenizer(s), text
+    encoder(s), UNet, DDIM and VAE, from the latents of torch.Generator("cpu").manual_seed(42)."""
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator("cpu").manual_seed(42))
+    image = pipe(prompt=PROMPT, negative_prompt=negative, latents=latents, num_inference_steps=4, guidance_scale=7.5,
+                 height=32, width=32, output_type="pt").images
+    ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=TEXT_LEN, truncation=True, return_tensors="pt").input_ids
+    refs.update({"pipeline.latents": latents, "pipeline.image": image, "pipeline.prompt_ids": ids})
 
 
 def tiny_sd15_unet():
@@ -143,19 +188,17 @@ def write_sd15(root):
     unet = perturb(tiny_sd15_unet(), 1)
     vae = perturb(tiny_vae(), 2)
     text = perturb(CLIPTextModel(text_config("quick_gelu")), 3)
-    unet.save_pretrained(root / "unet")
-    vae.save_pretrained(root / "vae")
-    text.save_pretrained(root / "text_encoder")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.35.2",
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "scheduler": ["diffusers", "DDIMScheduler"]}
-    (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_tokenizer(root / "tokenizer", TINY_MERGES)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+                                   unet=unet, scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(root, safe_serialization=True)
     refs = {}
     refs.update(text_references(text, token_ids(4, [3, 20]), "text"))
     refs.update(unet_references(unet, 5, 32))
     refs.update(vae_references(vae, 6))
+    pipeline_references(pipe, refs, NEGATIVE)
+    refs.update(ddim_references(sd_scheduler(), 8))
     return refs
 
 
@@ -171,11 +214,17 @@ def write_sdxl(root):
     unet = perturb(tiny_sdxl_unet(), 21)
     text = perturb(CLIPTextModel(text_config("quick_gelu")), 22)
     text2 = perturb(CLIPTextModelWithProjection(text_config("gelu", projection_dim=32)), 23)
-    unet.save_pretrained(root / "unet")
-    text.save_pretrained(root / "text_encoder")
-    text2.save_pretrained(root / "text_encoder_2")
+    vae = perturb(tiny_vae(), 26)
+    write_tokenizer(root / "tokenizer", TINY_MERGES)
+    write_tokenizer(root / "tokenizer_2", TINY_MERGES, pad="!")  # SDXL's second tokenizer pads with "!"
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text2, unet=unet, scheduler=sd_scheduler(),
+                                     tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+                                     tokenizer_2=CLIPTokenizer.from_pretrained(root / "tokenizer_2"))
+    pipe.save_pretrained(root, safe_serialization=True)
     refs = unet_references(unet, 24, 64, added=32)
     refs.update(text_references(text2, token_ids(25, [5, 40]), "text2"))
+    # No negative prompt: SDXL (force_zeros_for_empty_prompt) then guides against zero embeddings.
+    pipeline_references(pipe, refs, None)
     return refs
 
 

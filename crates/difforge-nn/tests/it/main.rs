@@ -5,5 +5,9 @@
 
 mod efficientnet_lite;
 mod inception_parity;
+mod sd_clip;
 mod sd_reference;
+mod sd_tokenizer;
+mod sd_unet;
+mod sd_vae;
 mod torch_pickle;

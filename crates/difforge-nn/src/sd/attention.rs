@@ -1,0 +1,74 @@
+//! diffusers' `Attention` (with `AttnProcessor2_0`: libtorch's scaled_dot_product_attention):
+//! queries from the input, keys and values from the context (the input itself for
+//! self-attention), `heads` heads of `dim_head`, output projection `to_out.0`. The VAE's
+//! mid-block variant adds a GroupNorm in front, works on (B, C, H, W) and adds its input back.
+
+use tch::{nn, Tensor};
+
+#[derive(Debug)]
+pub struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: i64,
+    group_norm: Option<nn::GroupNorm>,
+}
+
+/// Widths of one attention layer: queries from `query_dim`, keys and values from `context_dim`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub query_dim: i64,
+    pub context_dim: i64,
+    pub heads: i64,
+    pub dim_head: i64,
+    /// Whether q, k and v have biases (the VAE's do; the UNet's transformers' do not).
+    pub qkv_bias: bool,
+}
+
+impl Attention {
+    pub fn new(p: &nn::Path, s: AttentionShape) -> Attention {
+        let inner = s.heads * s.dim_head;
+        let qkv = nn::LinearConfig { bias: s.qkv_bias, ..Default::default() };
+        Attention {
+            to_q: nn::linear(p / "to_q", s.query_dim, inner, qkv),
+            to_k: nn::linear(p / "to_k", s.context_dim, inner, qkv),
+            to_v: nn::linear(p / "to_v", s.context_dim, inner, qkv),
+            to_out: nn::linear(p / "to_out" / "0", inner, s.query_dim, Default::default()),
+            heads: s.heads,
+            group_norm: None,
+        }
+    }
+
+    /// The VAE mid-block's single-head spatial self-attention over `channels`.
+    pub fn spatial(p: &nn::Path, channels: i64, groups: i64, eps: f64) -> Attention {
+        let shape = AttentionShape { query_dim: channels, context_dim: channels, heads: 1, dim_head: channels, qkv_bias: true };
+        Attention { group_norm: Some(super::resnet::group_norm(p / "group_norm", groups, channels, eps)), ..Attention::new(p, shape) }
+    }
+
+    /// (B, N, query_dim) attending to `context` (B, M, context_dim), or to itself when None.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
+        let split = |t: Tensor| {
+            let (b, n, inner) = t.size3().expect("attention projections are (B, N, D)");
+            t.view([b, n, self.heads, inner / self.heads]).transpose(1, 2)
+        };
+        let context = context.unwrap_or(x);
+        let q = split(x.apply(&self.to_q));
+        let k = split(context.apply(&self.to_k));
+        let v = split(context.apply(&self.to_v));
+        let h = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let (b, heads, n, d) = h.size4().expect("attention output is (B, heads, N, d)");
+        h.transpose(1, 2).reshape([b, n, heads * d]).apply(&self.to_out)
+    }
+
+    /// The spatial form: (B, C, H, W) in and out, normed first, input added back.
+    pub fn forward_spatial(&self, x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("spatial attention takes (B, C, H, W)");
+        let normed = match &self.group_norm {
+            Some(norm) => x.apply(norm),
+            None => x.shallow_clone(),
+        };
+        let tokens = normed.view([b, c, h * w]).transpose(1, 2);
+        self.forward(&tokens, None).transpose(1, 2).reshape([b, c, h, w]) + x
+    }
+}

@@ -1,0 +1,337 @@
+//! transformers' CLIP text encoder, `CLIPTextModel` (SD 1.x/2.x, SDXL's first encoder) and
+//! `CLIPTextModelWithProjection` (SDXL's second encoder), as transformers 4.57.1 computes them,
+//! with its tensor names (`text_model.encoder.layers.0.self_attn.q_proj.weight`, ...), so that a
+//! pipeline's `text_encoder/` folder loads as it is.
+//!
+//! Pre-norm transformer layers with causal self-attention; `last_hidden_state` is the last
+//! layer's output through `final_layer_norm`, and the pooled output is that at each prompt's end
+//! token (through `text_projection` in the projection model). No attention mask is taken: the
+//! Stable Diffusion pipelines pass none (their encoders' configs do not ask for one), padding
+//! with the end token instead, which the causal mask keeps from changing the prompt's tokens.
+
+use super::load;
+use crate::error::NnError;
+use difforge_core::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, VarStore};
+use tch::{Device, Kind, Tensor};
+
+difforge_core::choice! {
+    /// The MLP non-linearity (transformers' `hidden_act`); other values are refused when the
+    /// config is read, naming the value.
+    pub enum ClipActivation {
+        /// x * sigmoid(1.702 x): OpenAI's CLIP, SD 1.x and SDXL's first encoder.
+        QuickGelu = "quick_gelu",
+        /// The exact (erf) GELU: OpenCLIP's encoders, SD 2.x and SDXL's second encoder.
+        Gelu = "gelu",
+    }
+}
+
+impl ClipActivation {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            ClipActivation::QuickGelu => x * (x * 1.702).sigmoid(),
+            ClipActivation::Gelu => x.gelu("none"),
+        }
+    }
+}
+
+/// A transformers `CLIPTextConfig` (`config.json`), the fields the network needs; others are
+/// ignored. A field left out takes transformers' default, as transformers would load it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub max_position_embeddings: i64,
+    pub hidden_act: ClipActivation,
+    pub layer_norm_eps: f64,
+    pub bos_token_id: i64,
+    /// Where the pooled output is read; 2 selects transformers' legacy rule (see
+    /// [`ClipTextModel::eos_positions`]).
+    pub eos_token_id: i64,
+    pub pad_token_id: i64,
+    /// The width of `text_projection`, used only by the projection model.
+    pub projection_dim: i64,
+    /// The model classes the folder was saved from; `CLIPTextModelWithProjection` among them
+    /// makes the network carry `text_projection` (see [`ClipTextConfig::with_projection`]).
+    pub architectures: Vec<String>,
+}
+
+impl Default for ClipTextConfig {
+    /// transformers' `CLIPTextConfig()` defaults.
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: 49406,
+            eos_token_id: 49407,
+            pad_token_id: 1,
+            projection_dim: 512,
+            architectures: Vec::new(),
+        }
+    }
+}
+
+/// The `architectures` entry that makes a folder a projection model.
+pub const WITH_PROJECTION: &str = "CLIPTextModelWithProjection";
+
+impl ClipTextConfig {
+    /// Whether the network has `text_projection`. Chosen from `architectures`, which
+    /// transformers writes on every save, rather than from `projection_dim`, which a plain
+    /// `CLIPTextModel` config carries too (at its default) though it has no projection.
+    pub fn with_projection(&self) -> bool {
+        self.architectures.iter().any(|a| a == WITH_PROJECTION)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("projection_dim", self.projection_dim),
+        ];
+        if let Some((key, v)) = sizes.into_iter().find(|(_, v)| *v < 1) {
+            return Err(ConfigError::new(key, v, "a positive integer"));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(ConfigError::new("hidden_size", self.hidden_size, format!("a multiple of num_attention_heads ({})", self.num_attention_heads)));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(ConfigError::new("layer_norm_eps", self.layer_norm_eps, "a positive number"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SelfAttention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    heads: i64,
+    scale: f64,
+}
+
+impl SelfAttention {
+    fn new(p: &nn::Path, c: &ClipTextConfig) -> SelfAttention {
+        let proj = |name: &str| nn::linear(p / name, c.hidden_size, c.hidden_size, Default::default());
+        SelfAttention {
+            q_proj: proj("q_proj"),
+            k_proj: proj("k_proj"),
+            v_proj: proj("v_proj"),
+            out_proj: proj("out_proj"),
+            heads: c.num_attention_heads,
+            scale: (c.head_dim() as f64).powf(-0.5),
+        }
+    }
+
+    /// (B, L, C) -> (B, heads, L, C / heads).
+    fn split_heads(&self, x: &Tensor) -> Tensor {
+        x.unflatten(-1, [self.heads, -1]).transpose(1, 2)
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (q, k, v) = (self.split_heads(&x.apply(&self.q_proj)), self.split_heads(&x.apply(&self.k_proj)), self.split_heads(&x.apply(&self.v_proj)));
+        // Causal: a token sees only itself and those before it, as in transformers' causal mask.
+        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, self.scale, false);
+        o.transpose(1, 2).flatten(2, 3).apply(&self.out_proj)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: nn::LayerNorm,
+    self_attn: SelfAttention,
+    layer_norm2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    act: ClipActivation,
+}
+
+fn layer_norm(p: nn::Path, c: &ClipTextConfig) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
+}
+
+impl EncoderLayer {
+    fn new(p: &nn::Path, c: &ClipTextConfig) -> EncoderLayer {
+        EncoderLayer {
+            layer_norm1: layer_norm(p / "layer_norm1", c),
+            self_attn: SelfAttention::new(&(p / "self_attn"), c),
+            layer_norm2: layer_norm(p / "layer_norm2", c),
+            fc1: nn::linear(p / "mlp" / "fc1", c.hidden_size, c.intermediate_size, Default::default()),
+            fc2: nn::linear(p / "mlp" / "fc2", c.intermediate_size, c.hidden_size, Default::default()),
+            act: c.hidden_act,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let h = x + self.self_attn.forward(&x.apply(&self.layer_norm1));
+        let mlp = self.act.apply(&h.apply(&self.layer_norm2).apply(&self.fc1)).apply(&self.fc2);
+        h + mlp
+    }
+}
+
+/// What [`ClipTextModel::forward`] returns.
+#[derive(Debug)]
+pub struct ClipTextOutput {
+    /// (B, L, hidden): the last layer's output through `final_layer_norm`; SD 1.x/2.x's
+    /// `encoder_hidden_states`.
+    pub last_hidden_state: Tensor,
+    /// (B, hidden) `pooler_output` for `CLIPTextModel`: `last_hidden_state` at each prompt's end
+    /// token. (B, projection_dim) `text_embeds` for the projection model: that, through
+    /// `text_projection`; SDXL's `pooled_prompt_embeds`.
+    pub pooled: Tensor,
+    /// transformers' `hidden_states`: the embeddings' output, then each layer's, without the
+    /// final norm (num_hidden_layers + 1 entries). SDXL conditions on `hidden_states[-2]` as it is.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// A CLIP text encoder, with or without `text_projection`.
+#[derive(Debug)]
+pub struct ClipTextModel {
+    config: ClipTextConfig,
+    token_embedding: nn::Embedding,
+    position_embedding: nn::Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: nn::LayerNorm,
+    text_projection: Option<nn::Linear>,
+    device: Device,
+}
+
+/// A buffer (0..max_position_embeddings) that transformers before 4.31 saved with the weights
+/// and later versions skip on load. It is derived, not learnt (and some old SD checkpoints hold
+/// it corrupted, as floats), so it is dropped on load rather than made a variable.
+pub const POSITION_IDS: &str = "text_model.embeddings.position_ids";
+
+/// Loads a text encoder's weights from `dir` (`model.safetensors`, its `variant`, or shards)
+/// into `vs`, strictly as [`load::load_strict`] does, ignoring only [`POSITION_IDS`].
+pub fn load_weights(vs: &VarStore, dir: &Path, variant: Option<&str>) -> Result<(), NnError> {
+    let files = load::weight_files(dir, "model", variant)?;
+    let mut tensors = load::read_tensors(&files)?;
+    tensors.remove(POSITION_IDS);
+    load::load_strict(vs, &tensors, dir)
+}
+
+impl ClipTextModel {
+    /// Builds the network under `p`, which should be a VarStore's root for the variables to
+    /// carry transformers' names (`text_model.…`, `text_projection.weight`).
+    pub fn new(p: &nn::Path, config: &ClipTextConfig) -> Result<ClipTextModel, NnError> {
+        config.validate()?;
+        let c = config;
+        let tp = p / "text_model";
+        let emb = &tp / "embeddings";
+        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&tp / "encoder" / "layers" / i), c)).collect();
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        Ok(ClipTextModel {
+            config: c.clone(),
+            token_embedding: nn::embedding(&emb / "token_embedding", c.vocab_size, c.hidden_size, Default::default()),
+            position_embedding: nn::embedding(&emb / "position_embedding", c.max_position_embeddings, c.hidden_size, Default::default()),
+            layers,
+            final_layer_norm: layer_norm(&tp / "final_layer_norm", c),
+            text_projection: c.with_projection().then(|| nn::linear(p / "text_projection", c.hidden_size, c.projection_dim, no_bias)),
+            device: p.device(),
+        })
+    }
+
+    /// Reads a transformers text-encoder folder (`config.json` and `model.safetensors`) onto
+    /// `device`. The variables are frozen: loaded this way the encoder is a fixed condition
+    /// encoder, as in Stable Diffusion training; to fine-tune it, build it with
+    /// [`ClipTextModel::new`] on a VarStore of one's own and call [`load_weights`].
+    pub fn load(dir: &Path, device: Device) -> Result<ClipTextModel, NnError> {
+        let config: ClipTextConfig = load::read_config(dir)?;
+        config.validate().map_err(|e| NnError::Load { path: dir.join("config.json"), reason: e.to_string() })?;
+        let mut vs = VarStore::new(device);
+        let model = ClipTextModel::new(&vs.root(), &config)?;
+        load_weights(&vs, dir, None)?;
+        vs.freeze();
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// Encodes token ids (B, L), integers with L <= max_position_embeddings, padded as the CLIP
+    /// tokenizer pads (SD pads with the end token).
+    pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput, NnError> {
+        let (ids, batch, len) = self.checked_ids(input_ids)?;
+        let positions = Tensor::arange(len, (Kind::Int64, self.device));
+        let mut h = ids.apply(&self.token_embedding) + positions.apply(&self.position_embedding);
+        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
+        hidden_states.push(h.shallow_clone());
+        for layer in &self.layers {
+            h = layer.forward(&h);
+            hidden_states.push(h.shallow_clone());
+        }
+        let last_hidden_state = h.apply(&self.final_layer_norm);
+        let rows = Tensor::arange(batch, (Kind::Int64, self.device));
+        let pooled = last_hidden_state.index(&[Some(rows), Some(self.eos_positions(&ids))]);
+        let pooled = match &self.text_projection {
+            Some(proj) => pooled.apply(proj),
+            None => pooled,
+        };
+        Ok(ClipTextOutput { last_hidden_state, pooled, hidden_states })
+    }
+
+    /// The prompt embeddings with diffusers' `clip_skip` for SD 1.x/2.x: `final_layer_norm` of
+    /// `hidden_states[-(clip_skip + 1)]`, so 0 gives `last_hidden_state`.
+    pub fn clip_skip(&self, output: &ClipTextOutput, clip_skip: usize) -> Result<Tensor, NnError> {
+        let n = output.hidden_states.len();
+        let h = n.checked_sub(clip_skip).and_then(|m| m.checked_sub(1)).map(|i| &output.hidden_states[i]);
+        let h = h.ok_or_else(|| NnError::Invalid(format!("clip_skip {clip_skip} is too large: the encoder has {} layers", n.saturating_sub(1))))?;
+        Ok(h.apply(&self.final_layer_norm))
+    }
+
+    /// (B,) the position each prompt is pooled at, as transformers 4.57 finds it: with
+    /// `eos_token_id` 2 (configs saved before transformers knew CLIP's end token, SD 1.x's
+    /// among them) the largest id, the end token being the vocabulary's last; otherwise the
+    /// first end token (position 0 when a row has none).
+    pub fn eos_positions(&self, ids: &Tensor) -> Tensor {
+        let ids = ids.to_kind(Kind::Int);
+        if self.config.eos_token_id == 2 {
+            ids.argmax(-1, false)
+        } else {
+            ids.eq(self.config.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        }
+    }
+
+    /// The ids as Int64 on the model's device with (batch, length), or why they cannot be
+    /// encoded; checked here so that libtorch never sees an index it would fail on.
+    fn checked_ids(&self, input_ids: &Tensor) -> Result<(Tensor, i64, i64), NnError> {
+        let invalid = |what: String| Err(NnError::Invalid(format!("CLIP text encoder input_ids: {what}")));
+        let Ok((batch, len)) = input_ids.size2() else {
+            return invalid(format!("expected a (batch, length) tensor, got shape {:?}", input_ids.size()));
+        };
+        if !matches!(input_ids.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8) {
+            return invalid(format!("expected integer token ids, got {:?}", input_ids.kind()));
+        }
+        let max_len = self.config.max_position_embeddings;
+        if batch < 1 || !(1..=max_len).contains(&len) {
+            return invalid(format!("shape {:?}: need at least one row and 1..={max_len} tokens", input_ids.size()));
+        }
+        let (lo, hi) = (input_ids.min().int64_value(&[]), input_ids.max().int64_value(&[]));
+        if lo < 0 || hi >= self.config.vocab_size {
+            return invalid(format!("ids span {lo}..={hi}, outside the vocabulary 0..{}", self.config.vocab_size));
+        }
+        Ok((input_ids.to_device(self.device).to_kind(Kind::Int64), batch, len))
+    }
+}

@@ -1,0 +1,317 @@
+//! CLIP's BPE tokenizer for Stable Diffusion prompts, giving the ids transformers gives.
+//!
+//! A checkpoint's `tokenizer/` (and SDXL's `tokenizer_2/`) folder comes in two forms:
+//! - `vocab.json` + `merges.txt` + `special_tokens_map.json` (+ `tokenizer_config.json`), as SD 1.5 ships it. From these
+//!   the same pipeline is built as transformers' `CLIPTokenizerFast` converter (`CLIPConverter` in
+//!   `convert_slow_tokenizer.py`, transformers 4.57.1): normalizer NFC, `\s+` → one space, lowercase; pre-tokenizer
+//!   CLIP's split pattern (matches kept, the rest dropped) then byte-level without a prefix space; BPE with the `</w>`
+//!   end-of-word suffix and `<|endoftext|>` as unknown token; start and end tokens around the prompt.
+//! - a single `tokenizer.json` (a saved fast tokenizer), read as it is.
+//!
+//! When both are present the first is used: diffusers' SD pipelines load the slow `CLIPTokenizer`, which reads
+//! exactly those files, and tokenizer.json files written before transformers 4.17 carry an older, different pipeline.
+//!
+//! Every prompt becomes exactly [`MAX_LENGTH`] ids: start token, the prompt's tokens, end token, then padding. A prompt
+//! longer than that keeps its first 75 tokens, and [`Tokens::truncated`] gives the dropped text so that the caller can
+//! warn about it (transformers truncates silently). SD 1.x pads with the end token, SD 2.x and SDXL's second tokenizer
+//! with `!` (id 0): the pad token is read from the folder, as transformers reads it.
+//!
+//! The one known difference from diffusers: transformers' slow `CLIPTokenizer` first runs `ftfy.fix_text` when ftfy is
+//! installed (curly quotes straightened, full-width forms and ligatures folded, control characters dropped); the fast
+//! pipeline, and this one, do not. The fixtures list the strings where the two differ.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tch::Tensor;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormalizerSequence, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::NnError;
+
+/// Ids per prompt: the CLIP text encoder's 77 positions.
+pub const MAX_LENGTH: usize = 77;
+
+/// CLIP's word split (transformers' `CLIPConverter`). The slow tokenizer's pattern begins with
+/// `<\|startoftext\|>|<\|endoftext\|>|`; here those two are added special tokens, cut out before this split runs, as in
+/// the fast tokenizer.
+const CLIP_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// transformers keeps merges.txt lines 1..=49152-256-2: line 0 is the `#version` header, and CLIP's vocabulary has
+/// 49152 - 256 - 2 merges (256 byte tokens and two special tokens make up the rest of the 49408 ids).
+const N_MERGES: usize = 49152 - 256 - 2;
+
+/// The end-of-word suffix CLIP's BPE vocabulary uses; decoded text has it turned back into a space.
+const END_OF_WORD: &str = "</w>";
+
+/// One prompt's ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// Exactly [`MAX_LENGTH`] ids: start token, the prompt's tokens, end token, padding.
+    pub ids: Vec<i64>,
+    /// How many of `ids` come before the padding (start and end token included): the attention mask's ones.
+    pub len: usize,
+    /// The text of the prompt tokens that did not fit, decoded (`None` when everything fit), for a warning such as
+    /// "these words were dropped: ...".
+    pub truncated: Option<String>,
+}
+
+/// CLIP's tokenizer as Stable Diffusion uses it; see the module documentation.
+#[derive(Clone)]
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+    bos_id: u32,
+    eos_id: u32,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}
+
+/// A special token as the folder's JSON names it: a plain string, or an object with `content` (transformers'
+/// serialised `AddedToken`) and perhaps `normalized`.
+#[derive(Debug, Clone)]
+struct TokenSpec {
+    content: String,
+    normalized: Option<bool>,
+}
+
+/// The special tokens a folder's `special_tokens_map.json` and `tokenizer_config.json` name.
+#[derive(Debug, Default)]
+struct SpecialTokens {
+    bos: Option<TokenSpec>,
+    eos: Option<TokenSpec>,
+    unk: Option<TokenSpec>,
+    pad: Option<TokenSpec>,
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> NnError {
+    NnError::Invalid(format!("tokenizer file {}: {reason}", path.display()))
+}
+
+fn read_text(path: &Path) -> Result<String, NnError> {
+    fs::read_to_string(path).map_err(|e| invalid(path, e))
+}
+
+fn read_json(path: &Path) -> Result<Value, NnError> {
+    serde_json::from_str(&read_text(path)?).map_err(|e| invalid(path, e))
+}
+
+fn token_spec(value: Option<&Value>, path: &Path, key: &str) -> Result<Option<TokenSpec>, NnError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(TokenSpec { content: s.clone(), normalized: None })),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => Ok(Some(TokenSpec { content: s.clone(), normalized: o.get("normalized").and_then(Value::as_bool) })),
+            _ => Err(invalid(path, format!("`{key}` has no \"content\" string"))),
+        },
+        Some(_) => Err(invalid(path, format!("`{key}` is neither a string nor an object with \"content\""))),
+    }
+}
+
+impl SpecialTokens {
+    /// Reads `special_tokens_map.json` then `tokenizer_config.json` (both optional). The first wins, as in transformers'
+    /// `from_pretrained`: SD 2.x ships `pad_token` "<|endoftext|>" in tokenizer_config.json but "!" in
+    /// special_tokens_map.json, and pads with "!".
+    fn read(dir: &Path) -> Result<Self, NnError> {
+        let mut out = Self::default();
+        for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let json = read_json(&path)?;
+            let Value::Object(map) = &json else {
+                return Err(invalid(&path, "not a JSON object"));
+            };
+            for (key, slot) in [("bos_token", &mut out.bos), ("eos_token", &mut out.eos), ("unk_token", &mut out.unk), ("pad_token", &mut out.pad)] {
+                if slot.is_none() {
+                    *slot = token_spec(map.get(key), &path, key)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn spec_or(spec: &Option<TokenSpec>, default: &str) -> TokenSpec {
+    spec.clone().unwrap_or_else(|| TokenSpec { content: default.to_string(), normalized: None })
+}
+
+/// `vocab.json` as a token → id map.
+fn read_vocab(path: &Path) -> Result<Vocab, NnError> {
+    serde_json::from_str(&read_text(path)?).map_err(|e| invalid(path, e))
+}
+
+/// `merges.txt` as transformers' `CLIPTokenizer` reads it: the text stripped, split into lines, lines 1..=N_MERGES
+/// kept (line 0 is the `#version` header, later lines are ignored), each split on whitespace into a pair.
+fn read_merges(path: &Path) -> Result<Vec<(String, String)>, NnError> {
+    let text = read_text(path)?;
+    let mut merges = Vec::with_capacity(N_MERGES);
+    for (i, line) in text.trim().split('\n').enumerate().skip(1).take(N_MERGES) {
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) => merges.push((a.to_string(), b.to_string())),
+            _ => return Err(invalid(path, format!("line {} is not two tokens separated by a space: {line:?}", i + 1))),
+        }
+    }
+    Ok(merges)
+}
+
+/// The pipeline transformers' `CLIPConverter` builds from a vocabulary and merges.
+fn clip_pipeline(dir: &Path, specials: &SpecialTokens) -> Result<Tokenizer, NnError> {
+    let vocab_path = dir.join("vocab.json");
+    let merges_path = dir.join("merges.txt");
+    let vocab = read_vocab(&vocab_path)?;
+    let merges = read_merges(&merges_path)?;
+    let unk = spec_or(&specials.unk, "<|endoftext|>").content;
+    if !vocab.contains_key(&unk) {
+        return Err(invalid(&vocab_path, format!("has no unknown token {unk:?}")));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk)
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix(END_OF_WORD.to_string())
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| invalid(&merges_path, e))?;
+    let mut tok = Tokenizer::new(bpe);
+    let replace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| invalid(&vocab_path, e))?;
+    tok.with_normalizer(Some(NormalizerSequence::new(vec![NFC.into(), replace.into(), Lowercase.into()])));
+    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| invalid(&vocab_path, e))?;
+    // ByteLevel(add_prefix_space=False) with transformers' defaults: offsets trimmed, GPT-2's own regex split kept (it
+    // changes nothing after CLIP's split, but it is what the fast tokenizer runs).
+    tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tok)
+}
+
+impl ClipTokenizer {
+    /// Loads a tokenizer folder (a checkpoint's `tokenizer/` or `tokenizer_2/`): `vocab.json` + `merges.txt` (with
+    /// `special_tokens_map.json` / `tokenizer_config.json` when present), else `tokenizer.json`. Errors name the file.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, NnError> {
+        let dir = dir.as_ref();
+        let specials = SpecialTokens::read(dir)?;
+        let json_path = dir.join("tokenizer.json");
+        let (mut inner, source): (Tokenizer, PathBuf) = if dir.join("vocab.json").is_file() {
+            (clip_pipeline(dir, &specials)?, dir.join("vocab.json"))
+        } else if json_path.is_file() {
+            let mut tok = Tokenizer::from_file(&json_path).map_err(|e| invalid(&json_path, e))?;
+            // Truncation and padding are done here (so that what was dropped can be reported), not by the file's settings.
+            tok.with_truncation(None).map_err(|e| invalid(&json_path, e))?;
+            tok.with_padding(None);
+            (tok, json_path.clone())
+        } else {
+            let hint = if dir.join("tokenizer").is_dir() { " (this looks like a model folder: pass its tokenizer/ folder)" } else { "" };
+            return Err(NnError::Invalid(format!("tokenizer folder {}: has neither vocab.json + merges.txt nor tokenizer.json{hint}", dir.display())));
+        };
+
+        // A tokenizer.json's own padding token, if it has one, when the folder's JSON files name none.
+        let json_pad = inner.get_padding().map(|p| TokenSpec { content: p.pad_token.clone(), normalized: None });
+        let bos = spec_or(&specials.bos, "<|startoftext|>");
+        let eos = spec_or(&specials.eos, "<|endoftext|>");
+        let unk = spec_or(&specials.unk, "<|endoftext|>");
+        // No pad token named anywhere: transformers' CLIPTokenizer defaults to the end token.
+        let pad = specials.pad.clone().or(json_pad).unwrap_or_else(|| eos.clone());
+
+        // Every special token becomes an added special token, as transformers registers them: they are cut out of the
+        // prompt before anything else (a literal "<|endoftext|>" in a prompt is that token, and with SD 2.x's "!" pad
+        // token every "!" is its own token, not part of a BPE merge such as "!!!"). transformers' CLIPTokenizer turns
+        // plain-string start, end and unknown tokens into AddedTokens that match normalized (lowercased) text, while a
+        // plain-string pad token matches raw text; a serialised AddedToken says which it is.
+        let mut present: Vec<String> = inner.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
+        for (spec, normalized_default) in [(&bos, true), (&eos, true), (&unk, true), (&pad, false)] {
+            if inner.token_to_id(&spec.content).is_none() {
+                return Err(invalid(&source, format!("has no token {:?} (a special token of the folder)", spec.content)));
+            }
+            if !present.contains(&spec.content) {
+                let token = AddedToken::from(spec.content.clone(), true).normalized(spec.normalized.unwrap_or(normalized_default));
+                inner.add_special_tokens(&[token]);
+                present.push(spec.content.clone());
+            }
+        }
+        let id = |spec: &TokenSpec| inner.token_to_id(&spec.content).ok_or_else(|| invalid(&source, format!("has no token {:?}", spec.content)));
+        let (bos_id, eos_id, pad_id) = (id(&bos)?, id(&eos)?, id(&pad)?);
+        if inner.get_post_processor().is_none() {
+            // What the converter sets (RobertaProcessing is its way of getting start and end tokens with byte-level
+            // BPE); `encode` adds them itself, this is for users of `inner()`.
+            inner.with_post_processor(Some(
+                RobertaProcessing::new((eos.content.clone(), eos_id), (bos.content.clone(), bos_id)).trim_offsets(false).add_prefix_space(false),
+            ));
+        }
+        Ok(Self { inner, bos_id, eos_id, pad_id })
+    }
+
+    /// One prompt as [`MAX_LENGTH`] ids; see [`Tokens`].
+    pub fn encode(&self, prompt: &str) -> Result<Tokens, NnError> {
+        // Without special tokens: start and end are placed here, around the part of the prompt that fits.
+        let encoding = self.inner.encode(prompt, false).map_err(|e| NnError::Invalid(format!("cannot tokenize prompt {prompt:?}: {e}")))?;
+        let body = encoding.get_ids();
+        let keep = body.len().min(MAX_LENGTH - 2);
+        let truncated = if keep < body.len() { Some(self.decode(&body[keep..])?) } else { None };
+        let mut ids = Vec::with_capacity(MAX_LENGTH);
+        ids.push(i64::from(self.bos_id));
+        ids.extend(body[..keep].iter().map(|&i| i64::from(i)));
+        ids.push(i64::from(self.eos_id));
+        let len = ids.len();
+        ids.resize(MAX_LENGTH, i64::from(self.pad_id));
+        Ok(Tokens { ids, len, truncated })
+    }
+
+    /// Prompts as an Int64 tensor of shape (B, [`MAX_LENGTH`]). Truncation is not reported here: use
+    /// [`ClipTokenizer::encode`] and [`tokens_tensor`] to warn about it.
+    pub fn encode_batch(&self, prompts: &[&str]) -> Result<Tensor, NnError> {
+        let tokens = prompts.iter().map(|p| self.encode(p)).collect::<Result<Vec<_>, _>>()?;
+        Ok(tokens_tensor(&tokens))
+    }
+
+    /// Ids back to text, as transformers' `CLIPTokenizerFast.decode` gives it: byte-level decoding, every `</w>` a
+    /// space, the ends trimmed. Special tokens are kept.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, NnError> {
+        let text = self.inner.decode(ids, false).map_err(|e| NnError::Invalid(format!("cannot decode token ids: {e}")))?;
+        Ok(text.replace(END_OF_WORD, " ").trim().to_string())
+    }
+
+    /// The start token's id (49406 in CLIP's vocabulary).
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    /// The end token's id (49407 in CLIP's vocabulary).
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The padding id: the end token for SD 1.x, `!` (0) for SD 2.x and SDXL's second tokenizer.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The underlying `tokenizers` pipeline.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
+
+/// Encoded prompts as an Int64 tensor of shape (B, [`MAX_LENGTH`]).
+pub fn tokens_tensor(tokens: &[Tokens]) -> Tensor {
+    let flat: Vec<i64> = tokens.iter().flat_map(|t| t.ids.iter().copied()).collect();
+    Tensor::from_slice(&flat).view([tokens.len() as i64, MAX_LENGTH as i64])
+}

@@ -1,0 +1,139 @@
+//! diffusers' `Transformer2DModel` on feature maps as Stable Diffusion's UNet uses it: GroupNorm,
+//! `proj_in` (a 1x1 conv, or a linear layer with `use_linear_projection`), `BasicTransformerBlock`s
+//! (self-attention, cross-attention to the text, GEGLU feed-forward, each pre-normed and
+//! residual), `proj_out`, the input added back.
+
+use super::attention::{Attention, AttentionShape};
+use super::resnet::group_norm;
+use tch::{nn, Tensor};
+
+/// The shape of one transformer: its channels, heads (diffusers' UNet reads the config's
+/// `attention_head_dim` as the number of heads), stacked blocks and the text's width.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerShape {
+    pub channels: i64,
+    pub heads: i64,
+    pub layers: i64,
+    pub context_dim: i64,
+    pub groups: i64,
+    pub linear_projection: bool,
+}
+
+/// GEGLU feed-forward: `net.0.proj` to twice the inner width, value times GELU(gate), `net.2`.
+#[derive(Debug)]
+struct FeedForward {
+    proj: nn::Linear,
+    out: nn::Linear,
+}
+
+impl FeedForward {
+    fn new(p: &nn::Path, dim: i64) -> FeedForward {
+        let inner = 4 * dim;
+        FeedForward {
+            proj: nn::linear(p / "net" / "0" / "proj", dim, 2 * inner, Default::default()),
+            out: nn::linear(p / "net" / "2", inner, dim, Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let halves = x.apply(&self.proj).chunk(2, -1);
+        (&halves[0] * halves[1].gelu("none")).apply(&self.out)
+    }
+}
+
+#[derive(Debug)]
+struct BasicTransformerBlock {
+    norm1: nn::LayerNorm,
+    attn1: Attention,
+    norm2: nn::LayerNorm,
+    attn2: Attention,
+    norm3: nn::LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn new(p: &nn::Path, s: &TransformerShape) -> BasicTransformerBlock {
+        let norm = |name: &str| nn::layer_norm(p / name, vec![s.channels], Default::default());
+        let dim_head = s.channels / s.heads;
+        let own = AttentionShape { query_dim: s.channels, context_dim: s.channels, heads: s.heads, dim_head, qkv_bias: false };
+        BasicTransformerBlock {
+            norm1: norm("norm1"),
+            attn1: Attention::new(&(p / "attn1"), own),
+            norm2: norm("norm2"),
+            attn2: Attention::new(&(p / "attn2"), AttentionShape { context_dim: s.context_dim, ..own }),
+            norm3: norm("norm3"),
+            ff: FeedForward::new(&(p / "ff"), s.channels),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let x = self.attn1.forward(&x.apply(&self.norm1), None) + x;
+        let x = self.attn2.forward(&x.apply(&self.norm2), Some(context)) + x;
+        self.ff.forward(&x.apply(&self.norm3)) + x
+    }
+}
+
+/// `proj_in` / `proj_out`: 1x1 convolutions on (B, C, H, W) (SD 1.x) or linear layers on the
+/// (B, HW, C) tokens (SD 2.x, SDXL).
+#[derive(Debug)]
+enum Projection {
+    Conv(nn::Conv2D),
+    Linear(nn::Linear),
+}
+
+impl Projection {
+    fn new(p: nn::Path, channels: i64, linear: bool) -> Projection {
+        if linear {
+            Projection::Linear(nn::linear(p, channels, channels, Default::default()))
+        } else {
+            Projection::Conv(nn::conv2d(p, channels, channels, 1, Default::default()))
+        }
+    }
+}
+
+fn to_tokens(x: &Tensor) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("feature maps are (B, C, H, W)");
+    x.permute([0, 2, 3, 1]).reshape([b, h * w, c])
+}
+
+fn to_map(tokens: &Tensor, h: i64, w: i64) -> Tensor {
+    let (b, _, c) = tokens.size3().expect("tokens are (B, N, C)");
+    tokens.reshape([b, h, w, c]).permute([0, 3, 1, 2]).contiguous()
+}
+
+#[derive(Debug)]
+pub struct Transformer2DModel {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    pub fn new(p: &nn::Path, s: &TransformerShape) -> Transformer2DModel {
+        Transformer2DModel {
+            norm: group_norm(p / "norm", s.groups, s.channels, 1e-6),
+            proj_in: Projection::new(p / "proj_in", s.channels, s.linear_projection),
+            blocks: (0..s.layers).map(|i| BasicTransformerBlock::new(&(p / "transformer_blocks" / i), s)).collect(),
+            proj_out: Projection::new(p / "proj_out", s.channels, s.linear_projection),
+        }
+    }
+
+    /// Feature maps (B, C, H, W) attending to `context` (B, tokens, context_dim).
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let (_, _, h, w) = x.size4().expect("feature maps are (B, C, H, W)");
+        let normed = x.apply(&self.norm);
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(c) => to_tokens(&normed.apply(c)),
+            Projection::Linear(l) => to_tokens(&normed).apply(l),
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context);
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(c) => to_map(&tokens, h, w).apply(c),
+            Projection::Linear(l) => to_map(&tokens.apply(l), h, w),
+        };
+        out + x
+    }
+}
