@@ -68,8 +68,11 @@ difforge_core::choice! {
     pub enum Spacing {
         /// Evenly spaced, ending at the last training timestep (starts from pure noise).
         Trailing = "trailing",
-        /// Evenly spaced from 0 (DDIM paper); does not reach the noisiest timestep.
+        /// Evenly spaced from 0 (DDIM paper), plus `steps_offset`; does not reach the noisiest
+        /// timestep (Stable Diffusion 1.x and 2.x ship with it and offset 1).
         Leading = "leading",
+        /// Evenly spaced from the first training timestep to the last, both included, rounded.
+        Linspace = "linspace",
     }
 }
 
@@ -95,6 +98,12 @@ pub struct SamplerConfig {
     /// fraction (0: off; Lin et al. 2024 use 0.7), against over-saturation at high scales.
     pub guidance_rescale: f64,
     pub spacing: Spacing,
+    /// Added to every timestep of "leading" spacing (diffusers' `steps_offset`).
+    pub steps_offset: usize,
+    /// Whether the step after the last lands on alpha_bar = 1 (a clean image) or on the first
+    /// training timestep's alpha_bar (diffusers' `set_alpha_to_one`; false in Stable
+    /// Diffusion's DDIM config). Used by DDIM.
+    pub set_alpha_to_one: bool,
     /// Clamp the predicted clean image to [-1, 1] at every step.
     pub clip_x0: bool,
 }
@@ -109,6 +118,8 @@ impl Default for SamplerConfig {
             guidance_interval: None,
             guidance_rescale: 0.0,
             spacing: Spacing::Trailing,
+            steps_offset: 0,
+            set_alpha_to_one: true,
             clip_x0: true,
         }
     }

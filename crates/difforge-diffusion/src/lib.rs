@@ -14,7 +14,7 @@ pub mod schedule;
 
 pub use config::{DiffusionConfig, SamplerConfig, Spacing};
 pub use forward::{ForwardProcess, Noised};
-pub use noise::NoiseSource;
+pub use noise::{NoiseSource, StartNoise};
 pub use prediction::Prediction;
 pub use sample::{sample, Denoiser, SampleRequest, TrajectoryStep};
 pub use sampler::{Sampler, SamplerKind};

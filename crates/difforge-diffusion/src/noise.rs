@@ -1,6 +1,8 @@
 //! Per-image Gaussian noise drawn in Rust from portable generators: image k of a batch draws
 //! from its own seed, so a result does not depend on the batch it was generated in (dynamic
-//! batching in the server), on libtorch's global generator, or on the device.
+//! batching in the server), on libtorch's global generator, or on the device. On request the
+//! starting noise instead comes from libtorch's CPU generator seeded as diffusers seeds
+//! `torch.Generator("cpu").manual_seed(seed)`, so a seed gives the image it gives there.
 
 use difforge_core::{rng_for, Stream};
 use rand_distr::{Distribution, StandardNormal};
@@ -12,17 +14,44 @@ pub fn gaussian(seed: u64, stream: Stream, index: u64, count: usize) -> Vec<f32>
     (0..count).map(|_| StandardNormal.sample(&mut rng)).collect()
 }
 
+difforge_core::choice! {
+    /// Where the starting noise comes from.
+    pub enum StartNoise {
+        /// difforge's portable per-image generator.
+        Portable = "portable",
+        /// libtorch's CPU generator, per image `manual_seed(seed)` then `randn` (diffusers with one
+        /// `torch.Generator("cpu")` per image). The steps' fresh noise stays portable.
+        Torch = "torch",
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NoiseSource {
     seeds: Vec<u64>,
     shape: [i64; 3],
     device: Device,
+    start: StartNoise,
+}
+
+/// libtorch's default CPU generator is process-wide: draws from it must not interleave.
+static TORCH_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_randn(seed: u64, shape: [i64; 3]) -> Tensor {
+    let _guard = TORCH_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // torch.manual_seed takes the seed's 64 bits as they are; i64 carries the same bits.
+    tch::manual_seed(seed as i64);
+    Tensor::randn(shape, (tch::Kind::Float, Device::Cpu))
 }
 
 impl NoiseSource {
     /// One seed per image; `shape` is one image's (C, H, W).
     pub fn new(seeds: Vec<u64>, shape: [i64; 3], device: Device) -> NoiseSource {
-        NoiseSource { seeds, shape, device }
+        NoiseSource { seeds, shape, device, start: StartNoise::Portable }
+    }
+
+    /// The same seeds with the starting noise drawn as `start` says.
+    pub fn with_start(self, start: StartNoise) -> NoiseSource {
+        NoiseSource { start, ..self }
     }
 
     pub fn batch_size(&self) -> usize {
@@ -31,6 +60,10 @@ impl NoiseSource {
 
     /// The noise of draw number `draw` (0 = the starting image, i + 1 = sampler step i).
     pub fn draw(&self, draw: u64) -> Tensor {
+        if draw == 0 && self.start == StartNoise::Torch {
+            let images: Vec<Tensor> = self.seeds.iter().map(|&s| torch_randn(s, self.shape)).collect();
+            return Tensor::stack(&images, 0).to_device(self.device);
+        }
         let per = (self.shape[0] * self.shape[1] * self.shape[2]) as usize;
         let data: Vec<f32> = self.seeds.iter().flat_map(|&s| gaussian(s, Stream::Sample, draw, per)).collect();
         let shape = [self.seeds.len() as i64, self.shape[0], self.shape[1], self.shape[2]];

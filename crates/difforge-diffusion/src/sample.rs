@@ -130,7 +130,7 @@ mod tests {
         assert!(never.equal(&unguided));
         // The middle noise levels only.
         let schedule = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
-        let ts = crate::sampler::sampling_timesteps(1000, 10, base.spacing);
+        let ts = crate::sampler::sampling_timesteps(1000, 10, base.spacing, 0);
         let inside = ts.iter().map(|&t| schedule.sigma(t)).filter(|&s| 0.5 < s && s <= 3.1).count();
         let (_, calls) = run(SamplerConfig { guidance_interval: Some([0.5, 3.1]), ..base });
         assert_eq!(calls.iter().filter(|&&b| b == 4).count(), inside);

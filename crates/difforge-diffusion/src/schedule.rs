@@ -12,6 +12,8 @@ difforge_core::choice! {
         Cosine = "cosine",
         /// Betas along a sigmoid over [-6, 6], scaled into [beta_start, beta_end].
         Sigmoid = "sigmoid",
+        /// Square roots of the betas evenly spaced (Stable Diffusion; diffusers' "scaled_linear").
+        ScaledLinear = "scaled_linear",
     }
 }
 
@@ -43,10 +45,15 @@ impl NoiseSchedule {
                     (1.0 - cosine_alpha_bar(t2) / cosine_alpha_bar(t1)).min(0.999)
                 })
                 .collect(),
+            ScheduleKind::ScaledLinear => linspace(beta_start.sqrt(), beta_end.sqrt(), timesteps).into_iter().map(|b| b * b).collect(),
             ScheduleKind::Sigmoid => {
                 linspace(-6.0, 6.0, timesteps).into_iter().map(|x| 1.0 / (1.0 + (-x).exp()) * (beta_end - beta_start) + beta_start).collect()
             }
         };
+        NoiseSchedule::from_betas(betas)
+    }
+
+    fn from_betas(betas: Vec<f64>) -> NoiseSchedule {
         let alphas_cumprod = betas
             .iter()
             .scan(1.0, |acc, b| {
@@ -55,6 +62,19 @@ impl NoiseSchedule {
             })
             .collect();
         NoiseSchedule { betas, alphas_cumprod }
+    }
+
+    /// The schedule rescaled to zero terminal SNR (Lin et al. 2024; diffusers'
+    /// `rescale_betas_zero_snr`): sqrt(alpha_bar) shifted and scaled so that it keeps its first
+    /// value and reaches 0 at the last timestep, which then is pure noise. Only v-prediction
+    /// can be sampled from it (an epsilon model cannot say what the clean image is at SNR 0).
+    pub fn rescaled_to_zero_terminal_snr(&self) -> NoiseSchedule {
+        let sqrt: Vec<f64> = self.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+        let (first, last) = (sqrt[0], sqrt[sqrt.len() - 1]);
+        let bar: Vec<f64> = sqrt.iter().map(|s| ((s - last) * first / (first - last)).powi(2)).collect();
+        let mut betas = vec![1.0 - bar[0]];
+        betas.extend(bar.windows(2).map(|w| 1.0 - w[1] / w[0]));
+        NoiseSchedule::from_betas(betas)
     }
 
     pub fn from_config(c: &crate::DiffusionConfig) -> NoiseSchedule {
@@ -113,6 +133,19 @@ mod tests {
         assert!(s.betas.iter().all(|&b| b > 0.0));
         assert_eq!(s.betas[999], 0.999);
         assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[test]
+    fn scaled_linear_and_zero_terminal_snr_match_diffusers() {
+        // Values printed by diffusers 0.35.2: DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+        // beta_schedule="scaled_linear"[, rescale_betas_zero_snr=True]).alphas_cumprod[[0, 500, 999]].
+        let s = NoiseSchedule::new(ScheduleKind::ScaledLinear, 1000, 0.00085, 0.012);
+        for (t, want) in [(0, 0.99915), (500, 0.276332_f64), (999, 0.0046601)] {
+            assert!((s.alphas_cumprod[t] - want).abs() < 1e-5 * want.max(0.1), "t {t}: {} vs {want}", s.alphas_cumprod[t]);
+        }
+        let z = s.rescaled_to_zero_terminal_snr();
+        assert!((z.alphas_cumprod[0] - 0.99915).abs() < 1e-6 && z.alphas_cumprod[999].abs() < 1e-12);
+        assert!((z.alphas_cumprod[500] - 0.241019).abs() < 2e-6, "{}", z.alphas_cumprod[500]);
     }
 
     #[test]

@@ -9,7 +9,10 @@ pub(super) const INFO: SamplerInfo =
     SamplerInfo { name: "ddim", aliases: &[], about: "DDIM; deterministic with eta 0, DDPM-like noise with eta 1", stochastic: false, build };
 
 fn build(cfg: &SamplerConfig, schedule: &NoiseSchedule, ts: Vec<usize>) -> Box<dyn Sampler> {
-    Box::new(Ddim::new(schedule, ts, cfg.eta))
+    // Without set_alpha_to_one the last step lands on the first training timestep's alpha_bar
+    // (diffusers' `final_alpha_cumprod`), not on the clean image.
+    let final_alpha_bar = if cfg.set_alpha_to_one { 1.0 } else { schedule.alpha_bar(Some(0)) };
+    Box::new(Ddim::new(schedule, ts, cfg.eta, final_alpha_bar))
 }
 
 pub struct Ddim {
@@ -20,8 +23,8 @@ pub struct Ddim {
 }
 
 impl Ddim {
-    pub fn new(schedule: &NoiseSchedule, ts: Vec<usize>, eta: f64) -> Ddim {
-        let (ab, ab_next) = alpha_bars(schedule, &ts);
+    pub fn new(schedule: &NoiseSchedule, ts: Vec<usize>, eta: f64, final_alpha_bar: f64) -> Ddim {
+        let (ab, ab_next) = alpha_bars(schedule, &ts, final_alpha_bar);
         Ddim { ts, ab, ab_next, eta }
     }
 }

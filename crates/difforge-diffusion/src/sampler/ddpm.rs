@@ -20,7 +20,7 @@ pub struct Ddpm {
 
 impl Ddpm {
     pub fn new(schedule: &NoiseSchedule, ts: Vec<usize>) -> Ddpm {
-        let (ab, ab_next) = alpha_bars(schedule, &ts);
+        let (ab, ab_next) = alpha_bars(schedule, &ts, 1.0);
         Ddpm { ts, ab, ab_next }
     }
 }

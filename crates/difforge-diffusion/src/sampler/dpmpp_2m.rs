@@ -28,7 +28,7 @@ pub struct DpmPlusPlus2M {
 
 impl DpmPlusPlus2M {
     pub fn new(schedule: &NoiseSchedule, ts: Vec<usize>) -> DpmPlusPlus2M {
-        let (ab, ab_next) = alpha_bars(schedule, &ts);
+        let (ab, ab_next) = alpha_bars(schedule, &ts, 1.0);
         DpmPlusPlus2M { ts, ab, ab_next, prev: None }
     }
 }

@@ -124,8 +124,9 @@ pub trait Sampler {
     fn step(&mut self, i: usize, x: &Tensor, x0: &Tensor, eps: &Tensor, noise: &mut dyn FnMut() -> Tensor) -> Tensor;
 }
 
-/// Descending sampling timesteps, as diffusers' `timestep_spacing` defines them.
-pub fn sampling_timesteps(train_steps: usize, steps: usize, spacing: Spacing) -> Vec<usize> {
+/// Descending sampling timesteps, as diffusers' `timestep_spacing` (and `steps_offset` for
+/// leading spacing) defines them.
+pub fn sampling_timesteps(train_steps: usize, steps: usize, spacing: Spacing, steps_offset: usize) -> Vec<usize> {
     let steps = steps.clamp(1, train_steps);
     match spacing {
         Spacing::Trailing => {
@@ -134,20 +135,35 @@ pub fn sampling_timesteps(train_steps: usize, steps: usize, spacing: Spacing) ->
         }
         Spacing::Leading => {
             let ratio = train_steps / steps;
-            (0..steps).rev().map(|i| i * ratio).collect()
+            (0..steps).rev().map(|i| (i * ratio + steps_offset).min(train_steps - 1)).collect()
+        }
+        Spacing::Linspace if steps == 1 => vec![0],
+        Spacing::Linspace => {
+            let last = (train_steps - 1) as f64;
+            (0..steps).rev().map(|i| round_half_even(i as f64 * last / (steps - 1) as f64) as usize).collect()
         }
     }
 }
 
-/// alpha_bar at each sampling timestep and at the one after it (1.0 after the last).
-pub(crate) fn alpha_bars(schedule: &NoiseSchedule, ts: &[usize]) -> (Vec<f64>, Vec<f64>) {
+/// numpy's rounding (halves to even), which diffusers' linspace spacing goes through.
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// alpha_bar at each sampling timestep and at the one after it (after the last: `final_alpha_bar`).
+pub(crate) fn alpha_bars(schedule: &NoiseSchedule, ts: &[usize], final_alpha_bar: f64) -> (Vec<f64>, Vec<f64>) {
     let cur: Vec<f64> = ts.iter().map(|&t| schedule.alpha_bar(Some(t))).collect();
-    let next: Vec<f64> = (0..ts.len()).map(|i| schedule.alpha_bar(ts.get(i + 1).copied())).collect();
+    let next: Vec<f64> = (0..ts.len()).map(|i| ts.get(i + 1).map_or(final_alpha_bar, |&t| schedule.alpha_bar(Some(t)))).collect();
     (cur, next)
 }
 
 pub fn build(cfg: &SamplerConfig, schedule: &NoiseSchedule) -> Box<dyn Sampler> {
-    let ts = sampling_timesteps(schedule.len(), cfg.steps, cfg.spacing);
+    let ts = sampling_timesteps(schedule.len(), cfg.steps, cfg.spacing, cfg.steps_offset);
     (cfg.sampler.info().build)(cfg, schedule, ts)
 }
 
@@ -159,12 +175,16 @@ mod tests {
 
     #[test]
     fn trailing_spacing_matches_diffusers() {
-        let ts = sampling_timesteps(1000, 25, Spacing::Trailing);
+        let ts = sampling_timesteps(1000, 25, Spacing::Trailing, 0);
         assert_eq!(ts.len(), 25);
         assert_eq!(&ts[..3], &[999, 959, 919]);
         assert_eq!(*ts.last().unwrap(), 39);
-        let lead = sampling_timesteps(1000, 50, Spacing::Leading);
+        let lead = sampling_timesteps(1000, 50, Spacing::Leading, 0);
         assert_eq!((lead[0], lead[49]), (980, 0));
+        // diffusers 0.35.2, DDIMScheduler.set_timesteps(7) with each spacing (leading: steps_offset 1).
+        assert_eq!(sampling_timesteps(1000, 7, Spacing::Leading, 1), [853, 711, 569, 427, 285, 143, 1]);
+        assert_eq!(sampling_timesteps(1000, 7, Spacing::Trailing, 0), [999, 856, 713, 570, 428, 285, 142]);
+        assert_eq!(sampling_timesteps(1000, 7, Spacing::Linspace, 0), [999, 832, 666, 500, 333, 166, 0]);
     }
 
     /// The conformance test every sampler must pass: fed the exact (x0, eps) of a known clean
