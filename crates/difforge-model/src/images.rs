@@ -32,3 +32,28 @@ pub fn save_each(images: &Tensor, dir: &Path, prefix: &str) -> std::io::Result<V
         })
         .collect()
 }
+
+/// Writes image `i` of `images` (N, 3, H, W) in [-1, 1] as an RGB PNG with UTF-8 text chunks
+/// (iTXt, keyword then text), atomically. Text-to-image outputs carry their prompt and
+/// settings this way, as the webui's `parameters` chunk does.
+pub fn save_png_with_text(images: &Tensor, i: i64, text: &[(&str, String)], path: &Path) -> std::io::Result<()> {
+    let image = images.get(i);
+    let (c, h, w) = image.size3().map_err(std::io::Error::other)?;
+    if c != 3 {
+        return Err(std::io::Error::other(format!("expected an RGB image, got {c} channels")));
+    }
+    let pixels = ((image.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+    let bytes = Vec::<u8>::try_from(&pixels.view([-1])).map_err(std::io::Error::other)?;
+    let mut encoded = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut encoded, w as u32, h as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (key, value) in text {
+            encoder.add_itxt_chunk(key.to_string(), value.clone()).map_err(std::io::Error::other)?;
+        }
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(&bytes).map_err(std::io::Error::other)?;
+    }
+    difforge_core::write_atomic(path, &encoded)
+}

@@ -12,6 +12,7 @@ pub mod family;
 pub mod generate;
 pub mod images;
 pub mod model;
+pub mod stable_diffusion;
 pub mod validation;
 
 pub use difforge_config::RunConfig;

@@ -373,20 +373,46 @@ pub struct SamplingArgs {
 pub struct SampleArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Number of images.
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
+    /// Number of images (default 16); for text models, images per prompt (default 1).
+    #[arg(long)]
+    pub n: Option<usize>,
     /// Class index for every image (default: classes in turn, 0, 1, 2, ...).
     #[arg(long = "class")]
     pub class: Option<i64>,
-    /// The grid PNG to write.
+    /// The grid PNG to write; for text models, the image (several: numbered beside it).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub text: TextPromptArgs,
     /// Also write each image to this folder.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// What text-to-image models (a diffusers Stable Diffusion folder as --checkpoint) take.
+#[derive(Args, Clone)]
+pub struct TextPromptArgs {
+    /// The prompt.
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A text file with one prompt per line (blank lines are skipped).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// What to guide away from (default: nothing, which is the empty prompt, or zero embeddings for SDXL).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Image size WxH in pixels (default: the model's).
+    #[arg(long, value_name = "WxH")]
+    pub size: Option<String>,
+    /// Condition on the output of the text encoder's layer this many from the last (diffusers' clip_skip).
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// Starting noise: portable (difforge's own, the same on every device) or torch (per image
+    /// torch.Generator("cpu").manual_seed(seed), as diffusers draws it: the same seed gives the same image).
+    #[arg(long, default_value = "portable", value_parser = ["portable", "torch"])]
+    pub noise: String,
 }
 
 #[derive(Subcommand)]

@@ -5,3 +5,4 @@
 
 mod checkpoint;
 mod generate;
+mod stable_diffusion;

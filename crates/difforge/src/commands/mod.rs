@@ -11,6 +11,7 @@ mod info;
 mod sample;
 mod serve;
 mod sweep;
+mod text_to_image;
 mod train;
 
 use crate::cli::{ClassifierCommand, Cli, Command, ConfigCommand, DataCommand, LoraCommand};

@@ -96,24 +96,31 @@ struct SampleReport {
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    if !(1..=4096).contains(&args.n) {
-        return Err(ConfigError::new("--n", args.n, "1..=4096").into());
+    if difforge_model::stable_diffusion::is_diffusers_folder(&args.sampling.checkpoint) {
+        return super::text_to_image::run(&args);
+    }
+    if args.text.prompt.is_some() || args.text.prompts.is_some() || args.text.size.is_some() {
+        return Err(ConfigError::new("--prompt", "(given)", "nothing: this checkpoint is not a text-to-image model").into());
+    }
+    let n = args.n.unwrap_or(16);
+    if !(1..=4096).contains(&n) {
+        return Err(ConfigError::new("--n", n, "1..=4096").into());
     }
     let (model, sampler, dir) = load(&args.sampling)?;
     let kind = model.family().condition_kind();
     let conditions = match args.class {
         Some(c) => {
             kind.check("--class", &Condition::Class(c))?;
-            vec![Condition::Class(c); args.n]
+            vec![Condition::Class(c); n]
         }
-        None => classes_in_turn(kind, args.n),
+        None => classes_in_turn(kind, n),
     };
-    let seeds = (0..args.n as u64).map(|i| args.sampling.seed + i).collect();
+    let seeds = (0..n as u64).map(|i| args.sampling.seed + i).collect();
     let start = std::time::Instant::now();
     let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::ema(!args.sampling.raw), max_batch: 256, fixed_batch: false };
     let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();
-    let columns = (args.n as f64).sqrt().ceil() as usize;
+    let columns = (n as f64).sqrt().ceil() as usize;
     save_grid(&images, columns, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     let files = match &args.out_dir {
         Some(d) => save_each(&images, d, "sample-").with_context(|| format!("writing into {}", d.display()))?,
@@ -121,7 +128,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     let report = SampleReport {
         checkpoint: dir,
-        images: args.n,
+        images: n,
         sampler: sampler.sampler.name(),
         steps: sampler.steps,
         guidance: sampler.guidance,

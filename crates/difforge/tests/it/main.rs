@@ -18,3 +18,4 @@ mod serve;
 mod serve_hardening;
 mod stability;
 mod tensorboard;
+mod text_to_image;

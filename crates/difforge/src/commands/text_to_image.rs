@@ -1,0 +1,224 @@
+//! `difforge sample --checkpoint <diffusers folder> --prompt ...`: text-to-image with a Stable
+//! Diffusion model as diffusers saves it. Images are written one PNG each with the prompt and
+//! settings in text chunks (`parameters` in the webui's format, `difforge` as JSON).
+
+use crate::cli::{SampleArgs, SamplerArgs, TextPromptArgs};
+use anyhow::Context;
+use difforge_core::ConfigError;
+use difforge_diffusion::{NoiseSource, SamplerConfig, SamplerKind, StartNoise, TrajectoryStep};
+use difforge_model::images::save_png_with_text;
+use difforge_model::stable_diffusion::{Generation, StableDiffusion, TextToImage};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// At most this many prompts per run, and images per prompt.
+const MAX_PROMPTS: usize = 10_000;
+const MAX_PER_PROMPT: usize = 64;
+
+pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
+    refuse_pixel_flags(args)?;
+    let dir = &args.sampling.checkpoint;
+    let prompts = prompts(&args.text)?;
+    let per_prompt = args.n.unwrap_or(1);
+    if !(1..=MAX_PER_PROMPT).contains(&per_prompt) {
+        return Err(ConfigError::new("--n", per_prompt, format!("1..={MAX_PER_PROMPT} images per prompt")).into());
+    }
+    let noise = match args.text.noise.as_str() {
+        "torch" => StartNoise::Torch,
+        _ => StartNoise::Portable,
+    };
+    let device = super::sample::device(&args.sampling.device, &difforge_config::TrainConfig::default())?;
+    let sd = StableDiffusion::load(dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    if let Some(note) = &sd.scheduling.substitute {
+        eprintln!("note: {note}");
+    }
+    let (width, height) = size(args.text.size.as_deref(), sd.default_size())?;
+    sd.check_size(width, height)?;
+    let sampler = sampler_config(&args.sampling.sampler, &sd)?;
+    let negative = args.text.negative_prompt.as_deref();
+    let start = std::time::Instant::now();
+    let mut files = Vec::new();
+    let total = prompts.len() * per_prompt;
+    let mut progress = difforge_core::progress::Progress::new("generating", (total * sampler.steps) as u64, 0);
+    for (j, prompt) in prompts.iter().enumerate() {
+        let (ids, warnings) = sd.tokenize(prompt, negative, per_prompt)?;
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+        let seeds: Vec<u64> = (0..per_prompt as u64).map(|k| args.sampling.seed + (j * per_prompt) as u64 + k).collect();
+        let source = NoiseSource::new(seeds.clone(), sd.latent_shape(width, height), device).with_start(noise);
+        let req = TextToImage { ids: &ids, width, height, sampler: &sampler, noise: &source, clip_skip: args.text.clip_skip };
+        let done = (j * per_prompt * sampler.steps) as u64;
+        let mut observe = |step: TrajectoryStep| progress.update(done + ((step.index + 1) * per_prompt) as u64, prompt);
+        let images = sd.generate(&req, Some(&mut observe))?;
+        for (k, &seed) in seeds.iter().enumerate() {
+            let path = output_path(&args.out, j * per_prompt + k, total);
+            let settings = Settings {
+                prompt,
+                negative: negative.unwrap_or(""),
+                seed,
+                width,
+                height,
+                sampler: &sampler,
+                clip_skip: args.text.clip_skip,
+                noise: &args.text.noise,
+                model: dir,
+            };
+            save_png_with_text(&images, k as i64, &settings.chunks(), &path).with_context(|| format!("writing {}", path.display()))?;
+            files.push(path);
+        }
+    }
+    progress.finish();
+    let report = Report {
+        checkpoint: dir.clone(),
+        images: files.len(),
+        sampler: sampler.sampler.name(),
+        steps: sampler.steps,
+        guidance: sampler.guidance,
+        width,
+        height,
+        seed: args.sampling.seed,
+        seconds: start.elapsed().as_secs_f64(),
+        files,
+    };
+    if args.json {
+        return super::print_json(&report);
+    }
+    println!(
+        "{} images {}x{} ({} {} steps, guidance {}) in {:.1} s -> {}",
+        report.images,
+        width,
+        height,
+        report.sampler,
+        report.steps,
+        report.guidance,
+        report.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn refuse_pixel_flags(args: &SampleArgs) -> Result<(), ConfigError> {
+    let unsupported =
+        [("--class", args.class.is_some()), ("--lora", args.sampling.lora.is_some()), ("--raw", args.sampling.raw), ("--out-dir", args.out_dir.is_some())];
+    match unsupported.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(ConfigError::new(*flag, "(given)", "nothing: a diffusers Stable Diffusion folder does not take it yet")),
+        None => Ok(()),
+    }
+}
+
+/// `--prompt`, or the non-blank lines of `--prompts FILE`.
+fn prompts(text: &TextPromptArgs) -> Result<Vec<String>, ConfigError> {
+    let prompts = match (&text.prompt, &text.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(file)) => {
+            let content =
+                std::fs::read_to_string(file).map_err(|e| ConfigError::new("--prompts", file.display(), format!("a readable UTF-8 text file ({e})")))?;
+            content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        }
+        (None, None) => return Err(ConfigError::new("--prompt", "(missing)", "a prompt (or --prompts FILE): this checkpoint is a text-to-image model")),
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ConfigError::new("--prompts", prompts.len(), format!("a file with 1..={MAX_PROMPTS} non-blank lines")));
+    }
+    Ok(prompts)
+}
+
+/// `WxH`, or the model's square default.
+fn size(flag: Option<&str>, default: i64) -> Result<(i64, i64), ConfigError> {
+    let Some(s) = flag else { return Ok((default, default)) };
+    let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)));
+    parsed.ok_or_else(|| ConfigError::new("--size", s, "WxH in pixels, e.g. 512x768"))
+}
+
+/// The folder's scheduler settings with the command line's choices; diffusers' defaults of 50
+/// steps and guidance 7.5 (5 for SDXL) where the command line says nothing.
+fn sampler_config(args: &SamplerArgs, sd: &StableDiffusion) -> Result<SamplerConfig, ConfigError> {
+    let mut s = SamplerConfig { steps: 50, guidance: if sd.generation == Generation::Xl { 5.0 } else { 7.5 }, ..sd.scheduling.sampler.clone() };
+    if let Some(name) = &args.sampler {
+        s.sampler = SamplerKind::parse(name).ok_or_else(|| ConfigError::new("--sampler", name, SamplerKind::expected()))?;
+    }
+    s.steps = args.steps.unwrap_or(s.steps);
+    s.guidance = args.guidance.unwrap_or(s.guidance);
+    s.eta = args.eta.unwrap_or(s.eta);
+    s.guidance_rescale = args.guidance_rescale.unwrap_or(s.guidance_rescale);
+    if args.guidance_interval.is_some() {
+        return Err(ConfigError::new("--guidance-interval", "(given)", "nothing: text-to-image guides at every step"));
+    }
+    s.validate(sd.scheduling.schedule.len()).map_err(|e| e.rename_key(|k| k.strip_prefix("sample.").map(flag_of)))?;
+    Ok(s)
+}
+
+fn flag_of(key: &str) -> &'static str {
+    match key {
+        "steps" => "--steps",
+        "guidance" => "--guidance",
+        "eta" => "--eta",
+        "guidance_rescale" => "--guidance-rescale",
+        _ => "--sampler",
+    }
+}
+
+/// `--out` itself for one image; numbered beside it (`out-0001.png`) for several.
+fn output_path(out: &Path, index: usize, total: usize) -> PathBuf {
+    if total == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    out.with_file_name(format!("{stem}-{index:04}.png"))
+}
+
+/// What made an image, for its PNG text chunks.
+struct Settings<'a> {
+    prompt: &'a str,
+    negative: &'a str,
+    seed: u64,
+    width: i64,
+    height: i64,
+    sampler: &'a SamplerConfig,
+    clip_skip: usize,
+    noise: &'a str,
+    model: &'a Path,
+}
+
+impl Settings<'_> {
+    fn chunks(&self) -> Vec<(&'static str, String)> {
+        let s = self.sampler;
+        let model = self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // The webui's layout, which it, ComfyUI and image sites read back.
+        let parameters = format!(
+            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Clip skip: {}, Noise: {}",
+            self.prompt,
+            self.negative,
+            s.steps,
+            s.sampler.name(),
+            s.guidance,
+            self.seed,
+            self.width,
+            self.height,
+            model,
+            self.clip_skip + 1,
+            self.noise
+        );
+        let json = serde_json::json!({
+            "prompt": self.prompt, "negative_prompt": self.negative, "seed": self.seed, "width": self.width, "height": self.height,
+            "sampler": s.sampler.name(), "steps": s.steps, "guidance": s.guidance, "eta": s.eta, "clip_skip": self.clip_skip,
+            "noise": self.noise, "model": self.model, "generator": concat!("difforge ", env!("CARGO_PKG_VERSION")),
+        });
+        vec![("parameters", parameters), ("difforge", json.to_string())]
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    checkpoint: PathBuf,
+    images: usize,
+    sampler: &'a str,
+    steps: usize,
+    guidance: f64,
+    width: i64,
+    height: i64,
+    seed: u64,
+    seconds: f64,
+    files: Vec<PathBuf>,
+}

@@ -1,0 +1,88 @@
+//! `difforge sample` on a diffusers Stable Diffusion folder (the tiny SD 1.x and SDXL fixtures of
+//! tools/make_sd_fixtures.py): images with their prompt and settings in PNG text chunks, the
+//! same image for the same seed, the torch noise that matches diffusers' image, and errors that
+//! name the flag.
+
+use crate::common::difforge;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/sd").join(name)
+}
+
+/// The iTXt chunks of a PNG as (keyword, text).
+fn text_chunks(path: &Path) -> Vec<(String, String)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    reader.info().utf8_text.iter().map(|c| (c.keyword.clone(), c.get_text().unwrap())).collect()
+}
+
+#[test]
+fn an_sd15_folder_generates_from_a_prompt_with_its_settings_in_the_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path| {
+        let args = ["--prompt", "a red fox in the snow", "--negative-prompt", "blurry", "--steps", "6", "--seed", "42", "--noise", "torch"];
+        difforge().arg("sample").arg("--checkpoint").arg(fixture("tiny-sd15")).args(args).arg("--out").arg(out).assert().success();
+    };
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    run(&a);
+    run(&b);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "same seed, same image");
+    let image = image::open(&a).unwrap();
+    assert_eq!((image.width(), image.height()), (32, 32), "the model's default size");
+    let chunks = text_chunks(&a);
+    let parameters = &chunks.iter().find(|(k, _)| k == "parameters").expect("a parameters chunk").1;
+    assert!(
+        parameters.starts_with("a red fox in the snow\nNegative prompt: blurry\nSteps: 6, Sampler: ddim, CFG scale: 7.5, Seed: 42, Size: 32x32"),
+        "{parameters}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&chunks.iter().find(|(k, _)| k == "difforge").unwrap().1).unwrap();
+    assert_eq!((json["seed"].as_u64(), json["noise"].as_str()), (Some(42), Some("torch")));
+}
+
+#[test]
+fn several_prompts_and_images_are_numbered_beside_out_with_one_seed_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a cat\n\n  a dog on a skateboard \n").unwrap();
+    let out = dir.path().join("pets.png");
+    let output = difforge()
+        .args(["sample", "--n", "2", "--steps", "3", "--size", "32x48", "--seed", "7", "--json", "--prompts"])
+        .arg(&prompts)
+        .arg("--checkpoint")
+        .arg(fixture("tiny-sdxl"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["images"], 4);
+    for (k, (prompt, seed)) in [("a cat", 7), ("a cat", 8), ("a dog on a skateboard", 9), ("a dog on a skateboard", 10)].iter().enumerate() {
+        let path = dir.path().join(format!("pets-{k:04}.png"));
+        let image = image::open(&path).unwrap();
+        assert_eq!((image.width(), image.height()), (32, 48));
+        let parameters = text_chunks(&path).into_iter().find(|(key, _)| key == "parameters").unwrap().1;
+        assert!(parameters.starts_with(&format!("{prompt}\n")) && parameters.contains(&format!("Seed: {seed},")), "{parameters}");
+    }
+    assert!(!out.exists(), "several images are numbered, not written to --out itself");
+}
+
+#[test]
+fn text_to_image_errors_name_the_flag_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.png");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--prompt", "x", "--size", "30x32"], "--size 30x32"),
+        (&["--prompt", "x", "--size", "big"], "--size big"),
+        (&[], "--prompt (missing)"),
+        (&["--prompt", "x", "--class", "2"], "--class"),
+    ];
+    for (args, expected) in cases {
+        let output = difforge().arg("sample").arg("--checkpoint").arg(fixture("tiny-sd15")).args(args).arg("--out").arg(&out).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists());
+    }
+}
