@@ -80,11 +80,11 @@ difforge_core::choice! {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
-    /// A sampler of the registry by name: "ddim", "ddpm" or "dpm++2m".
+    /// A sampler of the registry by name: "ddim", "ddpm", "dpm++2m", "euler", "euler-a" or "pndm".
     pub sampler: SamplerKind,
     /// Number of denoising steps.
     pub steps: usize,
-    /// DDIM noise: 0 is deterministic DDIM, 1 is DDPM-like.
+    /// DDIM noise: 0 is deterministic DDIM, 1 is DDPM-like (the other samplers ignore it).
     pub eta: f64,
     /// Classifier-free guidance scale; 1 is no guidance.
     pub guidance: f64,

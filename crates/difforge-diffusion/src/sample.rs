@@ -60,7 +60,8 @@ fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &Sample
 pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&mut dyn FnMut(TrajectoryStep)>) -> Tensor {
     tch::no_grad(|| {
         let mut s = sampler::build(req.sampler, req.schedule);
-        let mut x = req.noise.draw(0);
+        let start = s.start_scale();
+        let mut x = if start == 1.0 { req.noise.draw(0) } else { req.noise.draw(0) * start };
         let device = x.device();
         let n = req.noise.batch_size() as i64;
         let ts = s.timesteps().to_vec();

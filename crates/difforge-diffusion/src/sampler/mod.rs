@@ -9,10 +9,16 @@
 mod ddim;
 mod ddpm;
 mod dpmpp_2m;
+mod euler;
+mod euler_ancestral;
+mod pndm;
 
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpmpp_2m::DpmPlusPlus2M;
+pub use euler::Euler;
+pub use euler_ancestral::EulerAncestral;
+pub use pndm::Pndm;
 
 use crate::config::{SamplerConfig, Spacing};
 use crate::schedule::NoiseSchedule;
@@ -33,7 +39,7 @@ pub struct SamplerInfo {
 }
 
 /// Every sampler difforge has, in the order they are listed to users.
-pub static REGISTRY: &[SamplerInfo] = &[ddim::INFO, ddpm::INFO, dpmpp_2m::INFO];
+pub static REGISTRY: &[SamplerInfo] = &[ddim::INFO, ddpm::INFO, dpmpp_2m::INFO, euler::INFO, euler_ancestral::INFO, pndm::INFO];
 
 /// A sampler chosen by name (an entry of [`REGISTRY`]).
 #[derive(Clone, Copy)]
@@ -55,7 +61,7 @@ impl SamplerKind {
         REGISTRY.iter().map(|i| i.name).collect()
     }
 
-    /// `"ddim", "ddpm" or "dpm++2m"`, for error messages.
+    /// `"ddim", "ddpm", ... or "pndm"`, for error messages.
     pub fn expected() -> String {
         difforge_core::one_of(&Self::names())
     }
@@ -117,6 +123,12 @@ impl<'de> serde::Deserialize<'de> for SamplerKind {
 pub trait Sampler {
     /// Training timesteps at which the model is evaluated, noisiest first.
     fn timesteps(&self) -> &[usize];
+
+    /// The starting x_t as a multiple of the unit Gaussian noise: 1 but where the sampler's
+    /// reference starts elsewhere (diffusers' Euler schedulers with trailing spacing).
+    fn start_scale(&self) -> f64 {
+        1.0
+    }
 
     /// Moves `x` from `timesteps()[i]` to the next timestep (or to t = 0 after the last), given
     /// the model's estimates of the clean image and of the noise. `noise` yields fresh Gaussian
@@ -213,9 +225,14 @@ mod tests {
 
     #[test]
     fn names_and_aliases_come_from_the_registry() {
-        assert_eq!(SamplerKind::names(), vec!["ddim", "ddpm", "dpm++2m"]);
+        assert_eq!(SamplerKind::names(), vec!["ddim", "ddpm", "dpm++2m", "euler", "euler-a", "pndm"]);
         assert_eq!(SamplerKind::parse("dpmpp2m").map(SamplerKind::name), Some("dpm++2m"));
-        assert_eq!("euler".parse::<SamplerKind>().unwrap_err(), "\"euler\": expected \"ddim\", \"ddpm\" or \"dpm++2m\"");
+        for alias in ["euler_a", "euler-ancestral"] {
+            assert_eq!(SamplerKind::parse(alias).map(SamplerKind::name), Some("euler-a"));
+        }
+        assert_eq!(SamplerKind::parse("plms").map(SamplerKind::name), Some("pndm"));
+        let err = "heun".parse::<SamplerKind>().unwrap_err();
+        assert_eq!(err, "\"heun\": expected \"ddim\", \"ddpm\", \"dpm++2m\", \"euler\", \"euler-a\" or \"pndm\"");
         let json = serde_json::to_string(&SamplerKind::ddim()).unwrap();
         assert_eq!(json, "\"ddim\"");
     }
