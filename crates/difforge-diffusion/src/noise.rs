@@ -33,14 +33,10 @@ pub struct NoiseSource {
     start: StartNoise,
 }
 
-/// libtorch's default CPU generator is process-wide: draws from it must not interleave.
-static TORCH_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
+/// One image's noise from its own seeded CPU generator (the native layer: tch has no
+/// generator objects, and libtorch's global generator is shared with every other thread).
 fn torch_randn(seed: u64, shape: [i64; 3]) -> Tensor {
-    let _guard = TORCH_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    // torch.manual_seed takes the seed's 64 bits as they are; i64 carries the same bits.
-    tch::manual_seed(seed as i64);
-    Tensor::randn(shape, (tch::Kind::Float, Device::Cpu))
+    difforge_native::randn_seeded(&shape, seed).unwrap_or_else(|e| panic!("drawing noise on the CPU cannot fail: {e}"))
 }
 
 impl NoiseSource {

@@ -3,6 +3,7 @@
 // on failure, with the message kept for `dfn_last_error` (C++ exceptions never cross into Rust).
 // The CUDA half is compiled only against a CUDA libtorch (DIFFORGE_NATIVE_CUDA, see build.rs).
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <memory>
 #include <string>
 
@@ -70,6 +72,19 @@ int dfn_fused_adamw(at::Tensor* param, at::Tensor* grad, at::Tensor* exp_avg, at
   return guarded([&] {
     at::_fused_adamw_({*param}, {*grad}, {*exp_avg}, {*exp_avg_sq}, {}, {*step}, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);
+  });
+}
+
+// Fills the CPU tensor `out` with standard normal values from a fresh CPU generator seeded with
+// `seed`: exactly torch.randn(out.shape, generator=torch.Generator("cpu").manual_seed(seed)),
+// without touching libtorch's global generator (which other threads may be drawing from).
+int dfn_normal_seeded(at::Tensor* out, uint64_t seed) {
+  return guarded([&] {
+    if (!out->device().is_cpu()) {
+      throw std::invalid_argument("seeded normal noise is drawn on the CPU");
+    }
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    out->normal_(0.0, 1.0, gen);
   });
 }
 

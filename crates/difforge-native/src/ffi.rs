@@ -18,6 +18,7 @@ extern "C" {
         weight_decay: f64,
         eps: f64,
     ) -> c_int;
+    pub fn dfn_normal_seeded(out: *mut C_tensor, seed: u64) -> c_int;
     pub fn dfn_set_tf32(matmul: c_int, cudnn: c_int) -> c_int;
     pub fn dfn_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
     pub fn dfn_cuda_device_properties(

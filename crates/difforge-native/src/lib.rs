@@ -3,7 +3,8 @@
 //!
 //! - [`fused_adamw`]: libtorch's fused AdamW kernel (CPU and CUDA), one pass per step;
 //! - [`cuda`]: TF32 switches, device properties, the caching allocator's peak memory;
-//! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it.
+//! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it;
+//! - [`randn_seeded`]: noise from a private seeded CPU generator, as torch.Generator gives it.
 //!
 //! This is the one crate with `unsafe` code: each block passes tch's own tensor handles or plain
 //! numbers to a C function that catches every C++ exception.
@@ -13,9 +14,11 @@ pub mod cuda;
 mod ffi;
 mod graph;
 mod optim;
+mod random;
 
 pub use graph::CudaGraph;
 pub use optim::{fused_adamw, AdamWStep};
+pub use random::randn_seeded;
 
 /// A failure reported by libtorch through the native layer.
 #[derive(Debug, Clone, thiserror::Error)]
