@@ -236,6 +236,176 @@ def main():
         refs = {k: v.detach().contiguous() for k, v in refs.items()}
         save_file(refs, str(root / "reference.safetensors"), metadata={"about": "made by tools/make_sd_fixtures.py"})
         print(name, sorted(refs))
+    write_single_files()
+
+
+# Single-file checkpoints: the tiny folders again as one file with the original (CompVis / SGM / OpenCLIP)
+# tensor names, written by the reverse mapping below and checked by loading them back with diffusers.
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+               "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+OPEN_CLIP_FIXED = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                   "embeddings.position_embedding.weight": "positional_embedding",
+                   "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+
+
+def _per_level(value, n):
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def _unet_modules(cfg):
+    """diffusers module -> (CompVis module, renames of the names below it), from the UNet's config."""
+    n = len(cfg["block_out_channels"])
+    layers = _per_level(cfg["layers_per_block"], n)
+    attention = [t.startswith("CrossAttn") for t in cfg["down_block_types"]]
+    m = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+         "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+         "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+         "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+         "mid_block.resnets.1": "middle_block.2"}
+    k = 1
+    for i in range(n):
+        for j in range(layers[i]):
+            m[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{k}.0"
+            m[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{k}.1"
+            k += 1
+        if i < n - 1:
+            m[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{k}.0.op"
+            k += 1
+    k = 0
+    for u in range(n):
+        i = n - 1 - u
+        for j in range(layers[i] + 1):
+            m[f"up_blocks.{u}.resnets.{j}"] = f"output_blocks.{k}.0"
+            m[f"up_blocks.{u}.attentions.{j}"] = f"output_blocks.{k}.1"
+            if j == layers[i] and u < n - 1:  # the upsampler follows the attention, if the level has one
+                m[f"up_blocks.{u}.upsamplers.0.conv"] = f"output_blocks.{k}.{2 if attention[i] else 1}.conv"
+            k += 1
+    return {d: (o, UNET_RESNET if ".resnets." in d else {}) for d, o in m.items()}
+
+
+def _vae_modules(cfg):
+    n = len(cfg["block_out_channels"])
+    m = {f"{half}.{name}": f"{half}.{orig}" for half in ("encoder", "decoder")
+         for name, orig in [("conv_in", "conv_in"), ("conv_out", "conv_out"), ("conv_norm_out", "norm_out"),
+                            ("mid_block.resnets.0", "mid.block_1"), ("mid_block.resnets.1", "mid.block_2"),
+                            ("mid_block.attentions.0", "mid.attn_1")]}
+    m.update({"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"})
+    for i in range(n):
+        for j in range(cfg["layers_per_block"]):
+            m[f"encoder.down_blocks.{i}.resnets.{j}"] = f"encoder.down.{i}.block.{j}"
+        m[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+        for j in range(cfg["layers_per_block"] + 1):  # the decoder's levels run the other way
+            m[f"decoder.up_blocks.{i}.resnets.{j}"] = f"decoder.up.{n - 1 - i}.block.{j}"
+        m[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{n - 1 - i}.upsample.conv"
+    return {d: (o, VAE_RESNET if ".resnets." in d else VAE_ATTENTION if ".attentions." in d else {}) for d, o in m.items()}
+
+
+def _rename_modules(state, modules, prefix):
+    """Each key's longest module prefix swapped for the original's, and the module below it renamed."""
+    out = {}
+    for key, value in state.items():
+        module = max((d for d in modules if key.startswith(d + ".")), key=len)
+        original, renames = modules[module]
+        sub, _, param = key[len(module) + 1:].rpartition(".")
+        out[f"{prefix}{original}.{renames.get(sub, sub) + '.' if sub else ''}{param}"] = value
+    return out
+
+
+def _vae_to_original(state, cfg):
+    out = _rename_modules(state, _vae_modules(cfg), "first_stage_model.")
+    for key in out:  # the original's mid-block attention projections are 1x1 convolutions
+        if ".mid.attn_1." in key and key.endswith(".weight") and ".norm." not in key:
+            out[key] = out[key][:, :, None, None]
+    return out
+
+
+def _open_clip_to_original(state, prefix):
+    out = {}
+    for key, value in state.items():
+        if key == "text_projection.weight":  # OpenCLIP multiplies by it (x @ P): the transpose of a linear weight
+            out[prefix + "text_projection"] = value.T.contiguous()
+            continue
+        key = key.removeprefix("text_model.")
+        if key in OPEN_CLIP_FIXED:
+            out[prefix + OPEN_CLIP_FIXED[key]] = value
+            continue
+        layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+        sub, param = rest.rsplit(".", 1)
+        base = f"{prefix}transformer.resblocks.{layer}."
+        if sub == "self_attn.q_proj":  # q, k and v are one fused projection in OpenCLIP
+            parts = [state[f"text_model.encoder.layers.{layer}.self_attn.{p}_proj.{param}"] for p in "qkv"]
+            out[f"{base}attn.in_proj_{param}"] = torch.cat(parts)
+        elif sub not in ("self_attn.k_proj", "self_attn.v_proj"):
+            out[f"{base}{OPEN_CLIP_LAYER[sub]}.{param}"] = value
+    return out
+
+
+def _folder_component(root, name):
+    file = "model.safetensors" if name.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+    return load_file(str(root / name / file)), json.loads((root / name / "config.json").read_text())
+
+
+def _single_file_state(root, xl):
+    unet, unet_config = _folder_component(root, "unet")
+    vae, vae_config = _folder_component(root, "vae")
+    text, _ = _folder_component(root, "text_encoder")
+    state = _rename_modules(unet, _unet_modules(unet_config), "model.diffusion_model.")
+    state.update(_vae_to_original(vae, vae_config))
+    if xl:
+        state.update({f"conditioner.embedders.0.transformer.{k}": v for k, v in text.items()})
+        state.update(_open_clip_to_original(_folder_component(root, "text_encoder_2")[0], "conditioner.embedders.1.model."))
+    else:
+        state.update({f"cond_stage_model.transformer.{k}": v for k, v in text.items()})
+    return state
+
+
+def _check_single_file(path, root, pipeline_class, xl):
+    """Loads `path` with diffusers (offline, the folder as its config) and compares every tensor with the
+    folder's. SDXL's second text encoder is checked through convert_open_clip_checkpoint instead: diffusers
+    tells the two encoders of a single file apart by width, and the tiny ones are both 32 wide, so
+    from_single_file would read it from the CLIP-L keys."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint, load_single_file_checkpoint
+    pipe = pipeline_class.from_single_file(str(path), config=str(root), local_files_only=True)
+    loaded = {name: getattr(pipe, name).state_dict() for name in ("unet", "vae", "text_encoder")}
+    if xl:
+        checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+        loaded["text_encoder_2"] = convert_open_clip_checkpoint(pipe.text_encoder_2, checkpoint, "conditioner.embedders.1.model.")
+    for name, got in loaded.items():
+        want = _folder_component(root, name)[0]
+        got = {k: v for k, v in got.items() if not k.endswith("position_ids")}
+        assert set(got) == set(want), f"{path.name} {name}: {sorted(set(got) ^ set(want))[:5]}"
+        bad = [k for k in want if not torch.equal(want[k], got[k])]
+        assert not bad, f"{path.name} {name}: {bad[:5]}"
+
+
+def write_single_files():
+    """tiny-sd15.safetensors and tiny-sdxl.safetensors beside the folders, and tiny-sd15.ckpt: the same
+    tensors as torch.save writes a CompVis checkpoint ({"state_dict": ...}) with the keys loaders must skip
+    (DDPM schedule buffers, EMA counters, CLIP's position_ids)."""
+    from safetensors.torch import save_file as save
+    for name, xl, pipeline_class in [("tiny-sd15", False, StableDiffusionPipeline), ("tiny-sdxl", True, StableDiffusionXLPipeline)]:
+        root = OUT / name
+        state = {k: v.contiguous() for k, v in _single_file_state(root, xl).items()}
+        path = OUT / f"{name}.safetensors"
+        save(state, str(path))
+        _check_single_file(path, root, pipeline_class, xl)
+        print(path.name, len(state), "tensors, equal to the folder's through diffusers")
+        if not xl:
+            betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+            alphas_cumprod = torch.cumprod(1 - betas, 0)
+            extra = {"betas": betas.float(), "alphas_cumprod": alphas_cumprod.float(),
+                     "alphas_cumprod_prev": torch.cat([torch.ones(1), alphas_cumprod[:-1].float()]),
+                     "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(0, dtype=torch.int32),
+                     "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(TEXT_LEN)[None]}
+            ckpt = OUT / f"{name}.ckpt"
+            torch.save({"global_step": 0, "state_dict": {**state, **extra}}, ckpt)
+            _check_single_file(ckpt, root, pipeline_class, xl)
+            print(ckpt.name, len(state) + len(extra), "tensors, equal to the folder's through diffusers")
 
 
 if __name__ == "__main__":

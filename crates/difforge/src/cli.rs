@@ -41,6 +41,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure training and sampling throughput of a model (compare with tools/bench_torch.py).
     Bench(crate::commands::bench::BenchArgs),
+    /// Convert a Stable Diffusion model between a diffusers folder and a single-file checkpoint.
+    Convert(crate::commands::convert::ConvertArgs),
     /// Train every combination of a grid and rank them by the validation metric.
     Sweep(SweepArgs),
     /// Serve a checkpoint over HTTP (generation, metrics, hot reload).

@@ -1,8 +1,15 @@
 //! The Stable Diffusion family as diffusers saves it: the folder's components, its scheduler
 //! config, and text-to-image generation.
 
+pub mod components;
 pub mod pipeline;
 pub mod scheduler;
+pub mod single_file;
+mod single_file_clip;
+mod single_file_rules;
+mod single_file_unet;
+mod single_file_vae;
 
 pub use pipeline::{is_diffusers_folder, Generation, PromptIds, StableDiffusion, TextToImage};
 pub use scheduler::{SchedulerConfig, Scheduling};
+pub use single_file::Family;

@@ -4,10 +4,12 @@
 //! guidance with the negative prompt, difforge's sampling loop over the folder's schedule, the
 //! VAE's decoder.
 
+use super::components::Networks;
 use super::scheduler::{SchedulerConfig, Scheduling};
 use crate::error::ModelError;
 use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig, TrajectoryStep};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
+use difforge_nn::sd::presets::SdPreset;
 use difforge_nn::sd::tokenizer::{tokens_tensor, ClipTokenizer};
 use difforge_nn::sd::unet_2d_condition::{TextTimeInput, UNet2DConditionModel};
 use difforge_nn::sd::ClipTextModel;
@@ -16,14 +18,12 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-/// The parts of `model_index.json` difforge reads; the class names of the components are
-/// checked by loading them.
+/// The parts of `model_index.json` difforge reads here (which networks a folder has is read by
+/// `components`); the class names of the components are checked by loading them.
 #[derive(Debug, Deserialize)]
 struct ModelIndex {
     #[serde(rename = "_class_name")]
     class_name: String,
-    #[serde(default)]
-    text_encoder_2: Option<serde_json::Value>,
     /// SDXL: an empty negative prompt means zero embeddings rather than the encoded "".
     #[serde(default)]
     force_zeros_for_empty_prompt: Option<bool>,
@@ -89,35 +89,65 @@ fn read_index(dir: &Path) -> Result<ModelIndex, ModelError> {
 impl StableDiffusion {
     /// Loads every component of a diffusers folder onto `device` (float32).
     pub fn load(dir: &Path, device: Device) -> Result<StableDiffusion, ModelError> {
+        StableDiffusion::from_networks(dir, Networks::load_diffusers(dir, device)?, device)
+    }
+
+    /// The pipeline around networks loaded from the diffusers folder `dir` or from a single file
+    /// (see `single_file`), with `dir`'s model index, tokenizers and scheduler.
+    pub(super) fn from_networks(dir: &Path, networks: Networks, device: Device) -> Result<StableDiffusion, ModelError> {
         let index = read_index(dir)?;
-        let generation = if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null()) { Generation::Xl } else { Generation::Single };
-        let (unet_vars, unet) = UNet2DConditionModel::load(&dir.join("unet"), None, device)?;
-        let vae = AutoencoderKl::load(&dir.join("vae"), device)?;
-        let parts: &[(&str, &str)] = match generation {
-            Generation::Single => &[("text_encoder", "tokenizer")],
-            Generation::Xl => &[("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")],
-        };
-        let mut text_encoders = Vec::new();
-        let mut tokenizers = Vec::new();
-        for (encoder, tokenizer) in parts {
-            text_encoders.push(ClipTextModel::load(&dir.join(encoder), device)?);
-            tokenizers.push(ClipTokenizer::load(dir.join(tokenizer))?);
-        }
+        let generation = if networks.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
+        let tokenizers = ["tokenizer", "tokenizer_2"].iter().take(networks.text_encoders.len()).map(|t| ClipTokenizer::load(dir.join(t)));
+        let tokenizers = tokenizers.collect::<Result<Vec<_>, _>>()?;
         let scheduler_dir = dir.join("scheduler");
         let scheduling = SchedulerConfig::read(&scheduler_dir)?.scheduling(&scheduler_dir.join("scheduler_config.json"))?;
         tracing::debug!(class = index.class_name, "loaded a diffusers folder");
         Ok(StableDiffusion {
             dir: dir.to_path_buf(),
             generation,
-            unet,
-            _unet_vars: unet_vars,
-            vae,
-            text_encoders,
+            unet: networks.unet.net,
+            _unet_vars: networks.unet.vars,
+            vae: networks.vae.net,
+            text_encoders: networks.text_encoders.into_iter().map(|e| e.net).collect(),
             tokenizers,
             scheduling,
             force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(generation == Generation::Xl),
             device,
         })
+    }
+
+    /// A model of a preset's architecture with freshly initialised weights and no tokenizers
+    /// (benchmarks; the start of training from scratch), with Stable Diffusion's DDIM settings.
+    pub fn from_preset(preset: &SdPreset, device: Device) -> Result<StableDiffusion, ModelError> {
+        let generation = if preset.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
+        let unet_vars = nn::VarStore::new(device);
+        let unet = UNet2DConditionModel::new(&unet_vars.root(), &preset.unet)?;
+        let others = nn::VarStore::new(device);
+        let vae = AutoencoderKl::new(&(others.root() / "vae"), &preset.vae)?;
+        let text_encoders = preset
+            .text_encoders
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClipTextModel::new(&(others.root() / format!("text_encoder_{i}")), c))
+            .collect::<Result<_, _>>()?;
+        let scheduler = SchedulerConfig::stable_diffusion(preset.prediction_type);
+        Ok(StableDiffusion {
+            dir: PathBuf::from(format!("(preset {})", preset.name)),
+            generation,
+            unet,
+            _unet_vars: unet_vars,
+            vae,
+            text_encoders,
+            tokenizers: Vec::new(),
+            scheduling: scheduler.scheduling(Path::new("(built-in DDIM settings)"))?,
+            force_zeros_for_empty_prompt: generation == Generation::Xl,
+            device,
+        })
+    }
+
+    /// Trainable scalars of the UNet.
+    pub fn unet_parameters(&self) -> i64 {
+        difforge_nn::weights::parameter_count(&self._unet_vars)
     }
 
     /// Token ids for `n` images of `prompt` against `negative` (None: no negative prompt, which

@@ -73,6 +73,26 @@ fn invalid(path: &Path, field: &str, value: &str, expected: &str) -> ModelError 
 }
 
 impl SchedulerConfig {
+    /// DDIM as Stable Diffusion 1.x, 2.x and SDXL configure it (their `scheduler_config.json`):
+    /// scaled_linear betas from 0.00085 to 0.012, leading spacing with offset 1, no clipping,
+    /// the last step landing on the first timestep's alpha_bar.
+    pub fn stable_diffusion(prediction_type: &str) -> SchedulerConfig {
+        SchedulerConfig {
+            class_name: "DDIMScheduler".into(),
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: "scaled_linear".into(),
+            prediction_type: prediction_type.into(),
+            timestep_spacing: "leading".into(),
+            steps_offset: 1,
+            set_alpha_to_one: false,
+            clip_sample: Some(false),
+            rescale_betas_zero_snr: false,
+            trained_betas: None,
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<SchedulerConfig, ModelError> {
         let path = dir.join("scheduler_config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::checkpoint(&path, e.to_string()))?;
@@ -111,6 +131,7 @@ impl SchedulerConfig {
             other => return Err(invalid(path, "timestep_spacing", other, "\"leading\", \"trailing\" or \"linspace\"")),
         };
         let (name, substitute) = sampler_for(&self.class_name);
+        let substitute = substitute.or_else(|| inexact(name, spacing, prediction));
         let sampler = SamplerConfig {
             sampler: SamplerKind::parse(name).unwrap_or_else(SamplerKind::ddim),
             spacing,
@@ -131,6 +152,47 @@ fn sampler_for(class: &str) -> (&'static str, Option<String>) {
         "DDIMScheduler" => ("ddim", None),
         "DDPMScheduler" => ("ddpm", None),
         "DPMSolverMultistepScheduler" => ("dpm++2m", None),
+        "EulerDiscreteScheduler" => ("euler", None),
+        "EulerAncestralDiscreteScheduler" => ("euler-a", None),
+        // As Stable Diffusion configures it (`skip_prk_steps`): PLMS without the Runge-Kutta warm-up.
+        "PNDMScheduler" => ("pndm", None),
         other => ("ddim", Some(format!("the folder's scheduler {other} is not in difforge yet; DDIM with its settings stands in (choose with --sampler)"))),
+    }
+}
+
+/// A note where difforge's sampler steps differently from the diffusers scheduler it maps.
+fn inexact(sampler: &str, spacing: Spacing, prediction: Prediction) -> Option<String> {
+    match (sampler, spacing, prediction) {
+        ("euler" | "euler-a", Spacing::Linspace, _) => {
+            Some("diffusers' Euler schedulers take fractional timesteps with linspace spacing; difforge rounds them".into())
+        }
+        ("pndm", _, Prediction::V) => Some("diffusers' PNDM combines the v-predictions across steps; difforge the noise estimates".into()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduling(class: &str, spacing: &str, prediction: &str) -> Scheduling {
+        let json = format!(
+            r#"{{"_class_name": "{class}", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "timestep_spacing": "{spacing}", "steps_offset": 1, "prediction_type": "{prediction}", "set_alpha_to_one": false}}"#
+        );
+        let cfg: SchedulerConfig = serde_json::from_str(&json).unwrap();
+        cfg.scheduling(Path::new("scheduler_config.json")).unwrap()
+    }
+
+    #[test]
+    fn stable_diffusions_schedulers_map_to_their_samplers() {
+        for (class, sampler) in [("EulerDiscreteScheduler", "euler"), ("EulerAncestralDiscreteScheduler", "euler-a"), ("PNDMScheduler", "pndm")] {
+            let s = scheduling(class, "leading", "epsilon");
+            assert_eq!((s.sampler.sampler.name(), s.sampler.spacing, s.sampler.steps_offset), (sampler, Spacing::Leading, 1), "{class}");
+            assert!(s.substitute.is_none() && !s.sampler.clip_x0, "{class}");
+        }
+        assert!(scheduling("EulerDiscreteScheduler", "linspace", "epsilon").substitute.is_some_and(|n| n.contains("fractional")));
+        assert!(scheduling("PNDMScheduler", "leading", "v_prediction").substitute.is_some_and(|n| n.contains("v-predictions")));
+        assert!(scheduling("LMSDiscreteScheduler", "leading", "epsilon").substitute.is_some_and(|n| n.contains("DDIM")));
     }
 }

@@ -5,4 +5,5 @@
 
 mod checkpoint;
 mod generate;
+mod single_file;
 mod stable_diffusion;

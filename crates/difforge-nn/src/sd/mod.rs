@@ -6,6 +6,7 @@ pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip_text;
 pub mod load;
+pub mod presets;
 pub mod resample;
 pub mod resnet;
 pub mod tokenizer;

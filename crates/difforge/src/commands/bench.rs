@@ -9,13 +9,13 @@ use std::path::Path;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// A model preset (ref6m: the 6.1 M-parameter reference UNet at 32x32 RGB; big64) or a run
-    /// config TOML file.
+    /// A model preset (ref6m: the 6.1 M-parameter reference UNet at 32x32 RGB; big64; the Stable
+    /// Diffusion architectures sd15, sd21, sdxl with random weights) or a run config TOML file.
     #[arg(long, default_value = "ref6m")]
     pub model: String,
-    /// Images per training micro-batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
+    /// Images per training micro-batch (default 16; Stable Diffusion: the UNet forward's batch, default 1).
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -25,9 +25,12 @@ pub struct BenchArgs {
     /// Images sampled at once (default: --batch).
     #[arg(long)]
     pub sample_batch: Option<usize>,
-    /// DDIM steps of the sampling measurement.
-    #[arg(long, default_value_t = 50)]
-    pub sample_steps: usize,
+    /// DDIM steps of the sampling measurement (default 50; 20 for Stable Diffusion).
+    #[arg(long)]
+    pub sample_steps: Option<usize>,
+    /// Stable Diffusion presets: the generated image's size in pixels, WxH.
+    #[arg(long, default_value = "256x256")]
+    pub size: String,
     /// fp32, tf32 or bf16 (default: the config's train.precision; tf32 for presets).
     #[arg(long)]
     pub precision: Option<Precision>,
@@ -73,7 +76,7 @@ fn load_model_config(model: &str) -> Result<RunConfig, ConfigError> {
     RunConfig::load(Some(path), &[])
 }
 
-fn check_range(flag: &str, v: usize) -> Result<(), ConfigError> {
+pub(super) fn check_range(flag: &str, v: usize) -> Result<(), ConfigError> {
     if v == 0 {
         return Err(ConfigError::new(flag, v, "at least 1"));
     }
@@ -81,9 +84,12 @@ fn check_range(flag: &str, v: usize) -> Result<(), ConfigError> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    for (flag, v) in
-        [("--batch", args.batch), ("--steps", args.steps), ("--sample-steps", args.sample_steps), ("--sample-batch", args.sample_batch.unwrap_or(1))]
-    {
+    if difforge_nn::sd::presets::NAMES.contains(&args.model.as_str()) {
+        return super::sd_bench::run(&args);
+    }
+    let sample_steps = args.sample_steps.unwrap_or(50);
+    let batch = args.batch.unwrap_or(16);
+    for (flag, v) in [("--batch", batch), ("--steps", args.steps), ("--sample-steps", sample_steps), ("--sample-batch", args.sample_batch.unwrap_or(1))] {
         check_range(flag, v)?;
     }
     if let Some(p) = args.peak_tflops {
@@ -92,8 +98,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let mut cfg = load_model_config(&args.model)?;
-    if args.sample_steps > cfg.diffusion.timesteps {
-        return Err(ConfigError::new("--sample-steps", args.sample_steps, format!("1..={} (diffusion.timesteps)", cfg.diffusion.timesteps)).into());
+    if sample_steps > cfg.diffusion.timesteps {
+        return Err(ConfigError::new("--sample-steps", sample_steps, format!("1..={} (diffusion.timesteps)", cfg.diffusion.timesteps)).into());
     }
     if let Some(p) = args.precision {
         cfg.train.precision = p;
@@ -107,11 +113,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let opts = BenchOptions {
         model_name: args.model.clone(),
-        batch: args.batch,
+        batch,
         steps: args.steps,
         warmup: args.warmup,
-        sample_batch: args.sample_batch.unwrap_or(args.batch),
-        sample_steps: args.sample_steps,
+        sample_batch: args.sample_batch.unwrap_or(batch),
+        sample_steps,
         peak_tflops: args.peak_tflops,
         profile: args.profile,
     };

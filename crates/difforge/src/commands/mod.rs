@@ -3,12 +3,14 @@
 pub mod bench;
 mod classifier;
 mod config;
+pub mod convert;
 mod data;
 mod eval;
 mod explain;
 mod finetune;
 mod info;
 mod sample;
+mod sd_bench;
 mod serve;
 mod sweep;
 mod text_to_image;
@@ -28,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
+        Command::Convert(args) => convert::run(&args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check(args) } => data::check(&args),
         Command::Classifier { command } => match command {

@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod bench;
 mod cli;
+mod convert;
 mod data_check;
 mod eval;
 mod explain;
