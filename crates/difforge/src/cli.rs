@@ -415,6 +415,14 @@ pub struct TextPromptArgs {
     /// torch.Generator("cpu").manual_seed(seed), as diffusers draws it: the same seed gives the same image).
     #[arg(long, default_value = "portable", value_parser = ["portable", "torch"])]
     pub noise: String,
+    /// A single-file checkpoint's configs, tokenizers and scheduler: a diffusers folder of the same
+    /// architecture (default: the published architecture its keys show, with CLIP's built-in tokenizer).
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// A single-file checkpoint's prediction target without --config (default: epsilon; v for SD 2.x,
+    /// whose 768-pixel models predict v).
+    #[arg(long, value_parser = ["epsilon", "v"], conflicts_with = "config")]
+    pub prediction: Option<String>,
 }
 
 #[derive(Subcommand)]

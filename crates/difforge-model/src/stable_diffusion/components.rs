@@ -6,6 +6,7 @@
 use crate::error::ModelError;
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::sd::load::{load_component, read_config};
+use difforge_nn::sd::presets::SdPreset;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
 use difforge_nn::sd::{clip_text, ClipTextConfig, ClipTextModel};
 use std::path::{Path, PathBuf};
@@ -102,6 +103,23 @@ impl Networks {
             config.validate().map_err(|e| config_err(&dir, e))?;
             let vars = VarStore::new(device);
             let net = ClipTextModel::new(&vars.root(), &config).map_err(|e| config_err(&dir, e))?;
+            text_encoders.push(Net { vars, net });
+        }
+        Ok(Networks { unet, vae, text_encoders })
+    }
+
+    /// A preset's networks with fresh weights.
+    pub fn from_preset(preset: &SdPreset, device: Device) -> Result<Networks, ModelError> {
+        let vars = VarStore::new(device);
+        let net = UNet2DConditionModel::new(&vars.root(), &preset.unet)?;
+        let unet = Net { vars, net };
+        let vars = VarStore::new(device);
+        let net = AutoencoderKl::new(&vars.root(), &preset.vae)?;
+        let vae = Net { vars, net };
+        let mut text_encoders = Vec::new();
+        for config in &preset.text_encoders {
+            let vars = VarStore::new(device);
+            let net = ClipTextModel::new(&vars.root(), config)?;
             text_encoders.push(Net { vars, net });
         }
         Ok(Networks { unet, vae, text_encoders })

@@ -68,6 +68,14 @@ pub struct PromptIds {
     pub negative_empty: Vec<bool>,
 }
 
+/// What a pipeline is assembled from.
+pub(super) struct Parts {
+    pub networks: Networks,
+    pub tokenizers: Vec<ClipTokenizer>,
+    pub scheduling: Scheduling,
+    pub force_zeros_for_empty_prompt: Option<bool>,
+}
+
 /// One text-to-image request after tokenisation.
 pub struct TextToImage<'a> {
     pub ids: &'a PromptIds,
@@ -96,14 +104,22 @@ impl StableDiffusion {
     /// (see `single_file`), with `dir`'s model index, tokenizers and scheduler.
     pub(super) fn from_networks(dir: &Path, networks: Networks, device: Device) -> Result<StableDiffusion, ModelError> {
         let index = read_index(dir)?;
-        let generation = if networks.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
         let tokenizers = ["tokenizer", "tokenizer_2"].iter().take(networks.text_encoders.len()).map(|t| ClipTokenizer::load(dir.join(t)));
         let tokenizers = tokenizers.collect::<Result<Vec<_>, _>>()?;
         let scheduler_dir = dir.join("scheduler");
         let scheduling = SchedulerConfig::read(&scheduler_dir)?.scheduling(&scheduler_dir.join("scheduler_config.json"))?;
         tracing::debug!(class = index.class_name, "loaded a diffusers folder");
-        Ok(StableDiffusion {
-            dir: dir.to_path_buf(),
+        let parts = Parts { networks, tokenizers, scheduling, force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt };
+        Ok(StableDiffusion::assemble(dir.to_path_buf(), parts, device))
+    }
+
+    /// The pipeline of its parts; SDXL guides against zero embeddings when there is no negative
+    /// prompt unless the model index says otherwise.
+    pub(super) fn assemble(dir: PathBuf, parts: Parts, device: Device) -> StableDiffusion {
+        let Parts { networks, tokenizers, scheduling, force_zeros_for_empty_prompt } = parts;
+        let generation = if networks.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
+        StableDiffusion {
+            dir,
             generation,
             unet: networks.unet.net,
             _unet_vars: networks.unet.vars,
@@ -111,38 +127,17 @@ impl StableDiffusion {
             text_encoders: networks.text_encoders.into_iter().map(|e| e.net).collect(),
             tokenizers,
             scheduling,
-            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(generation == Generation::Xl),
+            force_zeros_for_empty_prompt: force_zeros_for_empty_prompt.unwrap_or(generation == Generation::Xl),
             device,
-        })
+        }
     }
 
     /// A model of a preset's architecture with freshly initialised weights and no tokenizers
     /// (benchmarks; the start of training from scratch), with Stable Diffusion's DDIM settings.
     pub fn from_preset(preset: &SdPreset, device: Device) -> Result<StableDiffusion, ModelError> {
-        let generation = if preset.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
-        let unet_vars = nn::VarStore::new(device);
-        let unet = UNet2DConditionModel::new(&unet_vars.root(), &preset.unet)?;
-        let others = nn::VarStore::new(device);
-        let vae = AutoencoderKl::new(&(others.root() / "vae"), &preset.vae)?;
-        let text_encoders = preset
-            .text_encoders
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ClipTextModel::new(&(others.root() / format!("text_encoder_{i}")), c))
-            .collect::<Result<_, _>>()?;
-        let scheduler = SchedulerConfig::stable_diffusion(preset.prediction_type);
-        Ok(StableDiffusion {
-            dir: PathBuf::from(format!("(preset {})", preset.name)),
-            generation,
-            unet,
-            _unet_vars: unet_vars,
-            vae,
-            text_encoders,
-            tokenizers: Vec::new(),
-            scheduling: scheduler.scheduling(Path::new("(built-in DDIM settings)"))?,
-            force_zeros_for_empty_prompt: generation == Generation::Xl,
-            device,
-        })
+        let scheduling = SchedulerConfig::stable_diffusion(preset.prediction_type).scheduling(Path::new("(built-in DDIM settings)"))?;
+        let parts = Parts { networks: Networks::from_preset(preset, device)?, tokenizers: Vec::new(), scheduling, force_zeros_for_empty_prompt: None };
+        Ok(StableDiffusion::assemble(PathBuf::from(format!("(preset {})", preset.name)), parts, device))
     }
 
     /// Trainable scalars of the UNet.

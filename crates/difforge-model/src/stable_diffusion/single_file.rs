@@ -8,12 +8,15 @@
 //! the other way.
 
 use super::components::{refuse_existing, sorted_variables, temporary_sibling, write_tensors, Networks, Part};
-use super::pipeline::StableDiffusion;
+use super::pipeline::{Parts, StableDiffusion};
+use super::scheduler::SchedulerConfig;
 use super::single_file_clip::{self as clip, ClipLayout};
 use super::single_file_rules::{Reshape, Rules};
 use super::{single_file_unet, single_file_vae};
 use crate::error::ModelError;
 use difforge_nn::sd::load::load_strict;
+use difforge_nn::sd::presets::SdPreset;
+use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
 use difforge_nn::sd::ClipActivation;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,16 @@ pub enum Family {
 }
 
 impl Family {
+    /// The preset of the family's published architecture (SD 2.x: the 768-pixel v-prediction
+    /// 2.1; its 512-pixel base predicts noise: `--prediction epsilon`).
+    pub fn preset(self) -> &'static str {
+        match self {
+            Family::Sd1 => "sd15",
+            Family::Sd2 => "sd21",
+            Family::Sdxl => "sdxl",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Sd1 => "SD 1.x",
@@ -260,18 +273,40 @@ impl Networks {
     pub fn load_single_file(file: &Path, config_dir: &Path, device: Device) -> Result<(Family, Networks), ModelError> {
         let tensors = read_checkpoint(file)?;
         let family = Family::detect(file, tensors.keys())?;
-        let mut networks = Networks::build(config_dir, device)?;
+        let networks = Networks::build(config_dir, device)?;
         if (family == Family::Sdxl) != (networks.text_encoders.len() == 2) {
             let folder = if networks.text_encoders.len() == 2 { "an SDXL" } else { "an SD 1.x/2.x" };
             let reason = format!("the file holds {} weights, but the config folder {} is {folder} model", family.name(), config_dir.display());
             return Err(ModelError::checkpoint(file, reason));
         }
-        let mut mapped = diffusers_tensors(file, &tensors, family, &networks)?;
-        for (part, vars) in networks.parts() {
+        Ok((family, networks.filled_from(file, &tensors, family)?))
+    }
+
+    /// The networks of the preset of the family the file's keys show (`sd15`, `sd21`, `sdxl`),
+    /// loaded from it; for files of the published architectures, which need no config folder.
+    pub fn load_single_file_preset(file: &Path, device: Device) -> Result<(Family, SdPreset, Networks), ModelError> {
+        let tensors = read_checkpoint(file)?;
+        let family = Family::detect(file, tensors.keys())?;
+        let preset = SdPreset::named(family.preset())?;
+        let networks = Networks::from_preset(&preset, device)?.filled_from(file, &tensors, family).map_err(|e| {
+            let hint = format!(
+                "{e} (its keys show {}; it was read as the published {} architecture: for another architecture pass --config with a diffusers folder of it)",
+                family.name(),
+                preset.name
+            );
+            ModelError::Other(hint)
+        })?;
+        Ok((family, preset, networks))
+    }
+
+    /// These networks with `tensors` (a single file's, of `family`) in them: all or none.
+    fn filled_from(mut self, file: &Path, tensors: &HashMap<String, Tensor>, family: Family) -> Result<Networks, ModelError> {
+        let mut mapped = diffusers_tensors(file, tensors, family, &self)?;
+        for (part, vars) in self.parts() {
             load_strict(vars, &mapped.remove(&part).unwrap_or_default(), file)?;
         }
-        networks.freeze_conditioning();
-        Ok((family, networks))
+        self.freeze_conditioning();
+        Ok(self)
     }
 
     /// The tensors of a single file of `family` for these networks, by original name, in
@@ -315,5 +350,23 @@ impl StableDiffusion {
         let mut sd = StableDiffusion::from_networks(config_dir, networks, device)?;
         sd.dir = file.to_path_buf();
         Ok(sd)
+    }
+
+    /// A single-file checkpoint of a published architecture on its own: the preset of its
+    /// family, CLIP's built-in tokenizer(s) and Stable Diffusion's DDIM settings with the
+    /// preset's prediction type unless `prediction` (diffusers' name) says otherwise.
+    pub fn load_single_file_preset(file: &Path, prediction: Option<&str>, device: Device) -> Result<StableDiffusion, ModelError> {
+        let (family, preset, networks) = Networks::load_single_file_preset(file, device)?;
+        // SD 1.x and SDXL's first encoder pad with the end token, OpenCLIP's encoders with "!".
+        let pads: &[EmbeddedPad] = match family {
+            Family::Sd1 => &[EmbeddedPad::EndToken],
+            Family::Sd2 => &[EmbeddedPad::Bang],
+            Family::Sdxl => &[EmbeddedPad::EndToken, EmbeddedPad::Bang],
+        };
+        let tokenizers = pads.iter().map(|&pad| ClipTokenizer::embedded(pad)).collect::<Result<Vec<_>, _>>()?;
+        let scheduler = SchedulerConfig::stable_diffusion(prediction.unwrap_or(preset.prediction_type));
+        let scheduling = scheduler.scheduling(Path::new("--prediction"))?;
+        let parts = Parts { networks, tokenizers, scheduling, force_zeros_for_empty_prompt: None };
+        Ok(StableDiffusion::assemble(file.to_path_buf(), parts, device))
     }
 }

@@ -11,6 +11,9 @@
 //! When both are present the first is used: diffusers' SD pipelines load the slow `CLIPTokenizer`, which reads
 //! exactly those files, and tokenizer.json files written before transformers 4.17 carry an older, different pipeline.
 //!
+//! [`ClipTokenizer::embedded`] builds the first form from CLIP's merges compiled into the binary (the vocabulary follows
+//! from them), for a single-file checkpoint, which holds no tokenizer.
+//!
 //! Every prompt becomes exactly [`MAX_LENGTH`] ids: start token, the prompt's tokens, end token, then padding. A prompt
 //! longer than that keeps its first 75 tokens, and [`Tokens::truncated`] gives the dropped text so that the caller can
 //! warn about it (transformers truncates silently). SD 1.x pads with the end token, SD 2.x and SDXL's second tokenizer
@@ -21,8 +24,10 @@
 //! pipeline, and this one, do not. The fixtures list the strings where the two differ.
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use flate2::read::GzDecoder;
 use serde_json::Value;
 use tch::Tensor;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -160,47 +165,92 @@ fn read_vocab(path: &Path) -> Result<Vocab, NnError> {
 }
 
 /// `merges.txt` as transformers' `CLIPTokenizer` reads it: the text stripped, split into lines, lines 1..=N_MERGES
-/// kept (line 0 is the `#version` header, later lines are ignored), each split on whitespace into a pair.
-fn read_merges(path: &Path) -> Result<Vec<(String, String)>, NnError> {
-    let text = read_text(path)?;
+/// kept (line 0 is the `#version` header, later lines are ignored), each split on whitespace into a pair. `source` names
+/// the text in errors.
+fn parse_merges(text: &str, source: &Path) -> Result<Vec<(String, String)>, NnError> {
     let mut merges = Vec::with_capacity(N_MERGES);
     for (i, line) in text.trim().split('\n').enumerate().skip(1).take(N_MERGES) {
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next(), parts.next()) {
             (Some(a), Some(b), None) => merges.push((a.to_string(), b.to_string())),
-            _ => return Err(invalid(path, format!("line {} is not two tokens separated by a space: {line:?}", i + 1))),
+            _ => return Err(invalid(source, format!("line {} is not two tokens separated by a space: {line:?}", i + 1))),
         }
     }
     Ok(merges)
 }
 
-/// The pipeline transformers' `CLIPConverter` builds from a vocabulary and merges.
-fn clip_pipeline(dir: &Path, specials: &SpecialTokens) -> Result<Tokenizer, NnError> {
-    let vocab_path = dir.join("vocab.json");
-    let merges_path = dir.join("merges.txt");
-    let vocab = read_vocab(&vocab_path)?;
-    let merges = read_merges(&merges_path)?;
-    let unk = spec_or(&specials.unk, "<|endoftext|>").content;
-    if !vocab.contains_key(&unk) {
-        return Err(invalid(&vocab_path, format!("has no unknown token {unk:?}")));
+/// The pipeline transformers' `CLIPConverter` builds from a vocabulary and merges, wherever they were read from:
+/// `vocab_source` and `merges_source` name them in errors.
+fn clip_pipeline(vocab: Vocab, merges: Vec<(String, String)>, unk: &str, vocab_source: &Path, merges_source: &Path) -> Result<Tokenizer, NnError> {
+    if !vocab.contains_key(unk) {
+        return Err(invalid(vocab_source, format!("has no unknown token {unk:?}")));
     }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .unk_token(unk)
+        .unk_token(unk.to_string())
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix(END_OF_WORD.to_string())
         .fuse_unk(false)
         .build()
-        .map_err(|e| invalid(&merges_path, e))?;
+        .map_err(|e| invalid(merges_source, e))?;
     let mut tok = Tokenizer::new(bpe);
-    let replace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| invalid(&vocab_path, e))?;
+    let replace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| invalid(vocab_source, e))?;
     tok.with_normalizer(Some(NormalizerSequence::new(vec![NFC.into(), replace.into(), Lowercase.into()])));
-    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| invalid(&vocab_path, e))?;
+    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| invalid(vocab_source, e))?;
     // ByteLevel(add_prefix_space=False) with transformers' defaults: offsets trimmed, GPT-2's own regex split kept (it
     // changes nothing after CLIP's split, but it is what the fast tokenizer runs).
     tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(tok)
+}
+
+/// The pipeline from a folder's `vocab.json` and `merges.txt`.
+fn folder_pipeline(dir: &Path, specials: &SpecialTokens) -> Result<Tokenizer, NnError> {
+    let vocab_path = dir.join("vocab.json");
+    let merges_path = dir.join("merges.txt");
+    let vocab = read_vocab(&vocab_path)?;
+    let merges = parse_merges(&read_text(&merges_path)?, &merges_path)?;
+    clip_pipeline(vocab, merges, &spec_or(&specials.unk, "<|endoftext|>").content, &vocab_path, &merges_path)
+}
+
+/// CLIP's merges (the header line and the N_MERGES merges of OpenAI CLIP's `bpe_simple_vocab_16e6.txt.gz`, MIT
+/// licence: assets/LICENSE-clip-bpe.txt), gzip-compressed: about 200 KiB in the binary instead of 500 KiB. The
+/// vocabulary is not stored, it follows from the merges (see [`clip_vocab`]).
+const EMBEDDED_MERGES_GZ: &[u8] = include_bytes!("../../assets/clip_merges.txt.gz");
+
+/// What errors of the built-in tokenizer name in place of a file.
+const EMBEDDED_SOURCE: &str = "(built in) clip_merges.txt.gz";
+
+/// GPT-2's byte → printable character map (`bytes_to_unicode` in openai/gpt-2 `src/encoder.py`, copied by CLIP's
+/// `simple_tokenizer.py` and transformers): bytes that are printable Latin-1 characters map to themselves, the other 68
+/// to U+0100 onwards in byte order. Returned in GPT-2's order (the printable bytes first), which is CLIP's vocabulary
+/// order.
+fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut map: Vec<(u8, char)> = (0..=255u8).filter(|&b| printable(b)).map(|b| (b, char::from(b))).collect();
+    let others = (0..=255u8).filter(|&b| !printable(b));
+    map.extend(others.zip('\u{100}'..));
+    map
+}
+
+/// CLIP's vocabulary as its `SimpleTokenizer` (and transformers' `CLIPTokenizer`, whose vocab.json is this) builds it:
+/// the 256 byte characters, the same with `</w>`, each merge joined, then the start and end tokens: 49408 ids.
+fn clip_vocab(merges: &[(String, String)]) -> Vocab {
+    let bytes: Vec<String> = bytes_to_unicode().into_iter().map(|(_, c)| c.to_string()).collect();
+    let words = bytes.iter().map(|c| format!("{c}{END_OF_WORD}"));
+    let joined = merges.iter().map(|(a, b)| format!("{a}{b}"));
+    let specials = ["<|startoftext|>", "<|endoftext|>"].map(String::from);
+    bytes.iter().cloned().chain(words).chain(joined).chain(specials).zip(0u32..).collect()
+}
+
+/// The padding of [`ClipTokenizer::embedded`], which a folder would give in its special_tokens_map.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddedPad {
+    /// `<|endoftext|>`, as SD 1.x and SDXL's first tokenizer (`tokenizer/`) pad.
+    EndToken,
+    /// `!` (id 0), as SD 2.x and SDXL's second tokenizer (`tokenizer_2/`) pad; registered as a special token, so that
+    /// every `!` of a prompt is its own token, as with a folder whose pad token is "!".
+    Bang,
 }
 
 impl ClipTokenizer {
@@ -210,8 +260,8 @@ impl ClipTokenizer {
         let dir = dir.as_ref();
         let specials = SpecialTokens::read(dir)?;
         let json_path = dir.join("tokenizer.json");
-        let (mut inner, source): (Tokenizer, PathBuf) = if dir.join("vocab.json").is_file() {
-            (clip_pipeline(dir, &specials)?, dir.join("vocab.json"))
+        let (inner, source): (Tokenizer, PathBuf) = if dir.join("vocab.json").is_file() {
+            (folder_pipeline(dir, &specials)?, dir.join("vocab.json"))
         } else if json_path.is_file() {
             let mut tok = Tokenizer::from_file(&json_path).map_err(|e| invalid(&json_path, e))?;
             // Truncation and padding are done here (so that what was dropped can be reported), not by the file's settings.
@@ -222,7 +272,30 @@ impl ClipTokenizer {
             let hint = if dir.join("tokenizer").is_dir() { " (this looks like a model folder: pass its tokenizer/ folder)" } else { "" };
             return Err(NnError::Invalid(format!("tokenizer folder {}: has neither vocab.json + merges.txt nor tokenizer.json{hint}", dir.display())));
         };
+        Self::finish(inner, &specials, &source)
+    }
 
+    /// CLIP's tokenizer built into the binary, for a checkpoint that holds none (an SD single-file checkpoint): the
+    /// same ids as a folder with CLIP's vocab.json and merges.txt and the given pad token, with no file read.
+    pub fn embedded(pad: EmbeddedPad) -> Result<Self, NnError> {
+        let source = Path::new(EMBEDDED_SOURCE);
+        let mut text = String::new();
+        GzDecoder::new(EMBEDDED_MERGES_GZ).read_to_string(&mut text).map_err(|e| invalid(source, e))?;
+        let merges = parse_merges(&text, source)?;
+        let vocab = clip_vocab(&merges);
+        // CLIP's folders name the start, end and unknown tokens `finish` falls back on; only the pad token differs between
+        // SD versions.
+        let pad = match pad {
+            EmbeddedPad::EndToken => None,
+            EmbeddedPad::Bang => Some(TokenSpec { content: "!".to_string(), normalized: None }),
+        };
+        let specials = SpecialTokens { pad, ..SpecialTokens::default() };
+        let inner = clip_pipeline(vocab, merges, "<|endoftext|>", source, source)?;
+        Self::finish(inner, &specials, source)
+    }
+
+    /// The special tokens registered and their ids found, for either pipeline; `source` names the vocabulary in errors.
+    fn finish(mut inner: Tokenizer, specials: &SpecialTokens, source: &Path) -> Result<Self, NnError> {
         // A tokenizer.json's own padding token, if it has one, when the folder's JSON files name none.
         let json_pad = inner.get_padding().map(|p| TokenSpec { content: p.pad_token.clone(), normalized: None });
         let bos = spec_or(&specials.bos, "<|startoftext|>");
@@ -239,7 +312,7 @@ impl ClipTokenizer {
         let mut present: Vec<String> = inner.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
         for (spec, normalized_default) in [(&bos, true), (&eos, true), (&unk, true), (&pad, false)] {
             if inner.token_to_id(&spec.content).is_none() {
-                return Err(invalid(&source, format!("has no token {:?} (a special token of the folder)", spec.content)));
+                return Err(invalid(source, format!("has no token {:?} (a special token of the folder)", spec.content)));
             }
             if !present.contains(&spec.content) {
                 let token = AddedToken::from(spec.content.clone(), true).normalized(spec.normalized.unwrap_or(normalized_default));
@@ -247,7 +320,7 @@ impl ClipTokenizer {
                 present.push(spec.content.clone());
             }
         }
-        let id = |spec: &TokenSpec| inner.token_to_id(&spec.content).ok_or_else(|| invalid(&source, format!("has no token {:?}", spec.content)));
+        let id = |spec: &TokenSpec| inner.token_to_id(&spec.content).ok_or_else(|| invalid(source, format!("has no token {:?}", spec.content)));
         let (bos_id, eos_id, pad_id) = (id(&bos)?, id(&eos)?, id(&pad)?);
         if inner.get_post_processor().is_none() {
             // What the converter sets (RobertaProcessing is its way of getting start and end tokens with byte-level

@@ -1,12 +1,12 @@
 //! The CLIP tokenizer against transformers 4.57.1 (fixtures: tools/make_tokenizer_fixtures.py): both folder forms
-//! (vocab.json + merges.txt, and a single tokenizer.json) on every fixture string, both padding forms, the truncation
-//! report, and errors that name the file.
+//! (vocab.json + merges.txt, and a single tokenizer.json) and the built-in one on every fixture string, both padding forms,
+//! the truncation report, and errors that name the file.
 
 use std::fs;
 use std::path::Path;
 
 use crate::sd_reference::fixture;
-use difforge_nn::sd::tokenizer::{tokens_tensor, ClipTokenizer, MAX_LENGTH};
+use difforge_nn::sd::tokenizer::{tokens_tensor, ClipTokenizer, EmbeddedPad, MAX_LENGTH};
 use serde_json::Value;
 use tch::Kind;
 
@@ -103,6 +103,27 @@ fn pad_with_bang_as_sd2() {
     let tok = ClipTokenizer::load(obj.path()).unwrap();
     assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (49406, 49407, 0));
     check(&tok, "tokenizer_config.json object pad !", &bang);
+}
+
+/// The built-in tokenizer stands in for the folder a single-file checkpoint lacks: same vocabulary, and the same ids as
+/// the folder (and transformers) on every fixture string, with either pad token.
+#[test]
+fn embedded_matches_the_folder() {
+    let folder = ClipTokenizer::load(fixture("clip-tokenizer")).unwrap();
+    let end = ClipTokenizer::embedded(EmbeddedPad::EndToken).unwrap();
+    assert_eq!((end.bos_id(), end.eos_id(), end.pad_id()), (49406, 49407, 49407));
+    assert_eq!(end.inner().get_vocab(true), folder.inner().get_vocab(true));
+    let agree = cases("pad_end");
+    let differs = cases("slow_differs");
+    for case in agree.iter().chain(&differs) {
+        assert_eq!(end.encode(&case.text).unwrap(), folder.encode(&case.text).unwrap(), "{:?}", case.text);
+    }
+    check(&end, "embedded", &agree);
+    check(&end, "embedded (slow differs)", &differs);
+
+    let bang = ClipTokenizer::embedded(EmbeddedPad::Bang).unwrap();
+    assert_eq!((bang.bos_id(), bang.eos_id(), bang.pad_id()), (49406, 49407, 0));
+    check(&bang, "embedded, pad !", &cases("pad_bang"));
 }
 
 #[test]

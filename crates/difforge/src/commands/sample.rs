@@ -96,7 +96,8 @@ struct SampleReport {
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    if difforge_model::stable_diffusion::is_diffusers_folder(&args.sampling.checkpoint) {
+    // Pixel checkpoints are folders; a file is a Stable Diffusion single-file checkpoint.
+    if difforge_model::stable_diffusion::is_diffusers_folder(&args.sampling.checkpoint) || args.sampling.checkpoint.is_file() {
         return super::text_to_image::run(&args);
     }
     if args.text.prompt.is_some() || args.text.prompts.is_some() || args.text.size.is_some() {

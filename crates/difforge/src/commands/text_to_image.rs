@@ -1,5 +1,5 @@
-//! `difforge sample --checkpoint <diffusers folder> --prompt ...`: text-to-image with a Stable
-//! Diffusion model as diffusers saves it. Images are written one PNG each with the prompt and
+//! `difforge sample --checkpoint <diffusers folder or single file> --prompt ...`: text-to-image
+//! with a Stable Diffusion model as diffusers saves it or as one original-format file. Images are written one PNG each with the prompt and
 //! settings in text chunks (`parameters` in the webui's format, `difforge` as JSON).
 
 use crate::cli::{SampleArgs, SamplerArgs, TextPromptArgs};
@@ -28,7 +28,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
         _ => StartNoise::Portable,
     };
     let device = super::sample::device(&args.sampling.device, &difforge_config::TrainConfig::default())?;
-    let sd = StableDiffusion::load(dir, device).with_context(|| format!("loading {}", dir.display()))?;
+    let sd = load(args, device).with_context(|| format!("loading {}", dir.display()))?;
     if let Some(note) = &sd.scheduling.substitute {
         eprintln!("note: {note}");
     }
@@ -96,6 +96,25 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// A diffusers folder, or a single file with `--config DIR` or on its own (its family's preset).
+fn load(args: &SampleArgs, device: tch::Device) -> Result<StableDiffusion, difforge_model::ModelError> {
+    let path = &args.sampling.checkpoint;
+    if path.is_dir() {
+        if args.text.config.is_some() || args.text.prediction.is_some() {
+            let flag = if args.text.config.is_some() { "--config" } else { "--prediction" };
+            return Err(ConfigError::new(flag, "(given)", "nothing: a diffusers folder has its own configs and scheduler").into());
+        }
+        return StableDiffusion::load(path, device);
+    }
+    match &args.text.config {
+        Some(config) => StableDiffusion::load_single_file(path, config, device),
+        None => {
+            let prediction = args.text.prediction.as_deref().map(|p| if p == "v" { "v_prediction" } else { p });
+            StableDiffusion::load_single_file_preset(path, prediction, device)
+        }
+    }
 }
 
 fn refuse_pixel_flags(args: &SampleArgs) -> Result<(), ConfigError> {
