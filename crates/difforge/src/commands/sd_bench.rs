@@ -4,6 +4,7 @@
 //! memory. `tools/bench_sd.py` runs diffusers on the same architecture beside it.
 
 use super::bench::{check_range, BenchArgs};
+use super::text_to_image::parse_size;
 use difforge_config::{Precision, TrainConfig};
 use difforge_core::ConfigError;
 use difforge_diffusion::{NoiseSource, SamplerConfig};
@@ -89,11 +90,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     print_report(&report);
     Ok(())
-}
-
-fn parse_size(s: &str) -> Result<(i64, i64), ConfigError> {
-    let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
-    parsed.ok_or_else(|| ConfigError::new("--size", s, "WxH in pixels, e.g. 256x256"))
 }
 
 /// Random text conditioning of `batch` rows as the UNet takes it.

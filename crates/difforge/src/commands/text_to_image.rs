@@ -145,7 +145,11 @@ fn prompts(text: &TextPromptArgs) -> Result<Vec<String>, ConfigError> {
 
 /// `WxH`, or the model's square default.
 fn size(flag: Option<&str>, default: i64) -> Result<(i64, i64), ConfigError> {
-    let Some(s) = flag else { return Ok((default, default)) };
+    flag.map_or(Ok((default, default)), parse_size)
+}
+
+/// `--size WxH` in pixels.
+pub(super) fn parse_size(s: &str) -> Result<(i64, i64), ConfigError> {
     let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)));
     parsed.ok_or_else(|| ConfigError::new("--size", s, "WxH in pixels, e.g. 512x768"))
 }
