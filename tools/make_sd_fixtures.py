@@ -228,6 +228,19 @@ def write_sdxl(root):
     return refs
 
 
+def write_bin_folder():
+    """tiny-sd15-bin/: the tiny SD 1.x VAE and text encoder as older folders hold them, torch.save
+    `.bin` files (diffusers' `diffusion_pytorch_model.bin`, transformers' `pytorch_model.bin`)."""
+    root = fresh(OUT / "tiny-sd15-bin")
+    for part, file in [("vae", "diffusion_pytorch_model"), ("text_encoder", "model")]:
+        src = OUT / "tiny-sd15" / part
+        (root / part).mkdir()
+        shutil.copy(src / "config.json", root / part / "config.json")
+        from safetensors.torch import load_file
+        name = "pytorch_model.bin" if file == "model" else f"{file}.bin"
+        torch.save(load_file(str(src / f"{file}.safetensors")), root / part / name)
+
+
 def main():
     for name, write in [("tiny-sd15", write_sd15), ("tiny-sd21", write_sd21), ("tiny-sdxl", write_sdxl)]:
         root = fresh(OUT / name)
@@ -236,6 +249,7 @@ def main():
         refs = {k: v.detach().contiguous() for k, v in refs.items()}
         save_file(refs, str(root / "reference.safetensors"), metadata={"about": "made by tools/make_sd_fixtures.py"})
         print(name, sorted(refs))
+    write_bin_folder()
     write_single_files()
 
 

@@ -318,9 +318,13 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-/// The sampler names of the registry, for the `--sampler` value parser and its help.
+/// The sampler names of the registry (and their aliases, accepted but not listed), for the
+/// `--sampler` value parser and its help.
 fn sampler_parser() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(difforge_diffusion::SamplerKind::all().map(|k| clap::builder::PossibleValue::new(k.name()).help(k.info().about)))
+    clap::builder::PossibleValuesParser::new(
+        difforge_diffusion::SamplerKind::all()
+            .map(|k| clap::builder::PossibleValue::new(k.name()).help(k.info().about).aliases(k.info().aliases.iter().copied())),
+    )
 }
 
 /// Overrides of the run's [sample] settings.

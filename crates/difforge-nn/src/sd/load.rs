@@ -1,7 +1,8 @@
 //! Reading a diffusers or transformers component folder: its `config.json` into a typed config,
 //! and its weights (one safetensors file, a `*.fp16.safetensors` variant, or shards listed in a
-//! `*.safetensors.index.json`) into a network's variables, strictly: every variable present with
-//! its shape, no tensor left over, or nothing is loaded at all.
+//! `*.safetensors.index.json`; older folders' torch.save `.bin` files the same ways) into a
+//! network's variables, strictly: every variable present with its shape, no tensor left over,
+//! or nothing is loaded at all.
 
 use crate::error::NnError;
 use serde::de::DeserializeOwned;
@@ -23,21 +24,27 @@ pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, NnError> {
 
 /// The weight files of a component folder, given the file stem diffusers or transformers uses
 /// (`diffusion_pytorch_model` or `model`) and an optional variant (`fp16`): the single file if
-/// there is one, else the shards of its index.
+/// there is one, else the shards of its index; safetensors first, then torch.save `.bin` files
+/// (transformers names those `pytorch_model`).
 pub fn weight_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec<PathBuf>, NnError> {
-    let name = match variant {
-        Some(v) => format!("{stem}.{v}.safetensors"),
-        None => format!("{stem}.safetensors"),
-    };
-    let single = dir.join(&name);
-    if single.is_file() {
-        return Ok(vec![single]);
+    let bin_stem = if stem == "model" { "pytorch_model" } else { stem };
+    let mut tried = Vec::new();
+    for (stem, ext) in [(stem, "safetensors"), (bin_stem, "bin")] {
+        let name = match variant {
+            Some(v) => format!("{stem}.{v}.{ext}"),
+            None => format!("{stem}.{ext}"),
+        };
+        let single = dir.join(&name);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{name}.index.json"));
+        if index.is_file() {
+            return shards_of(&index);
+        }
+        tried.extend([name.clone(), format!("{name}.index.json")]);
     }
-    let index = dir.join(format!("{name}.index.json"));
-    if index.is_file() {
-        return shards_of(&index);
-    }
-    Err(NnError::Load { path: single, reason: format!("neither it nor {} exists", index.display()) })
+    Err(NnError::Load { path: dir.to_path_buf(), reason: format!("has none of the weight files {}", tried.join(", ")) })
 }
 
 #[derive(serde::Deserialize)]
@@ -59,7 +66,12 @@ pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (Tensor, PathBu
     let mut all = HashMap::new();
     for file in files {
         let err = |reason: String| NnError::Load { path: file.clone(), reason };
-        for (name, tensor) in Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))? {
+        let tensors = if file.extension().is_some_and(|e| e == "bin") {
+            crate::torch_pickle::load(file)?
+        } else {
+            Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))?
+        };
+        for (name, tensor) in tensors {
             if let Some((_, first)) = all.insert(name.clone(), (tensor, file.clone())) {
                 return Err(err(format!("tensor `{name}` is also in {}", first.display())));
             }
