@@ -44,6 +44,13 @@ pub fn weight_files(dir: &Path, stem: &str, variant: Option<&str>) -> Result<Vec
         }
         tried.extend([name.clone(), format!("{name}.index.json")]);
     }
+    // Folders downloaded with only the half-precision files (`variant="fp16"` in diffusers)
+    // load as they are: the weights are converted to the networks' float32.
+    if variant.is_none() {
+        if let Ok(files) = weight_files(dir, stem, Some("fp16")) {
+            return Ok(files);
+        }
+    }
     Err(NnError::Load { path: dir.to_path_buf(), reason: format!("has none of the weight files {}", tried.join(", ")) })
 }
 
@@ -152,6 +159,8 @@ mod tests {
         write(dir.path(), "m.fp16.safetensors", &[("a.weight", half(&[2, 3])), ("b.bias", half(&[3]))]);
         load_component(&vs, dir.path(), "m", Some("fp16")).unwrap();
         assert_eq!(vs.variables()["a.weight"].sum(Kind::Float).double_value(&[]), 6.0);
+        // With only the fp16 files, no variant asked for still finds them.
+        assert_eq!(weight_files(dir.path(), "m", None).unwrap(), vec![dir.path().join("m.fp16.safetensors")]);
 
         let f = |shape: &[i64]| Tensor::full(shape, 2.0, (Kind::Float, Device::Cpu));
         write(dir.path(), "m.safetensors", &[("a.weight", f(&[2, 3])), ("b.bias", f(&[4]))]);
