@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(key("", &["data.channels=2"]).key, "data.channels");
         assert_eq!(key("", &["model.channels=0"]).key, "model.channels");
         assert_eq!(key("", &["train.sample_per_class=0"]).key, "train.sample_per_class");
-        assert_eq!(key("", &["sample.sampler=euler"]).key, "sample.sampler");
+        assert_eq!(key("", &["sample.sampler=heun"]).key, "sample.sampler");
         assert!(key("", &["model.schedule=cosine"]).to_string().contains("schedule"));
         assert!(key("", &["nokey"]).to_string().contains("key=value"));
         assert_eq!(key("", &["model.in_channels=3"]).key, "model.in_channels");

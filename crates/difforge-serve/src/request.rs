@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(err(r#"{"n": 0}"#).field, "n");
         assert_eq!(err(r#"{"n": 17}"#).field, "n");
         assert_eq!(err(r#"{"steps": 0}"#).field, "steps");
-        assert_eq!(err(r#"{"sampler": "euler"}"#).field, "sampler");
+        assert_eq!(err(r#"{"sampler": "heun"}"#).field, "sampler");
         assert_eq!(err(r#"{"guidance": -1}"#).field, "guidance");
         assert_eq!(err(r#"{"format": "gif"}"#).field, "format");
         assert_eq!(err(r#"{"guidance_interval": [2, 1]}"#).field, "guidance_interval");

@@ -53,7 +53,7 @@ fn flags_are_checked_like_config_keys() {
         (vec!["--steps", "0"], "--steps 0"),
         (vec!["--guidance", "nan"], "--guidance NaN"),
         (vec!["--class", "99"], "--class 99"),
-        (vec!["--sampler", "euler"], "'euler' for '--sampler"),
+        (vec!["--sampler", "heun"], "'heun' for '--sampler"),
         (vec!["--device", "tpu"], "--device \"tpu\""),
         (vec!["--guidance-interval", "3,1"], "--guidance-interval"),
         (vec!["--lora", "missing.safetensors", "--lora-scale", "nan"], "--lora-scale NaN"),

@@ -171,7 +171,7 @@ fn eval_names_what_is_wrong() {
     fails(&["--checkpoint", ck, "--data", "/no/such/folder"], "/no/such/folder");
     fails(&["--checkpoint", ck, "--split", "test"], "'test' for '--split");
     fails(&["--checkpoint", ck, "--n", "1"], "--n 1");
-    fails(&["--checkpoint", ck, "--sampler", "euler"], "'euler' for '--sampler");
+    fails(&["--checkpoint", ck, "--sampler", "heun"], "'heun' for '--sampler");
     fails(&["--checkpoint", ck, "--effnet-weights", "/no/weights.pth"], "/no/weights.pth");
     fails(&["--checkpoint", tmp.path().join("nothing").to_str().unwrap()], "nothing");
     let junk = tmp.path().join("junk.pth");

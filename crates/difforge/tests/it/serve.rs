@@ -147,7 +147,7 @@ fn endpoints_auth_validation_limits_and_reload() {
         (r#"{"n": 9}"#, "n"),
         (r#"{"n": 0}"#, "n"),
         (r#"{"steps": 100000}"#, "steps"),
-        (r#"{"sampler": "euler"}"#, "sampler"),
+        (r#"{"sampler": "heun"}"#, "sampler"),
         (r#"{"guidance": 1e9}"#, "guidance"),
         (r#"{"format": "gif"}"#, "format"),
         (r#"{"seed": -1}"#, "seed"),
