@@ -152,18 +152,9 @@ pub fn sampling_timesteps(train_steps: usize, steps: usize, spacing: Spacing, st
         Spacing::Linspace if steps == 1 => vec![0],
         Spacing::Linspace => {
             let last = (train_steps - 1) as f64;
-            (0..steps).rev().map(|i| round_half_even(i as f64 * last / (steps - 1) as f64) as usize).collect()
+            // Halves to even, as numpy's round that diffusers' linspace spacing goes through.
+            (0..steps).rev().map(|i| (i as f64 * last / (steps - 1) as f64).round_ties_even() as usize).collect()
         }
-    }
-}
-
-/// numpy's rounding (halves to even), which diffusers' linspace spacing goes through.
-fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - x.signum()
-    } else {
-        r
     }
 }
 
