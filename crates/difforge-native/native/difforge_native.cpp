@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
 
+#include "guard.h"
+
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -25,35 +27,13 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-namespace {
-
-thread_local std::string last_error;
-
-// Runs `body`, turning an exception into -1 and a message.
-template <typename F>
-int guarded(F&& body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
-}
-
-int fail(const char* message) {
-  last_error = message;
-  return -1;
-}
-
-}  // namespace
+using difforge_native::fail;
+using difforge_native::guarded;
 
 extern "C" {
 
 // The message of the last failure on this thread ("" when none).
-const char* dfn_last_error() { return last_error.c_str(); }
+const char* dfn_last_error() { return difforge_native::last_error.c_str(); }
 
 // 1 when the CUDA half was compiled in.
 int dfn_built_with_cuda() {

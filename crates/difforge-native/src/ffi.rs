@@ -35,4 +35,24 @@ extern "C" {
     pub fn dfn_graph_capture(index: i64, body: extern "C" fn(*mut c_void) -> c_int, ctx: *mut c_void, out: *mut *mut c_void) -> c_int;
     pub fn dfn_graph_replay(graph: *mut c_void) -> c_int;
     pub fn dfn_graph_free(graph: *mut c_void);
+    pub fn dfn_built_with_nccl() -> c_int;
+    pub fn dfn_group_new(
+        backend: *const c_char,
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        store_server: c_int,
+        store_prefix: *const c_char,
+        gloo_interface: *const c_char,
+        gloo_host: *const c_char,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> c_int;
+    pub fn dfn_group_all_reduce(group: *mut c_void, tensors: *const *mut C_tensor, n: c_int, op: c_int) -> c_int;
+    pub fn dfn_group_broadcast(group: *mut c_void, tensors: *const *mut C_tensor, n: c_int, root: c_int) -> c_int;
+    pub fn dfn_group_all_gather(group: *mut c_void, input: *mut C_tensor, outputs: *const *mut C_tensor, n: c_int) -> c_int;
+    pub fn dfn_group_barrier(group: *mut c_void) -> c_int;
+    pub fn dfn_group_store_add(group: *mut c_void, key: *const c_char, delta: i64, value: *mut i64) -> c_int;
+    pub fn dfn_group_free(group: *mut c_void);
 }

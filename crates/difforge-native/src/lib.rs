@@ -4,13 +4,15 @@
 //! - [`fused_adamw`]: libtorch's fused AdamW kernel (CPU and CUDA), one pass per step;
 //! - [`cuda`]: TF32 switches, device properties, the caching allocator's peak memory;
 //! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it;
-//! - [`randn_seeded`]: noise from a private seeded CPU generator, as torch.Generator gives it.
+//! - [`randn_seeded`]: noise from a private seeded CPU generator, as torch.Generator gives it;
+//! - [`dist`]: c10d process groups (Gloo, NCCL) for data-parallel training.
 //!
 //! This is the one crate with `unsafe` code: each block passes tch's own tensor handles or plain
 //! numbers to a C function that catches every C++ exception.
 #![allow(unsafe_code)]
 
 pub mod cuda;
+pub mod dist;
 mod ffi;
 mod graph;
 mod optim;
