@@ -6,6 +6,7 @@
 use crate::augment::augment;
 use crate::config::{AugmentConfig, CropMode};
 use crate::image_set::ImageSet;
+use crate::pixels::Pixels;
 use difforge_core::{rng_for, Stream};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -137,8 +138,7 @@ impl Loader {
             .par_iter()
             .map(|&(pos, idx)| {
                 let mut rng = rng_for(self.seed, Stream::Augment, pos);
-                let img = self.crop_image(idx, self.crop, &mut rng);
-                augment(img, self.channels(), self.side, &self.augment, &mut rng)
+                train_image(&self.set.pixels[idx], self.channels(), self.side, self.crop, &self.augment, &mut rng)
             })
             .collect();
         self.assemble(images, positions.iter().map(|&(_, i)| i))
@@ -156,14 +156,7 @@ impl Loader {
     }
 
     fn crop_image(&self, idx: usize, mode: CropMode, rng: &mut impl Rng) -> Vec<f32> {
-        let px = &self.set.pixels[idx];
-        let side = self.side as u32;
-        let (free_x, free_y) = (px.width - side, px.height - side);
-        let (x0, y0) = match mode {
-            CropMode::Center => (free_x / 2, free_y / 2),
-            CropMode::Random => (rng.random_range(0..=free_x), rng.random_range(0..=free_y)),
-        };
-        px.crop_to_planar(x0, y0, side)
+        crop_pixels(&self.set.pixels[idx], self.side, mode, rng)
     }
 
     fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>) -> Batch {
@@ -172,10 +165,28 @@ impl Loader {
     }
 }
 
+/// One training image: the crop, then the augmentations, every draw from `rng`. Shared by
+/// [`Loader`] and the webdataset stream so that both sources give the same pixels.
+pub(crate) fn train_image(px: &Pixels, channels: usize, side: usize, crop: CropMode, cfg: &AugmentConfig, rng: &mut impl Rng) -> Vec<f32> {
+    let img = crop_pixels(px, side, crop, rng);
+    augment(img, channels, side, cfg, rng)
+}
+
+/// The `side` x `side` square of a preprocessed image (shorter side = `side`): centred, or at a
+/// position drawn from `rng`.
+fn crop_pixels(px: &Pixels, side: usize, mode: CropMode, rng: &mut impl Rng) -> Vec<f32> {
+    let side = side as u32;
+    let (free_x, free_y) = (px.width - side, px.height - side);
+    let (x0, y0) = match mode {
+        CropMode::Center => (free_x / 2, free_y / 2),
+        CropMode::Random => (rng.random_range(0..=free_x), rng.random_range(0..=free_y)),
+    };
+    px.crop_to_planar(x0, y0, side)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pixels::Pixels;
 
     fn tiny_set(n: usize) -> Arc<ImageSet> {
         let mut set = ImageSet { class_names: vec!["a".into(), "b".into()], ..Default::default() };

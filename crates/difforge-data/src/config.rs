@@ -13,6 +13,9 @@ difforge_core::choice! {
         Folder = "folder",
         /// IDX files as used by MNIST and Fashion-MNIST (gzipped or not); `path` is the images file.
         Idx = "idx",
+        /// Webdataset tar shards streamed from disk, for data that does not fit in memory;
+        /// `path` is a folder of `*.tar` shards or a brace pattern `DIR/{000000..000099}.tar`.
+        Webdataset = "webdataset",
     }
 }
 
@@ -69,9 +72,10 @@ impl Default for AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Where images come from: "digits" (embedded), "folder" or "idx".
+    /// Where images come from: "digits" (embedded), "folder", "idx" or "webdataset".
     pub source: SourceKind,
-    /// Folder (source = "folder") or IDX images file (source = "idx"); unused for "digits".
+    /// Folder (source = "folder"), IDX images file (source = "idx"), or shard folder or brace
+    /// pattern (source = "webdataset"); unused for "digits".
     pub path: Option<PathBuf>,
     /// IDX labels file; by default derived from `path` ("images-idx3" -> "labels-idx1").
     pub labels_path: Option<PathBuf>,
@@ -99,6 +103,9 @@ pub struct DataConfig {
     /// "none" or "class" (class-balanced sampling).
     pub balance: Balance,
     pub augment: AugmentConfig,
+    /// Samples held by the shuffle buffer of a webdataset stream: shards are read in order, so
+    /// this (with the per-epoch shard order) is what mixes neighbouring samples.
+    pub shuffle_buffer: usize,
 }
 
 impl Default for DataConfig {
@@ -118,6 +125,7 @@ impl Default for DataConfig {
             check: true,
             balance: Balance::None,
             augment: AugmentConfig::default(),
+            shuffle_buffer: 1000,
         }
     }
 }
@@ -145,6 +153,9 @@ impl DataConfig {
         }
         if self.pad > 1024 {
             return Err(ConfigError::new("data.pad", self.pad, "0..=1024 pixels"));
+        }
+        if self.shuffle_buffer == 0 {
+            return Err(ConfigError::new("data.shuffle_buffer", self.shuffle_buffer, "at least 1 sample"));
         }
         if self.max_pixels == 0 {
             return Err(ConfigError::new("data.max_pixels", self.max_pixels, "at least 1"));

@@ -8,6 +8,9 @@ pub enum DataError {
     Idx { path: PathBuf, reason: String },
     #[error("no usable image in {path} ({skipped} file(s) skipped as unreadable); expected png, jpg, jpeg, webp or bmp files")]
     NoImages { path: PathBuf, skipped: usize },
+    /// A webdataset shard (or its dataset.json) that cannot be read, or a bad entry in it.
+    #[error("{path}: {reason}")]
+    Shard { path: PathBuf, reason: String },
     #[error("cannot decode the embedded digits sheet: {0}")]
     Embedded(String),
     #[error(transparent)]
@@ -17,5 +20,9 @@ pub enum DataError {
 impl DataError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io { path: path.into(), source }
+    }
+
+    pub fn shard(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        DataError::Shard { path: path.into(), reason: reason.to_string() }
     }
 }

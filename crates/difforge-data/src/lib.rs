@@ -1,6 +1,7 @@
 //! Datasets for difforge: where images come from (an image folder, IDX files, the embedded
-//! digits sheet), how they are preprocessed and cached, split into train and validation, and
-//! assembled into deterministic, resumable, augmented batches.
+//! digits sheet, webdataset tar shards streamed from disk), how they are preprocessed and
+//! cached, split into train and validation, and assembled into deterministic, resumable,
+//! augmented batches.
 
 pub mod augment;
 pub mod batch;
@@ -11,6 +12,7 @@ pub mod grid;
 pub mod image_set;
 pub mod pixels;
 pub mod preprocess;
+pub mod shard_writer;
 pub mod source;
 pub mod split;
 
@@ -20,4 +22,6 @@ pub use error::DataError;
 pub use grid::{save_png, PlanarImages};
 pub use image_set::{ImageSet, SkippedFile};
 pub use pixels::Pixels;
+pub use shard_writer::{write_shards, ShardIndex, ShardReport};
+pub use source::ShardStream;
 pub use split::Split;

@@ -47,6 +47,9 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Serve a checkpoint over HTTP (generation, metrics, hot reload).
     Serve(ServeArgs),
+    /// Start one process per rank of a data-parallel run on this node (like torchrun), e.g.
+    /// `difforge launch --nproc-per-node 4 -- train --config run.toml --out runs/a`.
+    Launch(crate::commands::launch::LaunchArgs),
     /// Datasets.
     Data {
         #[command(subcommand)]
@@ -435,6 +438,25 @@ pub enum DataCommand {
     /// class balance, caption coverage and near-constant images of an image folder, looking at
     /// the pixels training would see (alpha composited on white, the model's colour mode and size).
     Check(DataCheckArgs),
+    /// Write an image folder as webdataset tar shards (000000.tar, ...) and a dataset.json, for
+    /// data.source = "webdataset": the original image bytes, the class of each subfolder and the
+    /// .txt captions, in the order the folder source reads them.
+    Shard(DataShardArgs),
+}
+
+#[derive(Args)]
+pub struct DataShardArgs {
+    /// The image folder (class subfolders and .txt captions as for data.source = "folder").
+    pub path: std::path::PathBuf,
+    /// The folder to write the shards into; it must be new or empty.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Images per shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -101,8 +101,31 @@ impl std::fmt::Display for DecodeError {
 
 /// Decodes one file, refusing huge declared dimensions before any pixel is allocated.
 pub fn decode(path: &Path, max_pixels: u64) -> Result<image::DynamicImage, DecodeError> {
+    decode_with(|| ImageReader::open(path).and_then(|r| r.with_guessed_format()), max_pixels)
+}
+
+/// Decodes an image held in memory (a webdataset entry) exactly as [`decode`] does a file:
+/// the format from `extension`, overridden by the content when it is recognisable.
+pub fn decode_bytes(bytes: &[u8], extension: &str, max_pixels: u64) -> Result<image::DynamicImage, DecodeError> {
+    decode_with(
+        || {
+            let mut reader = ImageReader::new(std::io::Cursor::new(bytes));
+            if let Some(format) = image::ImageFormat::from_extension(extension) {
+                reader.set_format(format);
+            }
+            reader.with_guessed_format()
+        },
+        max_pixels,
+    )
+}
+
+/// Reads the declared dimensions, refuses huge ones, then decodes from a second reader.
+fn decode_with<R: std::io::BufRead + std::io::Seek>(
+    open: impl Fn() -> std::io::Result<ImageReader<R>>,
+    max_pixels: u64,
+) -> Result<image::DynamicImage, DecodeError> {
     let unreadable = |e: &dyn std::fmt::Display| DecodeError::Unreadable(e.to_string());
-    let open = || ImageReader::open(path).and_then(|r| r.with_guessed_format()).map_err(|e| unreadable(&e));
+    let open = || open().map_err(|e| unreadable(&e));
     let (width, height) = open()?.into_dimensions().map_err(|e| unreadable(&e))?;
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: max_pixels });

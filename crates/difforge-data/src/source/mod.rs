@@ -3,10 +3,12 @@
 mod digits;
 pub mod folder;
 mod idx;
+pub mod webdataset;
 
 pub use digits::{load_digits, DIGITS_PNG};
 pub use folder::load_folder;
 pub use idx::{load_idx, read_idx};
+pub use webdataset::ShardStream;
 
 use crate::config::{DataConfig, SourceKind};
 use crate::error::DataError;
@@ -26,6 +28,10 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
         SourceKind::Idx => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"idx\"")))?;
             load_idx(path, config.labels_path.as_deref(), &config.class_names, &prep, config.max_pixels)?
+        }
+        SourceKind::Webdataset => {
+            let why = "\"webdataset\": streamed shards are read by ShardStream, not loaded into memory";
+            return Err(ConfigError::new("data.source", config.source.name(), why).into());
         }
     };
     Ok(set)

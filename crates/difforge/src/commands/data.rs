@@ -1,8 +1,9 @@
-//! `difforge data check`.
+//! `difforge data check` and `difforge data shard`.
 
-use crate::cli::DataCheckArgs;
+use crate::cli::{DataCheckArgs, DataShardArgs};
 use difforge_core::ConfigError;
 use difforge_data::check::{check_folder, fix_report, CheckOptions, DataReport, Problem};
+use difforge_data::write_shards;
 
 pub fn check(args: &DataCheckArgs) -> anyhow::Result<()> {
     if args.near_distance > 3 {
@@ -82,4 +83,28 @@ fn print_text(r: &DataReport, show: usize) {
     for w in &r.warnings {
         println!("warning: {w}");
     }
+}
+
+/// `difforge data shard`: the folder as webdataset shards, then what was written.
+pub fn shard(args: &DataShardArgs) -> anyhow::Result<()> {
+    let report = write_shards(&args.path, &args.out, args.shard_size)?;
+    if args.json {
+        return super::print_json(&report);
+    }
+    let index = &report.index;
+    println!("{}: {} image(s) in {} shard(s) in {}", args.path.display(), index.images, index.shards.len(), args.out.display());
+    let shown = 20;
+    for (name, n) in index.shards.iter().zip(&index.images_per_shard).take(shown) {
+        println!("  {name}  {n} image(s)");
+    }
+    if index.shards.len() > shown {
+        println!("  ... and {} more shard(s) (all of them in --json and dataset.json)", index.shards.len() - shown);
+    }
+    if !index.class_names.is_empty() {
+        println!("  classes: {}", index.class_names.join(", "));
+    }
+    for s in &report.skipped {
+        println!("warning: skipped {s}");
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `difforge info`: what this build runs on.
 
+use difforge_train::world::World;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -14,6 +15,35 @@ struct Info {
     gpus: Vec<Gpu>,
     threads: i32,
     cores: usize,
+    /// This process's place in a multi-process run, as the trainer will read it.
+    world: WorldInfo,
+}
+
+/// The world, or why the launcher's variables make no sense (shown, not fatal: `info` is where
+/// one looks to find out).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WorldInfo {
+    Ok(World),
+    Err { error: String },
+}
+
+impl WorldInfo {
+    fn from_env() -> WorldInfo {
+        World::from_env().map_or_else(|e| WorldInfo::Err { error: e.to_string() }, WorldInfo::Ok)
+    }
+
+    /// One line: `rank 1 of 4 (local 1 of 2), difforge, master 127.0.0.1:29500`.
+    fn line(&self) -> String {
+        match self {
+            WorldInfo::Ok(w) if !w.is_distributed() && w.launcher == difforge_train::world::Launcher::Single => "single process".to_string(),
+            WorldInfo::Ok(w) => format!(
+                "rank {} of {} (local {} of {}), {}, master {}:{}",
+                w.rank, w.size, w.local_rank, w.local_size, w.launcher, w.master_addr, w.master_port
+            ),
+            WorldInfo::Err { error } => format!("error: {error}"),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -52,6 +82,7 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         gpus: gpus(cuda_devices),
         threads: tch::get_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        world: WorldInfo::from_env(),
     };
     if json {
         return super::print_json(&info);
@@ -75,5 +106,6 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         );
     }
     println!("threads    {} (cores: {})", info.threads, info.cores);
+    println!("world      {}", info.world.line());
     Ok(())
 }

@@ -9,6 +9,7 @@ mod eval;
 mod explain;
 mod finetune;
 mod info;
+pub mod launch;
 mod sample;
 mod sd_bench;
 mod serve;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Launch(args) => launch::run(args),
         Command::Finetune(args) => finetune::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Eval(args) => eval::run(args),
@@ -33,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(&args),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check(args) } => data::check(&args),
+        Command::Data { command: DataCommand::Shard(args) } => data::shard(&args),
         Command::Classifier { command } => match command {
             ClassifierCommand::Train { config, data, out, steps, device, json } => classifier::train(&config, data.as_deref(), &out, steps, &device, json),
             ClassifierCommand::Judge { sampling, classifier, per_class, first_class, grid, json } => {
