@@ -16,4 +16,4 @@ pub use finetune::FinetuneConfig;
 pub use model::{ModelConfig, ModelFamily};
 pub use overrides::{apply_set, deep_merge};
 pub use run::{RunConfig, DEFAULT_CONFIG};
-pub use train::{eval_metric, CpuKernels, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};
+pub use train::{eval_metric, CpuKernels, DistBackend, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};

@@ -32,6 +32,18 @@ difforge_core::choice! {
 }
 
 difforge_core::choice! {
+    /// The collectives library of a multi-process run (torchrun, SLURM, `difforge launch`).
+    pub enum DistBackend {
+        /// NCCL on CUDA devices, Gloo on the CPU.
+        Auto = "auto",
+        /// Gloo over TCP (CPU tensors).
+        Gloo = "gloo",
+        /// NCCL (CUDA tensors, one GPU per process).
+        Nccl = "nccl",
+    }
+}
+
+difforge_core::choice! {
     /// The learning rate after warm-up.
     pub enum LrSchedule {
         Constant = "constant",
@@ -134,6 +146,12 @@ pub struct TrainConfig {
     /// "portable" (the same bytes on any x86-64 machine) or "native" (this machine's fastest
     /// kernels); see the README's reproducibility section.
     pub cpu_kernels: CpuKernels,
+    /// Multi-process runs only: "auto" (NCCL on CUDA, Gloo on the CPU), "gloo" or "nccl".
+    pub dist_backend: DistBackend,
+    /// Multi-process runs only: a rank that dies or hangs ends every process with an error
+    /// naming it within this many seconds (meeting at start, each collective, each wait while
+    /// rank 0 writes checkpoints or runs the sample evaluation: keep it above the longest).
+    pub dist_timeout_s: u64,
     /// Evaluate the validation loss every N steps (and at the end); 0 turns validation off.
     pub val_every: u64,
     /// At most this many validation images are used.
@@ -205,6 +223,8 @@ impl Default for TrainConfig {
             threads: 0,
             precision: Precision::Tf32,
             cpu_kernels: CpuKernels::Portable,
+            dist_backend: DistBackend::Auto,
+            dist_timeout_s: 600,
             val_every: 500,
             val_images: 500,
             val_repeats: 2,
@@ -273,6 +293,7 @@ impl TrainConfig {
             ("train.val_bands", self.val_bands as u64),
             ("train.val_repeats", self.val_repeats as u64),
             ("train.max_bad_steps", u64::from(self.max_bad_steps)),
+            ("train.dist_timeout_s", self.dist_timeout_s),
         ];
         for (key, v) in at_least_one {
             if v < 1 {

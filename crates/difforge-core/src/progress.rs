@@ -12,6 +12,7 @@ pub struct Progress {
     label: String,
     next_line: u64,
     start: Instant,
+    quiet: bool,
 }
 
 impl Progress {
@@ -28,7 +29,13 @@ impl Progress {
             bar.reset_eta();
             bar
         });
-        Progress { bar, total, label: label.to_string(), next_line: start_at + (total / 10).max(1), start: Instant::now() }
+        Progress { bar, total, label: label.to_string(), next_line: start_at + (total / 10).max(1), start: Instant::now(), quiet: false }
+    }
+
+    /// Progress nobody sees: the ranks of a data-parallel run other than rank 0, whose bars
+    /// would repeat rank 0's.
+    pub fn silent(label: &str, total: u64) -> Progress {
+        Progress { bar: None, total, label: label.to_string(), next_line: u64::MAX, start: Instant::now(), quiet: true }
     }
 
     pub fn update(&mut self, pos: u64, msg: &str) {
@@ -37,7 +44,7 @@ impl Progress {
                 bar.set_position(pos);
                 bar.set_message(msg.to_string());
             }
-            None if pos >= self.next_line || pos == self.total => {
+            None if !self.quiet && (pos >= self.next_line || pos == self.total) => {
                 self.next_line = pos + (self.total / 10).max(1);
                 tracing::info!("{} {pos}/{} {msg} [{:.0}s]", self.label, self.total, self.start.elapsed().as_secs_f64());
             }

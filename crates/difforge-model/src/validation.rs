@@ -88,12 +88,17 @@ impl Validator {
 
     /// Per-pair weighted losses of one set of the model's weights (in pair order).
     pub fn per_pair(&self, model: &DiffusionModel, w: Weights) -> Result<Vec<f64>, ModelError> {
+        self.per_pair_in(model, w, 0..self.ts.len())
+    }
+
+    /// The weighted losses of the pairs `pairs` only (a data-parallel rank's share).
+    pub fn per_pair_in(&self, model: &DiffusionModel, w: Weights, pairs: std::ops::Range<usize>) -> Result<Vec<f64>, ModelError> {
         let dev = model.device();
         let forward = model.forward_process();
         let mut out = Vec::with_capacity(self.ts.len());
         tch::no_grad(|| -> Result<(), ModelError> {
-            let m = self.ts.len() as i64;
-            let mut start = 0i64;
+            let m = pairs.end as i64;
+            let mut start = pairs.start as i64;
             while start < m {
                 let len = (m - start).min(CHUNK);
                 let ts = &self.ts[start as usize..(start + len) as usize];
@@ -109,11 +114,15 @@ impl Validator {
             }
             Ok(())
         })?;
-        Ok(out.iter().zip(&self.weights).map(|(l, w)| l * w).collect())
+        Ok(out.iter().zip(&self.weights[pairs]).map(|(l, w)| l * w).collect())
     }
 
     pub fn evaluate(&self, model: &DiffusionModel, w: Weights) -> Result<ValidationLoss, ModelError> {
-        let losses = self.per_pair(model, w)?;
+        Ok(self.summarise(&self.per_pair(model, w)?))
+    }
+
+    /// The loss and its bands from the per-pair losses of every pair (in pair order).
+    pub fn summarise(&self, losses: &[f64]) -> ValidationLoss {
         let mut sums = vec![0.0; self.bands];
         let mut counts = vec![0usize; self.bands];
         for (l, &t) in losses.iter().zip(&self.ts) {
@@ -121,10 +130,10 @@ impl Validator {
             sums[b] += l;
             counts[b] += 1;
         }
-        Ok(ValidationLoss {
+        ValidationLoss {
             loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
             bands: sums.iter().zip(&counts).map(|(s, &c)| if c == 0 { f64::NAN } else { s / c as f64 }).collect(),
             pairs: losses.len(),
-        })
+        }
     }
 }

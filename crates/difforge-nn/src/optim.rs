@@ -50,6 +50,16 @@ impl AdamW {
         &self.params
     }
 
+    /// The gradients' buffer (what a data-parallel run all-reduces).
+    pub fn grads(&self) -> &FlatBuffer {
+        &self.grads
+    }
+
+    /// The buffers a data-parallel run copies from rank 0 at start: parameters and both moments.
+    pub fn state_buffers(&self) -> [&Tensor; 3] {
+        [self.params.data(), self.m.data(), self.v.data()]
+    }
+
     pub fn zero_grad(&mut self) {
         let _ = self.grads.data().shallow_clone().zero_();
     }

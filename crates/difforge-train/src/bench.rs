@@ -140,8 +140,10 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let mut stepper = Stepper { model, opt, ema_params, phases: None };
     // The trainer's own step on one fixed batch: no data loading, no prior images.
     let run = |stepper: &mut Stepper, step: u64| {
-        let mut batch = |_draw: u64| fixed.clone();
-        stepper.step(t, step, learning_rate(t, step), StepData { batch: &mut batch, prior: None, inject_nan: false }).map(|o| o.loss)
+        let mut batch = |_draw: u64| Ok(fixed.clone());
+        stepper
+            .step(t, step, learning_rate(t, step), StepData { batch: &mut batch, rank_local: false, prior: None, inject_nan: false, parallel: None })
+            .map(|o| o.loss)
     };
     for s in 0..opts.warmup {
         run(&mut stepper, s as u64)?;

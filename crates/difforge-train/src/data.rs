@@ -1,13 +1,62 @@
 //! The run's data: loaded once, checked against the model (and by the data check when
-//! `data.check` is on), and split into training and validation images.
+//! `data.check` is on), and split into training and validation images; or, for webdataset
+//! shards, streamed from disk with validation images from `data.val_path`.
 
 use crate::error::TrainError;
+use crate::parallel::Shard;
+use crate::world::World;
 use difforge_config::RunConfig;
 use difforge_data::check::{check_folder, check_set, CheckOptions};
-use difforge_data::{source, ImageSet, SourceKind, Split};
+use difforge_data::{source, Balance, Batch, ImageSet, Loader, ShardStream, SourceKind, Split};
 use difforge_model::Family;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Where training batches come from.
+pub enum TrainBatches {
+    /// An in-memory set: the batch of a step is the same whatever the number of processes; each
+    /// rank assembles it and trains on its rows.
+    Memory(Loader),
+    /// Webdataset shards: each rank streams its own shards, so its batches are its own
+    /// (batch_size / processes images each).
+    Stream(Box<ShardStream>),
+}
+
+impl TrainBatches {
+    /// The batches of a run: the in-memory loader of the training split, or this rank's stream.
+    pub fn new(cfg: &RunConfig, set: &Arc<ImageSet>, split: &Split, world: &World) -> Result<TrainBatches, TrainError> {
+        if cfg.data.source == SourceKind::Webdataset {
+            if cfg.data.balance == Balance::Class {
+                return Err(difforge_core::ConfigError::new(
+                    "data.balance",
+                    "\"class\"",
+                    "\"none\" for streamed shards (classes are not known before reading them)",
+                )
+                .into());
+            }
+            return Ok(TrainBatches::Stream(Box::new(ShardStream::open(&cfg.data, cfg.seed, world.rank, world.size)?)));
+        }
+        let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
+        if cfg.data.balance == Balance::Class {
+            loader = loader.balanced();
+        }
+        Ok(TrainBatches::Memory(loader))
+    }
+
+    /// True when a batch holds only this rank's images (streams), not the global batch.
+    pub fn rank_local(&self) -> bool {
+        matches!(self, TrainBatches::Stream(_))
+    }
+
+    /// The batch of `draw` for a global batch of `global` images: the whole of it from memory,
+    /// this rank's share from a stream.
+    pub fn batch(&mut self, draw: u64, global: usize, shard: Shard) -> Result<Batch, TrainError> {
+        match self {
+            TrainBatches::Memory(loader) => Ok(loader.train_batch(draw, global)),
+            TrainBatches::Stream(stream) => Ok(stream.batch(draw, shard.rows(global).len())?),
+        }
+    }
+}
 
 /// Where the full data check of a run is written.
 pub const CHECK_REPORT: &str = "data-check.json";
@@ -15,6 +64,9 @@ pub const CHECK_REPORT: &str = "data-check.json";
 /// Loads the dataset, checks it against the model family (and with `data.check`, with the data
 /// check, whose full report goes to `run_dir`) and splits it.
 pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc<ImageSet>, Split), TrainError> {
+    if cfg.data.source == SourceKind::Webdataset {
+        return load_streamed(cfg, family);
+    }
     let set = source::load(&cfg.data)?;
     if let Some(first) = set.skipped.first() {
         tracing::warn!("{} unreadable image file(s) skipped, e.g. {}: {}", set.skipped.len(), first.path.display(), first.reason);
@@ -36,6 +88,32 @@ pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc
         return Err(difforge_core::ConfigError::new("data.val_fraction", cfg.data.val_fraction, "a fraction that leaves training images").into());
     }
     Ok((Arc::new(set), split))
+}
+
+/// For streamed shards, what is held in memory is the validation folder (`data.val_path`), which
+/// the model is checked against; no split is made (the shards are all training data).
+fn load_streamed(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>, Split), TrainError> {
+    let empty = Split { train: Vec::new(), val: Vec::new() };
+    let Some(val_path) = &cfg.data.val_path else {
+        if cfg.train.val_every > 0 {
+            return Err(difforge_core::ConfigError::new(
+                "data.val_path",
+                "(none)",
+                "a folder of validation images for streamed shards (or train.val_every = 0)",
+            )
+            .into());
+        }
+        return Ok((Arc::new(ImageSet::default()), empty));
+    };
+    let folder = difforge_data::DataConfig { source: SourceKind::Folder, path: Some(val_path.clone()), ..cfg.data.clone() };
+    let set = source::load(&folder)?;
+    for note in family.check_data(&set)? {
+        tracing::info!("{note}");
+    }
+    if cfg.data.check {
+        tracing::warn!("data.check looks at in-memory sets; run `difforge data check` on the folder the shards were made from");
+    }
+    Ok((Arc::new(set), empty))
 }
 
 /// The data check's summary for the configured dataset: one line per kind of problem, never the

@@ -1,6 +1,6 @@
 //! The difforge trainer: the training loop, one optimiser step (shared with the benchmark), the
 //! training loss, learning-rate schedule and EMA, the run's records, prior preservation for
-//! fine-tunes, hyperparameter sweeps and throughput benchmarks. The model, its checkpoints and
+//! fine-tunes, data-parallel training over c10d, hyperparameter sweeps and throughput benchmarks. The model, its checkpoints and
 //! generation live in difforge-model; the config in difforge-config.
 
 pub mod bench;
@@ -11,12 +11,14 @@ pub mod logs;
 pub mod loss;
 pub mod lr;
 pub mod metrics;
+pub mod parallel;
 pub mod prior;
 pub mod run_folder;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;
 pub mod trainer;
+pub mod world;
 
 pub use error::TrainError;
 pub use trainer::{train, Evaluate, TrainOptions, TrainSummary};

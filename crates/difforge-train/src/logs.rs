@@ -36,15 +36,20 @@ pub struct EventRecord<'a> {
     pub detail: String,
 }
 
+/// The open record files; all None for the ranks of a data-parallel run other than rank 0,
+/// which write nothing.
 pub struct RunLogs {
-    metrics: JsonLines,
-    validation: JsonLines,
-    eval: JsonLines,
+    metrics: Option<JsonLines>,
+    validation: Option<JsonLines>,
+    eval: Option<JsonLines>,
     tensorboard: Option<EventWriter>,
 }
 
-fn write<T: Serialize>(log: &mut JsonLines, record: &T) -> Result<(), TrainError> {
-    log.write(record).map_err(|e| TrainError::io(log.path(), e))
+fn write<T: Serialize>(log: &mut Option<JsonLines>, record: &T) -> Result<(), TrainError> {
+    match log {
+        Some(log) => log.write(record).map_err(|e| TrainError::io(log.path(), e)),
+        None => Ok(()),
+    }
 }
 
 impl RunLogs {
@@ -57,7 +62,12 @@ impl RunLogs {
             JsonLines::append(&path).map_err(|e| TrainError::io(&path, e))
         };
         let tensorboard = if tensorboard { Some(EventWriter::create(run_dir, step).map_err(|e| TrainError::io(run_dir, e))?) } else { None };
-        Ok(RunLogs { metrics: open("metrics.jsonl")?, validation: open("validation.jsonl")?, eval: open("eval.jsonl")?, tensorboard })
+        Ok(RunLogs { metrics: Some(open("metrics.jsonl")?), validation: Some(open("validation.jsonl")?), eval: Some(open("eval.jsonl")?), tensorboard })
+    }
+
+    /// Records that go nowhere (a data-parallel rank other than 0).
+    pub fn silent() -> RunLogs {
+        RunLogs { metrics: None, validation: None, eval: None, tensorboard: None }
     }
 
     fn scalars(&mut self, step: u64, scalars: &[(&str, f64)]) -> Result<(), TrainError> {

@@ -10,6 +10,7 @@ use difforge_diffusion::noise::gaussian;
 use difforge_model::{DiffusionModel, Weights};
 use difforge_nn::Conditioning;
 use rand::Rng;
+use std::ops::Range;
 use tch::Tensor;
 
 /// The tensors of one micro-batch.
@@ -24,18 +25,27 @@ pub struct MicroBatch {
 impl MicroBatch {
     /// The micro-batch of `batch` for draw number `draw_index` (step x grad_accum + micro).
     pub fn new(model: &DiffusionModel, batch: &Batch, draw_index: u64) -> MicroBatch {
+        MicroBatch::rows(model, batch, draw_index, 0..batch.size)
+    }
+
+    /// The rows `rows` of the micro-batch of `batch` (a data-parallel rank's share). The draws
+    /// are those of the whole batch, so the ranks together train on exactly what one process
+    /// would; only the rows' pixels are encoded.
+    pub fn rows(model: &DiffusionModel, batch: &Batch, draw_index: u64, rows: Range<usize>) -> MicroBatch {
         let cfg = model.config();
         let dev = model.device();
         let n = batch.size as i64;
         let (c, s) = (batch.channels as i64, batch.side as i64);
+        let (start, len) = (rows.start as i64, rows.len() as i64);
         let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
         let ts: Vec<usize> = (0..n).map(|_| rng.random_range(0..cfg.diffusion.timesteps)).collect();
         let cond = model.family().training_conditioning(batch, cfg.diffusion.class_dropout, &mut rng, dev);
-        let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]).to_device(dev);
+        let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]).narrow(0, start, len).to_device(dev);
         let x0 = model.codec().encode(&pixels);
         let [lc, lh, lw] = model.latent_shape();
         let eps = gaussian(cfg.seed, Stream::Noise, draw_index, (n * lc * lh * lw) as usize);
-        let eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]).to_device(dev);
+        let eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]).narrow(0, start, len).to_device(dev);
+        let (ts, cond) = if len == n { (ts, cond) } else { (ts[rows].to_vec(), cond.narrow(start, len)) };
         let noised = model.forward_process().noise(&x0, &eps, &ts, dev);
         let weights: Vec<f32> = noised.weights.iter().map(|&w| w as f32).collect();
         let ts: Vec<i64> = ts.iter().map(|&t| t as i64).collect();

@@ -1,15 +1,18 @@
 //! One optimiser step, the same for training and for `difforge bench`: zero the gradients, run
 //! forward and backward over the step's micro-batches (plus the prior-preservation batches of a
-//! fine-tune), skip the update when the loss or gradient is not finite, else clip the global
-//! gradient norm, apply AdamW and update the EMA weights.
+//! fine-tune), average the gradients over the ranks of a data-parallel run, skip the update when
+//! the loss or gradient is not finite, else clip the global gradient norm, apply AdamW and update
+//! the EMA weights.
 
 use crate::ema;
+use crate::error::TrainError;
 use crate::loss::MicroBatch;
+use crate::parallel::{DataParallel, Shard};
 use difforge_config::TrainConfig;
 use difforge_core::{derive_seed, Stream};
 use difforge_data::Batch;
 use difforge_model::DiffusionModel;
-use difforge_nn::{AdamW, FlatBuffer, NnError};
+use difforge_nn::{AdamW, FlatBuffer};
 use serde::Serialize;
 use std::time::Instant;
 use tch::Device;
@@ -98,11 +101,20 @@ pub struct Stepper {
 
 /// Where a step's data comes from: the micro-batch of each draw index, and optionally a second
 /// batch per draw (prior preservation) whose loss counts with a weight.
+/// The batch of a draw index.
+pub type BatchOf<'a> = &'a mut dyn FnMut(u64) -> Result<Batch, TrainError>;
+
 pub struct StepData<'a> {
-    pub batch: &'a mut dyn FnMut(u64) -> Batch,
-    pub prior: Option<(&'a mut dyn FnMut(u64) -> Batch, f64)>,
+    pub batch: BatchOf<'a>,
+    /// True when `batch` gives this rank's own images (streamed shards) rather than the global
+    /// batch whose rows the ranks share.
+    pub rank_local: bool,
+    pub prior: Option<(BatchOf<'a>, f64)>,
     /// Replace this step's loss by NaN (fault-injection for tests).
     pub inject_nan: bool,
+    /// The process group of a data-parallel run: this rank trains on its rows of each batch and
+    /// the gradients are averaged over the ranks. None: one process, the whole batch.
+    pub parallel: Option<&'a DataParallel>,
 }
 
 /// Draw indices of prior batches live apart from those of the training batches.
@@ -110,19 +122,30 @@ const PRIOR_DRAWS: u64 = 1 << 62;
 
 impl Stepper {
     /// Runs step `step` at learning rate `lr`.
-    pub fn step(&mut self, t: &TrainConfig, step: u64, lr: f64, data: StepData) -> Result<StepOutcome, NnError> {
+    pub fn step(&mut self, t: &TrainConfig, step: u64, lr: f64, data: StepData) -> Result<StepOutcome, TrainError> {
         let seed = self.model.config().seed;
-        // Dropout is the one draw from libtorch's generator: seed it from the step.
-        tch::manual_seed((derive_seed(seed, Stream::Dropout, step) >> 1) as i64);
+        let StepData { batch, rank_local, mut prior, inject_nan, parallel } = data;
+        let shard = parallel.map_or(Shard::WHOLE, DataParallel::shard);
+        // A rank's own images take all their rows and draws of their own.
+        let (rows_of, draw_of) = if rank_local { (Shard::WHOLE, shard) } else { (shard, Shard::WHOLE) };
+        // Dropout is the one draw from libtorch's generator: seed it from the step (and the rank,
+        // so that ranks drop different units).
+        tch::manual_seed((derive_seed(seed, Stream::Dropout, step * shard.count as u64 + shard.index as u64) >> 1) as i64);
         let mut laps = Laps { on: self.phases.is_some(), device: self.model.device(), last: Instant::now() };
         let mut ph = PhaseTimes { steps: 1, ..PhaseTimes::default() };
         self.opt.zero_grad();
-        let StepData { batch, mut prior, inject_nan } = data;
         let mut loss_sum = 0.0;
         for micro in 0..t.grad_accum as u64 {
             let draw = step * t.grad_accum as u64 + micro;
-            let main = MicroBatch::new(&self.model, &batch(draw), draw);
-            let extra = prior.as_mut().map(|(prior_batch, weight)| (MicroBatch::new(&self.model, &prior_batch(draw), draw | PRIOR_DRAWS), *weight));
+            let micro_batch = |b: &Batch, draw: u64| {
+                let draw = draw * draw_of.count as u64 + draw_of.index as u64;
+                MicroBatch::rows(&self.model, b, draw, rows_of.rows(b.size))
+            };
+            let main = micro_batch(&batch(draw)?, draw);
+            let extra = match prior.as_mut() {
+                Some((prior_batch, weight)) => Some((micro_batch(&prior_batch(draw)?, draw | PRIOR_DRAWS), *weight)),
+                None => None,
+            };
             ph.data_s += laps.lap();
             let mut loss = main.loss(&self.model) / t.grad_accum as f64;
             if let Some((pb, weight)) = extra {
@@ -135,6 +158,10 @@ impl Stepper {
             loss.backward();
             loss_sum += loss.double_value(&[]);
             ph.backward_s += laps.lap();
+        }
+        // Accumulated micro-batches are reduced once, after the last one.
+        if let Some(p) = parallel {
+            loss_sum = p.average_gradients(self.opt.grads().data(), loss_sum)?;
         }
         let grad_norm = self.opt.grad_norm();
         let applied = loss_sum.is_finite() && grad_norm.is_finite();

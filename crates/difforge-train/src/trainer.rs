@@ -3,16 +3,23 @@
 //! same weights every time on the same machine and thread count, and a resumed run continues
 //! exactly where the interrupted one was. Non-finite steps are skipped and, when they persist,
 //! rolled back; validation runs every `val_every` steps and drives early stopping.
+//!
+//! Under a launcher (torchrun, SLURM, `difforge launch`) each process is one rank of a
+//! data-parallel run (`parallel.rs`): it trains on its rows of every global batch, validates its
+//! share of the validation pairs, and only rank 0 writes (records, samples, checkpoints, the
+//! summary) while the others wait at a barrier.
 
+use crate::data::TrainBatches;
 use crate::error::TrainError;
 use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
+use crate::parallel::{self, DataParallel, Shard};
 use crate::run_folder::{RunFolder, Use};
 use crate::step::{StepData, StepOutcome, Stepper};
+use crate::world::World;
 use difforge_config::{eval_metric, RunConfig};
 use difforge_core::Progress;
 use difforge_core::{derive_seed, Stream};
-use difforge_data::{Balance, Loader};
 use difforge_model::checkpoint::{self, BestMetric, TrainState, OPTIMIZER_FILE};
 use difforge_model::generate::{generate, preview_columns, preview_conditions};
 use difforge_model::images::save_grid;
@@ -81,6 +88,17 @@ pub struct TrainSummary {
     pub adapter: Option<PathBuf>,
     pub sample_grid: Option<PathBuf>,
     pub weights_checksum: f64,
+    /// The data-parallel run this process was part of (absent for one process).
+    pub parallel: Option<ParallelSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParallelSummary {
+    pub rank: usize,
+    pub world_size: usize,
+    pub backend: String,
+    /// Each rank's weights checksum at the end, in rank order: equal when the ranks agree.
+    pub rank_checksums: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,9 +131,9 @@ struct Trainer {
     cfg: RunConfig,
     run_dir: PathBuf,
     stepper: Stepper,
-    loader: Loader,
+    batches: TrainBatches,
     /// Base-model samples mixed into every step (prior preservation).
-    prior: Option<Loader>,
+    prior: Option<difforge_data::Loader>,
     validator: Option<Validator>,
     logs: RunLogs,
     state: TrainState,
@@ -125,6 +143,8 @@ struct Trainer {
     last_checkpoint: Option<PathBuf>,
     best_checkpoint: Option<PathBuf>,
     last_validation: Option<ValidationSummary>,
+    /// The process group of a data-parallel run.
+    parallel: Option<DataParallel>,
 }
 
 impl Trainer {
@@ -134,12 +154,15 @@ impl Trainer {
         let lr = learning_rate(t, step) * self.state.lr_scale;
         let inject_nan = t.debug_nan_steps.contains(&step) && self.injected.insert(step);
         let batch_size = t.batch_size;
-        let loader = &mut self.loader;
-        let mut batch = |draw: u64| loader.train_batch(draw, batch_size);
+        let parallel = self.parallel.as_ref();
+        let shard = parallel.map_or(Shard::WHOLE, DataParallel::shard);
+        let rank_local = self.batches.rank_local();
+        let batches = &mut self.batches;
+        let mut batch = |draw: u64| batches.batch(draw, batch_size, shard);
         let prior_weight = self.cfg.finetune.prior_weight;
-        let mut prior_batch = self.prior.as_mut().map(|p| move |draw: u64| p.train_batch(draw, batch_size));
-        let prior = prior_batch.as_mut().map(|f| (f as &mut dyn FnMut(u64) -> difforge_data::Batch, prior_weight));
-        let out = self.stepper.step(t, step, lr, StepData { batch: &mut batch, prior, inject_nan })?;
+        let mut prior_batch = self.prior.as_mut().map(|p| move |draw: u64| Ok(p.train_batch(draw, batch_size)));
+        let prior = prior_batch.as_mut().map(|f| (f as &mut dyn FnMut(u64) -> Result<difforge_data::Batch, TrainError>, prior_weight));
+        let out = self.stepper.step(t, step, lr, StepData { batch: &mut batch, rank_local, prior, inject_nan, parallel })?;
         if out.applied {
             self.state.optimizer_steps = self.stepper.opt.steps;
         }
@@ -153,10 +176,36 @@ impl Trainer {
         &self.stepper.model
     }
 
+    /// True for the process that writes: the only one, or rank 0.
+    fn writes(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
+    }
+
+    /// Rank 0 writes the checkpoint while the other ranks wait.
     fn save(&mut self) -> Result<(), TrainError> {
-        let keep = self.cfg.train.keep_checkpoints;
-        self.last_checkpoint = Some(checkpoint::save(&self.run_dir, &self.stepper.model, self.stepper.opt.state(), &self.state, keep)?);
-        Ok(())
+        if self.writes() {
+            let keep = self.cfg.train.keep_checkpoints;
+            self.last_checkpoint = Some(checkpoint::save(&self.run_dir, &self.stepper.model, self.stepper.opt.state(), &self.state, keep)?);
+        }
+        self.barrier("waiting for rank 0's checkpoint")
+    }
+
+    fn barrier(&self, what: &str) -> Result<(), TrainError> {
+        self.parallel.as_ref().map_or(Ok(()), |p| p.barrier(what))
+    }
+
+    /// The validation loss of one set of weights; a data-parallel run splits the pairs over the
+    /// ranks and sums the parts.
+    fn validation_loss(&self, v: &Validator, w: Weights) -> Result<difforge_model::validation::ValidationLoss, TrainError> {
+        let Some(p) = &self.parallel else { return Ok(v.evaluate(self.model(), w)?) };
+        let m = v.pairs();
+        let part = parallel::Shard { index: p.rank(), count: p.size() };
+        let rows = (part.index * m / part.count)..((part.index + 1) * m / part.count);
+        let mut losses = vec![0.0; m];
+        let mine = v.per_pair_in(self.model(), w, rows.clone())?;
+        losses[rows].copy_from_slice(&mine);
+        p.sum(&mut losses, "summing the validation losses")?;
+        Ok(v.summarise(&losses))
     }
 
     fn event(&mut self, event: &str, detail: String) -> Result<(), TrainError> {
@@ -215,8 +264,8 @@ impl Trainer {
     /// Runs validation; Some(reason) when early stopping watches its loss and says stop.
     fn validate(&mut self) -> Result<Option<String>, TrainError> {
         let Some(v) = &self.validator else { return Ok(None) };
-        let raw = v.evaluate(self.model(), Weights::Raw)?;
-        let ema = v.evaluate(self.model(), Weights::Ema)?;
+        let raw = self.validation_loss(v, Weights::Raw)?;
+        let ema = self.validation_loss(v, Weights::Ema)?;
         let step = self.state.step;
         let watched = match self.cfg.train.early_stop_metric.as_str() {
             "val_loss" => Some(raw.loss),
@@ -256,6 +305,15 @@ impl Trainer {
         Ok(stop)
     }
 
+    /// The sample-quality evaluation runs on rank 0 alone (its features and samples are not
+    /// split); whether it says stop is then told to every rank.
+    fn evaluate_on_main(&mut self, evaluator: &mut Evaluate) -> Result<Option<String>, TrainError> {
+        let stop = if self.writes() { self.evaluate(evaluator)? } else { None };
+        let Some(p) = &self.parallel else { return Ok(stop) };
+        let says_stop = p.main_says(stop.is_some(), "sharing the evaluation's verdict")?;
+        Ok(stop.or_else(|| says_stop.then(|| "early stopping (rank 0's evaluation; see its eval.jsonl)".to_string())))
+    }
+
     /// Feeds one value of the early-stopping metric: keeps the best (and its checkpoint) and
     /// counts evaluations without improvement. Returns (improved, Some(reason) to stop).
     fn observe(&mut self, value: f64) -> Result<(bool, Option<String>), TrainError> {
@@ -265,7 +323,9 @@ impl Trainer {
         if improved {
             self.state.best = Some(BestMetric { metric: t.early_stop_metric.clone(), value, step });
             self.state.validations_without_improvement = 0;
-            self.best_checkpoint = Some(checkpoint::save_best(&self.run_dir, &self.stepper.model, self.stepper.opt.state(), &self.state)?);
+            if self.writes() {
+                self.best_checkpoint = Some(checkpoint::save_best(&self.run_dir, &self.stepper.model, self.stepper.opt.state(), &self.state)?);
+            }
         } else {
             self.state.validations_without_improvement += 1;
         }
@@ -282,6 +342,32 @@ impl Trainer {
             ));
         }
         Ok((improved, None))
+    }
+}
+
+/// The run's device. The ranks of a data-parallel run on CUDA each take the GPU of their local
+/// rank (unless the config names one), and on the CPU share the cores (unless train.threads
+/// says how many), as torchrun's one-thread default would not.
+fn prepare_device(cfg: &RunConfig, world: &World) -> Result<Device, TrainError> {
+    let mut settings = device::DeviceSettings::of_run(&cfg.train);
+    if world.is_distributed() && settings.threads == 0 {
+        settings.threads = (device::resolve_threads(0) / world.local_size.max(1)).max(1);
+    }
+    let device = device::prepare(&settings)?;
+    match device {
+        Device::Cuda(_) if world.is_distributed() && !cfg.train.device.contains(':') => {
+            let count = tch::Cuda::device_count() as usize;
+            if world.local_rank >= count {
+                return Err(difforge_core::ConfigError::new(
+                    "train.device",
+                    format!("\"{}\"", cfg.train.device),
+                    format!("one GPU per process: local rank {} needs {} GPU(s), this machine has {count}", world.local_rank, world.local_rank + 1),
+                )
+                .into());
+            }
+            Ok(Device::Cuda(world.local_rank))
+        }
+        d => Ok(d),
     }
 }
 
@@ -322,21 +408,27 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         (false, true) => Use::Overwrite,
         (false, false) => Use::New,
     };
-    // Held until training ends: a second trainer on this folder is refused.
-    let _folder = RunFolder::open(&opts.out_dir, how)?;
+    let world = World::from_env().map_err(|e| TrainError::Other(format!("this process's place in a multi-process run: {e}")))?;
+    let writes = world.is_main();
+    // Held until training ends: a second trainer on this folder is refused. Only rank 0 of a
+    // data-parallel run owns the folder; the others only read it (on resume).
+    let _folder = if writes { Some(RunFolder::open(&opts.out_dir, how)?) } else { None };
     let (cfg, resume_from) = start_state(config, &opts)?;
-    let device = device::prepare(&device::DeviceSettings::of_run(&cfg.train))?;
+    parallel::check_batch(&cfg.train, &world)?;
+    let device = prepare_device(&cfg, &world)?;
     device::reset_cuda_peak_memory(device);
+    let data_parallel = DataParallel::join(&world, &cfg.train, device)?;
     let run_dir = opts.out_dir.clone();
-    difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
+    if writes {
+        difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;
+    }
 
     let (model, mut state) = starting_model(&cfg, &resume_from, device)?;
-    let (set, split) = crate::data::load(&cfg, model.family(), &run_dir)?;
+    let mut data_cfg = cfg.clone();
+    data_cfg.data.check &= writes; // the data check's report is rank 0's to write
+    let (set, split) = crate::data::load(&data_cfg, model.family(), &run_dir)?;
     state.data_pixels = checkpoint::PixelStats::of(&set, &split.train);
-    let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
-    if cfg.data.balance == Balance::Class {
-        loader = loader.balanced();
-    }
+    let batches = TrainBatches::new(&cfg, &set, &split, &world)?;
     let t = cfg.train.clone();
     if t.eval_every > 0 && opts.evaluator.is_none() {
         return Err(difforge_core::ConfigError::new(
@@ -354,7 +446,12 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
         tracing::info!("resuming from {} (step {})", dir.display(), st.step);
     }
-    let logs = RunLogs::open(&run_dir, state.step, cfg.train.logs_to(difforge_config::LogTarget::Tensorboard))?;
+    if let Some(p) = &data_parallel {
+        let mut start: Vec<&tch::Tensor> = opt.state_buffers().to_vec();
+        start.push(ema_params.data());
+        p.broadcast_from_main(&start)?;
+    }
+    let logs = if writes { RunLogs::open(&run_dir, state.step, cfg.train.logs_to(difforge_config::LogTarget::Tensorboard))? } else { RunLogs::silent() };
     let validator = match (t.val_every > 0).then(|| validation_batch(&cfg, &set, &split)).transpose()?.flatten() {
         Some(batch) => Some(Validator::new(&model, &batch, t.val_repeats, t.val_bands)),
         None => None,
@@ -362,7 +459,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let mut tr = Trainer {
         stepper: Stepper { model, opt, ema_params, phases: None },
         prior,
-        loader,
+        batches,
         validator,
         logs,
         state,
@@ -372,6 +469,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         last_checkpoint: None,
         best_checkpoint: None,
         last_validation: None,
+        parallel: data_parallel,
         run_dir: run_dir.clone(),
         cfg,
     };
@@ -379,7 +477,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let start = Instant::now();
     let elapsed_before = tr.state.elapsed_s;
     let first_step = tr.state.step;
-    let mut progress = Progress::new("train", t.steps, first_step);
+    let mut progress = if tr.writes() { Progress::new("train", t.steps, first_step) } else { Progress::silent("train", t.steps) };
     let mut last_grid = None;
     let mut stopped_because = None;
     let mut diverged = false;
@@ -402,21 +500,24 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             tr.logs.step(&StepRecord { step, loss: out.loss, lr: out.lr, grad_norm: out.grad_norm, images_per_s: rate, elapsed_s: tr.state.elapsed_s })?;
             progress.update(step, &format!("loss {:.4} lr {:.2e} {rate:.0} img/s", out.loss, out.lr));
         }
-        let interrupted = opts.stop.load(Ordering::SeqCst);
+        let mut interrupted = opts.stop.load(Ordering::SeqCst);
+        if let Some(p) = &tr.parallel {
+            interrupted = p.any(interrupted, "sharing the interrupt flag")?;
+        }
         let last = step == t.steps || interrupted;
         if t.val_every > 0 && (step.is_multiple_of(t.val_every) || last) {
             stopped_because = tr.validate()?;
         }
         if let Some(evaluator) = opts.evaluator.as_mut() {
             if t.eval_every > 0 && (step.is_multiple_of(t.eval_every) || last) {
-                stopped_because = stopped_because.or(tr.evaluate(evaluator)?);
+                stopped_because = stopped_because.or(tr.evaluate_on_main(evaluator)?);
             }
         }
         if interrupted && stopped_because.is_none() {
             stopped_because = Some(format!("interrupted at step {step} (checkpoint written)"));
         }
         let stopping = stopped_because.is_some();
-        if t.sample_every > 0 && step.is_multiple_of(t.sample_every) && !last && !stopping {
+        if t.sample_every > 0 && step.is_multiple_of(t.sample_every) && !last && !stopping && tr.writes() {
             let grid = write_samples(tr.model(), &run_dir, step)?;
             tr.logs.samples(step, &grid)?;
             last_grid = Some(grid);
@@ -430,13 +531,25 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     }
     progress.finish();
     let interrupted = opts.stop.load(Ordering::SeqCst);
-    if !interrupted {
+    let parallel = match &tr.parallel {
+        Some(p) => Some(ParallelSummary {
+            rank: p.rank(),
+            world_size: p.size(),
+            backend: format!("{:?}", p.backend()).to_lowercase(),
+            rank_checksums: p.gather(tr.model().checksum(), "comparing the ranks' weights")?,
+        }),
+        None => None,
+    };
+    if let Some(ps) = parallel.as_ref().filter(|ps| ps.rank_checksums.iter().any(|c| *c != ps.rank_checksums[0])) {
+        tracing::error!("the ranks' weights differ at the end (checksums {:?}): please report this", ps.rank_checksums);
+    }
+    if !interrupted && tr.writes() {
         let grid = write_samples(tr.model(), &run_dir, tr.state.step)?;
         tr.logs.samples(tr.state.step, &grid)?;
         last_grid = Some(grid);
     }
     let adapter = match (&tr.cfg.lora, &tr.cfg.finetune.from) {
-        (Some(_), Some(from)) => {
+        (Some(_), Some(from)) if tr.writes() => {
             let path = run_dir.join("lora.safetensors");
             difforge_model::adapter::save(&path, tr.model(), &checkpoint::resolve(from)?)?;
             Some(path)
@@ -472,8 +585,13 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         adapter,
         sample_grid: last_grid,
         weights_checksum: tr.model().checksum(),
+        parallel,
     };
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
-    difforge_core::write_atomic(&run_dir.join("summary.json"), &json).map_err(|e| TrainError::io(run_dir.join("summary.json"), e))?;
+    if tr.writes() {
+        let json = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
+        difforge_core::write_atomic(&run_dir.join("summary.json"), &json).map_err(|e| TrainError::io(run_dir.join("summary.json"), e))?;
+    }
+    // The other ranks wait for rank 0's last writes, so that every exit status says whether they worked.
+    tr.barrier("waiting for rank 0 to finish")?;
     Ok(summary)
 }

@@ -32,6 +32,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
     let opts = TrainOptions { out_dir: out_dir.clone(), resume, overwrite: args.overwrite, resume_sets, stop, evaluator: Some(sample_evaluation()) };
     let summary = train(config, opts)?;
+    if let Some(p) = summary.parallel.as_ref().filter(|p| p.rank != 0) {
+        // Rank 0 reports for the run; the others only say they finished.
+        tracing::info!("rank {} of {} finished at step {}", p.rank, p.world_size, summary.final_step);
+        return Ok(());
+    }
     if args.json {
         super::print_json(&summary)?;
         if summary.diverged {
@@ -46,6 +51,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         summary.wall_time_s, summary.images_per_s, summary.device, summary.threads
     );
     println!("  parameters                     {}", summary.parameters);
+    if let Some(p) = &summary.parallel {
+        let agree = if p.rank_checksums.iter().all(|c| *c == p.rank_checksums[0]) { "equal weights on every rank" } else { "WEIGHTS DIFFER BETWEEN RANKS" };
+        println!("  processes                      {} ({}), {agree}", p.world_size, p.backend);
+    }
     if let Some(v) = &summary.final_validation {
         println!("  validation loss (raw / EMA)    {:.4} / {:.4} at step {}", v.val_loss, v.val_loss_ema, v.step);
     }

@@ -11,6 +11,7 @@ mod cli;
 mod convert;
 mod data_check;
 mod data_shard;
+mod distributed;
 mod eval;
 mod explain;
 mod finetune;
