@@ -1,8 +1,9 @@
 //! Data checks (`difforge data check`): what is in a folder of images and what is wrong with it.
 //! Unreadable and too-large files, folders not searched, exact duplicates (content hash),
 //! near-duplicates (perceptual hash, confirmed on thumbnails, reported as groups), images smaller
-//! than the model, colour modes, sizes and aspect ratios, class balance, caption coverage and
-//! near-constant images.
+//! than the model, colour modes, sizes and aspect ratios, class balance, near-constant images,
+//! and captions (see [`CaptionReport`]: coverage, missing, empty and duplicate captions, length
+//! in words, tag frequency, and with a [`TokenCounter`] the captions CLIP would cut off).
 //!
 //! The check looks at exactly the pixels training sees: every image goes through the trainer's
 //! preprocessing first (alpha composited on white, the model's colour mode, padding, resized to
@@ -12,14 +13,40 @@ use crate::config::ColorMode;
 use crate::pixels::Pixels;
 use crate::preprocess::Preprocess;
 use crate::source::folder::{class_of, decode, list_images, DecodeError, Listing};
+use crate::source::metadata::{folder_captions, CaptionSource};
 use crate::DataError;
 use difforge_core::sha256_hex;
 use image::{DynamicImage, GenericImageView};
 use image_hasher::{HashAlg, HasherConfig};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The tokens of a caption CLIP's text encoder reads: its 77 positions less the start and end
+/// tokens. Training cuts longer captions off.
+pub const CAPTION_TOKEN_LIMIT: usize = 75;
+
+/// Tags listed in the report, most frequent first.
+pub const TOP_TAGS: usize = 20;
+
+/// Counts the tokens of a caption, without start and end tokens and without truncation. The data
+/// crate has no tokenizer: the caller gives one (the command line gives CLIP's).
+#[derive(Clone)]
+pub struct TokenCounter(pub Arc<dyn Fn(&str) -> usize + Send + Sync>);
+
+impl TokenCounter {
+    pub fn new(count: impl Fn(&str) -> usize + Send + Sync + 'static) -> Self {
+        TokenCounter(Arc::new(count))
+    }
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCounter(..)")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -38,6 +65,10 @@ pub struct CheckOptions {
     /// absolute difference (of 255): the hash alone confuses small, simple images.
     pub near_duplicate_max_difference: f64,
     pub max_pixels: u64,
+    /// Where captions are read from (data.caption_extension, data.caption_column).
+    pub captions: CaptionSource,
+    /// Counts caption tokens; when given, captions longer than [`CAPTION_TOKEN_LIMIT`] are listed.
+    pub caption_tokens: Option<TokenCounter>,
 }
 
 impl Default for CheckOptions {
@@ -50,6 +81,8 @@ impl Default for CheckOptions {
             near_duplicate_distance: 2,
             near_duplicate_max_difference: 6.0,
             max_pixels: 64 * 1024 * 1024,
+            captions: CaptionSource::default(),
+            caption_tokens: None,
         }
     }
 }
@@ -101,11 +134,146 @@ pub struct DataReport {
     pub class_counts: BTreeMap<String, usize>,
     /// Largest class count over smallest (1 for one class; absent without classes).
     pub imbalance_ratio: Option<f64>,
-    /// Share of usable images with a caption file (absent when no caption exists).
+    /// Share of usable images with a caption (absent when no caption exists).
     pub caption_coverage: Option<f64>,
+    /// What the captions hold (absent when no caption exists).
+    pub captions: Option<CaptionReport>,
     pub outliers: Vec<Problem>,
     /// One line per kind of problem, with counts.
     pub warnings: Vec<String>,
+}
+
+/// Images that share one caption.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DuplicateCaption {
+    pub caption: String,
+    pub members: Vec<ShownPath>,
+}
+
+/// Words (whitespace-separated) per non-empty caption.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WordStats {
+    pub min: usize,
+    pub median: usize,
+    pub mean: f64,
+    pub max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TagCount {
+    pub tag: String,
+    /// Captions holding the tag.
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LongCaption {
+    pub path: ShownPath,
+    /// Tokens without the start and end tokens.
+    pub tokens: usize,
+}
+
+/// The captions of the usable images.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaptionReport {
+    /// Where they come from: "metadata.jsonl", "metadata.csv", or the sidecar files (".txt files").
+    pub source: String,
+    /// Usable images with a caption (empty ones included).
+    pub captioned: usize,
+    /// Sidecar files not read because the metadata file captions their image.
+    pub sidecars_ignored: usize,
+    /// Usable images without a caption.
+    pub missing: Vec<ShownPath>,
+    /// Captions that are empty or only whitespace.
+    pub empty: Vec<ShownPath>,
+    /// Groups of images with the same (non-empty) caption, largest first.
+    pub duplicates: Vec<DuplicateCaption>,
+    pub words: Option<WordStats>,
+    /// Distinct comma-separated tags, counted when the captions look like tag lists (most hold
+    /// commas and the pieces are short); 0 otherwise.
+    pub distinct_tags: usize,
+    /// The [`TOP_TAGS`] most frequent tags, with the number of captions holding each.
+    pub top_tags: Vec<TagCount>,
+    /// Whether tokens were counted (a [`TokenCounter`] was given).
+    pub tokens_counted: bool,
+    /// [`CAPTION_TOKEN_LIMIT`].
+    pub token_limit: usize,
+    /// Captions longer than `token_limit` tokens, longest first.
+    pub over_token_limit: Vec<LongCaption>,
+}
+
+/// Comma-separated tags, trimmed, each once.
+fn tags(caption: &str) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    caption.split(',').map(str::trim).filter(|t| !t.is_empty() && seen.insert(*t)).collect()
+}
+
+/// The caption report of `items` (path and caption of each usable image); `None` when no image
+/// has a caption.
+pub fn caption_report(items: &[(ShownPath, Option<&str>)], source: &str, sidecars_ignored: usize, opts: &CheckOptions) -> Option<CaptionReport> {
+    let captioned: Vec<(&ShownPath, &str)> = items.iter().filter_map(|(p, c)| c.map(|c| (p, c))).collect();
+    if captioned.is_empty() {
+        return None;
+    }
+    let missing = items.iter().filter(|(_, c)| c.is_none()).map(|(p, _)| p.clone()).collect();
+    let empty = captioned.iter().filter(|(_, c)| c.trim().is_empty()).map(|(p, _)| (*p).clone()).collect();
+    let texts: Vec<(&ShownPath, &str)> = captioned.iter().map(|&(p, c)| (p, c.trim())).filter(|(_, c)| !c.is_empty()).collect();
+
+    let mut by_caption: BTreeMap<&str, Vec<ShownPath>> = BTreeMap::new();
+    for &(p, c) in &texts {
+        by_caption.entry(c).or_default().push(p.clone());
+    }
+    let mut duplicates: Vec<DuplicateCaption> =
+        by_caption.into_iter().filter(|(_, m)| m.len() > 1).map(|(c, members)| DuplicateCaption { caption: c.to_string(), members }).collect();
+    duplicates.sort_by(|a, b| b.members.len().cmp(&a.members.len()).then_with(|| a.caption.cmp(&b.caption)));
+
+    let mut words: Vec<usize> = texts.iter().map(|(_, c)| c.split_whitespace().count()).collect();
+    words.sort_unstable();
+    let word_stats = (!words.is_empty()).then(|| WordStats {
+        min: words[0],
+        median: words[words.len() / 2],
+        mean: words.iter().sum::<usize>() as f64 / words.len() as f64,
+        max: words[words.len() - 1],
+    });
+
+    // Tag lists: most captions hold commas, and the pieces are a few words each.
+    let with_commas = texts.iter().filter(|(_, c)| c.contains(',')).count();
+    let pieces: usize = texts.iter().map(|(_, c)| c.split(',').filter(|t| !t.trim().is_empty()).count()).sum();
+    let is_tagged = with_commas * 2 >= texts.len() && with_commas > 0 && words.iter().sum::<usize>() <= 4 * pieces;
+    let mut tag_counts: HashMap<&str, usize> = HashMap::new();
+    if is_tagged {
+        for (_, c) in &texts {
+            for t in tags(c) {
+                *tag_counts.entry(t).or_insert(0) += 1;
+            }
+        }
+    }
+    let mut top_tags: Vec<TagCount> = tag_counts.iter().map(|(t, &count)| TagCount { tag: t.to_string(), count }).collect();
+    top_tags.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.tag.cmp(&b.tag)));
+    top_tags.truncate(TOP_TAGS);
+
+    let mut over_token_limit: Vec<LongCaption> = match &opts.caption_tokens {
+        Some(count) => {
+            texts.par_iter().map(|&(p, c)| LongCaption { path: p.clone(), tokens: (count.0)(c) }).filter(|l| l.tokens > CAPTION_TOKEN_LIMIT).collect()
+        }
+        None => Vec::new(),
+    };
+    over_token_limit.sort_by(|a, b| b.tokens.cmp(&a.tokens).then_with(|| a.path.cmp(&b.path)));
+
+    Some(CaptionReport {
+        source: source.to_string(),
+        captioned: captioned.len(),
+        sidecars_ignored,
+        missing,
+        empty,
+        duplicates,
+        words: word_stats,
+        distinct_tags: tag_counts.len(),
+        top_tags,
+        tokens_counted: opts.caption_tokens.is_some(),
+        token_limit: CAPTION_TOKEN_LIMIT,
+        over_token_limit,
+    })
 }
 
 /// What one readable file contributes.
@@ -118,7 +286,7 @@ struct FileFacts {
     height: u32,
     mode: String,
     outlier: Option<String>,
-    caption: bool,
+    caption: Option<String>,
 }
 
 fn color_mode(bytes: &[u8], img: &DynamicImage) -> String {
@@ -195,7 +363,7 @@ fn inspect(path: &Path, opts: &CheckOptions) -> Result<FileFacts, DecodeError> {
         height,
         mode: color_mode(&bytes, &img),
         outlier: outlier(&seen, transparent_share(&img)),
-        caption: path.with_extension("txt").is_file(),
+        caption: None,
     })
 }
 
@@ -337,12 +505,13 @@ pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, Data
         return Err(difforge_core::ConfigError::new("FOLDER", root.display(), "an existing folder of images").into());
     }
     let Listing { files, skipped } = list_images(root)?;
+    let found = folder_captions(root, &files, &opts.captions)?;
     let results: Vec<Result<FileFacts, DecodeError>> = files.par_iter().map(|f| inspect(f, opts)).collect();
     let mut facts = Vec::new();
     let (mut unreadable, mut too_large) = (Vec::new(), Vec::new());
-    for (path, r) in files.iter().zip(results) {
+    for ((path, r), caption) in files.iter().zip(results).zip(found.captions.iter()) {
         match r {
-            Ok(f) => facts.push(f),
+            Ok(f) => facts.push(FileFacts { caption: caption.clone(), ..f }),
             Err(e @ DecodeError::TooLarge { .. }) => too_large.push(Problem { path: shown(path), reason: e.to_string() }),
             Err(e) => unreadable.push(Problem { path: shown(path), reason: e.to_string() }),
         }
@@ -371,10 +540,10 @@ pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, Data
         class_counts: BTreeMap::new(),
         imbalance_ratio: None,
         caption_coverage: None,
+        captions: None,
         outliers: Vec::new(),
         warnings: Vec::new(),
     };
-    let mut captions = 0;
     for f in &facts {
         *report.color_modes.entry(f.mode.clone()).or_insert(0) += 1;
         *report.size_histogram.entry(size_bucket(f.width.min(f.height))).or_insert(0) += 1;
@@ -390,11 +559,10 @@ pub fn check_folder(root: &Path, opts: &CheckOptions) -> Result<DataReport, Data
         if let Some(reason) = &f.outlier {
             report.outliers.push(Problem { path: shown(&f.path), reason: reason.clone() });
         }
-        captions += usize::from(f.caption);
     }
-    if captions > 0 {
-        report.caption_coverage = Some(captions as f64 / facts.len().max(1) as f64);
-    }
+    let items: Vec<(ShownPath, Option<&str>)> = facts.iter().map(|f| (shown(&f.path), f.caption.as_deref())).collect();
+    report.captions = caption_report(&items, &found.source_name(&opts.captions), found.sidecars_ignored, opts);
+    report.caption_coverage = report.captions.as_ref().map(|c| c.captioned as f64 / facts.len().max(1) as f64);
     summarise(&mut report, opts);
     Ok(report)
 }
@@ -428,6 +596,20 @@ fn summarise(r: &mut DataReport, opts: &CheckOptions) {
     for (n, what) in counts {
         if n > 0 {
             r.warnings.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(c) = &r.captions {
+        let shared: usize = c.duplicates.iter().map(|g| g.members.len()).sum();
+        let counts = [
+            (c.missing.len(), "image(s) without a caption".to_string()),
+            (c.empty.len(), "empty caption(s)".to_string()),
+            (shared, format!("image(s) share their caption with another ({} group(s))", c.duplicates.len())),
+            (c.over_token_limit.len(), format!("caption(s) longer than CLIP's {} tokens (training cuts them off)", c.token_limit)),
+        ];
+        for (n, what) in counts {
+            if n > 0 {
+                r.warnings.push(format!("{n} {what}"));
+            }
         }
     }
 }
@@ -469,9 +651,12 @@ pub fn check_set(set: &crate::ImageSet, opts: &CheckOptions) -> Vec<String> {
         class_counts: set.class_counts(),
         imbalance_ratio: None,
         caption_coverage: None,
+        captions: None,
         outliers: Vec::new(),
         warnings: Vec::new(),
     };
+    let items: Vec<(ShownPath, Option<&str>)> = set.ids.iter().cloned().zip(set.captions.iter().map(Option::as_deref)).collect();
+    report.captions = caption_report(&items, "captions", 0, opts);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, px) in set.pixels.iter().enumerate() {
         let h = sha256_hex(&px.data);

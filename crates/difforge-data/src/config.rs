@@ -106,6 +106,14 @@ pub struct DataConfig {
     /// Samples held by the shuffle buffer of a webdataset stream: shards are read in order, so
     /// this (with the per-epoch shard order) is what mixes neighbouring samples.
     pub shuffle_buffer: usize,
+    /// Folder source: the extension of an image's sidecar caption file, the image's name with
+    /// this extension instead of its own (".txt": `a.png` -> `a.txt`; kohya's ".caption" works
+    /// too). A `metadata.jsonl`/`metadata.csv` caption wins over the sidecar.
+    pub caption_extension: String,
+    /// Folder source: the caption column of a `metadata.jsonl` or `metadata.csv` at the folder's
+    /// root, read as diffusers' imagefolder reads it (a `file_name` column, the image's path
+    /// relative to the folder, and this one).
+    pub caption_column: String,
 }
 
 impl Default for DataConfig {
@@ -126,7 +134,20 @@ impl Default for DataConfig {
             balance: Balance::None,
             augment: AugmentConfig::default(),
             shuffle_buffer: 1000,
+            caption_extension: ".txt".into(),
+            caption_column: "text".into(),
         }
+    }
+}
+
+/// A sidecar caption extension (`data.caption_extension`, `--caption-extension`): a dot, then a
+/// name with no path separator (".txt", ".caption").
+pub fn check_caption_extension(key: &str, extension: &str) -> Result<(), ConfigError> {
+    let ok = extension.len() > 1 && extension.starts_with('.') && !extension.contains(['/', '\\']) && extension != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, format!("{extension:?}"), "an extension starting with '.' and without '/', such as \".txt\" or \".caption\""))
     }
 }
 
@@ -159,6 +180,10 @@ impl DataConfig {
         }
         if self.max_pixels == 0 {
             return Err(ConfigError::new("data.max_pixels", self.max_pixels, "at least 1"));
+        }
+        check_caption_extension("data.caption_extension", &self.caption_extension)?;
+        if self.caption_column.trim().is_empty() {
+            return Err(ConfigError::new("data.caption_column", format!("{:?}", self.caption_column), "a column name such as \"text\""));
         }
         let a = &self.augment;
         for (key, p) in [("data.augment.hflip", a.hflip), ("data.augment.scale_crop", a.scale_crop), ("data.augment.rotate", a.rotate)] {

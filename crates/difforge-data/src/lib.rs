@@ -5,6 +5,7 @@
 
 pub mod augment;
 pub mod batch;
+pub mod bucket;
 pub mod check;
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod source;
 pub mod split;
 
 pub use batch::{Batch, BatchSampler, Loader};
+pub use bucket::{bucket_set, BucketBatches, BucketConfig, BucketReport, Placement};
 pub use config::{AugmentConfig, Balance, ColorMode, CropMode, DataConfig, SourceKind};
 pub use error::DataError;
 pub use grid::{save_png, PlanarImages};

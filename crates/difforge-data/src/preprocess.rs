@@ -41,7 +41,7 @@ fn luma([r, g, b]: [u8; 3]) -> u8 {
 }
 
 /// Transparent pixels become white, so icons and emoji keep their look on a plain background.
-fn composite_on_white(img: &DynamicImage) -> RgbImage {
+pub(crate) fn composite_on_white(img: &DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
         return img.to_rgb8();
     }

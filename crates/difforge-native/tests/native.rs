@@ -68,3 +68,10 @@ fn cuda_half_is_built_where_libtorch_has_cuda() {
     let lib = std::path::PathBuf::from(env!("DIFFORGE_NATIVE_LIBTORCH_LIB"));
     assert_eq!(difforge_native::built_with_cuda(), lib.join("libtorch_cuda.so").exists());
 }
+
+#[test]
+fn nccl_process_group_is_built_with_the_cuda_half() {
+    // ProcessGroupNCCL links against libtorch_cuda: the feature must compile and link wherever
+    // the CUDA half does (its run needs a GPU, which the data-parallel docs cover).
+    assert_eq!(difforge_native::dist::built_with_nccl(), difforge_native::built_with_cuda());
+}

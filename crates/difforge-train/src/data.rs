@@ -120,7 +120,14 @@ fn load_streamed(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>,
 /// whole list. For folders the full report is written to `run_dir`/data-check.json.
 fn data_check_warnings(cfg: &RunConfig, set: &ImageSet, run_dir: &Path) -> Result<Vec<String>, TrainError> {
     let d = &cfg.data;
-    let opts = CheckOptions { model_size: d.image_size, channels: d.channels, pad: d.pad, max_pixels: d.max_pixels, ..Default::default() };
+    let opts = CheckOptions {
+        model_size: d.image_size,
+        channels: d.channels,
+        pad: d.pad,
+        max_pixels: d.max_pixels,
+        captions: difforge_data::source::metadata::CaptionSource::of(d),
+        ..Default::default()
+    };
     match (d.source, &d.path) {
         (SourceKind::Folder, Some(path)) => {
             let report = check_folder(path, &opts)?;

@@ -14,9 +14,9 @@ use difforge_config::{DistBackend, TrainConfig};
 use difforge_native::dist::{Backend, GroupOptions, ProcessGroup, ReduceOp};
 use difforge_native::NativeError;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 /// How often each rank bumps its heartbeat counter, and how long the survivors of a failed
@@ -50,6 +50,9 @@ pub struct DataParallel {
     device: Device,
     timeout: Duration,
     alive: Arc<AtomicBool>,
+    /// Time spent in gradient all-reduces (nanoseconds) and their number, for the summary.
+    reduce_ns: AtomicU64,
+    reduces: AtomicU64,
 }
 
 /// The backend a config asks for on `device`.
@@ -106,7 +109,16 @@ impl DataParallel {
         let alive = Arc::new(AtomicBool::new(true));
         spawn_heartbeat(group.clone(), alive.clone());
         tracing::info!("rank {} of {} joined the {backend:?} group at {}:{}", world.rank, world.size, world.master_addr, world.master_port);
-        Ok(Some(DataParallel { group, world: world.clone(), backend, device, timeout: options.timeout, alive }))
+        Ok(Some(DataParallel {
+            group,
+            world: world.clone(),
+            backend,
+            device,
+            timeout: options.timeout,
+            alive,
+            reduce_ns: AtomicU64::new(0),
+            reduces: AtomicU64::new(0),
+        }))
     }
 
     pub fn rank(&self) -> usize {
@@ -134,10 +146,19 @@ impl DataParallel {
     /// loss. One collective for the gradients, one for the loss, whatever the model's size.
     pub fn average_gradients(&self, grads: &Tensor, loss: f64) -> Result<f64, TrainError> {
         let loss_t = Tensor::from_slice(&[loss]).to_device(self.device);
+        let start = Instant::now();
         self.group.all_reduce(&[grads, &loss_t], ReduceOp::Sum).map_err(|e| self.failed("averaging gradients", e))?;
+        self.reduce_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.reduces.fetch_add(1, Ordering::Relaxed);
         let w = self.world.size as f64;
         let _ = grads.shallow_clone().g_div_scalar_(w);
         Ok(loss_t.double_value(&[0]) / w)
+    }
+
+    /// The mean wall time of one gradient all-reduce so far, in milliseconds (it includes waiting
+    /// for the slowest rank to arrive).
+    pub fn mean_reduce_ms(&self) -> f64 {
+        self.reduce_ns.load(Ordering::Relaxed) as f64 / 1e6 / self.reduces.load(Ordering::Relaxed).max(1) as f64
     }
 
     /// Sums `values` over the ranks, in place (validation losses computed in parts).

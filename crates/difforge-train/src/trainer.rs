@@ -99,6 +99,9 @@ pub struct ParallelSummary {
     pub backend: String,
     /// Each rank's weights checksum at the end, in rank order: equal when the ranks agree.
     pub rank_checksums: Vec<f64>,
+    /// Mean wall time of the gradient all-reduce per optimiser step on this rank (waiting for
+    /// the slowest rank included).
+    pub allreduce_ms_per_step: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -537,6 +540,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             world_size: p.size(),
             backend: format!("{:?}", p.backend()).to_lowercase(),
             rank_checksums: p.gather(tr.model().checksum(), "comparing the ranks' weights")?,
+            allreduce_ms_per_step: p.mean_reduce_ms(),
         }),
         None => None,
     };

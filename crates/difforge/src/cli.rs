@@ -487,6 +487,12 @@ pub struct DataCheckArgs {
     /// Write the files to remove (corrupt, duplicate, near-constant) and the groups to review as JSON.
     #[arg(long)]
     pub fix_report: Option<std::path::PathBuf>,
+    /// Sidecar caption files: the image's name with this extension (data.caption_extension).
+    #[arg(long, default_value = ".txt")]
+    pub caption_extension: String,
+    /// The caption column of a metadata.jsonl or metadata.csv at the folder's root (data.caption_column).
+    #[arg(long, default_value = "text")]
+    pub caption_column: String,
     #[arg(long)]
     pub json: bool,
 }

@@ -1,12 +1,14 @@
 //! An image folder: searched recursively for png, jpg, jpeg, webp and bmp files; the class of an
-//! image is the name of the first-level subfolder it lies under; an optional caption lies beside
-//! it in a same-named .txt file. Unreadable files and folders are skipped, named and counted;
+//! image is the name of the first-level subfolder it lies under; its caption comes from a
+//! metadata.jsonl/metadata.csv at the root or a same-named sidecar file (.txt by default; see
+//! [`super::metadata`]). Unreadable files and folders are skipped, named and counted;
 //! symbolic links to folders are not followed (a link back to a parent would loop forever).
 
 use crate::error::DataError;
 use crate::image_set::{ImageSet, SkippedFile};
 use crate::pixels::Pixels;
 use crate::preprocess::Preprocess;
+use crate::source::metadata::{folder_captions, CaptionSource};
 use difforge_core::ConfigError;
 use image::ImageReader;
 use rayon::prelude::*;
@@ -139,7 +141,8 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
 
 /// Loads a folder. With `known_classes` (data.class_names) the subfolders are labelled by their
 /// position in that list (a fine-tune keeps its base's labels); otherwise by sorted name.
-pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classes: &[String]) -> Result<ImageSet, DataError> {
+/// Captions as [`folder_captions`] finds them.
+pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classes: &[String], captions: &CaptionSource) -> Result<ImageSet, DataError> {
     if !root.is_dir() {
         return Err(ConfigError::new("data.path", root.display(), "an existing folder of images").into());
     }
@@ -159,14 +162,17 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
         }
         known_classes.to_vec()
     };
+    let found = folder_captions(root, &files, captions)?;
+    if let (Some(file), n @ 1..) = (&found.metadata, found.sidecars_ignored) {
+        tracing::info!("{}: the captions of {} win over {n} {} sidecar file(s), which are ignored", root.display(), file.display(), captions.extension);
+    }
     let decoded: Vec<Result<Pixels, DecodeError>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
 
     let mut set = ImageSet { class_names, skipped: skipped_folders, ..Default::default() };
-    for (file, result) in files.iter().zip(decoded) {
+    for ((file, result), caption) in files.iter().zip(decoded).zip(found.captions) {
         match result {
             Ok(px) => {
                 let label = class_of(root, file).and_then(|c| set.class_names.iter().position(|n| *n == c));
-                let caption = std::fs::read_to_string(file.with_extension("txt")).ok().map(|s| s.trim().to_string());
                 let id = file.strip_prefix(root).unwrap_or(file).to_string_lossy().into_owned();
                 set.push(px, label, caption, id);
             }

@@ -3,6 +3,7 @@
 mod digits;
 pub mod folder;
 mod idx;
+pub mod metadata;
 pub mod webdataset;
 
 pub use digits::{load_digits, DIGITS_PNG};
@@ -23,7 +24,7 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
         SourceKind::Digits => load_digits(&prep)?,
         SourceKind::Folder => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"folder\"")))?;
-            load_folder(path, &prep, config.max_pixels, &config.class_names)?
+            load_folder(path, &prep, config.max_pixels, &config.class_names, &metadata::CaptionSource::of(config))?
         }
         SourceKind::Idx => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"idx\"")))?;

@@ -17,6 +17,8 @@ struct Info {
     cores: usize,
     /// This process's place in a multi-process run, as the trainer will read it.
     world: WorldInfo,
+    /// The c10d backends compiled in for multi-process training (gloo always; nccl in CUDA builds).
+    collectives: Vec<&'static str>,
 }
 
 /// The world, or why the launcher's variables make no sense (shown, not fatal: `info` is where
@@ -83,6 +85,7 @@ pub fn run(json: bool) -> anyhow::Result<()> {
         threads: tch::get_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         world: WorldInfo::from_env(),
+        collectives: if difforge_native::dist::built_with_nccl() { vec!["gloo", "nccl"] } else { vec!["gloo"] },
     };
     if json {
         return super::print_json(&info);
@@ -107,5 +110,6 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     }
     println!("threads    {} (cores: {})", info.threads, info.cores);
     println!("world      {}", info.world.line());
+    println!("collectives {} (multi-process training)", info.collectives.join(", "));
     Ok(())
 }

@@ -130,3 +130,41 @@ fn an_unreadable_subfolder_is_reported_not_fatal() {
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0]["path"].as_str().unwrap().ends_with("/7") && skipped[0]["reason"].as_str().unwrap().contains("not readable"));
 }
+
+/// Captions from a metadata.jsonl: CLIP's own tokenizer (built into the binary) finds the caption
+/// training would cut off, and tag captions get a tag summary, in the text and the JSON report.
+#[test]
+fn data_check_counts_caption_tokens_with_clip_and_summarises_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let long = vec!["red"; 40].join(", "); // 40 words and 39 commas: 79 CLIP tokens
+    let captions = ["1girl, solo, smile", "1girl, solo, outdoors", "1girl, smile, night sky", &format!("1girl, {long}")];
+    let mut jsonl = String::new();
+    for (i, caption) in captions.iter().enumerate() {
+        let i = i as u32;
+        image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([(x * 16 + i * 60) as u8, (y * 16) as u8, ((x * y + i * 40) % 256) as u8]))
+            .save(root.join(format!("{i}.png")))
+            .unwrap();
+        jsonl += &serde_json::json!({"file_name": format!("{i}.png"), "text": caption}).to_string();
+        jsonl.push('\n');
+    }
+    std::fs::write(root.join("metadata.jsonl"), jsonl).unwrap();
+
+    let r = check_json(root);
+    let c = &r["captions"];
+    assert_eq!(c["source"], "metadata.jsonl");
+    assert_eq!(c["captioned"], 4);
+    let long_ones = c["over_token_limit"].as_array().unwrap();
+    assert_eq!(long_ones.len(), 1, "{long_ones:?}");
+    assert!(long_ones[0]["path"].as_str().unwrap().ends_with("3.png"));
+    // "1girl" is "1" + "girl", then ", " between 41 tags: 2 + 40 + 40 = 82.
+    assert_eq!(long_ones[0]["tokens"], 82);
+    assert_eq!(c["top_tags"][0], serde_json::json!({"tag": "1girl", "count": 4}));
+
+    let out = difforge().args(["data", "check"]).arg(root).args(["--model-size", "16"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("  tags           1girl: 4, smile: 2, solo: 2, "), "{text}");
+    assert!(text.contains("3.png: 82 tokens (CLIP reads the first 75)"), "{text}");
+    assert!(text.contains("warning: 1 caption(s) longer than CLIP's 75 tokens"), "{text}");
+}
