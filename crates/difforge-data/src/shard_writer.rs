@@ -1,13 +1,15 @@
 //! Turns an image folder into webdataset tar shards (`000000.tar`, `000001.tar`, ...) plus a
 //! `dataset.json`, for data that is streamed rather than loaded (`data.source = "webdataset"`).
 //! The folder is enumerated exactly as the folder source does it (same order, same class of each
-//! first-level subfolder, same `.txt` captions), and the original image bytes are copied
+//! first-level subfolder, same captions: a root metadata.jsonl/metadata.csv `text` column, else
+//! `.txt` sidecars), and the original image bytes are copied
 //! unchanged: nothing is decoded, so writing is as fast as copying, and a file the folder
 //! source could not decode is skipped by the reader when a batch meets it.
 
 use crate::error::DataError;
 use crate::image_set::SkippedFile;
 use crate::source::folder::{class_of, list_images, Listing};
+use crate::source::metadata::{folder_captions, CaptionSource};
 use difforge_core::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -60,7 +62,7 @@ pub fn write_shards(folder: &Path, out: &Path, shard_size: usize) -> Result<Shar
     }
     require_empty(out)?;
     let Listing { files, skipped } = list_images(folder)?;
-    let (items, class_names) = items_of(folder, &files);
+    let (items, class_names) = items_of(folder, &files)?;
     if items.is_empty() {
         return Err(DataError::NoImages { path: folder.to_path_buf(), skipped: skipped.len() });
     }
@@ -96,19 +98,21 @@ fn require_empty(out: &Path) -> Result<(), DataError> {
 
 /// The images in folder-source order with their labels (sorted class names, as the folder
 /// source labels them), captions and unique keys.
-fn items_of(folder: &Path, files: &[PathBuf]) -> (Vec<Item>, Vec<String>) {
+fn items_of(folder: &Path, files: &[PathBuf]) -> Result<(Vec<Item>, Vec<String>), DataError> {
     let class_names: Vec<String> = files.iter().filter_map(|f| class_of(folder, f)).collect::<BTreeSet<_>>().into_iter().collect();
+    let captions = folder_captions(folder, files, &CaptionSource::default())?.captions;
     let items = files
         .iter()
+        .zip(captions)
         .enumerate()
-        .map(|(i, file)| Item {
+        .map(|(i, (file, caption))| Item {
             file: file.clone(),
             key: sample_key(i, file.strip_prefix(folder).unwrap_or(file)),
             label: class_of(folder, file).and_then(|c| class_names.iter().position(|n| *n == c)),
-            caption: std::fs::read_to_string(file.with_extension("txt")).ok().map(|s| s.trim().to_string()),
+            caption,
         })
         .collect();
-    (items, class_names)
+    Ok((items, class_names))
 }
 
 /// A webdataset key: no dots (they separate key from extension) and no slashes. The position

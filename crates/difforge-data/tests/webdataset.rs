@@ -237,3 +237,20 @@ fn shards_hold_the_original_bytes_and_an_index() {
     assert_eq!((names[2].0.as_str(), names[2].1.as_slice()), ("000000_cat_cat-00.txt", b"cat-00".as_slice()));
     assert!(names.iter().all(|(n, _)| n.matches('.').count() == 1 && !n.contains('/')), "{names:?}");
 }
+
+#[test]
+fn shards_carry_the_captions_of_a_metadata_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("images");
+    let names = write_folder(&folder);
+    // metadata.jsonl wins over the sidecars for the images it names; the others keep theirs.
+    std::fs::write(folder.join("metadata.jsonl"), "{\"file_name\": \"cat/cat-00.png\", \"text\": \"a tabby, from metadata\"}\n").unwrap();
+    let shards = dir.path().join("shards");
+    write_shards(&folder, &shards, 100).unwrap();
+    let mut stream = ShardStream::open(&DataConfig { shuffle_buffer: 1, ..stream_config(&shards) }, SEED, 0, 1).unwrap();
+    let got: BTreeSet<String> = captions_of(&[stream.batch(0, 24).unwrap()]).into_iter().collect();
+    let mut want = names;
+    want.remove("cat-00");
+    want.insert("a tabby, from metadata".to_string());
+    assert_eq!(got, want);
+}
