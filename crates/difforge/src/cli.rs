@@ -367,10 +367,13 @@ pub struct SamplingArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub raw: bool,
-    /// A LoRA adapter trained on this checkpoint, applied unmerged.
-    #[arg(long)]
-    pub lora: Option<PathBuf>,
-    /// Strength of the adapter (1 = as trained).
+    /// A LoRA adapter trained on this checkpoint, applied unmerged. For Stable Diffusion
+    /// models: a LoRA .safetensors file (kohya/webui or diffusers format) merged into the
+    /// weights, as FILE or FILE:SCALE; repeatable, merged in order.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<PathBuf>,
+    /// Strength of the adapter (1 = as trained); for Stable Diffusion, of each --lora given
+    /// without :SCALE.
     #[arg(long, default_value_t = 1.0)]
     pub lora_scale: f64,
     /// cpu, cuda, cuda:N or auto.

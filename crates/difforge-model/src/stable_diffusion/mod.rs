@@ -2,6 +2,7 @@
 //! config, and text-to-image generation.
 
 pub mod components;
+pub mod lora_file;
 pub mod pipeline;
 pub mod scheduler;
 pub mod single_file;
@@ -10,6 +11,7 @@ mod single_file_rules;
 mod single_file_unet;
 mod single_file_vae;
 
+pub use lora_file::{LoraFormat, LoraReport};
 pub use pipeline::{is_diffusers_folder, Generation, PromptIds, StableDiffusion, TextToImage};
 pub use scheduler::{SchedulerConfig, Scheduling};
 pub use single_file::Family;

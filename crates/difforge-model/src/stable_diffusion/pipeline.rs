@@ -4,7 +4,8 @@
 //! guidance with the negative prompt, difforge's sampling loop over the folder's schedule, the
 //! VAE's decoder.
 
-use super::components::Networks;
+use super::components::{Networks, Part};
+use super::lora_file::{self, LoraReport};
 use super::scheduler::{SchedulerConfig, Scheduling};
 use crate::error::ModelError;
 use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig, TrajectoryStep};
@@ -51,6 +52,8 @@ pub struct StableDiffusion {
     _unet_vars: nn::VarStore,
     pub vae: AutoencoderKl,
     pub text_encoders: Vec<ClipTextModel>,
+    /// The text encoders' variables (their networks hold views of them), for LoRA files.
+    text_encoder_vars: Vec<nn::VarStore>,
     /// One per text encoder: `tokenizer/` (and `tokenizer_2/`).
     pub tokenizers: Vec<ClipTokenizer>,
     pub scheduling: Scheduling,
@@ -118,13 +121,15 @@ impl StableDiffusion {
     pub(super) fn assemble(dir: PathBuf, parts: Parts, device: Device) -> StableDiffusion {
         let Parts { networks, tokenizers, scheduling, force_zeros_for_empty_prompt } = parts;
         let generation = if networks.text_encoders.len() == 2 { Generation::Xl } else { Generation::Single };
+        let (text_encoders, text_encoder_vars): (Vec<_>, Vec<_>) = networks.text_encoders.into_iter().map(|e| (e.net, e.vars)).unzip();
         StableDiffusion {
             dir,
             generation,
             unet: networks.unet.net,
             _unet_vars: networks.unet.vars,
             vae: networks.vae.net,
-            text_encoders: networks.text_encoders.into_iter().map(|e| e.net).collect(),
+            text_encoders,
+            text_encoder_vars,
             tokenizers,
             scheduling,
             force_zeros_for_empty_prompt: force_zeros_for_empty_prompt.unwrap_or(generation == Generation::Xl),
@@ -138,6 +143,16 @@ impl StableDiffusion {
         let scheduling = SchedulerConfig::stable_diffusion(preset.prediction_type).scheduling(Path::new("(built-in DDIM settings)"))?;
         let parts = Parts { networks: Networks::from_preset(preset, device)?, tokenizers: Vec::new(), scheduling, force_zeros_for_empty_prompt: None };
         Ok(StableDiffusion::assemble(PathBuf::from(format!("(preset {})", preset.name)), parts, device))
+    }
+
+    /// Merges a LoRA file (kohya/webui or diffusers/PEFT keys) into the UNet's and text
+    /// encoders' weights, `multiplier` times its own scale (see `lora_file`). Checked before
+    /// any weight changes: a key that matches no module, or a shape that does not fit, fails
+    /// and leaves the model as it was. Several files merge in the order they are applied.
+    pub fn apply_lora(&mut self, path: &Path, multiplier: f64) -> Result<LoraReport, ModelError> {
+        let mut targets = vec![(Part::Unet, &self._unet_vars)];
+        targets.extend([Part::TextEncoder, Part::TextEncoder2].into_iter().zip(&self.text_encoder_vars));
+        lora_file::apply(path, multiplier, &targets)
     }
 
     /// Trainable scalars of the UNet.

@@ -5,5 +5,6 @@
 
 mod checkpoint;
 mod generate;
+mod sd_lora;
 mod single_file;
 mod stable_diffusion;

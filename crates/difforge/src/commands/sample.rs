@@ -39,9 +39,10 @@ pub fn load(args: &SamplingArgs) -> anyhow::Result<(DiffusionModel, SamplerConfi
     if !(args.lora_scale.is_finite() && (-10.0..=10.0).contains(&args.lora_scale)) {
         return Err(ConfigError::new("--lora-scale", args.lora_scale, "a number in -10..=10").into());
     }
-    let model = match &args.lora {
-        Some(adapter) => difforge_model::adapter::load_with_adapter(&dir, adapter, args.lora_scale, dev)?,
-        None => checkpoint::load_model(&dir, &cfg, dev).with_context(|| format!("loading {}", dir.display()))?,
+    let model = match args.lora.as_slice() {
+        [adapter] => difforge_model::adapter::load_with_adapter(&dir, adapter, args.lora_scale, dev)?,
+        [] => checkpoint::load_model(&dir, &cfg, dev).with_context(|| format!("loading {}", dir.display()))?,
+        [_, second, ..] => return Err(ConfigError::new("--lora", second.display(), "one adapter: a pixel model takes a single --lora").into()),
     };
     let sampler = sampler_config(&args.sampler, &cfg)?;
     Ok((model, sampler, dir))

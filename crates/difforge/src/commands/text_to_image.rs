@@ -2,12 +2,12 @@
 //! with a Stable Diffusion model as diffusers saves it or as one original-format file. Images are written one PNG each with the prompt and
 //! settings in text chunks (`parameters` in the webui's format, `difforge` as JSON).
 
-use crate::cli::{SampleArgs, SamplerArgs, TextPromptArgs};
+use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs, TextPromptArgs};
 use anyhow::Context;
 use difforge_core::ConfigError;
 use difforge_diffusion::{NoiseSource, SamplerConfig, SamplerKind, StartNoise, TrajectoryStep};
 use difforge_model::images::save_png_with_text;
-use difforge_model::stable_diffusion::{Generation, StableDiffusion, TextToImage};
+use difforge_model::stable_diffusion::{Generation, LoraReport, StableDiffusion, TextToImage};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -27,8 +27,15 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
         "torch" => StartNoise::Torch,
         _ => StartNoise::Portable,
     };
+    let loras = lora_choices(&args.sampling)?;
     let device = super::sample::device(&args.sampling.device, &difforge_config::TrainConfig::default())?;
-    let sd = load(args, device).with_context(|| format!("loading {}", dir.display()))?;
+    let mut sd = load(args, device).with_context(|| format!("loading {}", dir.display()))?;
+    let mut merged = Vec::with_capacity(loras.len());
+    for lora in &loras {
+        let report = sd.apply_lora(&lora.path, lora.scale).with_context(|| format!("applying the LoRA {}", lora.path.display()))?;
+        eprintln!("LoRA {report}");
+        merged.push(report);
+    }
     if let Some(note) = &sd.scheduling.substitute {
         eprintln!("note: {note}");
     }
@@ -63,6 +70,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
                 clip_skip: args.text.clip_skip,
                 noise: &args.text.noise,
                 model: dir,
+                loras: &loras,
             };
             save_png_with_text(&images, k as i64, &settings.chunks(), &path).with_context(|| format!("writing {}", path.display()))?;
             files.push(path);
@@ -80,6 +88,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
         seed: args.sampling.seed,
         seconds: start.elapsed().as_secs_f64(),
         files,
+        loras: merged,
     };
     if args.json {
         return super::print_json(&report);
@@ -118,8 +127,7 @@ fn load(args: &SampleArgs, device: tch::Device) -> Result<StableDiffusion, diffo
 }
 
 fn refuse_pixel_flags(args: &SampleArgs) -> Result<(), ConfigError> {
-    let unsupported =
-        [("--class", args.class.is_some()), ("--lora", args.sampling.lora.is_some()), ("--raw", args.sampling.raw), ("--out-dir", args.out_dir.is_some())];
+    let unsupported = [("--class", args.class.is_some()), ("--raw", args.sampling.raw), ("--out-dir", args.out_dir.is_some())];
     match unsupported.iter().find(|(_, given)| *given) {
         Some((flag, _)) => Err(ConfigError::new(*flag, "(given)", "nothing: a diffusers Stable Diffusion folder does not take it yet")),
         None => Ok(()),
@@ -202,16 +210,20 @@ struct Settings<'a> {
     clip_skip: usize,
     noise: &'a str,
     model: &'a Path,
+    loras: &'a [LoraChoice],
 }
 
 impl Settings<'_> {
     fn chunks(&self) -> Vec<(&'static str, String)> {
         let s = self.sampler;
         let model = self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // The webui's layout, which it, ComfyUI and image sites read back.
+        // The webui's layout, which it, ComfyUI and image sites read back; LoRAs as the webui's
+        // `<lora:name:scale>` after the prompt.
+        let tags: String = self.loras.iter().map(|l| format!(" <lora:{}:{}>", l.name(), l.scale)).collect();
         let parameters = format!(
-            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Clip skip: {}, Noise: {}",
+            "{}{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}, Clip skip: {}, Noise: {}",
             self.prompt,
+            tags,
             self.negative,
             s.steps,
             s.sampler.name(),
@@ -226,7 +238,9 @@ impl Settings<'_> {
         let json = serde_json::json!({
             "prompt": self.prompt, "negative_prompt": self.negative, "seed": self.seed, "width": self.width, "height": self.height,
             "sampler": s.sampler.name(), "steps": s.steps, "guidance": s.guidance, "eta": s.eta, "clip_skip": self.clip_skip,
-            "noise": self.noise, "model": self.model, "generator": concat!("difforge ", env!("CARGO_PKG_VERSION")),
+            "noise": self.noise, "model": self.model,
+            "loras": self.loras.iter().map(|l| serde_json::json!({ "name": l.name(), "path": l.path, "scale": l.scale })).collect::<Vec<_>>(),
+            "generator": concat!("difforge ", env!("CARGO_PKG_VERSION")),
         });
         vec![("parameters", parameters), ("difforge", json.to_string())]
     }
@@ -244,4 +258,44 @@ struct Report<'a> {
     seed: u64,
     seconds: f64,
     files: Vec<PathBuf>,
+    loras: Vec<LoraReport>,
+}
+
+/// A `--lora FILE[:SCALE]` of a Stable Diffusion model.
+struct LoraChoice {
+    path: PathBuf,
+    scale: f64,
+}
+
+impl LoraChoice {
+    /// The name the webui gives a LoRA: its file name without extension.
+    fn name(&self) -> String {
+        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// Each `--lora` as a file and a scale: a value naming an existing file is the file (scale
+/// `--lora-scale`), else `FILE:SCALE`.
+fn lora_choices(sampling: &SamplingArgs) -> Result<Vec<LoraChoice>, ConfigError> {
+    let in_range = |s: f64| s.is_finite() && (-10.0..=10.0).contains(&s);
+    if !in_range(sampling.lora_scale) {
+        return Err(ConfigError::new("--lora-scale", sampling.lora_scale, "a number in -10..=10"));
+    }
+    let mut choices = Vec::with_capacity(sampling.lora.len());
+    for value in &sampling.lora {
+        let text = value.to_string_lossy();
+        let (path, scale) = match text.rsplit_once(':') {
+            Some((file, scale)) if !value.is_file() => {
+                let scale = scale.trim().parse::<f64>().ok().filter(|s| in_range(*s));
+                let scale = scale.ok_or_else(|| ConfigError::new("--lora", &text, "FILE or FILE:SCALE with SCALE a number in -10..=10"))?;
+                (PathBuf::from(file), scale)
+            }
+            _ => (value.clone(), sampling.lora_scale),
+        };
+        if !path.is_file() {
+            return Err(ConfigError::new("--lora", &text, "a LoRA .safetensors file that exists (FILE or FILE:SCALE)"));
+        }
+        choices.push(LoraChoice { path, scale });
+    }
+    Ok(choices)
 }

@@ -72,7 +72,9 @@ fn several_prompts_and_images_are_numbered_beside_out_with_one_seed_each() {
 fn text_to_image_errors_name_the_flag_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.png");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["--prompt", "x", "--lora", "nope.safetensors:0.5"], "--lora nope.safetensors:0.5"),
+        (&["--prompt", "x", "--lora", "nope.safetensors:strong"], "--lora nope.safetensors:strong"),
         (&["--prompt", "x", "--size", "30x32"], "--size 30x32"),
         (&["--prompt", "x", "--size", "big"], "--size big"),
         (&[], "--prompt (missing)"),
@@ -107,4 +109,37 @@ fn a_single_file_generates_with_its_config_folder_as_the_folder_does() {
     difforge().arg("sample").arg("--checkpoint").arg(fixture("tiny-sd15")).args(args).arg("--out").arg(&from_folder).assert().success();
     let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
     assert_eq!(pixels(&from_file), pixels(&from_folder), "the single file and its folder are the same model");
+}
+
+#[test]
+fn a_lora_file_at_a_scale_changes_the_image_and_is_recorded_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-model/tests/fixtures/sd-lora/kohya.safetensors");
+    let args = ["--prompt", "a red fox", "--steps", "3", "--seed", "5"];
+    let (plain, with_lora) = (dir.path().join("plain.png"), dir.path().join("lora.png"));
+    difforge().arg("sample").arg("--checkpoint").arg(fixture("tiny-sd15")).args(args).arg("--out").arg(&plain).assert().success();
+    let output = difforge()
+        .arg("sample")
+        .arg("--checkpoint")
+        .arg(fixture("tiny-sd15"))
+        .args(args)
+        .arg("--lora")
+        .arg(format!("{}:0.5", lora.display()))
+        .arg("--json")
+        .arg("--out")
+        .arg(&with_lora)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let merged = &report["loras"][0];
+    assert_eq!((merged["format"].as_str(), merged["multiplier"].as_f64()), (Some("kohya"), Some(0.5)), "{report}");
+    assert_eq!((merged["patched"]["unet"].as_u64(), merged["patched"]["text_encoder"].as_u64()), (Some(33), Some(12)), "{report}");
+    let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_ne!(pixels(&plain), pixels(&with_lora), "the LoRA changes the image");
+    let chunks = text_chunks(&with_lora);
+    let parameters = &chunks.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(parameters.starts_with("a red fox <lora:kohya:0.5>\nNegative prompt: \n"), "{parameters}");
+    let json: serde_json::Value = serde_json::from_str(&chunks.iter().find(|(k, _)| k == "difforge").unwrap().1).unwrap();
+    assert_eq!((json["prompt"].as_str(), json["loras"][0]["name"].as_str(), json["loras"][0]["scale"].as_f64()), (Some("a red fox"), Some("kohya"), Some(0.5)));
 }

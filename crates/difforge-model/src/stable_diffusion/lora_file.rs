@@ -1,0 +1,405 @@
+//! LoRA files as webui, ComfyUI and diffusers users download them, merged into a Stable
+//! Diffusion model's weights. Two key layouts are read:
+//!
+//! - kohya/webui: `lora_unet_<module path, dots as underscores>.lora_down.weight`,
+//!   `.lora_up.weight` and `.alpha` (a scalar); the text encoders as `lora_te_` (SDXL:
+//!   `lora_te1_`, `lora_te2_`). The underscore form is ambiguous, so it is looked up among the
+//!   model's own linear and conv weights written the same way. Scale: alpha / rank (no alpha:
+//!   1).
+//! - diffusers/PEFT: `unet.<module path>.lora_A.weight` (down) and `.lora_B.weight` (up), and
+//!   `text_encoder.`, `text_encoder_2.`. Scale: an `.alpha` key if there is one, else the
+//!   `lora_adapter_metadata` diffusers writes into the safetensors header (`<network>.lora_alpha`,
+//!   its `alpha_pattern` and `use_rslora`) over the rank, else 1.
+//!
+//! Every module then gets W += multiplier * scale * (up @ down), computed in float32 and cast
+//! back to W's type; for conv layers (LoCon) down is (r, in, kh, kw) and up (out, r, 1, 1).
+//! Everything is checked before any weight changes: a key that is not a LoRA key of these
+//! layouts (LoHa, LoKr, DoRA, diffusers' older attention-processor keys), one that matches no
+//! module, a missing half and a shape that does not fit all fail with the key; no key is
+//! skipped.
+
+use super::components::Part;
+use crate::error::ModelError;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+/// The key layout of a LoRA file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraFormat {
+    /// kohya's sd-scripts, as the webui and ComfyUI read it: `lora_unet_…`.
+    Kohya,
+    /// diffusers' `save_lora_weights` (PEFT's `lora_A`/`lora_B`): `unet.…`.
+    Diffusers,
+}
+
+impl LoraFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraFormat::Kohya => "kohya",
+            LoraFormat::Diffusers => "diffusers",
+        }
+    }
+}
+
+/// What merging one file did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoraReport {
+    pub path: PathBuf,
+    pub format: LoraFormat,
+    pub multiplier: f64,
+    /// Modules patched per network (`unet`, `text_encoder`, `text_encoder_2`).
+    pub patched: BTreeMap<String, usize>,
+}
+
+impl LoraReport {
+    /// Modules patched in all networks.
+    pub fn modules(&self) -> usize {
+        self.patched.values().sum()
+    }
+}
+
+impl std::fmt::Display for LoraReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.patched.iter().map(|(net, n)| format!("{net} {n}")).collect();
+        write!(f, "{} ({} format, scale {}): modules patched: {}", self.path.display(), self.format.name(), self.multiplier, parts.join(", "))
+    }
+}
+
+/// What a key of the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Down,
+    Up,
+    Alpha,
+}
+
+/// A module's key stem and what the key holds, for the two layouts' suffixes.
+fn split_key(key: &str) -> Option<(&str, Role)> {
+    const SUFFIXES: [(&str, Role); 5] = [
+        (".lora_down.weight", Role::Down),
+        (".lora_up.weight", Role::Up),
+        (".lora_A.weight", Role::Down),
+        (".lora_B.weight", Role::Up),
+        (".alpha", Role::Alpha),
+    ];
+    SUFFIXES.iter().find_map(|(suffix, role)| key.strip_suffix(suffix).map(|stem| (stem, *role)))
+}
+
+/// Why a key that is not one of ours is not read, in words.
+fn unsupported(key: &str) -> String {
+    let what = if key.contains("hada_") {
+        "a LoHa (LyCORIS) key"
+    } else if key.contains("lokr_") {
+        "a LoKr (LyCORIS) key"
+    } else if key.contains(".lora_mid.") {
+        "a LoCon key with a Tucker middle (lora_mid)"
+    } else if key.contains("dora_scale") || key.contains("lora_magnitude_vector") {
+        "a DoRA key"
+    } else if key.contains("_lora.down.") || key.contains("_lora.up.") || key.contains(".processor.") {
+        "diffusers' older attention-processor format (`…processor.to_q_lora.down.weight`)"
+    } else if key.ends_with(".diff") || key.ends_with(".diff_b") || key.ends_with(".bias") {
+        "a full weight or bias difference"
+    } else {
+        "an unsupported key format"
+    };
+    format!(
+        "`{key}`: {what}; difforge reads kohya keys (`lora_unet_…`/`lora_te_…` with `.lora_down.weight`, `.lora_up.weight`, `.alpha`) \
+         and diffusers/PEFT keys (`unet.…`/`text_encoder.…` with `.lora_A.weight`, `.lora_B.weight`)"
+    )
+}
+
+/// One network the file may patch: its linear and conv weights by name, and those names in
+/// kohya's underscore form.
+struct Network {
+    part: Part,
+    kohya_prefixes: &'static [&'static str],
+    weights: HashMap<String, Tensor>,
+    /// kohya name without prefix (`down_blocks_0_..._to_q`) -> variable names (more than one:
+    /// ambiguous).
+    kohya: HashMap<String, Vec<String>>,
+}
+
+impl Network {
+    fn new(part: Part, vars: &VarStore) -> Network {
+        let kohya_prefixes: &'static [&'static str] = match part {
+            Part::Unet => &["lora_unet_"],
+            Part::TextEncoder => &["lora_te_", "lora_te1_"],
+            Part::TextEncoder2 => &["lora_te2_"],
+            Part::Vae => &[],
+        };
+        let weights: HashMap<String, Tensor> = vars.variables().into_iter().filter(|(name, t)| name.ends_with(".weight") && matches!(t.dim(), 2 | 4)).collect();
+        let mut kohya: HashMap<String, Vec<String>> = HashMap::new();
+        for name in weights.keys() {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            kohya.entry(module.replace('.', "_")).or_default().push(name.clone());
+        }
+        Network { part, kohya_prefixes, weights, kohya }
+    }
+
+    /// The variable a module path names (`down_blocks.0.….to_q`).
+    fn by_path(&self, path: &str) -> Option<String> {
+        let name = format!("{path}.weight");
+        self.weights.contains_key(&name).then_some(name)
+    }
+
+    /// The module name of this network nearest to `wanted` (the longest shared beginning and
+    /// end), for error messages.
+    fn nearest<'a>(names: impl Iterator<Item = &'a String>, wanted: &str) -> Option<&'a String> {
+        let shared = |a: &str| {
+            let start = a.bytes().zip(wanted.bytes()).take_while(|(x, y)| x == y).count();
+            let end = a.bytes().rev().zip(wanted.bytes().rev()).take_while(|(x, y)| x == y).count();
+            (start + end).min(a.len().min(wanted.len()))
+        };
+        names.max_by(|a, b| shared(a).cmp(&shared(b)).then_with(|| b.cmp(a)))
+    }
+}
+
+/// A module of the file: its two halves and alpha, and the weight they patch.
+struct Module {
+    network: usize,
+    variable: String,
+    format: LoraFormat,
+    down: Option<Tensor>,
+    up: Option<Tensor>,
+    alpha: Option<f64>,
+}
+
+/// The `__metadata__` of a safetensors file's header (empty when it has none).
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>, ModelError> {
+    let bad = |reason: String| ModelError::checkpoint(path, format!("not a safetensors file ({reason}); difforge reads LoRA files as .safetensors"));
+    let mut file = std::fs::File::open(path).map_err(|e| ModelError::checkpoint(path, e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(bad(format!("a header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let metadata = header.get("__metadata__").and_then(Value::as_object);
+    Ok(metadata.map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default())
+}
+
+/// diffusers' adapter config (`lora_adapter_metadata`, keys `<network>.lora_alpha`, ...).
+struct AdapterConfig(serde_json::Map<String, Value>);
+
+impl AdapterConfig {
+    fn read(path: &Path, metadata: &HashMap<String, String>) -> Result<AdapterConfig, ModelError> {
+        let Some(text) = metadata.get("lora_adapter_metadata") else { return Ok(AdapterConfig(Default::default())) };
+        let value: Value = serde_json::from_str(text).map_err(|e| ModelError::checkpoint(path, format!("its lora_adapter_metadata is not valid JSON: {e}")))?;
+        match value {
+            Value::Object(map) => Ok(AdapterConfig(map)),
+            _ => Err(ModelError::checkpoint(path, "its lora_adapter_metadata is not a JSON object")),
+        }
+    }
+
+    /// Scale for a module of `part` at `module_path` with rank `rank`, if the config gives an
+    /// alpha (PEFT: `alpha_pattern` keys match the end of the module path; rsLoRA divides by
+    /// the square root of the rank).
+    fn scale(&self, part: Part, module_path: &str, rank: i64) -> Option<f64> {
+        let get = |key: &str| self.0.get(&format!("{}.{key}", part.folder()));
+        let pattern = get("alpha_pattern").and_then(Value::as_object).and_then(|patterns| {
+            patterns.iter().find(|(p, _)| module_path == p.as_str() || module_path.ends_with(&format!(".{p}"))).and_then(|(_, a)| a.as_f64())
+        });
+        let alpha = pattern.or_else(|| get("lora_alpha").and_then(Value::as_f64))?;
+        let rslora = get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+        Some(if rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 })
+    }
+}
+
+/// Shapes as `[a, b, c]`.
+fn shape(t: &Tensor) -> String {
+    format!("{:?}", t.size())
+}
+
+/// The rank if down and up fit a weight of shape `w`: up (out, r) or (out, r, 1, 1); down
+/// (r, in) or (r, in, kh, kw) with the weight's kernel (or none for a 1x1 kernel).
+fn rank_if_fits(w: &[i64], down: &[i64], up: &[i64]) -> Option<i64> {
+    let r = *down.first()?;
+    let up_ok = match up {
+        [out, ur] | [out, ur, 1, 1] => *out == w[0] && *ur == r,
+        _ => false,
+    };
+    let down_ok = match (w, down) {
+        ([_, i], [_, di]) | ([_, i], [_, di, 1, 1]) | ([_, i, 1, 1], [_, di]) => i == di,
+        ([_, i, kh, kw], [_, di, dh, dw]) => (i, kh, kw) == (di, dh, dw),
+        _ => false,
+    };
+    (up_ok && down_ok && r > 0).then_some(r)
+}
+
+/// Merges the LoRA file at `path` into `networks` (each network's part and variables; the VAE
+/// is never a target), `multiplier` times the file's own scale. Nothing changes unless every
+/// key of the file is understood and fits.
+pub fn apply(path: &Path, multiplier: f64, networks: &[(Part, &VarStore)]) -> Result<LoraReport, ModelError> {
+    if !multiplier.is_finite() {
+        return Err(ModelError::Config(difforge_core::ConfigError::new("LoRA scale", multiplier, "a finite number")));
+    }
+    let err = |reason: String| ModelError::checkpoint(path, reason);
+    let metadata = read_metadata(path)?;
+    let config = AdapterConfig::read(path, &metadata)?;
+    let tensors = Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?;
+    let nets: Vec<Network> = networks.iter().filter(|(p, _)| *p != Part::Vae).map(|(p, v)| Network::new(*p, v)).collect();
+    let mut modules: BTreeMap<String, Module> = BTreeMap::new();
+    for (key, tensor) in tensors {
+        let (stem, role) = split_key(&key).ok_or_else(|| err(unsupported(&key)))?;
+        if !modules.contains_key(stem) {
+            let (network, variable, format) = resolve(&nets, stem).map_err(|reason| err(format!("`{key}`: {reason}")))?;
+            modules.insert(stem.to_string(), Module { network, variable, format, down: None, up: None, alpha: None });
+        }
+        let Some(module) = modules.get_mut(stem) else { continue };
+        match role {
+            Role::Down => module.down = Some(tensor),
+            Role::Up => module.up = Some(tensor),
+            Role::Alpha => {
+                if tensor.numel() != 1 {
+                    return Err(err(format!("`{key}`: alpha should be one number, not a tensor of shape {}", shape(&tensor))));
+                }
+                let alpha = tensor.to_kind(Kind::Double).double_value(&[]);
+                if !alpha.is_finite() {
+                    return Err(err(format!("`{key}`: alpha is {alpha}")));
+                }
+                module.alpha = Some(alpha);
+            }
+        }
+    }
+    if modules.is_empty() {
+        return Err(err("no LoRA tensors in the file".into()));
+    }
+    let format = modules.values().next().map_or(LoraFormat::Kohya, |m| m.format);
+    if modules.values().any(|m| m.format != format) {
+        return Err(err("both kohya (`lora_unet_…`) and diffusers (`unet.…`) keys in one file".into()));
+    }
+    // Check everything first: the model changes only when all of the file fits.
+    let mut planned = Vec::with_capacity(modules.len());
+    for (stem, module) in &modules {
+        let (down, up) = match (&module.down, &module.up) {
+            (Some(d), Some(u)) => (d, u),
+            (Some(_), None) => return Err(err(format!("`{stem}`: the file has its down weight but no up weight"))),
+            (None, Some(_)) => return Err(err(format!("`{stem}`: the file has its up weight but no down weight"))),
+            (None, None) => return Err(err(format!("`{stem}`: the file has only an alpha, no down and up weights"))),
+        };
+        let net = &nets[module.network];
+        let weight = &net.weights[&module.variable];
+        let rank = rank_if_fits(&weight.size(), &down.size(), &up.size()).ok_or_else(|| {
+            err(format!(
+                "`{stem}`: LoRA down {} and up {} do not fit `{}` of shape {} in {}",
+                shape(down),
+                shape(up),
+                module.variable,
+                shape(weight),
+                net.part.folder()
+            ))
+        })?;
+        let module_path = module.variable.strip_suffix(".weight").unwrap_or(&module.variable);
+        let scale = match (module.alpha, module.format) {
+            (Some(alpha), _) => alpha / rank as f64,
+            (None, LoraFormat::Diffusers) => config.scale(net.part, module_path, rank).unwrap_or(1.0),
+            (None, LoraFormat::Kohya) => 1.0,
+        };
+        planned.push((module, weight, down, up, rank, scale));
+    }
+    let mut patched = BTreeMap::new();
+    for (module, weight, down, up, rank, scale) in planned {
+        *patched.entry(nets[module.network].part.folder().to_string()).or_insert(0) += 1;
+        if multiplier == 0.0 {
+            continue;
+        }
+        tch::no_grad(|| {
+            let size = weight.size();
+            let up = up.to_device(weight.device()).to_kind(Kind::Float).reshape([size[0], rank]);
+            let down = down.to_device(weight.device()).to_kind(Kind::Float).reshape([rank, -1]);
+            let delta = up.matmul(&down).reshape(size.as_slice()) * (scale * multiplier);
+            let merged = weight.to_kind(Kind::Float) + delta;
+            let mut weight = weight.shallow_clone();
+            weight.copy_(&merged);
+        });
+    }
+    tracing::debug!(path = %path.display(), format = format.name(), modules = modules.len(), "merged a LoRA file");
+    Ok(LoraReport { path: path.to_path_buf(), format, multiplier, patched })
+}
+
+/// The network, variable and layout of a key's module stem, or why there is none.
+fn resolve(nets: &[Network], stem: &str) -> Result<(usize, String, LoraFormat), String> {
+    // diffusers: `unet.<path>`, `text_encoder.<path>`, `text_encoder_2.<path>`.
+    if let Some((folder, path)) = stem.split_once('.') {
+        if let Some(i) = nets.iter().position(|n| n.part.folder() == folder) {
+            let net = &nets[i];
+            return match net.by_path(path) {
+                Some(variable) => Ok((i, variable, LoraFormat::Diffusers)),
+                None => {
+                    let names = net.weights.keys().filter(|n| !n.ends_with("_embedding.weight"));
+                    let near = Network::nearest(names, path).map(|n| format!("; the nearest is `{folder}.{}`", n.trim_end_matches(".weight")));
+                    Err(format!("no linear or conv module `{path}` in the {folder}{}{}", near.unwrap_or_default(), ldm_hint(path)))
+                }
+            };
+        }
+        if ["unet", "text_encoder", "text_encoder_2"].contains(&folder) {
+            return Err(format!("this model has no {folder} (a LoRA for another family?)"));
+        }
+    }
+    // kohya: `lora_unet_…`, `lora_te_…` (`lora_te1_`, `lora_te2_`).
+    for (i, net) in nets.iter().enumerate() {
+        for prefix in net.kohya_prefixes {
+            let Some(rest) = stem.strip_prefix(prefix) else { continue };
+            return match net.kohya.get(rest).map(Vec::as_slice) {
+                Some([variable]) => Ok((i, variable.clone(), LoraFormat::Kohya)),
+                Some(many) => Err(format!("matches more than one module of the {}: {}", net.part.folder(), many.join(", "))),
+                None => {
+                    let names = net.kohya.keys().filter(|n| !n.ends_with("_embedding"));
+                    let near = Network::nearest(names, rest).map(|n| format!("; the nearest is `{prefix}{n}`"));
+                    Err(format!("matches no linear or conv module of the {}{}{}", net.part.folder(), near.unwrap_or_default(), ldm_hint(rest)))
+                }
+            };
+        }
+    }
+    if stem.starts_with("lora_te2_") {
+        return Err("this model has no second text encoder (an SDXL LoRA?)".into());
+    }
+    Err(format!(
+        "matches no network: module keys start with `lora_unet_`, `lora_te_` (SDXL `lora_te1_`, `lora_te2_`), `unet.`, `text_encoder.` or `text_encoder_2.`{}",
+        if stem.starts_with("base_model.model.") { " (a bare PEFT adapter: rename `base_model.model.` to `unet.`)" } else { "" }
+    ))
+}
+
+/// A note for module names of the original (LDM) layout.
+fn ldm_hint(name: &str) -> &'static str {
+    if ["input_blocks", "output_blocks", "middle_block"].iter().any(|b| name.contains(b)) {
+        " (original LDM module names such as input_blocks are not supported; diffusers names are)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_fit_linear_conv_and_one_by_one_weights() {
+        assert_eq!(rank_if_fits(&[8, 6], &[4, 6], &[8, 4]), Some(4));
+        assert_eq!(rank_if_fits(&[8, 6, 3, 3], &[4, 6, 3, 3], &[8, 4, 1, 1]), Some(4));
+        assert_eq!(rank_if_fits(&[8, 6, 1, 1], &[4, 6], &[8, 4]), Some(4));
+        assert_eq!(rank_if_fits(&[8, 6], &[4, 6, 1, 1], &[8, 4, 1, 1]), Some(4));
+        assert_eq!(rank_if_fits(&[8, 6], &[4, 7], &[8, 4]), None);
+        assert_eq!(rank_if_fits(&[8, 6], &[4, 6], &[8, 3]), None);
+        assert_eq!(rank_if_fits(&[8, 6, 3, 3], &[4, 6], &[8, 4]), None);
+        assert_eq!(rank_if_fits(&[8, 6, 3, 3], &[4, 6, 3, 3], &[8, 4, 3, 3]), None);
+    }
+
+    #[test]
+    fn keys_split_into_module_and_role() {
+        assert_eq!(split_key("lora_unet_a_b.lora_down.weight"), Some(("lora_unet_a_b", Role::Down)));
+        assert_eq!(split_key("unet.a.b.lora_B.weight"), Some(("unet.a.b", Role::Up)));
+        assert_eq!(split_key("lora_te_x.alpha"), Some(("lora_te_x", Role::Alpha)));
+        assert_eq!(split_key("unet.a.processor.to_q_lora.down.weight"), None);
+        assert!(unsupported("unet.a.processor.to_q_lora.down.weight").contains("older attention-processor"));
+        assert!(unsupported("lora_unet_a.hada_w1_a").contains("LoHa"));
+    }
+}
