@@ -19,7 +19,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    /// As torch.distributed names it ("gloo", "nccl").
+    pub fn name(self) -> &'static str {
         match self {
             Backend::Gloo => "gloo",
             Backend::Nccl => "nccl",

@@ -35,10 +35,11 @@ impl Shard {
     /// The whole batch (one process).
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 
-    /// This shard's rows of a batch of `n` (n divides evenly: checked when the group is joined).
+    /// This shard's rows of `n` rows: equal consecutive parts when `count` divides `n` (training
+    /// batches, checked when the group is joined), parts differing by one row otherwise
+    /// (validation pairs).
     pub fn rows(&self, n: usize) -> Range<usize> {
-        let per = n / self.count;
-        self.index * per..(self.index + 1) * per
+        self.index * n / self.count..(self.index + 1) * n / self.count
     }
 }
 
@@ -261,6 +262,8 @@ mod tests {
         assert_eq!(Shard::WHOLE.rows(8), 0..8);
         let parts: Vec<_> = (0..4).map(|index| Shard { index, count: 4 }.rows(8)).collect();
         assert_eq!(parts, vec![0..2, 2..4, 4..6, 6..8]);
+        let uneven: Vec<_> = (0..3).map(|index| Shard { index, count: 3 }.rows(8)).collect();
+        assert_eq!(uneven, vec![0..2, 2..5, 5..8]);
     }
 
     #[test]

@@ -202,8 +202,7 @@ impl Trainer {
     fn validation_loss(&self, v: &Validator, w: Weights) -> Result<difforge_model::validation::ValidationLoss, TrainError> {
         let Some(p) = &self.parallel else { return Ok(v.evaluate(self.model(), w)?) };
         let m = v.pairs();
-        let part = parallel::Shard { index: p.rank(), count: p.size() };
-        let rows = (part.index * m / part.count)..((part.index + 1) * m / part.count);
+        let rows = p.shard().rows(m);
         let mut losses = vec![0.0; m];
         let mine = v.per_pair_in(self.model(), w, rows.clone())?;
         losses[rows].copy_from_slice(&mine);
@@ -538,7 +537,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         Some(p) => Some(ParallelSummary {
             rank: p.rank(),
             world_size: p.size(),
-            backend: format!("{:?}", p.backend()).to_lowercase(),
+            backend: p.backend().name().to_string(),
             rank_checksums: p.gather(tr.model().checksum(), "comparing the ranks' weights")?,
             allreduce_ms_per_step: p.mean_reduce_ms(),
         }),
