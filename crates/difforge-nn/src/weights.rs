@@ -63,7 +63,30 @@ pub fn save_with_metadata(path: &Path, tensors: &[(String, tch::Tensor)], metada
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| err(e.to_string()))?;
+    let bytes = sorted_header(&bytes).map_err(err)?;
     difforge_core::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
+}
+
+/// The file with its JSON header's keys (tensors and `__metadata__` entries) in sorted order:
+/// `safetensors` writes the metadata map in hash order, and the same weights should give the
+/// same bytes (a resumed run's files equal the uninterrupted run's).
+fn sorted_header(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    type Sorted = std::collections::BTreeMap<String, serde_json::Value>;
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize).ok_or("no header")?;
+    let header = bytes.get(8..8 + n).ok_or("a truncated header")?;
+    let mut map: Sorted = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    if let Some(meta) = map.remove("__metadata__") {
+        let meta: std::collections::BTreeMap<String, String> = serde_json::from_value(meta).map_err(|e| e.to_string())?;
+        map.insert("__metadata__".into(), serde_json::to_value(meta).map_err(|e| e.to_string())?);
+    }
+    let mut json = serde_json::to_vec(&map).map_err(|e| e.to_string())?;
+    // The data after the header stays 8-byte aligned, as safetensors writes it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// The `__metadata__` map of a safetensors file (empty when it has none), after checking that

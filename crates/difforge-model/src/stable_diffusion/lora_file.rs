@@ -72,14 +72,14 @@ impl std::fmt::Display for LoraReport {
 
 /// What a key of the file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     Down,
     Up,
     Alpha,
 }
 
 /// A module's key stem and what the key holds, for the two layouts' suffixes.
-fn split_key(key: &str) -> Option<(&str, Role)> {
+pub(super) fn split_key(key: &str) -> Option<(&str, Role)> {
     const SUFFIXES: [(&str, Role); 5] = [
         (".lora_down.weight", Role::Down),
         (".lora_up.weight", Role::Up),
@@ -169,6 +169,9 @@ struct Module {
     alpha: Option<f64>,
 }
 
+/// The safetensors header entry where diffusers keeps its PEFT adapter configs.
+pub(super) const ADAPTER_METADATA: &str = "lora_adapter_metadata";
+
 /// The `__metadata__` of a safetensors file's header (empty when it has none).
 fn read_metadata(path: &Path) -> Result<HashMap<String, String>, ModelError> {
     let bad = |reason: String| ModelError::checkpoint(path, format!("not a safetensors file ({reason}); difforge reads LoRA files as .safetensors"));
@@ -191,7 +194,7 @@ struct AdapterConfig(serde_json::Map<String, Value>);
 
 impl AdapterConfig {
     fn read(path: &Path, metadata: &HashMap<String, String>) -> Result<AdapterConfig, ModelError> {
-        let Some(text) = metadata.get("lora_adapter_metadata") else { return Ok(AdapterConfig(Default::default())) };
+        let Some(text) = metadata.get(ADAPTER_METADATA) else { return Ok(AdapterConfig(Default::default())) };
         let value: Value = serde_json::from_str(text).map_err(|e| ModelError::checkpoint(path, format!("its lora_adapter_metadata is not valid JSON: {e}")))?;
         match value {
             Value::Object(map) => Ok(AdapterConfig(map)),
@@ -214,7 +217,7 @@ impl AdapterConfig {
 }
 
 /// Shapes as `[a, b, c]`.
-fn shape(t: &Tensor) -> String {
+pub(super) fn shape(t: &Tensor) -> String {
     format!("{:?}", t.size())
 }
 

@@ -2,6 +2,7 @@
 //! config, and text-to-image generation.
 
 pub mod components;
+pub mod lora_export;
 pub mod lora_file;
 pub mod pipeline;
 pub mod scheduler;
@@ -11,6 +12,7 @@ mod single_file_rules;
 mod single_file_unet;
 mod single_file_vae;
 
+pub use lora_export::{LoraExport, NetworkAdapters};
 pub use lora_file::{LoraFormat, LoraReport};
 pub use pipeline::{is_diffusers_folder, Generation, PromptIds, StableDiffusion, TextToImage};
 pub use scheduler::{SchedulerConfig, Scheduling};

@@ -6,5 +6,6 @@
 mod checkpoint;
 mod generate;
 mod sd_lora;
+mod sd_lora_export;
 mod single_file;
 mod stable_diffusion;
