@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod model;
 pub mod overrides;
 pub mod run;
+pub mod stable_diffusion;
 pub mod train;
 
 pub use device::DeviceChoice;
@@ -16,4 +17,5 @@ pub use finetune::FinetuneConfig;
 pub use model::{ModelConfig, ModelFamily};
 pub use overrides::{apply_set, deep_merge};
 pub use run::{RunConfig, DEFAULT_CONFIG};
+pub use stable_diffusion::StableDiffusionConfig;
 pub use train::{eval_metric, CpuKernels, DistBackend, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};

@@ -2,6 +2,7 @@
 //! may start from a named preset (`preset = "ref6m"`) with any key overridden. A section without
 //! `family` is a pixel-space UNet, as every config and checkpoint written before families existed.
 
+use crate::stable_diffusion::StableDiffusionConfig;
 use difforge_core::{Choice, ConfigError};
 use difforge_data::DataConfig;
 use difforge_nn::UNetConfig;
@@ -12,6 +13,9 @@ difforge_core::choice! {
     pub enum ModelFamily {
         /// A UNet on pixels, conditioned on a class or on nothing (DDPM/ADM layout).
         PixelUnet = "pixel-unet",
+        /// A published Stable Diffusion model (VAE, CLIP text encoder, UNet2DConditionModel) whose
+        /// UNet is fine-tuned on captioned images.
+        StableDiffusion = "stable-diffusion",
     }
 }
 
@@ -19,6 +23,7 @@ difforge_core::choice! {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     PixelUnet(UNetConfig),
+    StableDiffusion(StableDiffusionConfig),
 }
 
 impl Default for ModelConfig {
@@ -39,6 +44,7 @@ impl Serialize for ModelConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             ModelConfig::PixelUnet(c) => Tagged { family: ModelFamily::PixelUnet.name(), settings: c }.serialize(s),
+            ModelConfig::StableDiffusion(c) => Tagged { family: ModelFamily::StableDiffusion.name(), settings: c }.serialize(s),
         }
     }
 }
@@ -90,13 +96,26 @@ impl ModelConfig {
                 merged.extend(table);
                 Ok(ModelConfig::PixelUnet(settings(merged)?))
             }
+            ModelFamily::StableDiffusion => {
+                if let Some(name) = preset {
+                    return Err(ConfigError::new("model.preset", format!("\"{name}\""), "nothing: a stable-diffusion model starts from model.base"));
+                }
+                Ok(ModelConfig::StableDiffusion(settings(table)?))
+            }
         }
     }
 
     pub fn family(&self) -> ModelFamily {
         match self {
             ModelConfig::PixelUnet(_) => ModelFamily::PixelUnet,
+            ModelConfig::StableDiffusion(_) => ModelFamily::StableDiffusion,
         }
+    }
+
+    /// Whether the model starts from published weights of its own (so LoRA needs no
+    /// `finetune.from`).
+    pub fn has_base(&self) -> bool {
+        matches!(self, ModelConfig::StableDiffusion(_))
     }
 
     /// Fills the settings that default to the data's (channels, image size).
@@ -113,6 +132,7 @@ impl ModelConfig {
                     c.image_size = i64::from(data.image_size);
                 }
             }
+            ModelConfig::StableDiffusion(c) => c.resolve(data),
         }
     }
 
@@ -129,6 +149,7 @@ impl ModelConfig {
                 }
                 Ok(())
             }
+            ModelConfig::StableDiffusion(c) => c.validate(data),
         }
     }
 }
@@ -144,7 +165,7 @@ mod tests {
     #[test]
     fn a_section_without_family_is_a_pixel_unet_and_round_trips() {
         let m = ModelConfig::from_table(table("channels = 48\nnum_classes = 3\n")).unwrap();
-        let ModelConfig::PixelUnet(c) = &m;
+        let ModelConfig::PixelUnet(c) = &m else { panic!("not a pixel UNet: {m:?}") };
         assert_eq!((c.channels, c.num_classes), (48, 3));
         let text = toml::to_string(&m).unwrap();
         assert!(text.starts_with("family = \"pixel-unet\""), "{text}");
@@ -154,9 +175,21 @@ mod tests {
     #[test]
     fn presets_fill_in_and_keys_override_them() {
         let m = ModelConfig::from_table(table("family = \"pixel-unet\"\npreset = \"ref6m\"\nheads = 2\n")).unwrap();
-        let ModelConfig::PixelUnet(c) = &m;
+        let ModelConfig::PixelUnet(c) = &m else { panic!("not a pixel UNet: {m:?}") };
         let preset = UNetConfig::preset("ref6m").unwrap();
         assert_eq!((c.channels, c.heads, c.scale_shift), (preset.channels, 2, preset.scale_shift));
+    }
+
+    #[test]
+    fn a_stable_diffusion_section_names_its_base_and_round_trips() {
+        let m = ModelConfig::from_table(table("family = \"stable-diffusion\"\nbase = \"models/sd15\"\nclip_skip = 1\n")).unwrap();
+        let ModelConfig::StableDiffusion(c) = &m else { panic!("not stable-diffusion: {m:?}") };
+        assert_eq!((c.base.to_str(), c.clip_skip, c.image_size), (Some("models/sd15"), 1, 0));
+        assert_eq!(ModelConfig::from_table(table(&toml::to_string(&m).unwrap())).unwrap(), m);
+        let e = ModelConfig::from_table(table("family = \"stable-diffusion\"\n")).unwrap_err();
+        assert!(e.to_string().contains("base"), "{e}");
+        let e = ModelConfig::from_table(table("family = \"stable-diffusion\"\nbase = \"x\"\npreset = \"sd15\"\n")).unwrap_err();
+        assert_eq!(e.key, "model.preset");
     }
 
     #[test]

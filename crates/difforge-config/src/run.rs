@@ -85,7 +85,7 @@ impl RunConfig {
         self.finetune.validate()?;
         if let Some(l) = &self.lora {
             l.validate()?;
-            if self.finetune.from.is_none() {
+            if self.finetune.from.is_none() && !self.model.has_base() {
                 return Err(ConfigError::problem("lora", "LoRA adapts a trained model: set finetune.from (or use `difforge finetune --from`)"));
             }
         }
@@ -120,7 +120,7 @@ mod tests {
     fn set_overrides_nested_keys_with_typed_values() {
         let cfg = load(DEFAULT_CONFIG, &["train.steps=200", "model.channel_mult=[1,2]", "sample.sampler=ddpm", "data.augment.hflip=0.5"]).unwrap();
         assert_eq!(cfg.train.steps, 200);
-        let ModelConfig::PixelUnet(m) = &cfg.model;
+        let ModelConfig::PixelUnet(m) = &cfg.model else { panic!("the default is a pixel UNet") };
         assert_eq!(m.channel_mult, vec![1, 2]);
         assert_eq!(cfg.sample.sampler.name(), "ddpm");
         assert_eq!(cfg.data.augment.hflip, 0.5);

@@ -3,7 +3,7 @@
 //! Image k of a request with seed S draws its noise from seed S + k.
 
 use crate::error::ModelError;
-use crate::family::{Condition, ConditionKind};
+use crate::family::{Condition, ConditionKind, Family};
 use crate::model::{DiffusionModel, Weights};
 use difforge_diffusion::{sample, NoiseSource, SampleRequest, SamplerConfig};
 use tch::{Device, Tensor};
@@ -56,12 +56,14 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
     Ok(Tensor::cat(&parts, 0))
 }
 
-/// The conditions of a preview grid: `per_class` images of every class (row by row), or
+/// The conditions of a preview grid: `per_class` images of every class or preview prompt (row
+/// by row), or
 /// `per_class` x 8 unconditional ones; seeds `seed ..`.
-pub fn preview_conditions(kind: ConditionKind, per_class: usize, seed: u64) -> (Vec<Condition>, Vec<u64>) {
-    let conditions: Vec<Condition> = match kind {
+pub fn preview_conditions(family: &dyn Family, per_class: usize, seed: u64) -> (Vec<Condition>, Vec<u64>) {
+    let conditions: Vec<Condition> = match family.condition_kind() {
         ConditionKind::Nothing => vec![Condition::Unconditional; per_class * 8],
         ConditionKind::Classes(k) => (0..k).flat_map(|c| std::iter::repeat_n(Condition::Class(c), per_class)).collect(),
+        ConditionKind::Text => family.preview_prompts().into_iter().flat_map(|p| std::iter::repeat_n(Condition::Text(p), per_class)).collect(),
     };
     let seeds = (0..conditions.len() as u64).map(|k| seed + k).collect();
     (conditions, seeds)
@@ -71,14 +73,15 @@ pub fn preview_conditions(kind: ConditionKind, per_class: usize, seed: u64) -> (
 pub fn preview_columns(kind: ConditionKind, per_class: usize) -> usize {
     match kind {
         ConditionKind::Nothing => 8,
-        ConditionKind::Classes(_) => per_class,
+        ConditionKind::Classes(_) | ConditionKind::Text => per_class,
     }
 }
 
-/// Classes in turn (0, 1, 2, ...) for a class-conditional model, else unconditional.
+/// Classes in turn (0, 1, 2, ...) for a class-conditional model, else unconditional (the empty
+/// prompt for a text model).
 pub fn classes_in_turn(kind: ConditionKind, n: usize) -> Vec<Condition> {
     match kind {
         ConditionKind::Classes(k) => (0..n as i64).map(|i| Condition::Class(i % k)).collect(),
-        ConditionKind::Nothing => vec![Condition::Unconditional; n],
+        ConditionKind::Nothing | ConditionKind::Text => vec![Condition::Unconditional; n],
     }
 }

@@ -59,10 +59,11 @@ impl DiffusionModel {
     /// A model whose LoRA adapters (if the config has `[lora]`) act at `scale`.
     pub fn with_lora_scale(config: &RunConfig, device: Device, scale: f64) -> Result<DiffusionModel, ModelError> {
         tch::manual_seed(derive_seed(config.seed, Stream::Init, 0) as i64 >> 1);
-        let family = family_of(&config.model);
+        let family = family_of(config, device)?;
         let spec = config.lora.clone().map(|c| LoraSpec { config: c, scale });
         let vs = VarStore::new(device);
         let net = family.build_network(&vs.root(), spec.as_ref())?;
+        family.init_network(&vs)?;
         let mut ema_vs = VarStore::new(device);
         let ema = family.build_network(&ema_vs.root(), spec.as_ref())?;
         ema_vs.copy(&vs)?;

@@ -78,8 +78,9 @@ impl Validator {
         let [lc, lh, lw] = model.latent_shape();
         let eps = Tensor::from_slice(&gaussian(cfg.seed, Stream::Validation, 0, m * (lc * lh * lw) as usize)).view([m as i64, lc, lh, lw]);
         let labels: Vec<i64> = batch.labels.iter().flat_map(|&l| std::iter::repeat_n(l, repeats)).collect();
+        let captions: Vec<Option<String>> = batch.captions.iter().flat_map(|c| std::iter::repeat_n(c.clone(), repeats)).collect();
         let weights = model.forward_process().prediction.loss_weights(model.schedule(), cfg.diffusion.min_snr_gamma, &ts);
-        Validator { x0, cond: model.family().fixed_conditioning(&labels), ts, eps, weights, bands, timesteps: t_max }
+        Validator { x0, cond: model.family().fixed_conditioning(&labels, &captions), ts, eps, weights, bands, timesteps: t_max }
     }
 
     pub fn pairs(&self) -> usize {

@@ -112,7 +112,7 @@ fn synthetic_batch(model: &DiffusionModel, size: usize) -> Batch {
     let labels = (0..size)
         .map(|_| match model.family().condition_kind() {
             ConditionKind::Classes(k) => rng.random_range(0..k),
-            ConditionKind::Nothing => -1,
+            ConditionKind::Nothing | ConditionKind::Text => -1,
         })
         .collect();
     Batch { images, labels, captions: vec![None; size], size, channels: c, side: s }

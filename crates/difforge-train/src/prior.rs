@@ -19,7 +19,7 @@ pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, T
     let base_cfg = checkpoint::read_config(&dir)?;
     let base = checkpoint::load_model(&dir, &base_cfg, device)?;
     let kind = base.family().condition_kind();
-    let (conditions, seeds) = preview_conditions(kind, cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
+    let (conditions, seeds) = preview_conditions(base.family(), cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
     tracing::info!("prior preservation: generating {} images with the base model", seeds.len());
     let labels: Vec<Option<usize>> = conditions.iter().map(|c| if let Condition::Class(k) = c { Some(*k as usize) } else { None }).collect();
     let spec = GenerateSpec { conditions, seeds, sampler: &base_cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false };

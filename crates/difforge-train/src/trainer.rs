@@ -116,7 +116,7 @@ fn write_samples(model: &DiffusionModel, run_dir: &Path, step: u64) -> Result<Pa
     let cfg = model.config();
     let kind = model.family().condition_kind();
     let per_class = cfg.train.sample_per_class;
-    let (conditions, seeds) = preview_conditions(kind, per_class, derive_seed(cfg.seed, Stream::Sample, 0) >> 16);
+    let (conditions, seeds) = preview_conditions(model.family(), per_class, derive_seed(cfg.seed, Stream::Sample, 0) >> 16);
     let spec = GenerateSpec { conditions, seeds, sampler: &cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false };
     let images = generate(model, &spec)?;
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
@@ -556,6 +556,16 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             let path = run_dir.join("lora.safetensors");
             difforge_model::adapter::save(&path, tr.model(), &checkpoint::resolve(from)?)?;
             Some(path)
+        }
+        (Some(lora), None) if tr.writes() => {
+            // A family with its own base (Stable Diffusion): the EMA adapters, as sampling uses them.
+            let model = tr.model();
+            let adapters: Vec<_> = model.variables(Weights::Ema).into_iter().filter(|(n, _)| model.family().adapter_carries(lora, n)).collect();
+            let files = model.family().export_adapters(&adapters, lora, &run_dir)?;
+            for f in &files {
+                tracing::info!("wrote the LoRA adapters to {}", f.display());
+            }
+            files.into_iter().next()
         }
         _ => None,
     };

@@ -1,5 +1,5 @@
-//! Model families: what differs between a class-conditional pixel UNet and (later) a latent
-//! text-to-image model. A family builds its denoising network and its codec, turns what a user
+//! Model families: what differs between a class-conditional pixel UNet and a latent
+//! text-to-image model (Stable Diffusion). A family builds its denoising network and its codec, turns what a user
 //! asks for ([`Condition`]) and what a dataset holds (labels, captions) into the network's
 //! [`Conditioning`], knows its null conditioning for guidance, and owns its family-specific rules
 //! (how a base checkpoint's tensors grow into a fine-tune, which variables an adapter carries).
@@ -7,16 +7,21 @@
 //! to this trait.
 
 mod pixel_unet;
+mod sd_unet;
+mod stable_diffusion;
+mod vae_codec;
 
 pub use pixel_unet::PixelUnetFamily;
+pub use stable_diffusion::StableDiffusionFamily;
+pub use vae_codec::VaeCodec;
 
 use crate::codec::Codec;
 use crate::error::ModelError;
-use difforge_config::ModelConfig;
+use difforge_config::{ModelConfig, RunConfig};
 use difforge_core::{ConfigError, StreamRng};
 use difforge_data::{Batch, ImageSet};
 use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 /// What one generated image is conditioned on, as a user asks for it.
@@ -26,6 +31,8 @@ pub enum Condition {
     Unconditional,
     /// A class index of a class-conditional model.
     Class(i64),
+    /// A prompt for a text-conditioned model.
+    Text(String),
 }
 
 /// What a model can be asked for.
@@ -35,13 +42,15 @@ pub enum ConditionKind {
     Nothing,
     /// One of this many classes (or nothing, for the null class).
     Classes(i64),
+    /// A prompt (or nothing: the empty prompt).
+    Text,
 }
 
 impl ConditionKind {
     pub fn classes(self) -> Option<i64> {
         match self {
             ConditionKind::Classes(k) => Some(k),
-            ConditionKind::Nothing => None,
+            ConditionKind::Nothing | ConditionKind::Text => None,
         }
     }
 
@@ -51,6 +60,10 @@ impl ConditionKind {
             (_, Condition::Unconditional) => Ok(()),
             (ConditionKind::Nothing, Condition::Class(c)) => Err(ConfigError::new(key, c, "nothing: this model is unconditional (omit it)")),
             (ConditionKind::Classes(k), Condition::Class(c)) if !(0..k).contains(c) => Err(ConfigError::new(key, c, format!("a class in 0..={}", k - 1))),
+            (ConditionKind::Text, Condition::Class(c)) => Err(ConfigError::new(key, c, "nothing: this model is conditioned on text (give a prompt)")),
+            (ConditionKind::Nothing | ConditionKind::Classes(_), Condition::Text(t)) => {
+                Err(ConfigError::new(key, format!("{t:?}"), "nothing: this model is not conditioned on text"))
+            }
             _ => Ok(()),
         }
     }
@@ -68,6 +81,12 @@ pub trait Family: Send + Sync {
     /// Builds the denoising network under `p` (with LoRA adapters when `lora` is given).
     fn build_network(&self, p: &nn::Path, lora: Option<&LoraSpec>) -> Result<Box<dyn DenoiserNet>, ModelError>;
 
+    /// Sets a freshly built network's starting weights: a family that starts from published
+    /// weights loads them here; the others keep the seeded initialisation.
+    fn init_network(&self, _vs: &nn::VarStore) -> Result<(), ModelError> {
+        Ok(())
+    }
+
     /// Between pixels and the network's space.
     fn codec(&self) -> Box<dyn Codec>;
 
@@ -80,8 +99,8 @@ pub trait Family: Send + Sync {
     /// prediction guidance needs). Draws from `rng` once per labelled image.
     fn training_conditioning(&self, batch: &Batch, dropout: f64, rng: &mut StreamRng, device: Device) -> Conditioning;
 
-    /// The conditioning of fixed labels (validation: never dropped), on the CPU.
-    fn fixed_conditioning(&self, labels: &[i64]) -> Conditioning;
+    /// The conditioning of fixed labels or captions (validation: never dropped), on the CPU.
+    fn fixed_conditioning(&self, labels: &[i64], captions: &[Option<String>]) -> Conditioning;
 
     /// Checks a dataset against the model (e.g. more classes than the model has); returns notes
     /// worth printing.
@@ -93,11 +112,39 @@ pub trait Family: Send + Sync {
 
     /// Whether an adapter with `lora` trains and carries variable `name`.
     fn adapter_carries(&self, lora: &LoraConfig, name: &str) -> bool;
+
+    /// The prompts of preview grids (text-conditioned families).
+    fn preview_prompts(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The published model the family starts from, if it has one.
+    fn base_folder(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Writes trained adapters (variable name, tensor) into `dir` as the files the family's
+    /// ecosystem loads; returns the files, the first the main one. Families without such a
+    /// format write none (the trainer writes difforge's adapter file against the base checkpoint).
+    fn export_adapters(&self, _adapters: &[(String, Tensor)], _lora: &LoraConfig, _dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        Ok(Vec::new())
+    }
 }
 
-/// The family a model config describes.
-pub fn family_of(config: &ModelConfig) -> Box<dyn Family> {
-    match config {
+/// The family a run config's model describes, with what it loads (a base's frozen parts) on
+/// `device`.
+pub fn family_of(run: &RunConfig, device: Device) -> Result<Box<dyn Family>, ModelError> {
+    Ok(match &run.model {
         ModelConfig::PixelUnet(c) => Box::new(PixelUnetFamily::new(c.clone())),
+        ModelConfig::StableDiffusion(c) => Box::new(StableDiffusionFamily::load(run, c, device)?),
+    })
+}
+
+/// What a model config's requests may ask for, without loading anything.
+pub fn condition_kind_of(config: &ModelConfig) -> ConditionKind {
+    match config {
+        ModelConfig::PixelUnet(c) if c.num_classes > 0 => ConditionKind::Classes(c.num_classes),
+        ModelConfig::PixelUnet(_) => ConditionKind::Nothing,
+        ModelConfig::StableDiffusion(_) => ConditionKind::Text,
     }
 }

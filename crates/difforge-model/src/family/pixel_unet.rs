@@ -25,11 +25,12 @@ impl PixelUnetFamily {
         self.config.num_classes > 0
     }
 
-    /// The class index of a condition (the null class for none).
+    /// The class index of a condition (the null class for none; prompts are refused by
+    /// `ConditionKind::check` before this).
     fn class_index(&self, c: &Condition) -> i64 {
         match c {
             Condition::Class(k) => *k,
-            Condition::Unconditional => self.config.null_class(),
+            Condition::Unconditional | Condition::Text(_) => self.config.null_class(),
         }
     }
 }
@@ -82,7 +83,7 @@ impl Family for PixelUnetFamily {
         Conditioning::Class(Tensor::from_slice(&classes).to_device(device))
     }
 
-    fn fixed_conditioning(&self, labels: &[i64]) -> Conditioning {
+    fn fixed_conditioning(&self, labels: &[i64], _captions: &[Option<String>]) -> Conditioning {
         if !self.conditional() {
             return Conditioning::None;
         }

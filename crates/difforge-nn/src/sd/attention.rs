@@ -3,14 +3,15 @@
 //! self-attention), `heads` heads of `dim_head`, output projection `to_out.0`. The VAE's
 //! mid-block variant adds a GroupNorm in front, works on (B, C, H, W) and adds its input back.
 
+use crate::lora::{Linear, LoraSpec};
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
 pub struct Attention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: i64,
     group_norm: Option<nn::GroupNorm>,
 }
@@ -28,13 +29,20 @@ pub struct AttentionShape {
 
 impl Attention {
     pub fn new(p: &nn::Path, s: AttentionShape) -> Attention {
+        Attention::with_lora(p, s, None)
+    }
+
+    /// With LoRA adapters on the four projections when `lora` is given (kohya's and diffusers'
+    /// default targets for SD LoRA). Adapter dropout is not applied here: the UNet's forward
+    /// has no training flag, so the family refuses `lora.dropout > 0`.
+    pub fn with_lora(p: &nn::Path, s: AttentionShape, lora: Option<&LoraSpec>) -> Attention {
         let inner = s.heads * s.dim_head;
         let qkv = nn::LinearConfig { bias: s.qkv_bias, ..Default::default() };
         Attention {
-            to_q: nn::linear(p / "to_q", s.query_dim, inner, qkv),
-            to_k: nn::linear(p / "to_k", s.context_dim, inner, qkv),
-            to_v: nn::linear(p / "to_v", s.context_dim, inner, qkv),
-            to_out: nn::linear(p / "to_out" / "0", inner, s.query_dim, Default::default()),
+            to_q: Linear::new(p / "to_q", s.query_dim, inner, qkv, lora),
+            to_k: Linear::new(p / "to_k", s.context_dim, inner, qkv, lora),
+            to_v: Linear::new(p / "to_v", s.context_dim, inner, qkv, lora),
+            to_out: Linear::new(p / "to_out" / "0", inner, s.query_dim, Default::default(), lora),
             heads: s.heads,
             group_norm: None,
         }
@@ -53,12 +61,12 @@ impl Attention {
             t.view([b, n, self.heads, inner / self.heads]).transpose(1, 2)
         };
         let context = context.unwrap_or(x);
-        let q = split(x.apply(&self.to_q));
-        let k = split(context.apply(&self.to_k));
-        let v = split(context.apply(&self.to_v));
+        let q = split(self.to_q.forward(x, false));
+        let k = split(self.to_k.forward(context, false));
+        let v = split(self.to_v.forward(context, false));
         let h = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         let (b, heads, n, d) = h.size4().expect("attention output is (B, heads, N, d)");
-        h.transpose(1, 2).reshape([b, n, heads * d]).apply(&self.to_out)
+        self.to_out.forward(&h.transpose(1, 2).reshape([b, n, heads * d]), false)
     }
 
     /// The spatial form: (B, C, H, W) in and out, normed first, input added back.

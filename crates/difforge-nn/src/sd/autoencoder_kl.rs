@@ -195,6 +195,11 @@ impl AutoencoderKl {
         &self.config
     }
 
+    /// Where the weights are.
+    pub fn device(&self) -> tch::Device {
+        self.decoder.conv_in_weight().device()
+    }
+
     /// How many pixels one latent spans per side: 2 per level after the first (8 for SD).
     pub fn downscale(&self) -> i64 {
         self.downscale

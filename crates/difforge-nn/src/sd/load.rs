@@ -98,8 +98,15 @@ fn listed(names: &[String]) -> String {
 /// Checked before anything is copied: a missing variable, a tensor the network has no place
 /// for, or a shape mismatch (both shapes given) fails the load and names `source`.
 pub fn load_strict(vs: &VarStore, tensors: &HashMap<String, (Tensor, PathBuf)>, source: &Path) -> Result<(), NnError> {
+    load_strict_except(vs, tensors, source, |_| false)
+}
+
+/// [`load_strict`] for the variables `own` does not claim: those (e.g. the LoRA adapters a
+/// fine-tune adds) keep their initial values and the file must not have them.
+pub fn load_strict_except(vs: &VarStore, tensors: &HashMap<String, (Tensor, PathBuf)>, source: &Path, own: impl Fn(&str) -> bool) -> Result<(), NnError> {
     let err = |reason: String| NnError::Load { path: source.to_path_buf(), reason };
-    let vars = vs.variables();
+    let mut vars = vs.variables();
+    vars.retain(|name, _| !own(name));
     let mut missing: Vec<String> = vars.keys().filter(|k| !tensors.contains_key(*k)).cloned().collect();
     let mut unexpected: Vec<String> = tensors.keys().filter(|k| !vars.contains_key(*k)).cloned().collect();
     missing.sort();

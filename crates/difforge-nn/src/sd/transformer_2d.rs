@@ -5,6 +5,7 @@
 
 use super::attention::{Attention, AttentionShape};
 use super::resnet::group_norm;
+use crate::lora::LoraSpec;
 use tch::{nn, Tensor};
 
 /// The shape of one transformer: its channels, heads (diffusers' UNet reads the config's
@@ -52,15 +53,15 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(p: &nn::Path, s: &TransformerShape) -> BasicTransformerBlock {
+    fn new(p: &nn::Path, s: &TransformerShape, lora: Option<&LoraSpec>) -> BasicTransformerBlock {
         let norm = |name: &str| nn::layer_norm(p / name, vec![s.channels], Default::default());
         let dim_head = s.channels / s.heads;
         let own = AttentionShape { query_dim: s.channels, context_dim: s.channels, heads: s.heads, dim_head, qkv_bias: false };
         BasicTransformerBlock {
             norm1: norm("norm1"),
-            attn1: Attention::new(&(p / "attn1"), own),
+            attn1: Attention::with_lora(&(p / "attn1"), own, lora),
             norm2: norm("norm2"),
-            attn2: Attention::new(&(p / "attn2"), AttentionShape { context_dim: s.context_dim, ..own }),
+            attn2: Attention::with_lora(&(p / "attn2"), AttentionShape { context_dim: s.context_dim, ..own }, lora),
             norm3: norm("norm3"),
             ff: FeedForward::new(&(p / "ff"), s.channels),
         }
@@ -110,11 +111,12 @@ pub struct Transformer2DModel {
 }
 
 impl Transformer2DModel {
-    pub fn new(p: &nn::Path, s: &TransformerShape) -> Transformer2DModel {
+    /// `lora`: adapters on every attention projection of its blocks.
+    pub fn new(p: &nn::Path, s: &TransformerShape, lora: Option<&LoraSpec>) -> Transformer2DModel {
         Transformer2DModel {
             norm: group_norm(p / "norm", s.groups, s.channels, 1e-6),
             proj_in: Projection::new(p / "proj_in", s.channels, s.linear_projection),
-            blocks: (0..s.layers).map(|i| BasicTransformerBlock::new(&(p / "transformer_blocks" / i), s)).collect(),
+            blocks: (0..s.layers).map(|i| BasicTransformerBlock::new(&(p / "transformer_blocks" / i), s, lora)).collect(),
             proj_out: Projection::new(p / "proj_out", s.channels, s.linear_projection),
         }
     }

@@ -8,6 +8,7 @@ use super::resnet::{conv3x3, group_norm};
 use super::unet_blocks::{BlockContext, DownBlock, MidBlock, UpBlock, UpChannels};
 use super::unet_config::{TextTimeShape, UNet2DConditionConfig};
 use crate::error::NnError;
+use crate::lora::LoraSpec;
 use std::path::Path;
 use tch::{nn, Device, Tensor};
 
@@ -41,10 +42,17 @@ pub struct UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// Builds the network under `p` (variables named as diffusers names them) from `config`.
     pub fn new(p: &nn::Path, config: &UNet2DConditionConfig) -> Result<UNet2DConditionModel, NnError> {
+        UNet2DConditionModel::with_lora(p, config, None)
+    }
+
+    /// With LoRA adapters (`<module>.lora_down.weight`, `.lora_up.weight`) on every attention
+    /// projection of its transformers when `lora` is given.
+    pub fn with_lora(p: &nn::Path, config: &UNet2DConditionConfig, lora: Option<&LoraSpec>) -> Result<UNet2DConditionModel, NnError> {
         let levels = config.levels()?;
         let c0 = levels[0].channels;
         let temb = 4 * c0;
-        let ctx = BlockContext { temb, groups: config.norm_num_groups, eps: config.norm_eps, linear_projection: config.use_linear_projection };
+        let ctx =
+            BlockContext { temb, groups: config.norm_num_groups, eps: config.norm_eps, linear_projection: config.use_linear_projection, lora: lora.cloned() };
         let text_time =
             config.text_time()?.map(|shape| TextTimeEmbedding { shape, add_embedding: TimestepEmbedding::new(&(p / "add_embedding"), shape.input_dim, temb) });
         let last = levels.len() - 1;

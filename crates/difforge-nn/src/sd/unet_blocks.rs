@@ -6,15 +6,18 @@ use super::resample::{Downsample2D, Upsample2D};
 use super::resnet::{ResnetBlock2D, ResnetShape};
 use super::transformer_2d::{Transformer2DModel, TransformerShape};
 use super::unet_config::Level;
+use crate::lora::LoraSpec;
 use tch::{nn, Tensor};
 
 /// What every block of one UNet shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BlockContext {
     pub temb: i64,
     pub groups: i64,
     pub eps: f64,
     pub linear_projection: bool,
+    /// LoRA adapters for the transformers' attention projections.
+    pub lora: Option<LoraSpec>,
 }
 
 impl BlockContext {
@@ -31,7 +34,7 @@ impl BlockContext {
             groups: self.groups,
             linear_projection: self.linear_projection,
         };
-        Transformer2DModel::new(&p, &shape)
+        Transformer2DModel::new(&p, &shape, self.lora.as_ref())
     }
 }
 

@@ -5,7 +5,7 @@ use difforge_config::{deep_merge, RunConfig};
 use difforge_core::ConfigError;
 use difforge_data::SourceKind;
 use difforge_model::checkpoint::{self, CheckpointTensors};
-use difforge_model::{adapter, family::family_of};
+use difforge_model::{adapter, family::condition_kind_of};
 use difforge_train::{train, TrainOptions};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +51,7 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     } else if !table.contains_key("lora") {
         table.insert("lora".into(), toml::Value::Table(Default::default()));
     }
-    let classes = family_of(&base.model).condition_kind().classes();
+    let classes = condition_kind_of(&base.model).classes();
     let mut names = base_class_names(&base, classes.unwrap_or(0) as usize);
     let mut added = false;
     if classes.is_some() {

@@ -101,8 +101,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if difforge_model::stable_diffusion::is_diffusers_folder(&args.sampling.checkpoint) || args.sampling.checkpoint.is_file() {
         return super::text_to_image::run(&args);
     }
-    if args.text.prompt.is_some() || args.text.prompts.is_some() || args.text.size.is_some() {
-        return Err(ConfigError::new("--prompt", "(given)", "nothing: this checkpoint is not a text-to-image model").into());
+    if args.text.prompts.is_some() || args.text.size.is_some() {
+        return Err(ConfigError::new("--prompts/--size", "(given)", "nothing: this checkpoint is a difforge run (use --prompt, at its training size)").into());
     }
     let n = args.n.unwrap_or(16);
     if !(1..=4096).contains(&n) {
@@ -110,12 +110,17 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     let (model, sampler, dir) = load(&args.sampling)?;
     let kind = model.family().condition_kind();
-    let conditions = match args.class {
-        Some(c) => {
+    let conditions = match (args.class, &args.text.prompt) {
+        (Some(c), _) => {
             kind.check("--class", &Condition::Class(c))?;
             vec![Condition::Class(c); n]
         }
-        None => classes_in_turn(kind, n),
+        (None, Some(prompt)) => {
+            let condition = Condition::Text(prompt.clone());
+            kind.check("--prompt", &condition)?;
+            vec![condition; n]
+        }
+        (None, None) => classes_in_turn(kind, n),
     };
     let seeds = (0..n as u64).map(|i| args.sampling.seed + i).collect();
     let start = std::time::Instant::now();

@@ -18,6 +18,7 @@ mod finetune;
 mod launch;
 mod reproducibility;
 mod run_folder;
+mod sd_finetune;
 mod serve;
 mod serve_hardening;
 mod stability;

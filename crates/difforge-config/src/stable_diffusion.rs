@@ -1,0 +1,60 @@
+//! The `[model]` settings of the Stable Diffusion family (`family = "stable-diffusion"`): a
+//! published model as diffusers saves it, whose UNet the run fine-tunes (all of it, or LoRA
+//! adapters with `[lora]`) while its VAE and text encoder stay frozen.
+
+use difforge_core::ConfigError;
+use difforge_data::DataConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StableDiffusionConfig {
+    /// The diffusers folder the run starts from (`model_index.json`, `unet/`, `vae/`,
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`).
+    pub base: PathBuf,
+    /// Side of the training images in pixels; 0 takes `data.image_size`.
+    #[serde(default)]
+    pub image_size: i64,
+    /// Condition on an earlier layer of the text encoder (diffusers' `clip_skip`; 0: the last).
+    #[serde(default)]
+    pub clip_skip: usize,
+    /// The prompts of the preview grids (one row each; empty: the empty prompt).
+    #[serde(default)]
+    pub preview_prompts: Vec<String>,
+    /// Shuffle a caption's comma-separated tags at every step (kohya's `shuffle_caption`), so
+    /// the model does not learn their order.
+    #[serde(default)]
+    pub shuffle_caption: bool,
+    /// With `shuffle_caption`: this many leading tags stay in place (kohya's `keep_tokens`,
+    /// counted in tags), e.g. an instance token.
+    #[serde(default)]
+    pub keep_tokens: usize,
+}
+
+impl StableDiffusionConfig {
+    pub fn resolve(&mut self, data: &DataConfig) {
+        if self.image_size == 0 {
+            self.image_size = i64::from(data.image_size);
+        }
+    }
+
+    pub fn validate(&self, data: &DataConfig) -> Result<(), ConfigError> {
+        if self.base.as_os_str().is_empty() {
+            return Err(ConfigError::problem("model.base", "set it to a diffusers Stable Diffusion folder (with model_index.json)"));
+        }
+        if data.channels != 3 {
+            return Err(ConfigError::new("data.channels", data.channels, "3: Stable Diffusion's VAE takes RGB images"));
+        }
+        if self.image_size != i64::from(data.image_size) {
+            return Err(ConfigError::new("model.image_size", self.image_size, format!("the same as data.image_size ({})", data.image_size)));
+        }
+        if self.keep_tokens > 0 && !self.shuffle_caption {
+            return Err(ConfigError::new("model.keep_tokens", self.keep_tokens, "0 unless model.shuffle_caption = true"));
+        }
+        if self.clip_skip > 12 {
+            return Err(ConfigError::new("model.clip_skip", self.clip_skip, "0..=12"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Stable Diffusion as a training family: a published diffusers folder (`model.base`) whose
+//! UNet trains (all of it, or LoRA adapters on its attention projections) while the CLIP text
+//! encoder and the VAE stay frozen. Captions become the encoder's hidden states; images become
+//! the VAE's latents; an empty caption is the null conditioning guidance needs (as SD was
+//! trained). SD 1.x and 2.x; SDXL's second encoder and size conditioning are not trained yet.
+
+use super::sd_unet::SdUnet;
+use super::vae_codec::VaeCodec;
+use super::{Condition, ConditionKind, Family};
+use crate::codec::Codec;
+use crate::error::ModelError;
+use crate::stable_diffusion::components::has_second_text_encoder;
+use crate::stable_diffusion::components::Part;
+use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
+use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
+use difforge_config::{RunConfig, StableDiffusionConfig};
+use difforge_core::{ConfigError, StreamRng};
+use difforge_data::{Batch, ImageSet};
+use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
+use difforge_nn::lora::{is_lora_variable, LoraTarget};
+use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
+use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
+use difforge_nn::sd::tokenizer::ClipTokenizer;
+use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
+use difforge_nn::sd::unet_config::UNet2DConditionConfig;
+use difforge_nn::sd::ClipTextModel;
+use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec, TextConditioning};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tch::{nn, Device, Tensor};
+
+/// The frozen text side: the tokenizer and the encoder.
+struct TextEncoder {
+    tokenizer: ClipTokenizer,
+    encoder: ClipTextModel,
+    clip_skip: usize,
+}
+
+impl TextEncoder {
+    /// The hidden states the UNet attends to for each text, on the encoder's device.
+    fn encode(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
+        let ids = self.tokenizer.encode_batch(texts)?;
+        tch::no_grad(|| {
+            let out = self.encoder.forward(&ids)?;
+            Ok(self.encoder.clip_skip(&out, self.clip_skip)?)
+        })
+    }
+}
+
+pub struct StableDiffusionFamily {
+    config: StableDiffusionConfig,
+    unet: UNet2DConditionConfig,
+    text: Mutex<TextEncoder>,
+    vae: Arc<Mutex<AutoencoderKl>>,
+}
+
+fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Config(ConfigError::new("model.base", base.display(), reason.into()))
+}
+
+impl StableDiffusionFamily {
+    /// Loads the base's text encoder, tokenizer and VAE onto `device` and checks the run's
+    /// `[diffusion]` section and image size against the base.
+    pub fn load(run: &RunConfig, config: &StableDiffusionConfig, device: Device) -> Result<StableDiffusionFamily, ModelError> {
+        let base = &config.base;
+        if !is_diffusers_folder(base) {
+            return Err(base_err(base, "a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"));
+        }
+        if has_second_text_encoder(base)? {
+            return Err(base_err(base, "an SD 1.x or 2.x folder: fine-tuning SDXL (two text encoders) is not supported yet"));
+        }
+        check_schedule(base, &run.diffusion)?;
+        let unet: UNet2DConditionConfig = read_config(&base.join("unet"))?;
+        let tokenizer = ClipTokenizer::load(base.join("tokenizer"))?;
+        let encoder = ClipTextModel::load(&base.join("text_encoder"), device)?;
+        let vae = AutoencoderKl::load(&base.join("vae"), device)?;
+        let multiple = vae.downscale() << (unet.block_out_channels.len().max(1) - 1);
+        if config.image_size % multiple != 0 {
+            return Err(ConfigError::new(
+                "model.image_size",
+                config.image_size,
+                format!("a multiple of {multiple} (the VAE's scale times the UNet's downsamplings)"),
+            )
+            .into());
+        }
+        if let Some(l) = &run.lora {
+            check_lora(l)?;
+        }
+        if run.finetune.prior_preservation {
+            return Err(
+                ConfigError::problem("finetune.prior_preservation", "not yet for stable-diffusion models (class images from a prompt come next)").into()
+            );
+        }
+        let text = TextEncoder { tokenizer, encoder, clip_skip: config.clip_skip };
+        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)) })
+    }
+
+    fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
+        let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
+        let hidden = text.encode(texts)?.to_device(device);
+        Ok(Conditioning::Text(TextConditioning { hidden, mask: None, pooled: None, time_ids: None }))
+    }
+
+    /// Conditioning of captions (None: the empty caption).
+    fn captions(&self, captions: &[Option<&str>], device: Device) -> Conditioning {
+        let texts: Vec<&str> = captions.iter().map(|c| c.unwrap_or("")).collect();
+        // The tokenizer truncates and the encoder takes any ids it yields, so this cannot fail
+        // on a caption; a failure is a broken base, which loading has already read.
+        self.encode_texts(&texts, device).expect("the base's text encoder encodes its tokenizer's ids")
+    }
+}
+
+/// The caption's comma-separated tags in a random order, the first `keep` in place.
+fn shuffle_tags(caption: &str, keep: usize, rng: &mut StreamRng) -> String {
+    let mut tags: Vec<&str> = caption.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    let keep = keep.min(tags.len());
+    tags[keep..].shuffle(rng);
+    tags.join(", ")
+}
+
+/// The targets the UNet's adapters can have, and no adapter dropout (the UNet's forward has no
+/// training flag yet).
+fn check_lora(l: &LoraConfig) -> Result<(), ConfigError> {
+    if let Some(t) = l.targets.iter().find(|t| **t != LoraTarget::Attention) {
+        return Err(ConfigError::new(
+            "lora.targets",
+            t.name(),
+            "[\"attention\"] for stable-diffusion models (to_q, to_k, to_v, to_out.0 of every transformer)",
+        ));
+    }
+    if l.dropout != 0.0 {
+        return Err(ConfigError::new("lora.dropout", l.dropout, "0.0 for stable-diffusion models (adapter dropout is not implemented for their UNet)"));
+    }
+    Ok(())
+}
+
+/// The run must diffuse as the base was trained: same betas, timesteps and target.
+fn check_schedule(base: &Path, d: &DiffusionConfig) -> Result<(), ModelError> {
+    let dir = base.join("scheduler");
+    let file = dir.join("scheduler_config.json");
+    let cfg = SchedulerConfig::read(&dir)?;
+    let scheduling = cfg.scheduling(&file)?;
+    let theirs = (&scheduling.schedule, scheduling.prediction);
+    if (&NoiseSchedule::from_config(d), d.prediction) != theirs {
+        let prediction = match cfg.prediction_type.as_str() {
+            "v_prediction" => "v",
+            "sample" => "x0",
+            other => other,
+        };
+        let want = format!(
+            "the base's schedule ({}): [diffusion] schedule = \"{}\", timesteps = {}, beta_start = {}, beta_end = {}, prediction = \"{prediction}\"",
+            file.display(),
+            cfg.beta_schedule,
+            cfg.num_train_timesteps,
+            cfg.beta_start,
+            cfg.beta_end
+        );
+        return Err(ConfigError::new("diffusion", format!("schedule = \"{}\", prediction = \"{}\"", d.schedule.name(), d.prediction.name()), want).into());
+    }
+    Ok(())
+}
+
+impl Family for StableDiffusionFamily {
+    fn name(&self) -> &'static str {
+        "stable-diffusion"
+    }
+
+    fn pixel_shape(&self) -> [i64; 3] {
+        [3, self.config.image_size, self.config.image_size]
+    }
+
+    fn condition_kind(&self) -> ConditionKind {
+        ConditionKind::Text
+    }
+
+    fn build_network(&self, p: &nn::Path, lora: Option<&LoraSpec>) -> Result<Box<dyn DenoiserNet>, ModelError> {
+        Ok(Box::new(SdUnet(UNet2DConditionModel::with_lora(p, &self.unet, lora)?)))
+    }
+
+    /// The base's UNet weights; the adapters keep their initialisation (up = 0: the adapted
+    /// network starts as the base).
+    fn init_network(&self, vs: &nn::VarStore) -> Result<(), ModelError> {
+        let dir = self.config.base.join("unet");
+        let tensors = read_tensors(&weight_files(&dir, "diffusion_pytorch_model", None)?)?;
+        load_strict_except(vs, &tensors, &dir, is_lora_variable)?;
+        Ok(())
+    }
+
+    fn codec(&self) -> Box<dyn Codec> {
+        Box::new(VaeCodec::new(self.vae.clone()))
+    }
+
+    fn encode(&self, conditions: &[Condition], device: Device) -> Result<(Conditioning, Option<Conditioning>), ModelError> {
+        let mut texts = Vec::with_capacity(conditions.len());
+        for c in conditions {
+            match c {
+                Condition::Text(t) => texts.push(t.as_str()),
+                Condition::Unconditional => texts.push(""),
+                Condition::Class(k) => return Err(ConfigError::new("class", k, "nothing: this model is conditioned on text (give a prompt)").into()),
+            }
+        }
+        let empty = vec![""; texts.len()];
+        Ok((self.encode_texts(&texts, device)?, Some(self.encode_texts(&empty, device)?)))
+    }
+
+    /// Each caption dropped to the empty one with probability `dropout`, else (with
+    /// `shuffle_caption`) its tags shuffled; both drawn from the step's stream, so a resumed
+    /// run sees the same captions.
+    fn training_conditioning(&self, batch: &Batch, dropout: f64, rng: &mut StreamRng, device: Device) -> Conditioning {
+        let mut captions: Vec<Option<String>> = Vec::with_capacity(batch.captions.len());
+        for caption in &batch.captions {
+            let kept = caption.as_deref().filter(|_| !rng.random_bool(dropout));
+            captions.push(kept.map(|c| if self.config.shuffle_caption { shuffle_tags(c, self.config.keep_tokens, rng) } else { c.to_string() }));
+        }
+        let captions: Vec<Option<&str>> = captions.iter().map(|c| c.as_deref()).collect();
+        self.captions(&captions, device)
+    }
+
+    fn fixed_conditioning(&self, _labels: &[i64], captions: &[Option<String>]) -> Conditioning {
+        let captions: Vec<Option<&str>> = captions.iter().map(|c| c.as_deref()).collect();
+        self.captions(&captions, Device::Cpu)
+    }
+
+    fn check_data(&self, set: &ImageSet) -> Result<Vec<String>, ConfigError> {
+        let missing = set.captions.iter().filter(|c| c.is_none()).count();
+        if !set.is_empty() && missing == set.len() {
+            return Err(ConfigError::problem(
+                "data.path",
+                "no image has a caption: a stable-diffusion model trains on captioned images (.txt sidecars, metadata.jsonl or metadata.csv)",
+            ));
+        }
+        Ok(if missing > 0 { vec![format!("{missing} of {} images have no caption: they train with the empty prompt", set.len())] } else { Vec::new() })
+    }
+
+    fn start_from_base(&self, name: &str, base: &Tensor, var: &Tensor, path: &Path) -> Result<Tensor, ModelError> {
+        if base.size() != var.size() {
+            return Err(ModelError::checkpoint(path, format!("tensor `{name}` has shape {:?} in the base, the model expects {:?}", base.size(), var.size())));
+        }
+        Ok(base.shallow_clone())
+    }
+
+    fn adapter_carries(&self, _lora: &LoraConfig, name: &str) -> bool {
+        is_lora_variable(name)
+    }
+
+    fn preview_prompts(&self) -> Vec<String> {
+        if self.config.preview_prompts.is_empty() {
+            vec![String::new()]
+        } else {
+            self.config.preview_prompts.clone()
+        }
+    }
+
+    fn base_folder(&self) -> Option<PathBuf> {
+        Some(self.config.base.clone())
+    }
+
+    /// The UNet adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)
+    /// and diffusers' (`pytorch_lora_weights.safetensors`, `load_lora_weights`' default name).
+    fn export_adapters(&self, adapters: &[(String, Tensor)], lora: &LoraConfig, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        let networks = [NetworkAdapters { part: Part::Unet, variables: adapters }];
+        let base = self.config.base.display().to_string();
+        let export = LoraExport {
+            rank: lora.rank,
+            alpha: lora.alpha,
+            metadata: vec![("ss_sd_model_name".into(), base), ("ss_training_comment".into(), "difforge".into())],
+        };
+        let mut written = Vec::new();
+        for (format, name) in [(LoraFormat::Kohya, "lora.safetensors"), (LoraFormat::Diffusers, "pytorch_lora_weights.safetensors")] {
+            let path = dir.join(name);
+            lora_export::export(&path, format, &networks, &export)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn shuffled_tags_keep_the_leading_ones_and_every_tag() {
+        let mut rng = StreamRng::seed_from_u64(5);
+        let caption = "sks dog, on grass,  sunny ,, photo, red collar";
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let s = shuffle_tags(caption, 1, &mut rng);
+            assert!(s.starts_with("sks dog, "), "{s}");
+            let mut tags: Vec<&str> = s.split(", ").collect();
+            tags.sort_unstable();
+            assert_eq!(tags, ["on grass", "photo", "red collar", "sks dog", "sunny"]);
+            orders.insert(s);
+        }
+        assert!(orders.len() > 10, "the tags after the kept one are shuffled");
+    }
+}

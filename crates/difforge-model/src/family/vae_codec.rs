@@ -1,0 +1,56 @@
+//! A frozen AutoencoderKL as the codec of a latent model: images to the mean of the encoder's
+//! Gaussian at the UNet's scale, and back through the decoder. The mean rather than a sample:
+//! the same image always gives the same latents, so latents can be cached and a resumed run
+//! sees what the uninterrupted one saw.
+
+use crate::codec::Codec;
+use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
+use std::sync::{Arc, Mutex};
+use tch::Tensor;
+
+pub struct VaeCodec {
+    vae: Arc<Mutex<AutoencoderKl>>,
+    downscale: i64,
+    latent_channels: i64,
+}
+
+impl VaeCodec {
+    pub fn new(vae: Arc<Mutex<AutoencoderKl>>) -> VaeCodec {
+        let (downscale, latent_channels) = {
+            let v = vae.lock().unwrap_or_else(|p| p.into_inner());
+            (v.downscale(), v.config().latent_channels)
+        };
+        VaeCodec { vae, downscale, latent_channels }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&AutoencoderKl) -> T) -> T {
+        let vae = self.vae.lock().unwrap_or_else(|p| p.into_inner());
+        tch::no_grad(|| f(&vae))
+    }
+}
+
+impl Codec for VaeCodec {
+    fn name(&self) -> &'static str {
+        "vae"
+    }
+
+    /// On the VAE's device; the latents come back on the pixels' device.
+    fn encode(&self, pixels: &Tensor) -> Tensor {
+        self.with(|vae| {
+            let device = vae.device();
+            let posterior = vae.encode(&pixels.to_device(device)).expect("the family checks the image size against the VAE");
+            vae.to_latents(&posterior.mode()).to_device(pixels.device())
+        })
+    }
+
+    fn decode(&self, latents: &Tensor) -> Tensor {
+        self.with(|vae| {
+            let images = vae.decode_sliced(&vae.from_latents(&latents.to_device(vae.device())));
+            images.expect("latents of the codec's own shape").to_device(latents.device())
+        })
+    }
+
+    fn latent_shape(&self, pixels: [i64; 3]) -> [i64; 3] {
+        [self.latent_channels, pixels[1] / self.downscale, pixels[2] / self.downscale]
+    }
+}

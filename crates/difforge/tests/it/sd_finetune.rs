@@ -1,0 +1,245 @@
+//! Fine-tuning Stable Diffusion on captioned images (the tiny SD 1.5 fixture of
+//! tools/make_sd_fixtures.py, 32x32 coloured shapes with their colour and kind as captions):
+//! LoRA on the UNet's attention trains with validation and previews, resumes bit-identically
+//! after SIGKILL, leaves the base weights untouched, and exports kohya and diffusers files that
+//! difforge's own LoRA loader merges into the base to give the trained network; a full
+//! fine-tune trains every UNet weight; bad settings are refused with the key named.
+
+use crate::common::difforge;
+use difforge_model::checkpoint;
+use difforge_model::stable_diffusion::StableDiffusion;
+use difforge_model::Weights;
+use difforge_nn::{Conditioning, TextConditioning};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+fn base() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/sd/tiny-sd15")
+}
+
+/// 18 shapes (3 colours x 2 kinds x 3 positions) with `.txt` captions like "a red square".
+fn write_shapes(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let colours = [("red", [220u8, 30, 30]), ("blue", [30, 60, 220]), ("green", [30, 180, 60])];
+    let mut i = 0;
+    for (name, rgb) in colours {
+        for kind in ["square", "circle"] {
+            for offset in [4u32, 10, 16] {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let (dx, dy) = (x as f64 - offset as f64 - 6.0, y as f64 - offset as f64 - 6.0);
+                    let inside = if kind == "square" { dx.abs() < 6.0 && dy.abs() < 6.0 } else { dx * dx + dy * dy < 36.0 };
+                    image::Rgb(if inside { rgb } else { [240, 240, 240] })
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+                std::fs::write(dir.join(format!("{i:03}.txt")), format!("a {name} {kind}")).unwrap();
+                i += 1;
+            }
+        }
+    }
+}
+
+fn config(data: &Path, steps: u64, lora: bool) -> String {
+    let lora = if lora { "[lora]\nrank = 4\nalpha = 4.0\n" } else { "" };
+    format!(
+        r#"seed = 3
+[data]
+source = "folder"
+path = "{}"
+image_size = 32
+channels = 3
+val_fraction = 0.2
+[model]
+family = "stable-diffusion"
+base = "{}"
+preview_prompts = ["a red square", "a blue circle"]
+[diffusion]
+schedule = "scaled_linear"
+beta_start = 0.00085
+beta_end = 0.012
+prediction = "epsilon"
+class_dropout = 0.1
+[train]
+steps = {steps}
+batch_size = 4
+lr = 1e-2
+warmup_steps = 0
+ema_decay = 0.5
+checkpoint_every = 8
+val_every = 8
+log_every = 1
+sample_per_class = 2
+[sample]
+steps = 4
+guidance = 3.0
+{lora}"#,
+        data.display(),
+        base().display()
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(config: &Path, out: &Path) -> serde_json::Value {
+    let output = difforge().arg("train").arg("--config").arg(config).arg("--out").arg(out).arg("--json").output().unwrap();
+    assert!(output.status.success(), "train failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("summary JSON")
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Kills a run once it has checkpointed step 8 and logged step 10, then resumes it.
+fn kill_and_resume(config: &Path, run: &Path) {
+    let bin = assert_cmd::cargo::cargo_bin("difforge");
+    let mut child = std::process::Command::new(bin)
+        .arg("train")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logged = |step: u64| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().contains(&format!("\"step\":{step},"));
+    while !(run.join("checkpoints/step-00000008/manifest.json").exists() && logged(10)) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(Instant::now() < deadline, "timed out waiting for step 10");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let out = difforge().arg("train").arg("--resume").arg(run).output().unwrap();
+    assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The UNet's prediction for fixed latents, timesteps and text states.
+fn inputs() -> (Tensor, Tensor, Tensor) {
+    tch::manual_seed(11);
+    let x = Tensor::randn([2, 4, 16, 16], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[50i64, 700]);
+    let context = Tensor::randn([2, 77, 32], (Kind::Float, Device::Cpu));
+    (x, t, context)
+}
+
+fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+#[test]
+fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let cfg = write_config(dir.path(), "lora.toml", &config(&data, 16, true));
+    let reference = dir.path().join("reference");
+    let summary = train(&cfg, &reference);
+    assert_eq!(summary["final_step"], 16);
+    assert!(summary["final_validation"]["val_loss_ema"].as_f64().is_some_and(f64::is_finite), "{summary}");
+    assert!(reference.join("samples/step-00000016.png").is_file(), "preview grid of the two prompts");
+    let (kohya, diffusers) = (reference.join("lora.safetensors"), reference.join("pytorch_lora_weights.safetensors"));
+    assert_eq!(summary["adapter"].as_str(), kohya.to_str());
+
+    // SIGKILL after the step-8 checkpoint, resume: the same bytes as the uninterrupted run.
+    let killed = dir.path().join("killed");
+    kill_and_resume(&cfg, &killed);
+    for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+        let (a, b) = (reference.join("checkpoints/step-00000016").join(name), killed.join("checkpoints/step-00000016").join(name));
+        assert!(read(&a) == read(&b), "{name} differs after the resume");
+    }
+    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
+        assert!(read(&reference.join(file)) == read(&killed.join(file)), "{file} differs after the resume");
+    }
+
+    // The trained network: the base's weights untouched, adapters that moved.
+    let ckpt = reference.join("checkpoints/step-00000016");
+    let run_cfg = checkpoint::read_config(&ckpt).unwrap();
+    let model = checkpoint::load_model(&ckpt, &run_cfg, Device::Cpu).unwrap();
+    let base_unet: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(base().join("unet/diffusion_pytorch_model.safetensors")).unwrap().into_iter().collect();
+    let mut adapters = 0;
+    for (name, t) in model.variables(Weights::Raw) {
+        match base_unet.get(&name) {
+            Some(b) => assert!(t.equal(b), "the frozen base weight {name} changed"),
+            None if name.ends_with(".lora_up.weight") => {
+                adapters += 1;
+                assert!(t.abs().max().double_value(&[]) > 0.0, "adapter {name} did not train");
+            }
+            None => assert!(name.ends_with(".lora_down.weight"), "unexpected variable {name}"),
+        }
+    }
+    assert_eq!(adapters, 32, "4 transformers x 2 attentions x 4 projections");
+
+    // Each exported file, merged into the base by the LoRA loader, is the trained (EMA) network.
+    let (x, t, context) = inputs();
+    let cond = Conditioning::Text(TextConditioning { hidden: context.shallow_clone(), mask: None, pooled: None, time_ids: None });
+    let trained = tch::no_grad(|| model.predict(Weights::Ema, &x, &t, &cond, false));
+    let plain = tch::no_grad(|| StableDiffusion::load(&base(), Device::Cpu).unwrap().unet.forward(&x, &t.to_kind(Kind::Float), &context, None).unwrap());
+    assert!(relative_error(&plain, &trained) > 1e-3, "the adapters change the prediction");
+    for file in [&kohya, &diffusers] {
+        let mut sd = StableDiffusion::load(&base(), Device::Cpu).unwrap();
+        let report = sd.apply_lora(file, 1.0).unwrap();
+        assert_eq!(report.modules(), 32, "{}", file.display());
+        let merged = tch::no_grad(|| sd.unet.forward(&x, &t.to_kind(Kind::Float), &context, None).unwrap());
+        let err = relative_error(&merged, &trained);
+        assert!(err < 1e-5, "{}: relative error {err:e}", file.display());
+    }
+
+    // The run samples from a prompt.
+    let png = dir.path().join("fox.png");
+    difforge().args(["sample", "--n", "2", "--prompt", "a red circle", "--checkpoint"]).arg(&reference).arg("--out").arg(&png).assert().success();
+    assert!(png.is_file());
+}
+
+#[test]
+fn a_full_sd_fine_tune_trains_every_unet_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let mut text = config(&data, 2, false);
+    text = text.replace("val_every = 8", "val_every = 0").replace("sample_per_class = 2", "sample_per_class = 1");
+    let cfg = write_config(dir.path(), "full.toml", &text);
+    let run = dir.path().join("full");
+    let summary = train(&cfg, &run);
+    assert!(summary["adapter"].is_null());
+    let ckpt = run.join("checkpoints/step-00000002");
+    let model = checkpoint::load_model(&ckpt, &checkpoint::read_config(&ckpt).unwrap(), Device::Cpu).unwrap();
+    let base_unet: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(base().join("unet/diffusion_pytorch_model.safetensors")).unwrap().into_iter().collect();
+    let changed = model.variables(Weights::Raw).iter().filter(|(n, t)| !t.equal(&base_unet[n])).count();
+    assert_eq!(changed, base_unet.len(), "every UNet weight trains");
+}
+
+#[test]
+fn bad_sd_fine_tune_settings_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let good = config(&data, 2, true);
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(data.join("000.png"), bare.join("000.png")).unwrap();
+    std::fs::copy(data.join("001.png"), bare.join("001.png")).unwrap();
+    let cases = [
+        (good.replace("schedule = \"scaled_linear\"", "schedule = \"cosine\""), "beta_start = 0.00085"),
+        (good.replace("alpha = 4.0", "alpha = 4.0\ntargets = [\"conv\"]"), "lora.targets"),
+        (good.replace("alpha = 4.0", "alpha = 4.0\ndropout = 0.1"), "lora.dropout"),
+        (good.replace(&base().display().to_string(), "/nonexistent/sd15"), "model.base"),
+        (good.replace("image_size = 32", "image_size = 30"), "model.image_size"),
+        (good.replace(&data.display().to_string(), &bare.display().to_string()), "no image has a caption"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let cfg = write_config(dir.path(), &format!("bad{i}.toml"), text);
+        let out = difforge().arg("train").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join(format!("bad{i}"))).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "case {i}: expected an error naming {expected}, got: {stderr}");
+    }
+}
