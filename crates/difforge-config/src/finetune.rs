@@ -14,20 +14,30 @@ pub struct FinetuneConfig {
     pub prior_preservation: bool,
     /// Weight of the prior images' loss.
     pub prior_weight: f64,
-    /// Prior images generated per class (or in all, for an unconditional base).
+    /// Prior images generated per class (or in all, for an unconditional base or a class
+    /// prompt).
     pub prior_per_class: usize,
+    /// Text models: the prompt of the prior images and their captions (DreamBooth's class
+    /// prompt, e.g. "a photo of a dog").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_prompt: Option<String>,
 }
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
-        FinetuneConfig { from: None, prior_preservation: false, prior_weight: 1.0, prior_per_class: 50 }
+        FinetuneConfig { from: None, prior_preservation: false, prior_weight: 1.0, prior_per_class: 50, class_prompt: None }
     }
 }
 
 impl FinetuneConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.prior_preservation && self.from.is_none() {
+    /// `has_base`: the model starts from published weights of its own (which then generate
+    /// the prior images, from `class_prompt`).
+    pub fn validate(&self, has_base: bool) -> Result<(), ConfigError> {
+        if self.prior_preservation && self.from.is_none() && !has_base {
             return Err(ConfigError::problem("finetune.prior_preservation", "needs finetune.from (the base that generates the prior images)"));
+        }
+        if self.prior_preservation && has_base && self.class_prompt.is_none() {
+            return Err(ConfigError::problem("finetune.class_prompt", "needed with prior_preservation on a text model: the prompt of the prior images"));
         }
         difforge_core::check_range("finetune.prior_weight", self.prior_weight, 0.0, 1e6)?;
         if !(1..=100_000).contains(&self.prior_per_class) {

@@ -82,7 +82,7 @@ impl RunConfig {
         self.diffusion.validate()?;
         self.train.validate()?;
         self.sample.validate(self.diffusion.timesteps)?;
-        self.finetune.validate()?;
+        self.finetune.validate(self.model.has_base())?;
         if let Some(l) = &self.lora {
             l.validate()?;
             if self.finetune.from.is_none() && !self.model.has_base() {

@@ -114,6 +114,10 @@ pub struct DataConfig {
     /// root, read as diffusers' imagefolder reads it (a `file_name` column, the image's path
     /// relative to the folder, and this one).
     pub caption_column: String,
+    /// Every image's caption, whatever its sidecar says (DreamBooth's instance prompt, e.g.
+    /// "a photo of sks dog"); in-memory sources only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_prompt: Option<String>,
 }
 
 impl Default for DataConfig {
@@ -136,6 +140,7 @@ impl Default for DataConfig {
             shuffle_buffer: 1000,
             caption_extension: ".txt".into(),
             caption_column: "text".into(),
+            instance_prompt: None,
         }
     }
 }
@@ -182,6 +187,9 @@ impl DataConfig {
             return Err(ConfigError::new("data.max_pixels", self.max_pixels, "at least 1"));
         }
         check_caption_extension("data.caption_extension", &self.caption_extension)?;
+        if self.instance_prompt.is_some() && self.source == SourceKind::Webdataset {
+            return Err(ConfigError::problem("data.instance_prompt", "not for data.source = \"webdataset\" (give the shards' .txt captions instead)"));
+        }
         if self.caption_column.trim().is_empty() {
             return Err(ConfigError::new("data.caption_column", format!("{:?}", self.caption_column), "a column name such as \"text\""));
         }

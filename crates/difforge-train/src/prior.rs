@@ -1,5 +1,5 @@
 //! Prior preservation (DreamBooth, Ruiz et al. 2023): images the base model generates for its
-//! own classes are mixed into every fine-tuning step, so the model keeps what it knew while it
+//! own classes (or, for a text model, for the class prompt) are mixed into every fine-tuning step, so the model keeps what it knew while it
 //! learns the new data. The images are generated once, deterministically, from the base.
 
 use crate::error::TrainError;
@@ -8,21 +8,38 @@ use difforge_core::{derive_seed, Stream};
 use difforge_data::{AugmentConfig, CropMode, ImageSet, Loader, Pixels};
 use difforge_model::generate::{generate, preview_conditions};
 use difforge_model::images::to_vec;
-use difforge_model::{checkpoint, Condition, GenerateSpec, Weights};
+use difforge_model::{checkpoint, Condition, DiffusionModel, GenerateSpec, Weights};
 use std::sync::Arc;
 use tch::Device;
 
-/// A loader over `prior_per_class` base samples of every base class.
+/// A loader over the prior images: `prior_per_class` base samples of every base class, or of
+/// the class prompt for a text model. The base is `finetune.from`, or for a family with its own
+/// published weights (Stable Diffusion) the run's model before training (adapters at zero).
 pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, TrainError> {
-    let (true, Some(from)) = (cfg.finetune.prior_preservation, &cfg.finetune.from) else { return Ok(None) };
-    let dir = checkpoint::resolve(from)?;
-    let base_cfg = checkpoint::read_config(&dir)?;
-    let base = checkpoint::load_model(&dir, &base_cfg, device)?;
+    if !cfg.finetune.prior_preservation {
+        return Ok(None);
+    }
+    let (base, sampler) = match &cfg.finetune.from {
+        Some(from) => {
+            let dir = checkpoint::resolve(from)?;
+            let base_cfg = checkpoint::read_config(&dir)?;
+            (checkpoint::load_model(&dir, &base_cfg, device)?, base_cfg.sample)
+        }
+        None => (DiffusionModel::new(cfg, device)?, cfg.sample.clone()),
+    };
     let kind = base.family().condition_kind();
-    let (conditions, seeds) = preview_conditions(base.family(), cfg.finetune.prior_per_class, derive_seed(cfg.seed, Stream::Sample, 1) >> 16);
+    let seed = derive_seed(cfg.seed, Stream::Sample, 1) >> 16;
+    let (conditions, seeds) = match &cfg.finetune.class_prompt {
+        Some(prompt) => {
+            let n = cfg.finetune.prior_per_class;
+            (vec![Condition::Text(prompt.clone()); n], (0..n as u64).map(|k| seed + k).collect())
+        }
+        None => preview_conditions(base.family(), cfg.finetune.prior_per_class, seed),
+    };
     tracing::info!("prior preservation: generating {} images with the base model", seeds.len());
     let labels: Vec<Option<usize>> = conditions.iter().map(|c| if let Condition::Class(k) = c { Some(*k as usize) } else { None }).collect();
-    let spec = GenerateSpec { conditions, seeds, sampler: &base_cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false };
+    let captions: Vec<Option<String>> = conditions.iter().map(|c| if let Condition::Text(p) = c { Some(p.clone()) } else { None }).collect();
+    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 256, fixed_batch: false };
     let images = to_vec(&generate(&base, &spec)?)?;
     let [c, s, _] = base.family().pixel_shape();
     let (c, s) = (c as usize, s as usize);
@@ -37,7 +54,7 @@ pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, T
         }
         set.pixels.push(Pixels { width: s as u32, height: s as u32, channels: c as u32, data });
         set.labels.push(labels[i]);
-        set.captions.push(None);
+        set.captions.push(captions[i].clone());
         set.ids.push(format!("prior/{i}"));
     }
     let n = set.len();

@@ -35,5 +35,13 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
             return Err(ConfigError::new("data.source", config.source.name(), why).into());
         }
     };
-    Ok(set)
+    Ok(with_instance_prompt(set, config.instance_prompt.as_deref()))
+}
+
+/// DreamBooth's instance prompt as every image's caption.
+fn with_instance_prompt(mut set: ImageSet, prompt: Option<&str>) -> ImageSet {
+    if let Some(p) = prompt {
+        set.captions = vec![Some(p.to_string()); set.len()];
+    }
+    set
 }

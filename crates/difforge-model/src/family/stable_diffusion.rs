@@ -88,11 +88,6 @@ impl StableDiffusionFamily {
         if let Some(l) = &run.lora {
             check_lora(l)?;
         }
-        if run.finetune.prior_preservation {
-            return Err(
-                ConfigError::problem("finetune.prior_preservation", "not yet for stable-diffusion models (class images from a prompt come next)").into()
-            );
-        }
         let text = TextEncoder { tokenizer, encoder, clip_skip: config.clip_skip };
         Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)) })
     }

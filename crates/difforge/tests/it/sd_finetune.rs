@@ -2,8 +2,10 @@
 //! tools/make_sd_fixtures.py, 32x32 coloured shapes with their colour and kind as captions):
 //! LoRA on the UNet's attention trains with validation and previews, resumes bit-identically
 //! after SIGKILL, leaves the base weights untouched, and exports kohya and diffusers files that
-//! difforge's own LoRA loader merges into the base to give the trained network; a full
-//! fine-tune trains every UNet weight; bad settings are refused with the key named.
+//! difforge's own LoRA loader merges into the base to give the trained network; preview grids
+//! leave the training untouched; DreamBooth (instance prompt, class prompt, prior images from
+//! the base) resumes exactly too; a full fine-tune trains every UNet weight; bad settings are
+//! refused with the key named.
 
 use crate::common::difforge;
 use difforge_model::checkpoint;
@@ -134,30 +136,46 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12)
 }
 
+/// The final checkpoint's files of two runs are the same bytes, and so are their LoRA files.
+fn assert_same_end(a: &Path, b: &Path, step: u64) {
+    let ckpt = format!("checkpoints/step-{step:08}");
+    for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
+        assert!(read(&a.join(&ckpt).join(name)) == read(&b.join(&ckpt).join(name)), "{name} differs between {} and {}", a.display(), b.display());
+    }
+    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
+        assert!(read(&a.join(file)) == read(&b.join(file)), "{file} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+/// Trains `text` uninterrupted and killed-then-resumed: both end with the same bytes.
+fn train_and_check_resume(dir: &Path, name: &str, text: &str) -> (PathBuf, serde_json::Value) {
+    let cfg = write_config(dir, &format!("{name}.toml"), text);
+    let reference = dir.join(name);
+    let summary = train(&cfg, &reference);
+    assert_eq!(summary["final_step"], 16);
+    assert!(summary["final_validation"]["val_loss_ema"].as_f64().is_some_and(f64::is_finite), "{summary}");
+    let killed = dir.join(format!("{name}-killed"));
+    kill_and_resume(&cfg, &killed);
+    assert_same_end(&reference, &killed, 16);
+    (reference, summary)
+}
+
 #[test]
 fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_network() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     write_shapes(&data);
-    let cfg = write_config(dir.path(), "lora.toml", &config(&data, 16, true));
-    let reference = dir.path().join("reference");
-    let summary = train(&cfg, &reference);
-    assert_eq!(summary["final_step"], 16);
-    assert!(summary["final_validation"]["val_loss_ema"].as_f64().is_some_and(f64::is_finite), "{summary}");
+    let (reference, summary) = train_and_check_resume(dir.path(), "lora", &config(&data, 16, true));
     assert!(reference.join("samples/step-00000016.png").is_file(), "preview grid of the two prompts");
     let (kohya, diffusers) = (reference.join("lora.safetensors"), reference.join("pytorch_lora_weights.safetensors"));
     assert_eq!(summary["adapter"].as_str(), kohya.to_str());
 
-    // SIGKILL after the step-8 checkpoint, resume: the same bytes as the uninterrupted run.
-    let killed = dir.path().join("killed");
-    kill_and_resume(&cfg, &killed);
-    for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
-        let (a, b) = (reference.join("checkpoints/step-00000016").join(name), killed.join("checkpoints/step-00000016").join(name));
-        assert!(read(&a) == read(&b), "{name} differs after the resume");
-    }
-    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
-        assert!(read(&reference.join(file)) == read(&killed.join(file)), "{file} differs after the resume");
-    }
+    // Preview grids every 4 steps do not touch the training's random streams.
+    let with_samples = config(&data, 16, true).replace("sample_per_class = 2", "sample_per_class = 2\nsample_every = 4");
+    let sampled = dir.path().join("sampled");
+    train(&write_config(dir.path(), "sampled.toml", &with_samples), &sampled);
+    assert!(sampled.join("samples/step-00000004.png").is_file());
+    assert_same_end(&reference, &sampled, 16);
 
     // The trained network: the base's weights untouched, adapters that moved.
     let ckpt = reference.join("checkpoints/step-00000016");
@@ -200,6 +218,24 @@ fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_
 }
 
 #[test]
+fn sd_dreambooth_with_prior_preservation_trains_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let text = config(&data, 16, true).replace("channels = 3\n", "channels = 3\ninstance_prompt = \"a photo of sks shape\"\n")
+        + "[finetune]\nprior_preservation = true\nclass_prompt = \"a photo of a shape\"\nprior_per_class = 4\nprior_weight = 1.0\n";
+    let (run, _) = train_and_check_resume(dir.path(), "dreambooth", &text);
+    let log = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(log.contains("instance_prompt = \"a photo of sks shape\"") && log.contains("class_prompt = \"a photo of a shape\""), "{log}");
+    // The prior images move the result: the same run without them ends elsewhere.
+    let plain = dir.path().join("plain");
+    let without = text.replace("prior_preservation = true", "prior_preservation = false");
+    train(&write_config(dir.path(), "plain.toml", &without), &plain);
+    let ckpt = "checkpoints/step-00000016/model.safetensors";
+    assert!(read(&run.join(ckpt)) != read(&plain.join(ckpt)), "prior preservation changes training");
+}
+
+#[test]
 fn a_full_sd_fine_tune_trains_every_unet_weight() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
@@ -234,6 +270,7 @@ fn bad_sd_fine_tune_settings_name_the_key() {
         (good.replace("alpha = 4.0", "alpha = 4.0\ndropout = 0.1"), "lora.dropout"),
         (good.replace(&base().display().to_string(), "/nonexistent/sd15"), "model.base"),
         (good.replace("image_size = 32", "image_size = 30"), "model.image_size"),
+        (good.clone() + "[finetune]\nprior_preservation = true\n", "finetune.class_prompt"),
         (good.replace(&data.display().to_string(), &bare.display().to_string()), "no image has a caption"),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
