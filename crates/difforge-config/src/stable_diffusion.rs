@@ -30,6 +30,10 @@ pub struct StableDiffusionConfig {
     /// counted in tags), e.g. an instance token.
     #[serde(default)]
     pub keep_tokens: usize,
+    /// Where the VAE latents of the training images are cached (content-addressed, shared by
+    /// runs); none: encoded at every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl StableDiffusionConfig {

@@ -6,6 +6,7 @@
 //! Everything else in difforge (training, sampling, checkpoints, serving, evaluation) only talks
 //! to this trait.
 
+mod latent_cache;
 mod pixel_unet;
 mod sd_unet;
 mod stable_diffusion;

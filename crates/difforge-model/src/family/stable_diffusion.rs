@@ -4,6 +4,7 @@
 //! the VAE's latents; an empty caption is the null conditioning guidance needs (as SD was
 //! trained). SD 1.x and 2.x; SDXL's second encoder and size conditioning are not trained yet.
 
+use super::latent_cache::LatentCache;
 use super::sd_unet::SdUnet;
 use super::vae_codec::VaeCodec;
 use super::{Condition, ConditionKind, Family};
@@ -54,6 +55,7 @@ pub struct StableDiffusionFamily {
     unet: UNet2DConditionConfig,
     text: Mutex<TextEncoder>,
     vae: Arc<Mutex<AutoencoderKl>>,
+    cache: Option<Arc<LatentCache>>,
 }
 
 fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
@@ -88,8 +90,18 @@ impl StableDiffusionFamily {
         if let Some(l) = &run.lora {
             check_lora(l)?;
         }
+        let cache = match &config.cache_dir {
+            Some(root) => Some(Arc::new(open_cache(root, &base.join("vae"))?)),
+            None => None,
+        };
+        // The encoder is frozen, but dropout and shuffling change captions from step to step;
+        // encoding each step's captions keeps every variant exact (no text cache to go stale).
+        tracing::info!(
+            "captions are encoded by the frozen text encoder at each step{}",
+            if config.shuffle_caption { ", after shuffling their tags" } else { "" }
+        );
         let text = TextEncoder { tokenizer, encoder, clip_skip: config.clip_skip };
-        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)) })
+        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)), cache })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
@@ -105,6 +117,13 @@ impl StableDiffusionFamily {
         // on a caption; a failure is a broken base, which loading has already read.
         self.encode_texts(&texts, device).expect("the base's text encoder encodes its tokenizer's ids")
     }
+}
+
+/// The latent cache of the VAE in `vae_dir` under `root`.
+fn open_cache(root: &Path, vae_dir: &Path) -> Result<LatentCache, ModelError> {
+    let mut files = weight_files(vae_dir, "diffusion_pytorch_model", None)?;
+    files.push(vae_dir.join("config.json"));
+    LatentCache::open(root, &files).map_err(|e| ConfigError::new("model.cache_dir", root.display(), format!("a folder difforge can write ({e})")).into())
 }
 
 /// The caption's comma-separated tags in a random order, the first `keep` in place.
@@ -184,7 +203,7 @@ impl Family for StableDiffusionFamily {
     }
 
     fn codec(&self) -> Box<dyn Codec> {
-        Box::new(VaeCodec::new(self.vae.clone()))
+        Box::new(VaeCodec::new(self.vae.clone(), self.cache.clone()))
     }
 
     fn encode(&self, conditions: &[Condition], device: Device) -> Result<(Conditioning, Option<Conditioning>), ModelError> {

@@ -3,6 +3,7 @@
 //! the same image always gives the same latents, so latents can be cached and a resumed run
 //! sees what the uninterrupted one saw.
 
+use super::latent_cache::LatentCache;
 use crate::codec::Codec;
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use std::sync::{Arc, Mutex};
@@ -12,15 +13,26 @@ pub struct VaeCodec {
     vae: Arc<Mutex<AutoencoderKl>>,
     downscale: i64,
     latent_channels: i64,
+    cache: Option<Arc<LatentCache>>,
 }
 
 impl VaeCodec {
-    pub fn new(vae: Arc<Mutex<AutoencoderKl>>) -> VaeCodec {
+    /// With `cache`, latents are read from and written to it.
+    pub fn new(vae: Arc<Mutex<AutoencoderKl>>, cache: Option<Arc<LatentCache>>) -> VaeCodec {
         let (downscale, latent_channels) = {
             let v = vae.lock().unwrap_or_else(|p| p.into_inner());
             (v.downscale(), v.config().latent_channels)
         };
-        VaeCodec { vae, downscale, latent_channels }
+        VaeCodec { vae, downscale, latent_channels, cache }
+    }
+
+    /// The latents of images on the VAE's device, back on the pixels' device.
+    fn encode_uncached(&self, pixels: &Tensor) -> Tensor {
+        self.with(|vae| {
+            let device = vae.device();
+            let posterior = vae.encode(&pixels.to_device(device)).expect("the family checks the image size against the VAE");
+            vae.to_latents(&posterior.mode()).to_device(pixels.device())
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&AutoencoderKl) -> T) -> T {
@@ -34,13 +46,16 @@ impl Codec for VaeCodec {
         "vae"
     }
 
-    /// On the VAE's device; the latents come back on the pixels' device.
+    /// On the VAE's device (or from the cache); the latents come back on the pixels' device.
     fn encode(&self, pixels: &Tensor) -> Tensor {
-        self.with(|vae| {
-            let device = vae.device();
-            let posterior = vae.encode(&pixels.to_device(device)).expect("the family checks the image size against the VAE");
-            vae.to_latents(&posterior.mode()).to_device(pixels.device())
-        })
+        match &self.cache {
+            Some(cache) => {
+                let size = pixels.size();
+                let shape = self.latent_shape([size[1], size[2], size[3]]);
+                cache.latents(pixels, shape, |image| self.encode_uncached(image))
+            }
+            None => self.encode_uncached(pixels),
+        }
     }
 
     fn decode(&self, latents: &Tensor) -> Tensor {

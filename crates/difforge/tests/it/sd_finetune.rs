@@ -71,6 +71,7 @@ ema_decay = 0.5
 checkpoint_every = 8
 val_every = 8
 log_every = 1
+threads = 1
 sample_per_class = 2
 [sample]
 steps = 4
@@ -233,6 +234,45 @@ fn sd_dreambooth_with_prior_preservation_trains_and_resumes_exactly() {
     train(&write_config(dir.path(), "plain.toml", &without), &plain);
     let ckpt = "checkpoints/step-00000016/model.safetensors";
     assert!(read(&run.join(ckpt)) != read(&plain.join(ckpt)), "prior preservation changes training");
+}
+
+/// The cache's files and their modification times.
+fn cache_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    for vae in std::fs::read_dir(dir).unwrap() {
+        for shard in std::fs::read_dir(vae.unwrap().path()).unwrap() {
+            for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let f = f.unwrap();
+                files.push((f.path(), f.metadata().unwrap().modified().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn cached_latents_are_reused_across_runs_and_a_damaged_one_is_encoded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let cache = dir.path().join("latents");
+    let text = config(&data, 16, true)
+        .replace("val_fraction = 0.2\n", "val_fraction = 0.2\naugment = { hflip = 0.5 }\n")
+        .replace("preview_prompts = [", &format!("cache_dir = \"{}\"\npreview_prompts = [", cache.display()));
+    let cfg = write_config(dir.path(), "cached.toml", &text);
+    let (first, second, third) = (dir.path().join("first"), dir.path().join("second"), dir.path().join("third"));
+    train(&cfg, &first);
+    let files = cache_files(&cache);
+    assert!(files.len() > 18, "flipped variants are cached beside the originals: {} files for 18 images", files.len());
+    train(&cfg, &second);
+    assert_eq!(cache_files(&cache), files, "the second run reads every latent and writes none");
+    assert_same_end(&first, &second, 16);
+    std::fs::write(&files[0].0, b"not latents").unwrap();
+    let output = difforge().arg("train").arg("--config").arg(&cfg).arg("--out").arg(&third).output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("encoding the image again"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_same_end(&first, &third, 16);
 }
 
 #[test]
