@@ -86,6 +86,8 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// The LoRA adapter file, for LoRA fine-tunes.
     pub adapter: Option<PathBuf>,
+    /// The files written for other tools (a Stable Diffusion run's LoRA files or diffusers folder).
+    pub exported: Vec<PathBuf>,
     pub sample_grid: Option<PathBuf>,
     pub weights_checksum: f64,
     /// The data-parallel run this process was part of (absent for one process).
@@ -557,18 +559,25 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             difforge_model::adapter::save(&path, tr.model(), &checkpoint::resolve(from)?)?;
             Some(path)
         }
-        (Some(lora), None) if tr.writes() => {
-            // A family with its own base (Stable Diffusion): the EMA adapters, as sampling uses them.
-            let model = tr.model();
-            let adapters: Vec<_> = model.variables(Weights::Ema).into_iter().filter(|(n, _)| model.family().adapter_carries(lora, n)).collect();
-            let files = model.family().export_adapters(&adapters, lora, &run_dir)?;
-            for f in &files {
-                tracing::info!("wrote the LoRA adapters to {}", f.display());
-            }
-            files.into_iter().next()
-        }
         _ => None,
     };
+    // A family with its own published base (Stable Diffusion) exports in its ecosystem's files:
+    // the EMA weights, as sampling uses them.
+    let exported = match &tr.cfg.finetune.from {
+        None if tr.writes() => {
+            let model = tr.model();
+            let lora = tr.cfg.lora.as_ref();
+            let trained: Vec<_> =
+                model.variables(Weights::Ema).into_iter().filter(|(n, _)| lora.is_none_or(|l| model.family().adapter_carries(l, n))).collect();
+            let files = model.family().export_trained(&trained, lora, &run_dir)?;
+            for f in &files {
+                tracing::info!("wrote {}", f.display());
+            }
+            files
+        }
+        _ => Vec::new(),
+    };
+    let adapter = adapter.or_else(|| exported.first().filter(|_| tr.cfg.lora.is_some()).cloned());
     let run_images = (tr.state.step.saturating_sub(first_step)) * per_step;
     let summary = TrainSummary {
         run_dir: run_dir.clone(),
@@ -596,6 +605,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         skipped_files: set.skipped.len(),
         checkpoint: tr.last_checkpoint.clone(),
         adapter,
+        exported,
         sample_grid: last_grid,
         weights_checksum: tr.model().checksum(),
         parallel,

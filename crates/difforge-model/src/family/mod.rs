@@ -124,10 +124,11 @@ pub trait Family: Send + Sync {
         None
     }
 
-    /// Writes trained adapters (variable name, tensor) into `dir` as the files the family's
-    /// ecosystem loads; returns the files, the first the main one. Families without such a
-    /// format write none (the trainer writes difforge's adapter file against the base checkpoint).
-    fn export_adapters(&self, _adapters: &[(String, Tensor)], _lora: &LoraConfig, _dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    /// Writes what a run trained (variable name, tensor: the LoRA adapters with `lora`, else
+    /// every weight) into `dir` as the files the family's ecosystem loads; returns them, the
+    /// main one first. Families without such a format write none (difforge's checkpoints and
+    /// adapter files are theirs).
+    fn export_trained(&self, _trained: &[(String, Tensor)], _lora: Option<&LoraConfig>, _dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         Ok(Vec::new())
     }
 }

@@ -11,7 +11,7 @@ use super::{Condition, ConditionKind, Family};
 use crate::codec::Codec;
 use crate::error::ModelError;
 use crate::stable_diffusion::components::has_second_text_encoder;
-use crate::stable_diffusion::components::Part;
+use crate::stable_diffusion::components::{Networks, Part};
 use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
 use difforge_config::{RunConfig, StableDiffusionConfig};
@@ -116,6 +116,27 @@ impl StableDiffusionFamily {
         // The tokenizer truncates and the encoder takes any ids it yields, so this cannot fail
         // on a caption; a failure is a broken base, which loading has already read.
         self.encode_texts(&texts, device).expect("the base's text encoder encodes its tokenizer's ids")
+    }
+}
+
+impl StableDiffusionFamily {
+    /// The base as a diffusers folder at `out` with `unet` as its UNet's weights (replacing what
+    /// an earlier end of the same run wrote).
+    fn export_folder(&self, unet: &[(String, Tensor)], out: &Path) -> Result<PathBuf, ModelError> {
+        let networks = Networks::load_diffusers(&self.config.base, Device::Cpu)?;
+        let vars = networks.unet.vars.variables();
+        tch::no_grad(|| {
+            for (name, t) in unet {
+                let var = vars.get(name).ok_or_else(|| ModelError::Other(format!("the trained UNet has a variable `{name}` the base lacks")))?;
+                var.shallow_clone().copy_(&t.to_device(Device::Cpu));
+            }
+            Ok::<(), ModelError>(())
+        })?;
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+        }
+        networks.write_diffusers(&self.config.base, out)?;
+        Ok(out.to_path_buf())
     }
 }
 
@@ -271,10 +292,14 @@ impl Family for StableDiffusionFamily {
         Some(self.config.base.clone())
     }
 
-    /// The UNet adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)
-    /// and diffusers' (`pytorch_lora_weights.safetensors`, `load_lora_weights`' default name).
-    fn export_adapters(&self, adapters: &[(String, Tensor)], lora: &LoraConfig, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-        let networks = [NetworkAdapters { part: Part::Unet, variables: adapters }];
+    /// LoRA adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)
+    /// and diffusers' (`pytorch_lora_weights.safetensors`, `load_lora_weights`' default name);
+    /// a full fine-tune as a diffusers folder (`diffusers/`: the base with the trained UNet).
+    fn export_trained(&self, trained: &[(String, Tensor)], lora: Option<&LoraConfig>, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        let Some(lora) = lora else {
+            return Ok(vec![self.export_folder(trained, &dir.join("diffusers"))?]);
+        };
+        let networks = [NetworkAdapters { part: Part::Unet, variables: trained }];
         let base = self.config.base.display().to_string();
         let export = LoraExport {
             rank: lora.rank,

@@ -143,7 +143,10 @@ fn assert_same_end(a: &Path, b: &Path, step: u64) {
     for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
         assert!(read(&a.join(&ckpt).join(name)) == read(&b.join(&ckpt).join(name)), "{name} differs between {} and {}", a.display(), b.display());
     }
-    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
+    let exported = ["lora.safetensors", "pytorch_lora_weights.safetensors", "diffusers/unet/diffusion_pytorch_model.safetensors"];
+    let present: Vec<&str> = exported.into_iter().filter(|f| a.join(f).is_file()).collect();
+    assert!(!present.is_empty(), "{} exported nothing", a.display());
+    for file in present {
         assert!(read(&a.join(file)) == read(&b.join(file)), "{file} differs between {} and {}", a.display(), b.display());
     }
 }
@@ -276,22 +279,27 @@ fn cached_latents_are_reused_across_runs_and_a_damaged_one_is_encoded_again() {
 }
 
 #[test]
-fn a_full_sd_fine_tune_trains_every_unet_weight() {
+fn a_full_sd_fine_tune_trains_every_unet_weight_resumes_exactly_and_exports_a_diffusers_folder() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     write_shapes(&data);
-    let mut text = config(&data, 2, false);
-    text = text.replace("val_every = 8", "val_every = 0").replace("sample_per_class = 2", "sample_per_class = 1");
-    let cfg = write_config(dir.path(), "full.toml", &text);
-    let run = dir.path().join("full");
-    let summary = train(&cfg, &run);
+    let (run, summary) = train_and_check_resume(dir.path(), "full", &config(&data, 16, false));
     assert!(summary["adapter"].is_null());
-    let ckpt = run.join("checkpoints/step-00000002");
+    let folder = run.join("diffusers");
+    assert_eq!(summary["exported"][0].as_str(), folder.to_str());
+    let ckpt = run.join("checkpoints/step-00000016");
     let model = checkpoint::load_model(&ckpt, &checkpoint::read_config(&ckpt).unwrap(), Device::Cpu).unwrap();
     let base_unet: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(base().join("unet/diffusion_pytorch_model.safetensors")).unwrap().into_iter().collect();
     let changed = model.variables(Weights::Raw).iter().filter(|(n, t)| !t.equal(&base_unet[n])).count();
     assert_eq!(changed, base_unet.len(), "every UNet weight trains");
+    // The exported folder is the base with the trained (EMA) UNet.
+    let (x, t, context) = inputs();
+    let cond = Conditioning::Text(TextConditioning { hidden: context.shallow_clone(), mask: None, pooled: None, time_ids: None });
+    let trained = tch::no_grad(|| model.predict(Weights::Ema, &x, &t, &cond, false));
+    let exported = StableDiffusion::load(&folder, Device::Cpu).unwrap();
+    let out = tch::no_grad(|| exported.unet.forward(&x, &t.to_kind(Kind::Float), &context, None).unwrap());
+    assert!(out.equal(&trained), "the exported UNet is the trained one");
 }
 
 #[test]
