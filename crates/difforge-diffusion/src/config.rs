@@ -1,9 +1,11 @@
 //! The `[diffusion]` and `[sample]` sections.
 
+use crate::loss::{Loss, LossKind};
 use crate::prediction::Prediction;
 use crate::sampler::SamplerKind;
 use crate::schedule::ScheduleKind;
 use difforge_core::{check_range, ConfigError};
+use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 
 /// The `[diffusion]` section: the forward process and the training target.
@@ -25,6 +27,25 @@ pub struct DiffusionConfig {
     /// Probability of replacing the class by the null class in training, so that the model also
     /// learns the unconditional prediction that classifier-free guidance needs.
     pub class_dropout: f64,
+    /// The loss: "mse" or "huber" (pseudo-Huber with constant `huber_c`).
+    pub loss: LossKind,
+    pub huber_c: f64,
+    /// Offset noise (Guttenberg 2023): each image's noise gets this times one extra normal draw
+    /// per channel, so the model learns to change an image's mean brightness; 0 turns it off.
+    pub noise_offset: f64,
+    /// How training timesteps are drawn: "uniform", or "logit-normal" (SD3's: sigmoid of a
+    /// normal with `logit_mean`, `logit_std`, favouring the middle of the schedule).
+    pub timestep_sampling: TimestepSampling,
+    pub logit_mean: f64,
+    pub logit_std: f64,
+}
+
+difforge_core::choice! {
+    /// The distribution of training timesteps.
+    pub enum TimestepSampling {
+        Uniform = "uniform",
+        LogitNormal = "logit-normal",
+    }
 }
 
 impl Default for DiffusionConfig {
@@ -37,6 +58,12 @@ impl Default for DiffusionConfig {
             prediction: Prediction::Epsilon,
             min_snr_gamma: 0.0,
             class_dropout: 0.1,
+            loss: LossKind::Mse,
+            huber_c: 0.1,
+            noise_offset: 0.0,
+            timestep_sampling: TimestepSampling::Uniform,
+            logit_mean: 0.0,
+            logit_std: 1.0,
         }
     }
 }
@@ -59,7 +86,27 @@ impl DiffusionConfig {
         if !(self.class_dropout.is_finite() && (0.0..1.0).contains(&self.class_dropout)) {
             return Err(ConfigError::new("diffusion.class_dropout", self.class_dropout, "0.0 <= x < 1.0"));
         }
+        check_range("diffusion.huber_c", self.huber_c, f64::MIN_POSITIVE, 1e3)?;
+        check_range("diffusion.noise_offset", self.noise_offset, 0.0, 1.0)?;
+        check_range("diffusion.logit_mean", self.logit_mean, -10.0, 10.0)?;
+        check_range("diffusion.logit_std", self.logit_std, f64::MIN_POSITIVE, 10.0)?;
         Ok(())
+    }
+
+    pub fn loss_fn(&self) -> Loss {
+        Loss { kind: self.loss, huber_c: self.huber_c }
+    }
+
+    /// One training timestep in 0..timesteps from `rng`.
+    pub fn draw_timestep(&self, rng: &mut impl rand::Rng) -> usize {
+        match self.timestep_sampling {
+            TimestepSampling::Uniform => rng.random_range(0..self.timesteps),
+            TimestepSampling::LogitNormal => {
+                let z: f64 = rand_distr::StandardNormal.sample(rng);
+                let u = 1.0 / (1.0 + (-(self.logit_mean + self.logit_std * z)).exp());
+                ((u * self.timesteps as f64) as usize).min(self.timesteps - 1)
+            }
+        }
     }
 }
 
@@ -150,5 +197,24 @@ impl SamplerConfig {
     /// Whether guidance applies at noise level `sigma`.
     pub fn guides_at(&self, sigma: f64) -> bool {
         self.guidance_interval.is_none_or(|[lo, hi]| lo < sigma && sigma <= hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logit_normal_timesteps_favour_the_middle_and_uniform_ones_do_not() {
+        let mut rng = difforge_core::rng_for(1, difforge_core::Stream::Noise, 0);
+        let mut share_in_middle = |sampling| {
+            let d = DiffusionConfig { timestep_sampling: sampling, ..DiffusionConfig::default() };
+            let ts: Vec<usize> = (0..4000).map(|_| d.draw_timestep(&mut rng)).collect();
+            assert!(ts.iter().all(|&t| t < 1000));
+            ts.iter().filter(|&&t| (250..750).contains(&t)).count() as f64 / 4000.0
+        };
+        let (uniform, logit) = (share_in_middle(TimestepSampling::Uniform), share_in_middle(TimestepSampling::LogitNormal));
+        // P(|z| < ln 3) = 0.73 for the logit-normal; 0.5 for the uniform.
+        assert!((uniform - 0.5).abs() < 0.03 && (logit - 0.73).abs() < 0.03, "{uniform} {logit}");
     }
 }

@@ -12,8 +12,9 @@ pub mod sample;
 pub mod sampler;
 pub mod schedule;
 
-pub use config::{DiffusionConfig, SamplerConfig, Spacing};
+pub use config::{DiffusionConfig, SamplerConfig, Spacing, TimestepSampling};
 pub use forward::{ForwardProcess, Noised};
+pub use loss::{Loss, LossKind};
 pub use noise::{NoiseSource, StartNoise};
 pub use prediction::Prediction;
 pub use sample::{sample, Denoiser, SampleRequest, TrajectoryStep};

@@ -7,7 +7,6 @@ use crate::model::{DiffusionModel, Weights};
 use difforge_config::RunConfig;
 use difforge_core::Stream;
 use difforge_data::{Batch, ImageSet, Loader, SourceKind, Split};
-use difforge_diffusion::loss::per_sample_mse;
 use difforge_diffusion::noise::gaussian;
 use difforge_nn::Conditioning;
 use serde::Serialize;
@@ -109,8 +108,8 @@ impl Validator {
                 let t = Tensor::from_slice(&ts.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev);
                 let cond = self.cond.narrow(start, len).to_device(dev);
                 let y = model.predict(w, &noised.x_t, &t, &cond, false);
-                let mse = per_sample_mse(&y, &noised.target, Kind::Double).to_device(Device::Cpu);
-                out.extend(Vec::<f64>::try_from(&mse)?);
+                let loss = model.config().diffusion.loss_fn().per_sample(&y, &noised.target, Kind::Double).to_device(Device::Cpu);
+                out.extend(Vec::<f64>::try_from(&loss)?);
                 start += len;
             }
             Ok(())

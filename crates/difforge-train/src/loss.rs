@@ -1,17 +1,19 @@
-//! The training loss of one micro-batch: draw each image's timestep, noise and condition dropout
-//! from (seed, draw index), push the images through the forward process, and take the weighted
-//! MSE between the network's prediction and the target. Everything random here is derived from
+//! The training loss of one micro-batch: draw each image's timestep, noise (and offset noise)
+//! and condition dropout from (seed, draw index), push the images through the forward process,
+//! and take the weighted loss (MSE or Huber) between the network's prediction and the target. Everything random here is derived from
 //! the draw index, so a step can be recomputed exactly after a resume.
 
 use difforge_core::{rng_for, Stream};
 use difforge_data::Batch;
-use difforge_diffusion::loss::weighted_mse;
 use difforge_diffusion::noise::gaussian;
 use difforge_model::{DiffusionModel, Weights};
 use difforge_nn::Conditioning;
-use rand::Rng;
 use std::ops::Range;
 use tch::Tensor;
+
+/// Draw indices of the offset noise live apart from the images' noise (and from the prior
+/// batches', `step::PRIOR_DRAWS`).
+const NOISE_OFFSET_DRAWS: u64 = 1 << 61;
 
 /// The tensors of one micro-batch.
 pub struct MicroBatch {
@@ -38,13 +40,18 @@ impl MicroBatch {
         let (c, s) = (batch.channels as i64, batch.side as i64);
         let (start, len) = (rows.start as i64, rows.len() as i64);
         let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
-        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(0..cfg.diffusion.timesteps)).collect();
+        let ts: Vec<usize> = (0..n).map(|_| cfg.diffusion.draw_timestep(&mut rng)).collect();
         let cond = model.family().training_conditioning(batch, cfg.diffusion.class_dropout, &mut rng, dev);
         let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]).narrow(0, start, len).to_device(dev);
         let x0 = model.codec().encode(&pixels);
         let [lc, lh, lw] = model.latent_shape();
         let eps = gaussian(cfg.seed, Stream::Noise, draw_index, (n * lc * lh * lw) as usize);
-        let eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]).narrow(0, start, len).to_device(dev);
+        let mut eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]);
+        if cfg.diffusion.noise_offset > 0.0 {
+            let offset = gaussian(cfg.seed, Stream::Noise, draw_index | NOISE_OFFSET_DRAWS, (n * lc) as usize);
+            eps += Tensor::from_slice(&offset).view([n, lc, 1, 1]) * cfg.diffusion.noise_offset;
+        }
+        let eps = eps.narrow(0, start, len).to_device(dev);
         let (ts, cond) = if len == n { (ts, cond) } else { (ts[rows].to_vec(), cond.narrow(start, len)) };
         let noised = model.forward_process().noise(&x0, &eps, &ts, dev);
         let weights: Vec<f32> = noised.weights.iter().map(|&w| w as f32).collect();
@@ -58,9 +65,9 @@ impl MicroBatch {
         }
     }
 
-    /// The weighted MSE of the raw network's prediction (dropout on).
+    /// The weighted loss (`diffusion.loss`) of the raw network's prediction (dropout on).
     pub fn loss(&self, model: &DiffusionModel) -> Tensor {
         let out = model.predict(Weights::Raw, &self.x_t, &self.t, &self.cond, true);
-        weighted_mse(&out, &self.target, &self.weights)
+        model.config().diffusion.loss_fn().weighted(&out, &self.target, &self.weights)
     }
 }

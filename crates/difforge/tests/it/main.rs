@@ -24,3 +24,4 @@ mod serve_hardening;
 mod stability;
 mod tensorboard;
 mod text_to_image;
+mod training_options;
