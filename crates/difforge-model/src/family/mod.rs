@@ -8,6 +8,7 @@
 
 mod latent_cache;
 mod pixel_unet;
+mod sd_text;
 mod sd_unet;
 mod stable_diffusion;
 mod vae_codec;

@@ -2,15 +2,16 @@
 //! UNet trains (all of it, or LoRA adapters on its attention projections) while the CLIP text
 //! encoder and the VAE stay frozen. Captions become the encoder's hidden states; images become
 //! the VAE's latents; an empty caption is the null conditioning guidance needs (as SD was
-//! trained). SD 1.x and 2.x; SDXL's second encoder and size conditioning are not trained yet.
+//! trained). SD 1.x, 2.x and SDXL (both encoders, the pooled embedding and size ids of the
+//! training size; see `sd_text`).
 
 use super::latent_cache::LatentCache;
+use super::sd_text::TextEncoders;
 use super::sd_unet::SdUnet;
 use super::vae_codec::VaeCodec;
 use super::{Condition, ConditionKind, Family};
 use crate::codec::Codec;
 use crate::error::ModelError;
-use crate::stable_diffusion::components::has_second_text_encoder;
 use crate::stable_diffusion::components::{Networks, Part};
 use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
@@ -21,39 +22,19 @@ use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
 use difforge_nn::lora::{is_lora_variable, LoraTarget};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
-use difforge_nn::sd::tokenizer::ClipTokenizer;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
 use difforge_nn::sd::unet_config::UNet2DConditionConfig;
-use difforge_nn::sd::ClipTextModel;
-use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec, TextConditioning};
+use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tch::{nn, Device, Tensor};
 
-/// The frozen text side: the tokenizer and the encoder.
-struct TextEncoder {
-    tokenizer: ClipTokenizer,
-    encoder: ClipTextModel,
-    clip_skip: usize,
-}
-
-impl TextEncoder {
-    /// The hidden states the UNet attends to for each text, on the encoder's device.
-    fn encode(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
-        let ids = self.tokenizer.encode_batch(texts)?;
-        tch::no_grad(|| {
-            let out = self.encoder.forward(&ids)?;
-            Ok(self.encoder.clip_skip(&out, self.clip_skip)?)
-        })
-    }
-}
-
 pub struct StableDiffusionFamily {
     config: StableDiffusionConfig,
     unet: UNet2DConditionConfig,
-    text: Mutex<TextEncoder>,
+    text: Mutex<TextEncoders>,
     vae: Arc<Mutex<AutoencoderKl>>,
     cache: Option<Arc<LatentCache>>,
 }
@@ -70,13 +51,8 @@ impl StableDiffusionFamily {
         if !is_diffusers_folder(base) {
             return Err(base_err(base, "a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"));
         }
-        if has_second_text_encoder(base)? {
-            return Err(base_err(base, "an SD 1.x or 2.x folder: fine-tuning SDXL (two text encoders) is not supported yet"));
-        }
         check_schedule(base, &run.diffusion)?;
         let unet: UNet2DConditionConfig = read_config(&base.join("unet"))?;
-        let tokenizer = ClipTokenizer::load(base.join("tokenizer"))?;
-        let encoder = ClipTextModel::load(&base.join("text_encoder"), device)?;
         let vae = AutoencoderKl::load(&base.join("vae"), device)?;
         let multiple = vae.downscale() << (unet.block_out_channels.len().max(1) - 1);
         if config.image_size % multiple != 0 {
@@ -100,14 +76,13 @@ impl StableDiffusionFamily {
             "captions are encoded by the frozen text encoder at each step{}",
             if config.shuffle_caption { ", after shuffling their tags" } else { "" }
         );
-        let text = TextEncoder { tokenizer, encoder, clip_skip: config.clip_skip };
+        let text = TextEncoders::load(base, config.clip_skip, config.image_size, device)?;
         Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)), cache })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
         let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
-        let hidden = text.encode(texts)?.to_device(device);
-        Ok(Conditioning::Text(TextConditioning { hidden, mask: None, pooled: None, time_ids: None }))
+        Ok(Conditioning::Text(text.encode(texts, device)?))
     }
 
     /// Conditioning of captions (None: the empty caption).

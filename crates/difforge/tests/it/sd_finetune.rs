@@ -255,6 +255,41 @@ fn cache_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
 }
 
 #[test]
+fn sdxl_lora_trains_on_both_encoders_and_exports_files_that_merge_into_the_trained_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let sdxl = base().with_file_name("tiny-sdxl");
+    let text = config(&data, 8, true).replace(&base().display().to_string(), &sdxl.display().to_string());
+    let run = dir.path().join("sdxl");
+    train(&write_config(dir.path(), "sdxl.toml", &text), &run);
+    let ckpt = run.join("checkpoints/step-00000008");
+    let model = checkpoint::load_model(&ckpt, &checkpoint::read_config(&ckpt).unwrap(), Device::Cpu).unwrap();
+    let adapters = model.variables(Weights::Ema).iter().filter(|(n, _)| n.ends_with(".lora_up.weight")).count();
+    // SDXL's conditioning: both encoders' states (32 + 32), the pooled projection (32) and the
+    // six size ids of a 32x32 image.
+    let (x, t, _) = inputs();
+    let context = Tensor::randn([2, 77, 64], (Kind::Float, Device::Cpu));
+    let pooled = Tensor::randn([2, 32], (Kind::Float, Device::Cpu));
+    let time_ids = Tensor::from_slice(&[32f32, 32.0, 0.0, 0.0, 32.0, 32.0]).unsqueeze(0).repeat([2, 1]);
+    let cond = Conditioning::Text(TextConditioning {
+        hidden: context.shallow_clone(),
+        mask: None,
+        pooled: Some(pooled.shallow_clone()),
+        time_ids: Some(time_ids.shallow_clone()),
+    });
+    let trained = tch::no_grad(|| model.predict(Weights::Ema, &x, &t, &cond, false));
+    let added = difforge_nn::sd::unet_2d_condition::TextTimeInput { text_embeds: &pooled, time_ids: &time_ids };
+    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
+        let mut sd = StableDiffusion::load(&sdxl, Device::Cpu).unwrap();
+        assert_eq!(sd.apply_lora(&run.join(file), 1.0).unwrap().modules(), adapters, "{file}");
+        let merged = tch::no_grad(|| sd.unet.forward(&x, &t.to_kind(Kind::Float), &context, Some(&added)).unwrap());
+        let err = relative_error(&merged, &trained);
+        assert!(err < 1e-5, "{file}: relative error {err:e}");
+    }
+}
+
+#[test]
 fn cached_latents_are_reused_across_runs_and_a_damaged_one_is_encoded_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
