@@ -6,7 +6,7 @@ use crate::error::TrainError;
 use crate::parallel::Shard;
 use crate::world::World;
 use difforge_config::RunConfig;
-use difforge_data::check::{check_folder, check_set, CheckOptions};
+use difforge_data::check::{check_folder, check_set, CheckOptions, TokenCounter};
 use difforge_data::{source, Balance, Batch, ImageSet, Loader, ShardStream, SourceKind, Split};
 use difforge_model::Family;
 use std::path::Path;
@@ -75,7 +75,7 @@ pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc
         tracing::info!("{note}");
     }
     if cfg.data.check {
-        for w in data_check_warnings(cfg, &set, run_dir)? {
+        for w in data_check_warnings(cfg, &set, run_dir, family.caption_tokens())? {
             tracing::warn!("data check: {w}");
         }
     }
@@ -118,7 +118,7 @@ fn load_streamed(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>,
 
 /// The data check's summary for the configured dataset: one line per kind of problem, never the
 /// whole list. For folders the full report is written to `run_dir`/data-check.json.
-fn data_check_warnings(cfg: &RunConfig, set: &ImageSet, run_dir: &Path) -> Result<Vec<String>, TrainError> {
+fn data_check_warnings(cfg: &RunConfig, set: &ImageSet, run_dir: &Path, caption_tokens: Option<TokenCounter>) -> Result<Vec<String>, TrainError> {
     let d = &cfg.data;
     let opts = CheckOptions {
         model_size: d.image_size,
@@ -126,6 +126,7 @@ fn data_check_warnings(cfg: &RunConfig, set: &ImageSet, run_dir: &Path) -> Resul
         pad: d.pad,
         max_pixels: d.max_pixels,
         captions: difforge_data::source::metadata::CaptionSource::of(d),
+        caption_tokens,
         ..Default::default()
     };
     match (d.source, &d.path) {

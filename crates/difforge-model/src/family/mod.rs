@@ -120,6 +120,12 @@ pub trait Family: Send + Sync {
         Vec::new()
     }
 
+    /// Counts a caption's tokens as the family's text encoder reads them, for the data check
+    /// (None: the family reads no captions).
+    fn caption_tokens(&self) -> Option<difforge_data::check::TokenCounter> {
+        None
+    }
+
     /// The published model the family starts from, if it has one.
     fn base_folder(&self) -> Option<PathBuf> {
         None

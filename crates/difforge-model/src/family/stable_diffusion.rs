@@ -17,11 +17,13 @@ use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
 use difforge_config::{RunConfig, StableDiffusionConfig};
 use difforge_core::{ConfigError, StreamRng};
+use difforge_data::check::TokenCounter;
 use difforge_data::{Batch, ImageSet};
 use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
 use difforge_nn::lora::{is_lora_variable, LoraTarget};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
+use difforge_nn::sd::tokenizer::ClipTokenizer;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
 use difforge_nn::sd::unet_config::UNet2DConditionConfig;
 use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
@@ -37,6 +39,8 @@ pub struct StableDiffusionFamily {
     text: Mutex<TextEncoders>,
     vae: Arc<Mutex<AutoencoderKl>>,
     cache: Option<Arc<LatentCache>>,
+    /// The (first) tokenizer again, outside the lock, for the data check's token counts.
+    tokenizer: Arc<ClipTokenizer>,
 }
 
 fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
@@ -77,7 +81,8 @@ impl StableDiffusionFamily {
             if config.shuffle_caption { ", after shuffling their tags" } else { "" }
         );
         let text = TextEncoders::load(base, config.clip_skip, config.image_size, device)?;
-        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)), cache })
+        let tokenizer = Arc::new(ClipTokenizer::load(base.join("tokenizer"))?);
+        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)), cache, tokenizer })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
@@ -265,6 +270,11 @@ impl Family for StableDiffusionFamily {
 
     fn base_folder(&self) -> Option<PathBuf> {
         Some(self.config.base.clone())
+    }
+
+    fn caption_tokens(&self) -> Option<TokenCounter> {
+        let tokenizer = self.tokenizer.clone();
+        Some(TokenCounter::new(move |caption| tokenizer.inner().encode(caption, false).map_or(0, |e| e.get_ids().len())))
     }
 
     /// LoRA adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)

@@ -169,7 +169,13 @@ fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     write_shapes(&data);
+    let long = format!("a red square, {}", vec!["with a very long and detailed description"; 12].join(", "));
+    std::fs::write(data.join("000.txt"), long).unwrap();
     let (reference, summary) = train_and_check_resume(dir.path(), "lora", &config(&data, 16, true));
+    let check = std::fs::read_to_string(reference.join("data-check.json")).unwrap();
+    let check: serde_json::Value = serde_json::from_str(&check).unwrap();
+    let long = &check["captions"]["over_token_limit"];
+    assert!(long[0]["path"].as_str().is_some_and(|p| p.ends_with("000.png")) && long.as_array().unwrap().len() == 1, "{long}");
     assert!(reference.join("samples/step-00000016.png").is_file(), "preview grid of the two prompts");
     let (kohya, diffusers) = (reference.join("lora.safetensors"), reference.join("pytorch_lora_weights.safetensors"));
     assert_eq!(summary["adapter"].as_str(), kohya.to_str());
