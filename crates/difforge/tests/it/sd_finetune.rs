@@ -169,7 +169,7 @@ fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     write_shapes(&data);
-    let long = format!("a red square, {}", vec!["with a very long and detailed description"; 12].join(", "));
+    let long = format!("a red square, {}", ["with a very long and detailed description"; 12].join(", "));
     std::fs::write(data.join("000.txt"), long).unwrap();
     let (reference, summary) = train_and_check_resume(dir.path(), "lora", &config(&data, 16, true));
     let check = std::fs::read_to_string(reference.join("data-check.json")).unwrap();
