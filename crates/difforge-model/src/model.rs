@@ -50,6 +50,18 @@ pub fn sorted_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// Makes the EMA copy of every frozen variable (what `trains` does not claim) use the raw
+/// variable's storage: frozen weights never change, so their average is themselves, and a LoRA
+/// fine-tune of a large base then holds the base once instead of twice.
+fn share_frozen(vs: &VarStore, ema_vs: &VarStore, trains: impl Fn(&str) -> bool) {
+    let raw = vs.variables();
+    for (name, mut ema) in ema_vs.variables() {
+        if let Some(var) = raw.get(&name).filter(|_| !trains(&name)) {
+            tch::no_grad(|| ema.set_data(var));
+        }
+    }
+}
+
 impl DiffusionModel {
     /// A freshly initialised model; the initial weights depend only on the seed.
     pub fn new(config: &RunConfig, device: Device) -> Result<DiffusionModel, ModelError> {
@@ -68,6 +80,9 @@ impl DiffusionModel {
         let ema = family.build_network(&ema_vs.root(), spec.as_ref())?;
         ema_vs.copy(&vs)?;
         ema_vs.freeze();
+        if let Some(lora) = &config.lora {
+            share_frozen(&vs, &ema_vs, |name| family.adapter_carries(lora, name));
+        }
         let codec = family.codec();
         Ok(DiffusionModel { config: config.clone(), family, device, vs, net, ema_vs, ema, schedule: NoiseSchedule::from_config(&config.diffusion), codec })
     }

@@ -205,6 +205,12 @@ fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_
         }
     }
     assert_eq!(adapters, 32, "4 transformers x 2 attentions x 4 projections");
+    // The EMA weights hold the frozen base in the raw weights' memory, not in a copy.
+    let raw: std::collections::HashMap<String, Tensor> = model.variables(Weights::Raw).into_iter().collect();
+    for (name, ema) in model.variables(Weights::Ema) {
+        let shared = ema.data_ptr() == raw[&name].data_ptr();
+        assert_eq!(shared, !name.contains(".lora_"), "{name}: shared storage {shared}");
+    }
 
     // Each exported file, merged into the base by the LoRA loader, is the trained (EMA) network.
     let (x, t, context) = inputs();
