@@ -194,7 +194,11 @@ pub fn recover_temporaries(run_dir: &Path) -> Result<(), ModelError> {
 fn write(run_dir: &Path, name: &str, model: &DiffusionModel, optimizer: Vec<(String, Tensor)>, state: &TrainState) -> Result<PathBuf, ModelError> {
     let root = run_dir.join("checkpoints");
     let to_cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> { v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect() };
-    let tensors = CheckpointTensors { model: to_cpu(model.variables(Weights::Raw)), ema: to_cpu(model.variables(Weights::Ema)), optimizer: to_cpu(optimizer) };
+    let tensors = CheckpointTensors {
+        model: to_cpu(model.checkpointed_variables(Weights::Raw)),
+        ema: to_cpu(model.checkpointed_variables(Weights::Ema)),
+        optimizer: to_cpu(optimizer),
+    };
     write_folder(&root.join(name), &tensors, state, model.config())
 }
 
@@ -357,10 +361,12 @@ pub fn load_model(dir: &Path, config: &RunConfig, device: Device) -> Result<Diff
     Ok(model)
 }
 
-/// Overwrites a model's raw and EMA weights with a checkpoint's.
+/// Overwrites a model's raw and EMA weights with a checkpoint's (those its checkpoints hold).
 pub fn restore_weights(dir: &Path, model: &mut DiffusionModel) -> Result<(), ModelError> {
-    difforge_nn::weights::load(model.var_store_mut(Weights::Raw), &dir.join(MODEL_FILE))?;
-    difforge_nn::weights::load(model.var_store_mut(Weights::Ema), &dir.join(EMA_FILE))?;
+    for (w, file) in [(Weights::Raw, MODEL_FILE), (Weights::Ema, EMA_FILE)] {
+        let held: std::collections::HashSet<String> = model.checkpointed_variables(w).into_iter().map(|(n, _)| n).collect();
+        difforge_nn::weights::load_only(model.var_store_mut(w), &dir.join(file), |n| held.contains(n))?;
+    }
     Ok(())
 }
 

@@ -144,6 +144,17 @@ impl DiffusionModel {
         sorted_variables(self.var_store(w))
     }
 
+    /// The variables a checkpoint holds: with `[lora]` on a family that starts from published
+    /// weights (Stable Diffusion), only the adapters (the base is read again from `model.base`,
+    /// so a checkpoint of an SD 1.5 LoRA run is megabytes, not gigabytes); else all of them.
+    pub fn checkpointed_variables(&self, w: Weights) -> Vec<(String, Tensor)> {
+        let vars = self.variables(w);
+        match (&self.config.lora, self.family.base_folder()) {
+            (Some(lora), Some(_)) => vars.into_iter().filter(|(n, _)| self.family.adapter_carries(lora, n)).collect(),
+            _ => vars,
+        }
+    }
+
     /// The variables that train: only what the adapter carries with `[lora]`, else all (sorted
     /// by name), and their EMA twins. The others are frozen (no gradient).
     pub fn trainable(&self) -> (Vec<(String, Tensor)>, Vec<Tensor>) {

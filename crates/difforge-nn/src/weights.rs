@@ -17,11 +17,16 @@ pub fn save(vs: &VarStore, path: &Path) -> Result<(), NnError> {
 
 /// Loads weights into `vs`: every variable must be present with the same shape and element type.
 pub fn load(vs: &mut VarStore, path: &Path) -> Result<(), NnError> {
+    load_only(vs, path, |_| true)
+}
+
+/// [`load`] for the variables `wanted` names only; the others keep their values.
+pub fn load_only(vs: &mut VarStore, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<(), NnError> {
     let err = |reason: String| NnError::Load { path: path.to_path_buf(), reason };
     let tensors = tch::Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?;
     let named: std::collections::HashMap<String, tch::Tensor> = tensors.into_iter().collect();
     let vars = vs.variables();
-    let mut names: Vec<&String> = vars.keys().collect();
+    let mut names: Vec<&String> = vars.keys().filter(|n| wanted(n)).collect();
     names.sort();
     for name in names {
         let var = &vars[name];

@@ -187,6 +187,12 @@ fn sd_lora_trains_resumes_exactly_and_exports_files_that_merge_into_the_trained_
     assert!(sampled.join("samples/step-00000004.png").is_file());
     assert_same_end(&reference, &sampled, 16);
 
+    // Its checkpoints hold the adapters only (the base is read from model.base).
+    for file in ["model.safetensors", "ema.safetensors"] {
+        let held = Tensor::read_safetensors(reference.join("checkpoints/step-00000016").join(file)).unwrap();
+        assert!(held.len() == 64 && held.iter().all(|(n, _)| n.contains(".lora_")), "{file} holds {} tensors", held.len());
+    }
+
     // The trained network: the base's weights untouched, adapters that moved.
     let ckpt = reference.join("checkpoints/step-00000016");
     let run_cfg = checkpoint::read_config(&ckpt).unwrap();
