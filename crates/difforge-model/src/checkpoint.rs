@@ -48,6 +48,10 @@ pub struct TrainState {
     /// drift without reading the training data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_pixels: Option<PixelStats>,
+    /// The fingerprint of the published base the run trains on (`Family::base_fingerprint`),
+    /// so that a checkpoint which holds only adapters is never loaded onto another base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<String>,
 }
 
 /// Mean and standard deviation of pixel values on the [-1, 1] scale.
@@ -102,6 +106,7 @@ impl TrainState {
             best: None,
             validations_without_improvement: 0,
             data_pixels: None,
+            base_fingerprint: None,
         }
     }
 }
@@ -357,8 +362,23 @@ pub fn read_state(dir: &Path) -> Result<TrainState, ModelError> {
 /// Loads model and EMA weights of a verified checkpoint folder into a new model.
 pub fn load_model(dir: &Path, config: &RunConfig, device: Device) -> Result<DiffusionModel, ModelError> {
     let mut model = DiffusionModel::new(config, device)?;
+    check_base(dir, &model)?;
     restore_weights(dir, &mut model)?;
     Ok(model)
+}
+
+/// Refuses a checkpoint trained on another version of the model's published base.
+fn check_base(dir: &Path, model: &DiffusionModel) -> Result<(), ModelError> {
+    let Some(trained_on) = read_state(dir)?.base_fingerprint else { return Ok(()) };
+    let now = model.family().base_fingerprint()?;
+    if now.as_deref() != Some(trained_on.as_str()) {
+        let base = model.family().base_folder().map_or_else(|| "(none)".into(), |b| b.display().to_string());
+        return Err(ModelError::checkpoint(
+            dir,
+            format!("was trained on another base than {base} (its UNet weights differ): point model.base at the folder it was trained on"),
+        ));
+    }
+    Ok(())
 }
 
 /// Overwrites a model's raw and EMA weights with a checkpoint's (those its checkpoints hold).

@@ -403,7 +403,8 @@ fn starting_model(cfg: &RunConfig, resume_from: &Option<(PathBuf, TrainState)>, 
         checkpoint::init_from(&dir, &mut model)?;
         tracing::info!("fine-tuning from {}{}", dir.display(), if cfg.lora.is_some() { " with LoRA adapters (the base is frozen)" } else { "" });
     }
-    Ok((model, TrainState::fresh()))
+    let state = TrainState { base_fingerprint: model.family().base_fingerprint()?, ..TrainState::fresh() };
+    Ok((model, state))
 }
 
 pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, TrainError> {

@@ -131,6 +131,12 @@ pub trait Family: Send + Sync {
         None
     }
 
+    /// A cheap fingerprint of the published weights the network starts from (None without a
+    /// base), recorded in checkpoints and checked when they are loaded.
+    fn base_fingerprint(&self) -> Result<Option<String>, ModelError> {
+        Ok(None)
+    }
+
     /// Writes what a run trained (variable name, tensor: the LoRA adapters with `lora`, else
     /// every weight) into `dir` as the files the family's ecosystem loads; returns them, the
     /// main one first. Families without such a format write none (difforge's checkpoints and

@@ -120,6 +120,21 @@ impl StableDiffusionFamily {
     }
 }
 
+/// A file's name, size and the SHA-256 of its first and last MiB.
+fn fingerprint_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MIB: u64 = 1 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = Vec::new();
+    (&mut file).take(MIB).read_to_end(&mut head)?;
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(size.saturating_sub(MIB)))?;
+    file.take(MIB).read_to_end(&mut tail)?;
+    let name = path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    Ok(format!("{name}:{size}:{}:{};", difforge_core::sha256_hex(&head), difforge_core::sha256_hex(&tail)))
+}
+
 /// The latent cache of the VAE in `vae_dir` under `root`.
 fn open_cache(root: &Path, vae_dir: &Path) -> Result<LatentCache, ModelError> {
     let mut files = weight_files(vae_dir, "diffusion_pytorch_model", None)?;
@@ -270,6 +285,17 @@ impl Family for StableDiffusionFamily {
 
     fn base_folder(&self) -> Option<PathBuf> {
         Some(self.config.base.clone())
+    }
+
+    /// The UNet weight files' names and sizes and the SHA-256 of their first and last MiB: it
+    /// catches a replaced or re-saved base without reading gigabytes at every load.
+    fn base_fingerprint(&self) -> Result<Option<String>, ModelError> {
+        let dir = self.config.base.join("unet");
+        let mut parts = String::new();
+        for file in weight_files(&dir, "diffusion_pytorch_model", None)? {
+            parts.push_str(&fingerprint_file(&file).map_err(|e| ModelError::io(&file, e))?);
+        }
+        Ok(Some(difforge_core::sha256_hex(parts.as_bytes())))
     }
 
     fn caption_tokens(&self) -> Option<TokenCounter> {

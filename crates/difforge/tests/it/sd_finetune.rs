@@ -355,6 +355,51 @@ fn a_full_sd_fine_tune_trains_every_unet_weight_resumes_exactly_and_exports_a_di
     assert!(out.equal(&trained), "the exported UNet is the trained one");
 }
 
+/// Copies a folder tree.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_adapter_checkpoint_is_refused_on_a_changed_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    let own_base = dir.path().join("base");
+    copy_dir(&base(), &own_base);
+    let text = config(&data, 8, true).replace("steps = 8", "steps = 4").replace(&base().display().to_string(), &own_base.display().to_string());
+    let run = dir.path().join("run");
+    train(&write_config(dir.path(), "own.toml", &text), &run);
+    // The same base loads; a re-saved base with one weight changed does not.
+    let sample = || {
+        difforge()
+            .args(["sample", "--n", "1", "--prompt", "a red circle", "--checkpoint"])
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join("x.png"))
+            .output()
+            .unwrap()
+    };
+    assert!(sample().status.success());
+    let unet = own_base.join("unet/diffusion_pytorch_model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&unet).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let last = tensors.len() - 1;
+    tensors[last].1 = &tensors[last].1 + 1.0;
+    Tensor::write_safetensors(&tensors, &unet).unwrap();
+    let out = sample();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was trained on another base"), "{stderr}");
+}
+
 #[test]
 fn bad_sd_fine_tune_settings_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
