@@ -20,31 +20,15 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
-SD15 = ROOT / "crates" / "difforge-nn" / "tests" / "fixtures" / "sd" / "tiny-sd15"
+# The tiny SD 1.5 pipeline and its reference outputs, as the fixture maker loads them.
+from make_sd_lora_fixtures import SD15, outputs, pipeline
 LIMIT = 1e-4
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 HALVES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_A.weight": "down",
           ".lora_B.weight": "up", ".alpha": "alpha"}
-
-
-def pipeline():
-    pipe = StableDiffusionPipeline.from_pretrained(SD15, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, local_files_only=True)
-    pipe.unet.eval()
-    pipe.text_encoder.eval()
-    return pipe
-
-
-def outputs(pipe, refs):
-    with torch.no_grad():
-        unet = pipe.unet(refs["unet.sample"], refs["unet.timesteps"], refs["unet.encoder_hidden_states"]).sample
-        text = pipe.text_encoder(input_ids=refs["text.input_ids"]).last_hidden_state
-    return unet, text
 
 
 def relative_error(a, b):

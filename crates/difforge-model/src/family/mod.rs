@@ -9,7 +9,7 @@
 mod latent_cache;
 mod pixel_unet;
 mod sd_text;
-mod sd_unet;
+pub(crate) mod sd_unet;
 mod stable_diffusion;
 mod vae_codec;
 

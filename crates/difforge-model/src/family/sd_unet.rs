@@ -11,14 +11,19 @@ pub struct SdUnet(pub UNet2DConditionModel);
 
 impl DenoiserNet for SdUnet {
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, _train: bool) -> Tensor {
-        // The family builds every conditioning of this network (`encode`, `training_conditioning`,
-        // `fixed_conditioning`), always as text of the encoder it loaded with the UNet.
-        let Conditioning::Text(text) = cond else { unreachable!("a Stable Diffusion UNet is conditioned on text, got {cond:?}") };
-        let added = match (&text.pooled, &text.time_ids) {
-            (Some(text_embeds), Some(time_ids)) => Some(TextTimeInput { text_embeds, time_ids }),
-            _ => None,
-        };
-        let out = self.0.forward(x, &t.to_kind(Kind::Float), &text.hidden, added.as_ref());
-        out.expect("the family passes the conditioning its UNet takes")
+        predict(&self.0, x, t, cond)
     }
+}
+
+/// The UNet's prediction for `cond`, which must be text conditioning of the shape its config
+/// takes: the family and the pipeline build every conditioning they pass (from the encoders
+/// loaded with the UNet), so anything else is a bug, not user input.
+pub(crate) fn predict(unet: &UNet2DConditionModel, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
+    let Conditioning::Text(text) = cond else { unreachable!("a Stable Diffusion UNet is conditioned on text, got {cond:?}") };
+    let added = match (&text.pooled, &text.time_ids) {
+        (Some(text_embeds), Some(time_ids)) => Some(TextTimeInput { text_embeds, time_ids }),
+        _ => None,
+    };
+    let out = unet.forward(x, &t.to_kind(Kind::Float), &text.hidden, added.as_ref());
+    out.expect("the conditioning is built for this UNet")
 }

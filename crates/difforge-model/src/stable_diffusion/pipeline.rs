@@ -12,12 +12,12 @@ use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerCo
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::sd::presets::SdPreset;
 use difforge_nn::sd::tokenizer::{tokens_tensor, ClipTokenizer};
-use difforge_nn::sd::unet_2d_condition::{TextTimeInput, UNet2DConditionModel};
+use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
 use difforge_nn::sd::ClipTextModel;
 use difforge_nn::{Conditioning, TextConditioning};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// The parts of `model_index.json` difforge reads here (which networks a folder has is read by
 /// `components`); the class names of the components are checked by loading them.
@@ -301,13 +301,7 @@ struct UNetDenoiser<'a> {
 
 impl Denoiser for UNetDenoiser<'_> {
     fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
-        let Conditioning::Text(text) = cond else { unreachable!("the Stable Diffusion pipeline conditions on text") };
-        let added = match (&text.pooled, &text.time_ids) {
-            (Some(text_embeds), Some(time_ids)) => Some(TextTimeInput { text_embeds, time_ids }),
-            _ => None,
-        };
-        let out = self.unet.forward(x, &t.to_kind(Kind::Float), &text.hidden, added.as_ref());
         // The pipeline builds the conditioning the UNet's config asks for (checked in `conditioning`).
-        out.expect("the pipeline passes the conditioning its UNet takes")
+        crate::family::sd_unet::predict(self.unet, x, t, cond)
     }
 }
