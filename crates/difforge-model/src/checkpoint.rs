@@ -128,7 +128,7 @@ pub struct Manifest {
     pub files: Vec<ManifestEntry>,
 }
 
-fn step_dir_name(step: u64) -> String {
+pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
@@ -217,6 +217,36 @@ pub struct CheckpointTensors {
 /// Writes a complete checkpoint folder at `final_dir`: files into a temporary sibling, synced,
 /// listed with their SHA-256 in the manifest, then the folder renamed into place.
 pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &TrainState, config: &RunConfig) -> Result<PathBuf, ModelError> {
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Other(e.to_string()))?;
+    let files = [
+        CheckpointFile::Tensors(MODEL_FILE, &tensors.model),
+        CheckpointFile::Tensors(EMA_FILE, &tensors.ema),
+        CheckpointFile::Tensors(OPTIMIZER_FILE, &tensors.optimizer),
+        CheckpointFile::Bytes(STATE_FILE, state_json),
+        CheckpointFile::Bytes(CONFIG_FILE, config.to_toml().into_bytes()),
+    ];
+    write_checkpoint_folder(final_dir, &files, state.step)
+}
+
+/// One file of a checkpoint folder: tensors (written as safetensors) or bytes.
+pub enum CheckpointFile<'a> {
+    Tensors(&'a str, &'a [(String, tch::Tensor)]),
+    Bytes(&'a str, Vec<u8>),
+}
+
+impl CheckpointFile<'_> {
+    fn name(&self) -> &str {
+        match self {
+            CheckpointFile::Tensors(name, _) | CheckpointFile::Bytes(name, _) => name,
+        }
+    }
+}
+
+/// Writes a complete checkpoint folder of any trainer (the diffusion trainer's, the VAE's): the
+/// files into a temporary sibling, synced, listed with their SHA-256 in the manifest, then the
+/// folder renamed into place, so that `list`, `verify`, `prune` and `recover_temporaries` serve
+/// every kind of run.
+pub fn write_checkpoint_folder(final_dir: &Path, files: &[CheckpointFile], step: u64) -> Result<PathBuf, ModelError> {
     let root = final_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = final_dir.file_name().map_or("checkpoint".to_string(), |n| n.to_string_lossy().into_owned());
     std::fs::create_dir_all(&root).map_err(|e| ModelError::io(&root, e))?;
@@ -224,7 +254,7 @@ pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &Train
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     }
-    if let Err(e) = write_files(&tmp, tensors, state, config) {
+    if let Err(e) = write_files(&tmp, files, step) {
         // A full disk (or any failure) must not leave a half-written folder taking its space.
         if let Err(cleanup) = std::fs::remove_dir_all(&tmp) {
             tracing::warn!("could not remove the partial checkpoint {}: {cleanup}", tmp.display());
@@ -246,30 +276,28 @@ pub fn write_folder(final_dir: &Path, tensors: &CheckpointTensors, state: &Train
 }
 
 /// Writes every file of a checkpoint into `dir` (synced), the manifest last.
-fn write_files(dir: &Path, tensors: &CheckpointTensors, state: &TrainState, config: &RunConfig) -> Result<(), ModelError> {
+fn write_files(dir: &Path, entries: &[CheckpointFile], step: u64) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    tch::Tensor::write_safetensors(&tensors.model, dir.join(MODEL_FILE)).map_err(torch_err(dir))?;
-    tch::Tensor::write_safetensors(&tensors.ema, dir.join(EMA_FILE)).map_err(torch_err(dir))?;
-    tch::Tensor::write_safetensors(&tensors.optimizer, dir.join(OPTIMIZER_FILE)).map_err(torch_err(dir))?;
-    let state_json = serde_json::to_vec_pretty(state).map_err(|e| ModelError::Other(e.to_string()))?;
-    write_atomic(&dir.join(STATE_FILE), &state_json).map_err(|e| ModelError::io(dir.join(STATE_FILE), e))?;
-    write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes()).map_err(|e| ModelError::io(dir.join(CONFIG_FILE), e))?;
     let mut files = Vec::new();
-    for name in [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE] {
-        let path = dir.join(name);
+    for entry in entries {
+        let path = dir.join(entry.name());
+        match entry {
+            CheckpointFile::Tensors(_, tensors) => tch::Tensor::write_safetensors(tensors, &path).map_err(torch_err(dir))?,
+            CheckpointFile::Bytes(_, bytes) => write_atomic(&path, bytes).map_err(|e| ModelError::io(&path, e))?,
+        }
         let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
         file.sync_all().map_err(|e| ModelError::io(&path, e))?;
         let size = file.metadata().map_err(|e| ModelError::io(&path, e))?.len();
         let sha256 = sha256_file(&path).map_err(|e| ModelError::io(&path, e))?;
-        files.push(ManifestEntry { name: name.to_string(), size, sha256 });
+        files.push(ManifestEntry { name: entry.name().to_string(), size, sha256 });
     }
-    let manifest = Manifest { format: 1, step: state.step, files };
+    let manifest = Manifest { format: 1, step, files };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| ModelError::Other(e.to_string()))?;
     write_atomic(&dir.join(MANIFEST_FILE), &bytes).map_err(|e| ModelError::io(dir.join(MANIFEST_FILE), e))
 }
 
 /// Removes all but the newest `keep` checkpoints, and stale temporary folders.
-fn prune(root: &Path, keep: usize) -> Result<(), ModelError> {
+pub fn prune(root: &Path, keep: usize) -> Result<(), ModelError> {
     let list = list(root.parent().unwrap_or(root))?;
     for (_, dir) in list.iter().rev().skip(keep) {
         std::fs::remove_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;

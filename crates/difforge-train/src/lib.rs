@@ -18,6 +18,7 @@ pub mod step;
 pub mod sweep;
 pub mod tensorboard;
 pub mod trainer;
+pub mod vae;
 pub mod world;
 
 pub use error::TrainError;

@@ -43,6 +43,11 @@ pub enum Command {
     Bench(crate::commands::bench::BenchArgs),
     /// Convert a Stable Diffusion model between a diffusers folder and a single-file checkpoint.
     Convert(crate::commands::convert::ConvertArgs),
+    /// Train a VAE (AutoencoderKL) from scratch: the first stage of a text-to-image model.
+    Vae {
+        #[command(subcommand)]
+        command: crate::commands::vae::VaeCommand,
+    },
     /// Train every combination of a grid and rank them by the validation metric.
     Sweep(SweepArgs),
     /// Serve a checkpoint over HTTP (generation, metrics, hot reload).

@@ -16,6 +16,7 @@ mod serve;
 mod sweep;
 mod text_to_image;
 mod train;
+pub mod vae;
 
 use crate::cli::{ClassifierCommand, Cli, Command, ConfigCommand, DataCommand, LoraCommand};
 
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
+        Command::Vae { command } => vae::run(command),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check(args) } => data::check(&args),
         Command::Data { command: DataCommand::Shard(args) } => data::shard(&args),

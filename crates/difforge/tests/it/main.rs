@@ -25,3 +25,4 @@ mod stability;
 mod tensorboard;
 mod text_to_image;
 mod training_options;
+mod vae_train;

@@ -1,0 +1,142 @@
+//! `difforge vae train`: an AutoencoderKL trained from scratch on the digits learns (validation
+//! PSNR rises), exports a diffusers folder that difforge's own SD loader reads back with the
+//! scaling factor it measured, resumes bit-identically after SIGKILL, and refuses bad configs by
+//! key.
+
+use crate::common::difforge;
+use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+const CONFIG: &str = r#"
+seed = 5
+[data]
+source = "digits"
+image_size = 16
+val_fraction = 0.05
+[train]
+steps = 40
+batch_size = 8
+lr = 2e-3
+warmup_steps = 0
+lr_schedule = "constant"
+val_every = 10
+val_images = 32
+checkpoint_every = 10
+log_every = 1
+threads = 1
+[vae]
+block_out_channels = [8, 16, 16]
+norm_num_groups = 8
+"#;
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("vae.toml");
+    std::fs::write(&path, format!("{CONFIG}{extra}")).unwrap();
+    path
+}
+
+fn vae_train(config: &Path, run: &Path) -> serde_json::Value {
+    let out = difforge().args(["vae", "train", "--config"]).arg(config).arg("--out").arg(run).arg("--json").output().unwrap();
+    assert!(out.status.success(), "vae train failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("summary JSON")
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn vae_training_learns_and_exports_a_diffusers_vae_with_its_scaling_factor() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let summary = vae_train(&write_config(dir.path(), ""), &run);
+    assert_eq!(summary["final_step"], 40);
+    let validations: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(validations.len(), 4, "validation every 10 steps");
+    let (first, last) = (validations[0]["psnr"].as_f64().unwrap(), summary["validation"]["psnr"].as_f64().unwrap());
+    assert!(last > first + 1.0, "PSNR did not rise: {first:.2} dB at step 10, {last:.2} dB at the end");
+
+    // The exported folder is what difforge's Stable Diffusion loader reads, scaling factor included.
+    let vae = AutoencoderKl::load(&run.join("vae"), tch::Device::Cpu).unwrap();
+    let scaling = summary["scaling_factor"].as_f64().unwrap();
+    assert!((vae.config().scaling_factor - scaling).abs() < 1e-12 && scaling > 0.0);
+    let std = summary["latents"]["std"].as_f64().unwrap();
+    assert!((scaling * std - 1.0).abs() < 1e-9, "scaling factor {scaling} is not 1/std ({std})");
+    assert_eq!(vae.downscale(), 4);
+    // The parity file holds the best weights' outputs: the loaded VAE gives them again.
+    let parity = Tensor::read_safetensors(run.join("vae-parity.safetensors")).unwrap();
+    let get = |name: &str| parity.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).unwrap();
+    let mean = tch::no_grad(|| vae.encode(&get("images")).unwrap().mean);
+    assert!(mean.allclose(&get("latents"), 1e-5, 1e-6, false), "the exported VAE encodes differently");
+    let grid = image::open(run.join("reconstructions.png")).unwrap();
+    assert_eq!(grid.height(), 2 * 16 + 3 * 2, "originals above reconstructions");
+}
+
+/// Kills a run once it has checkpointed step 10 and logged step 12, then resumes it.
+fn kill_and_resume(config: &Path, run: &Path) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
+        .args(["vae", "train", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let logged = |step: u64| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().contains(&format!("\"step\":{step},"));
+    while !(run.join("checkpoints/step-00000010/manifest.json").exists() && logged(12)) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(Instant::now() < deadline, "timed out waiting for step 12");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!run.join("summary.json").exists(), "the run was not interrupted");
+    let out = difforge().args(["vae", "train", "--resume"]).arg(run).output().unwrap();
+    assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn vae_training_resumes_bit_identically_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    vae_train(&config, &whole);
+    kill_and_resume(&config, &killed);
+    for file in ["vae/diffusion_pytorch_model.safetensors", "checkpoints/step-00000040/optimizer.safetensors", "checkpoints/best/vae.safetensors"] {
+        assert!(read(&whole.join(file)) == read(&killed.join(file)), "{file} differs after the resume");
+    }
+    let records = |run: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(run.join("validation.jsonl")).unwrap();
+        text.lines().map(String::from).collect()
+    };
+    assert_eq!(records(&whole), records(&killed), "validation records differ");
+}
+
+#[test]
+fn bad_vae_configs_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    for (extra_train, key) in [("ema_decay = 0.99\n", "train.ema_decay"), ("grad_accum = 0\n", "train.grad_accum")] {
+        let config = write_config(dir.path(), "").to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&config).unwrap().replace("[train]\n", &format!("[train]\n{extra_train}"));
+        std::fs::write(&config, text).unwrap();
+        let out = difforge().args(["vae", "train", "--config", &config]).arg("--out").arg(&run).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{key}: {err}");
+    }
+    let config = write_config(dir.path(), "");
+    let out = difforge().args(["vae", "train", "--config"]).arg(&config).args(["--set", "data.image_size=18", "--out"]).arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.image_size") && err.contains("multiple of 4"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = difforge().args(["vae", "train", "--resume"]).arg(&empty).output().unwrap();
+    assert!(!out.status.success(), "resuming a folder without a run must fail");
+    assert!(!run.join("checkpoints").exists(), "a refused config wrote a run");
+}
