@@ -16,6 +16,7 @@ pub mod preprocess;
 pub mod shard_writer;
 pub mod source;
 pub mod split;
+pub mod synth;
 
 pub use batch::{Batch, BatchSampler, Loader};
 pub use bucket::{bucket_set, BucketBatches, BucketConfig, BucketReport, Placement};

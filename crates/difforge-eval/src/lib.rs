@@ -14,6 +14,7 @@ pub mod memorisation;
 pub mod metrics;
 pub mod report;
 pub mod sampler_sweep;
+pub mod shape_judge;
 pub mod training;
 
 pub use error::EvalError;

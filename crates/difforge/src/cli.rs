@@ -450,6 +450,14 @@ pub enum DataCommand {
     /// data.source = "webdataset": the original image bytes, the class of each subfolder and the
     /// .txt captions, in the order the folder source reads them.
     Shard(DataShardArgs),
+    /// Generate a synthetic captioned dataset (`shapes`).
+    Synth {
+        #[command(subcommand)]
+        kind: crate::commands::synth::SynthCommand,
+    },
+    /// Judge whether a folder's images show what their captions ask for (colour, kind, size and
+    /// position of one shape, background), e.g. a shapes set or a model's samples of its prompts.
+    Judge(crate::commands::synth::DataJudgeArgs),
 }
 
 #[derive(Args)]

@@ -14,6 +14,7 @@ mod sample;
 mod sd_bench;
 mod serve;
 mod sweep;
+pub mod synth;
 mod text_to_image;
 mod train;
 pub mod vae;
@@ -38,6 +39,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check(args) } => data::check(&args),
         Command::Data { command: DataCommand::Shard(args) } => data::shard(&args),
+        Command::Data { command: DataCommand::Synth { kind } } => synth::run_synth(kind),
+        Command::Data { command: DataCommand::Judge(args) } => synth::judge(&args),
         Command::Classifier { command } => match command {
             ClassifierCommand::Train { config, data, out, steps, device, json } => classifier::train(&config, data.as_deref(), &out, steps, &device, json),
             ClassifierCommand::Judge { sampling, classifier, per_class, first_class, grid, json } => {

@@ -22,6 +22,7 @@ mod sd_finetune;
 mod serve;
 mod serve_hardening;
 mod stability;
+mod synth_shapes;
 mod tensorboard;
 mod text_to_image;
 mod training_options;
