@@ -57,3 +57,13 @@ pub fn save_png_with_text(images: &Tensor, i: i64, text: &[(&str, String)], path
     }
     difforge_core::write_atomic(path, &encoded)
 }
+
+/// The prompt `difforge sample` wrote into a generated PNG (its `difforge` text chunk), if the
+/// file is such an image.
+pub fn generated_prompt(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().ok()?;
+    let chunk = reader.info().utf8_text.iter().find(|c| c.keyword == "difforge")?;
+    let json: serde_json::Value = serde_json::from_str(&chunk.get_text().ok()?).ok()?;
+    json.get("prompt")?.as_str().map(str::to_string)
+}

@@ -48,6 +48,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::commands::vae::VaeCommand,
     },
+    /// Stable Diffusion models of one's own: `sd init` writes a new one to train from scratch.
+    Sd {
+        #[command(subcommand)]
+        command: crate::commands::sd_init::SdCommand,
+    },
     /// Train every combination of a grid and rank them by the validation metric.
     Sweep(SweepArgs),
     /// Serve a checkpoint over HTTP (generation, metrics, hot reload).

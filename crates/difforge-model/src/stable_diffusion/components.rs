@@ -34,7 +34,7 @@ impl Part {
     }
 
     /// The weight file's stem: diffusers' for its models, transformers' for the text encoders.
-    fn stem(self) -> &'static str {
+    pub(crate) fn stem(self) -> &'static str {
         match self {
             Part::Unet | Part::Vae => "diffusion_pytorch_model",
             Part::TextEncoder | Part::TextEncoder2 => "model",

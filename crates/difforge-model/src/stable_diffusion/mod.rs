@@ -6,6 +6,7 @@ pub mod lora_export;
 pub mod lora_file;
 pub mod pipeline;
 pub mod scheduler;
+pub mod scratch;
 pub mod single_file;
 mod single_file_clip;
 mod single_file_rules;

@@ -294,6 +294,58 @@ impl ClipTokenizer {
         Self::finish(inner, &specials, source)
     }
 
+    /// Writes CLIP's tokenizer built into the binary as a transformers `CLIPTokenizer` folder
+    /// (vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json; end-token
+    /// padding, as SD 1.x), for a model made from scratch: transformers, diffusers and
+    /// [`ClipTokenizer::load`] read it, and it gives the ids of [`ClipTokenizer::embedded`].
+    pub fn write_embedded(dir: &Path) -> Result<(), NnError> {
+        let source = Path::new(EMBEDDED_SOURCE);
+        let mut merges_text = String::new();
+        GzDecoder::new(EMBEDDED_MERGES_GZ).read_to_string(&mut merges_text).map_err(|e| invalid(source, e))?;
+        let mut vocab: Vec<(String, u32)> = clip_vocab(&parse_merges(&merges_text, source)?).into_iter().collect();
+        vocab.sort_by_key(|(_, id)| *id);
+        // In id order, as CLIP's own vocab.json, so the same binary writes the same bytes.
+        let entries: Vec<String> = vocab.iter().map(|(token, id)| format!("{}: {id}", Value::from(token.as_str()))).collect();
+        let vocab_json = format!("{{{}}}", entries.join(", "));
+        let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+        let id_of = |t: &str| vocab.iter().find(|(token, _)| token == t).map(|(_, id)| *id);
+        let (Some(bos_id), Some(eos_id)) = (id_of(bos), id_of(eos)) else {
+            return Err(invalid(source, "has no start or end token"));
+        };
+        let special = |content: &str| serde_json::json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false});
+        let special_map = serde_json::json!({"bos_token": special(bos), "eos_token": special(eos), "pad_token": eos, "unk_token": special(eos)});
+        let mut decoder = serde_json::Map::new();
+        for (id, content) in [(bos_id, bos), (eos_id, eos)] {
+            let mut token = special(content);
+            token["special"] = Value::Bool(true);
+            decoder.insert(id.to_string(), token);
+        }
+        let config = serde_json::json!({
+            "add_prefix_space": false,
+            "added_tokens_decoder": decoder,
+            "bos_token": bos,
+            "clean_up_tokenization_spaces": false,
+            "do_lower_case": true,
+            "eos_token": eos,
+            "errors": "replace",
+            "model_max_length": MAX_LENGTH,
+            "pad_token": eos,
+            "tokenizer_class": "CLIPTokenizer",
+            "unk_token": eos,
+        });
+        fs::create_dir_all(dir).map_err(|e| invalid(dir, e))?;
+        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        for (name, text) in [
+            ("vocab.json", vocab_json),
+            ("merges.txt", merges_text),
+            ("special_tokens_map.json", pretty(&special_map)),
+            ("tokenizer_config.json", pretty(&config)),
+        ] {
+            fs::write(dir.join(name), text).map_err(|e| invalid(&dir.join(name), e))?;
+        }
+        Ok(())
+    }
+
     /// The special tokens registered and their ids found, for either pipeline; `source` names the vocabulary in errors.
     fn finish(mut inner: Tokenizer, specials: &SpecialTokens, source: &Path) -> Result<Self, NnError> {
         // A tokenizer.json's own padding token, if it has one, when the folder's JSON files name none.

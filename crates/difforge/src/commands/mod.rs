@@ -12,6 +12,7 @@ mod info;
 pub mod launch;
 mod sample;
 mod sd_bench;
+pub mod sd_init;
 mod serve;
 mod sweep;
 pub mod synth;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Vae { command } => vae::run(command),
+        Command::Sd { command } => sd_init::run(command),
         Command::Config { command: ConfigCommand::Show(args) } => config::show(&args),
         Command::Data { command: DataCommand::Check(args) } => data::check(&args),
         Command::Data { command: DataCommand::Shard(args) } => data::shard(&args),

@@ -123,9 +123,10 @@ fn withheld_combos(args: &DataJudgeArgs) -> anyhow::Result<Option<(PathBuf, Vec<
     Ok(Some((path, manifest.withheld)))
 }
 
-/// The caption of an image: its sidecar's text, if it has a non-empty one.
+/// The caption of an image: its sidecar's text, if it has a non-empty one, else the prompt
+/// `difforge sample` recorded in the PNG it generated.
 fn caption_of(image: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(CaptionSource::default().sidecar(image)).ok()?;
+    let text = std::fs::read_to_string(CaptionSource::default().sidecar(image)).ok().or_else(|| difforge_model::images::generated_prompt(image))?;
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_string())
 }

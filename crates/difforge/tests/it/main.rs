@@ -19,6 +19,7 @@ mod launch;
 mod reproducibility;
 mod run_folder;
 mod sd_finetune;
+mod sd_scratch;
 mod serve;
 mod serve_hardening;
 mod stability;

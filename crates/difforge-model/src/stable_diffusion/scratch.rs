@@ -1,0 +1,209 @@
+//! A Stable Diffusion model of one's own, before training: a diffusers folder with a trained VAE
+//! (from `difforge vae train`), a freshly initialised UNet2DConditionModel and CLIP text encoder
+//! of a chosen size, CLIP's tokenizer (built into the binary) and SD 1.x's noise schedule. The
+//! Stable Diffusion family then trains it like any base (`model.base`, full fine-tune), and
+//! diffusers' StableDiffusionPipeline loads it, before and after.
+
+use super::components::{refuse_existing, temporary_sibling, Networks, Part};
+use crate::error::ModelError;
+use difforge_core::ConfigError;
+use difforge_nn::sd::autoencoder_kl::AutoencoderKlConfig;
+use difforge_nn::sd::load::{load_component, read_config};
+use difforge_nn::sd::tokenizer::ClipTokenizer;
+use serde_json::json;
+use std::path::Path;
+use tch::Device;
+
+/// CLIP's vocabulary (the built-in tokenizer's) and its start and end token ids.
+const CLIP_VOCAB: i64 = 49408;
+const CLIP_BOS: i64 = 49406;
+const CLIP_EOS: i64 = 49407;
+/// The diffusers and transformers versions whose config formats this writes.
+const DIFFUSERS_VERSION: &str = "0.35.2";
+const TRANSFORMERS_VERSION: &str = "4.57.1";
+
+/// The sizes of the new networks.
+#[derive(Debug, Clone)]
+pub struct ScratchSpec {
+    /// UNet channels per level; every level has cross-attention to the text.
+    pub unet_channels: Vec<i64>,
+    pub layers_per_block: i64,
+    /// Attention heads in the UNet (diffusers' `attention_head_dim`, which SD 1.x uses as the
+    /// head count).
+    pub unet_heads: i64,
+    pub norm_num_groups: i64,
+    pub text_width: i64,
+    pub text_layers: i64,
+    pub text_heads: i64,
+    /// "epsilon" or "v_prediction".
+    pub prediction_type: String,
+    /// Seeds the fresh weights.
+    pub seed: u64,
+}
+
+impl Default for ScratchSpec {
+    fn default() -> Self {
+        ScratchSpec {
+            unet_channels: vec![64, 128],
+            layers_per_block: 1,
+            unet_heads: 4,
+            norm_num_groups: 16,
+            text_width: 64,
+            text_layers: 2,
+            text_heads: 2,
+            prediction_type: "epsilon".into(),
+            seed: 0,
+        }
+    }
+}
+
+impl ScratchSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.unet_channels.is_empty() || self.unet_channels.len() > 5 {
+            return Err(ConfigError::new("--unet-channels", format!("{:?}", self.unet_channels), "1 to 5 levels"));
+        }
+        if let Some(c) = self.unet_channels.iter().find(|&&c| c < 1 || c % self.norm_num_groups != 0 || c % self.unet_heads != 0) {
+            let expected = format!("multiples of --norm-groups ({}) and --unet-heads ({})", self.norm_num_groups, self.unet_heads);
+            return Err(ConfigError::new("--unet-channels", c, expected));
+        }
+        if self.text_width < 1 || self.text_heads < 1 || self.text_width % self.text_heads != 0 {
+            return Err(ConfigError::new("--text-width", self.text_width, format!("a positive multiple of --text-heads ({})", self.text_heads)));
+        }
+        for (key, v) in [("--layers-per-block", self.layers_per_block), ("--text-layers", self.text_layers)] {
+            if !(1..=32).contains(&v) {
+                return Err(ConfigError::new(key, v, "1..=32"));
+            }
+        }
+        if !["epsilon", "v_prediction"].contains(&self.prediction_type.as_str()) {
+            return Err(ConfigError::new("--prediction-type", &self.prediction_type, "\"epsilon\" or \"v_prediction\""));
+        }
+        Ok(())
+    }
+
+    fn unet_config(&self, latent_channels: i64, sample_size: i64) -> serde_json::Value {
+        let levels = self.unet_channels.len();
+        json!({
+            "_class_name": "UNet2DConditionModel",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "act_fn": "silu",
+            "attention_head_dim": self.unet_heads,
+            "block_out_channels": self.unet_channels,
+            "center_input_sample": false,
+            "cross_attention_dim": self.text_width,
+            "down_block_types": vec!["CrossAttnDownBlock2D"; levels],
+            "downsample_padding": 1,
+            "flip_sin_to_cos": true,
+            "freq_shift": 0,
+            "in_channels": latent_channels,
+            "layers_per_block": self.layers_per_block,
+            "mid_block_scale_factor": 1,
+            "mid_block_type": "UNetMidBlock2DCrossAttn",
+            "norm_eps": 1e-5,
+            "norm_num_groups": self.norm_num_groups,
+            "out_channels": latent_channels,
+            "sample_size": sample_size,
+            "transformer_layers_per_block": 1,
+            "up_block_types": vec!["CrossAttnUpBlock2D"; levels],
+            "upcast_attention": false,
+            "use_linear_projection": false,
+        })
+    }
+
+    fn text_config(&self) -> serde_json::Value {
+        json!({
+            "architectures": ["CLIPTextModel"],
+            "attention_dropout": 0.0,
+            "bos_token_id": CLIP_BOS,
+            "eos_token_id": CLIP_EOS,
+            "hidden_act": "quick_gelu",
+            "hidden_size": self.text_width,
+            "initializer_factor": 1.0,
+            "initializer_range": 0.02,
+            "intermediate_size": 4 * self.text_width,
+            "layer_norm_eps": 1e-5,
+            "max_position_embeddings": 77,
+            "model_type": "clip_text_model",
+            "num_attention_heads": self.text_heads,
+            "num_hidden_layers": self.text_layers,
+            "pad_token_id": 1,
+            "projection_dim": self.text_width,
+            "torch_dtype": "float32",
+            "transformers_version": TRANSFORMERS_VERSION,
+            "vocab_size": CLIP_VOCAB,
+        })
+    }
+
+    fn scheduler_config(&self) -> serde_json::Value {
+        // SD 1.x's training schedule (its scheduler_config.json), with this model's prediction.
+        json!({
+            "_class_name": "DDIMScheduler",
+            "_diffusers_version": DIFFUSERS_VERSION,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "prediction_type": self.prediction_type,
+            "rescale_betas_zero_snr": false,
+            "set_alpha_to_one": false,
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+            "trained_betas": null,
+        })
+    }
+}
+
+fn model_index() -> serde_json::Value {
+    json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "feature_extractor": [null, null],
+        "image_encoder": [null, null],
+        "requires_safety_checker": false,
+        "safety_checker": [null, null],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ModelError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    }
+    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Other(e.to_string()))?;
+    difforge_core::write_atomic(path, text.as_bytes()).map_err(|e| ModelError::io(path, e))
+}
+
+/// Writes the new model at `out` (which must not exist): `vae_dir`'s VAE, fresh UNet and text
+/// encoder of `spec`'s sizes. The UNet's `sample_size` is `image_size` over the VAE's downscale.
+pub fn write_scratch_model(vae_dir: &Path, spec: &ScratchSpec, image_size: i64, out: &Path) -> Result<(), ModelError> {
+    spec.validate()?;
+    refuse_existing(out)?;
+    let vae: AutoencoderKlConfig = read_config(vae_dir)
+        .map_err(|e| ModelError::Config(ConfigError::new("--vae", vae_dir.display(), format!("a diffusers AutoencoderKL folder ({e})"))))?;
+    let downscale = 1i64 << (vae.block_out_channels.len().max(1) - 1);
+    if image_size < 1 || image_size % (downscale << (spec.unet_channels.len() - 1)) != 0 {
+        let expected = format!("a multiple of {} (the VAE's downscale {downscale} times the UNet's)", downscale << (spec.unet_channels.len() - 1));
+        return Err(ModelError::Config(ConfigError::new("--image-size", image_size, expected)));
+    }
+    let configs = temporary_sibling(&out.with_extension("configs"))?;
+    let result = (|| {
+        write_json(&configs.join("model_index.json"), &model_index())?;
+        write_json(&configs.join("scheduler/scheduler_config.json"), &spec.scheduler_config())?;
+        write_json(&configs.join("unet/config.json"), &spec.unet_config(vae.latent_channels, image_size / downscale))?;
+        write_json(&configs.join("text_encoder/config.json"), &spec.text_config())?;
+        let vae_config = std::fs::read(vae_dir.join("config.json")).map_err(|e| ModelError::io(vae_dir.join("config.json"), e))?;
+        std::fs::create_dir_all(configs.join("vae")).map_err(|e| ModelError::io(configs.join("vae"), e))?;
+        std::fs::write(configs.join("vae/config.json"), vae_config).map_err(|e| ModelError::io(configs.join("vae/config.json"), e))?;
+        ClipTokenizer::write_embedded(&configs.join("tokenizer"))?;
+        tch::manual_seed((difforge_core::derive_seed(spec.seed, difforge_core::Stream::Init, 0) >> 1) as i64);
+        let networks = Networks::build(&configs, Device::Cpu)?;
+        load_component(&networks.vae.vars, vae_dir, Part::Vae.stem(), None)?;
+        networks.write_diffusers(&configs, out)
+    })();
+    let _ = std::fs::remove_dir_all(&configs);
+    result
+}
