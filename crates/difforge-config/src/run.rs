@@ -85,6 +85,12 @@ impl RunConfig {
         self.finetune.validate(self.model.has_base())?;
         if let Some(l) = &self.lora {
             l.validate()?;
+            if matches!(&self.model, ModelConfig::StableDiffusion(sd) if sd.train_text_encoder) {
+                return Err(ConfigError::problem(
+                    "model.train_text_encoder",
+                    "trains every text-encoder weight: not with [lora] (LoRA on the text encoder is not implemented)",
+                ));
+            }
             if self.finetune.from.is_none() && !self.model.has_base() {
                 return Err(ConfigError::problem("lora", "LoRA adapts a trained model: set finetune.from (or use `difforge finetune --from`)"));
             }

@@ -1,6 +1,7 @@
 //! The `[model]` settings of the Stable Diffusion family (`family = "stable-diffusion"`): a
 //! published model as diffusers saves it, whose UNet the run fine-tunes (all of it, or LoRA
-//! adapters with `[lora]`) while its VAE and text encoder stay frozen.
+//! adapters with `[lora]`) while its VAE and (unless `train_text_encoder`) its text encoder stay
+//! frozen.
 
 use difforge_core::ConfigError;
 use difforge_data::DataConfig;
@@ -34,6 +35,10 @@ pub struct StableDiffusionConfig {
     /// runs); none: encoded at every step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Train the text encoder together with the UNet (every weight of both; SD 1.x/2.x bases,
+    /// not with `[lora]`): how a model made with `difforge sd init` learns its own text side.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub train_text_encoder: bool,
 }
 
 impl StableDiffusionConfig {

@@ -12,6 +12,9 @@ pub enum Conditioning {
     Class(Tensor),
     /// A text encoder's output for each sample.
     Text(TextConditioning),
+    /// Token ids (B, L), int64, for a network that encodes the text itself (a text encoder
+    /// trained together with the denoiser).
+    Tokens(Tensor),
 }
 
 /// A text encoder's output, as UNet2DConditionModel takes it.
@@ -49,6 +52,7 @@ impl Conditioning {
             Conditioning::None => None,
             Conditioning::Class(c) => Some(c.size()[0]),
             Conditioning::Text(t) => Some(t.hidden.size()[0]),
+            Conditioning::Tokens(ids) => Some(ids.size()[0]),
         }
     }
 
@@ -65,6 +69,7 @@ impl Conditioning {
             Conditioning::None => Conditioning::None,
             Conditioning::Class(c) => Conditioning::Class(f(c)),
             Conditioning::Text(t) => Conditioning::Text(t.map(f)),
+            Conditioning::Tokens(ids) => Conditioning::Tokens(f(ids)),
         }
     }
 
@@ -90,6 +95,17 @@ impl Conditioning {
                 let classes: Vec<&Tensor> = parts.iter().filter_map(|p| p.class()).collect();
                 assert_eq!(classes.len(), parts.len(), "conditioning of different kinds cannot be joined");
                 Conditioning::Class(Tensor::cat(&classes, 0))
+            }
+            Some(Conditioning::Tokens(_)) => {
+                let ids: Vec<&Tensor> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Conditioning::Tokens(ids) => Some(ids),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(ids.len(), parts.len(), "conditioning of different kinds cannot be joined");
+                Conditioning::Tokens(Tensor::cat(&ids, 0))
             }
             Some(Conditioning::Text(_)) => {
                 let texts: Vec<&TextConditioning> = parts

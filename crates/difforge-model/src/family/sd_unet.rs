@@ -1,10 +1,15 @@
 //! diffusers' UNet2DConditionModel as a denoising network of the family seam: text
 //! conditioning in (the encoder's hidden states, and for SDXL the pooled embedding and size ids),
-//! prediction out.
+//! prediction out; or, when the text encoder trains with it, token ids in (`SdTextUnet`).
 
 use difforge_nn::sd::unet_2d_condition::{TextTimeInput, UNet2DConditionModel};
-use difforge_nn::{Conditioning, DenoiserNet};
+use difforge_nn::sd::ClipTextModel;
+use difforge_nn::{Conditioning, DenoiserNet, TextConditioning};
 use tch::{Kind, Tensor};
+
+/// Where the text encoder's variables live in a network that trains it: beside the UNet's
+/// (which keep diffusers' names at the root), under transformers' names.
+pub const TEXT_ENCODER_PREFIX: &str = "text_encoder.";
 
 #[derive(Debug)]
 pub struct SdUnet(pub UNet2DConditionModel);
@@ -26,4 +31,22 @@ pub(crate) fn predict(unet: &UNet2DConditionModel, x: &Tensor, t: &Tensor, cond:
     };
     let out = unet.forward(x, &t.to_kind(Kind::Float), &text.hidden, added.as_ref());
     out.expect("the conditioning is built for this UNet")
+}
+
+/// A CLIP text encoder and the UNet that cross-attends to it, trained together: conditioned on
+/// token ids, so that gradients reach the encoder.
+#[derive(Debug)]
+pub struct SdTextUnet {
+    pub text: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub clip_skip: usize,
+}
+
+impl DenoiserNet for SdTextUnet {
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, _train: bool) -> Tensor {
+        let Conditioning::Tokens(ids) = cond else { unreachable!("a UNet with its own text encoder is conditioned on token ids, got {cond:?}") };
+        let out = self.text.forward(ids).expect("the family's tokenizer gives ids the encoder takes");
+        let hidden = self.text.clip_skip(&out, self.clip_skip).expect("clip_skip is checked against the encoder at load");
+        predict(&self.unet, x, t, &Conditioning::Text(TextConditioning { hidden, mask: None, pooled: None, time_ids: None }))
+    }
 }

@@ -7,12 +7,12 @@
 
 use super::latent_cache::LatentCache;
 use super::sd_text::TextEncoders;
-use super::sd_unet::SdUnet;
+use super::sd_unet::{SdTextUnet, SdUnet, TEXT_ENCODER_PREFIX};
 use super::vae_codec::VaeCodec;
 use super::{Condition, ConditionKind, Family};
 use crate::codec::Codec;
 use crate::error::ModelError;
-use crate::stable_diffusion::components::{Networks, Part};
+use crate::stable_diffusion::components::{has_second_text_encoder, Networks, Part};
 use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
 use difforge_config::{RunConfig, StableDiffusionConfig};
@@ -22,10 +22,12 @@ use difforge_data::{Batch, ImageSet};
 use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
 use difforge_nn::lora::{is_lora_variable, LoraTarget};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
+use difforge_nn::sd::clip_text::POSITION_IDS;
 use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
 use difforge_nn::sd::tokenizer::ClipTokenizer;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
 use difforge_nn::sd::unet_config::UNet2DConditionConfig;
+use difforge_nn::sd::{ClipTextConfig, ClipTextModel};
 use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -33,10 +35,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tch::{nn, Device, Tensor};
 
+/// The text side: frozen encoders the family runs on captions, or (`train_text_encoder`) the
+/// config of the encoder the network holds and trains, which takes token ids.
+enum TextSide {
+    Frozen(Mutex<TextEncoders>),
+    Trained(ClipTextConfig),
+}
+
 pub struct StableDiffusionFamily {
     config: StableDiffusionConfig,
     unet: UNet2DConditionConfig,
-    text: Mutex<TextEncoders>,
+    text: TextSide,
     vae: Arc<Mutex<AutoencoderKl>>,
     cache: Option<Arc<LatentCache>>,
     /// The (first) tokenizer again, outside the lock, for the data check's token counts.
@@ -45,6 +54,29 @@ pub struct StableDiffusionFamily {
 
 fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::Config(ConfigError::new("model.base", base.display(), reason.into()))
+}
+
+/// The base's frozen text encoder(s), which encode every step's captions.
+fn frozen_text(base: &Path, config: &StableDiffusionConfig, device: Device) -> Result<TextSide, ModelError> {
+    // Dropout and shuffling change captions from step to step; encoding each step's captions
+    // keeps every variant exact (no text cache to go stale).
+    tracing::info!("captions are encoded by the frozen text encoder at each step{}", if config.shuffle_caption { ", after shuffling their tags" } else { "" });
+    Ok(TextSide::Frozen(Mutex::new(TextEncoders::load(base, config.clip_skip, config.image_size, device)?)))
+}
+
+/// The config of the base's text encoder, which the network will hold and train.
+fn trained_text_config(base: &Path, clip_skip: usize) -> Result<ClipTextConfig, ModelError> {
+    if has_second_text_encoder(base)? {
+        return Err(ConfigError::new("model.train_text_encoder", true, "false for SDXL bases (training both text encoders is not implemented)").into());
+    }
+    let dir = base.join("text_encoder");
+    let config: ClipTextConfig = read_config(&dir)?;
+    config.validate().map_err(|e| ModelError::checkpoint(dir.join("config.json"), e.to_string()))?;
+    if clip_skip as i64 >= config.num_hidden_layers {
+        return Err(ConfigError::new("model.clip_skip", clip_skip, format!("less than the text encoder's {} layers", config.num_hidden_layers)).into());
+    }
+    tracing::info!("the text encoder trains with the UNet: captions become token ids the network encodes");
+    Ok(config)
 }
 
 impl StableDiffusionFamily {
@@ -74,20 +106,19 @@ impl StableDiffusionFamily {
             Some(root) => Some(Arc::new(open_cache(root, &base.join("vae"))?)),
             None => None,
         };
-        // The encoder is frozen, but dropout and shuffling change captions from step to step;
-        // encoding each step's captions keeps every variant exact (no text cache to go stale).
-        tracing::info!(
-            "captions are encoded by the frozen text encoder at each step{}",
-            if config.shuffle_caption { ", after shuffling their tags" } else { "" }
-        );
-        let text = TextEncoders::load(base, config.clip_skip, config.image_size, device)?;
+        let text = if config.train_text_encoder { TextSide::Trained(trained_text_config(base, config.clip_skip)?) } else { frozen_text(base, config, device)? };
         let tokenizer = Arc::new(ClipTokenizer::load(base.join("tokenizer"))?);
-        Ok(StableDiffusionFamily { config: config.clone(), unet, text: Mutex::new(text), vae: Arc::new(Mutex::new(vae)), cache, tokenizer })
+        Ok(StableDiffusionFamily { config: config.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
-        let text = self.text.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(Conditioning::Text(text.encode(texts, device)?))
+        match &self.text {
+            TextSide::Frozen(encoders) => {
+                let encoders = encoders.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(Conditioning::Text(encoders.encode(texts, device)?))
+            }
+            TextSide::Trained(_) => Ok(Conditioning::Tokens(self.tokenizer.encode_batch(texts)?.to_device(device))),
+        }
     }
 
     /// Conditioning of captions (None: the empty caption).
@@ -100,14 +131,20 @@ impl StableDiffusionFamily {
 }
 
 impl StableDiffusionFamily {
-    /// The base as a diffusers folder at `out` with `unet` as its UNet's weights (replacing what
-    /// an earlier end of the same run wrote).
-    fn export_folder(&self, unet: &[(String, Tensor)], out: &Path) -> Result<PathBuf, ModelError> {
+    /// The base as a diffusers folder at `out` with the trained weights in place of its UNet's
+    /// (and text encoder's, `text_encoder.`-prefixed) (replacing what an earlier end of the same
+    /// run wrote).
+    fn export_folder(&self, trained: &[(String, Tensor)], out: &Path) -> Result<PathBuf, ModelError> {
         let networks = Networks::load_diffusers(&self.config.base, Device::Cpu)?;
-        let vars = networks.unet.vars.variables();
+        let unet_vars = networks.unet.vars.variables();
+        let text_vars = networks.text_encoders[0].vars.variables();
         tch::no_grad(|| {
-            for (name, t) in unet {
-                let var = vars.get(name).ok_or_else(|| ModelError::Other(format!("the trained UNet has a variable `{name}` the base lacks")))?;
+            for (name, t) in trained {
+                let (vars, key, part) = match name.strip_prefix(TEXT_ENCODER_PREFIX) {
+                    Some(key) => (&text_vars, key, "text encoder"),
+                    None => (&unet_vars, name.as_str(), "UNet"),
+                };
+                let var = vars.get(key).ok_or_else(|| ModelError::Other(format!("the trained {part} has a variable `{key}` the base lacks")))?;
                 var.shallow_clone().copy_(&t.to_device(Device::Cpu));
             }
             Ok::<(), ModelError>(())
@@ -206,15 +243,29 @@ impl Family for StableDiffusionFamily {
     }
 
     fn build_network(&self, p: &nn::Path, lora: Option<&LoraSpec>) -> Result<Box<dyn DenoiserNet>, ModelError> {
-        Ok(Box::new(SdUnet(UNet2DConditionModel::with_lora(p, &self.unet, lora)?)))
+        let unet = UNet2DConditionModel::with_lora(p, &self.unet, lora)?;
+        match &self.text {
+            TextSide::Frozen(_) => Ok(Box::new(SdUnet(unet))),
+            TextSide::Trained(config) => {
+                let text = ClipTextModel::new(&(p / TEXT_ENCODER_PREFIX.trim_end_matches('.')), config)?;
+                Ok(Box::new(SdTextUnet { text, unet, clip_skip: self.config.clip_skip }))
+            }
+        }
     }
 
-    /// The base's UNet weights; the adapters keep their initialisation (up = 0: the adapted
-    /// network starts as the base).
+    /// The base's UNet weights (and text encoder's, when it trains too); the adapters keep their
+    /// initialisation (up = 0: the adapted network starts as the base).
     fn init_network(&self, vs: &nn::VarStore) -> Result<(), ModelError> {
         let dir = self.config.base.join("unet");
         let tensors = read_tensors(&weight_files(&dir, "diffusion_pytorch_model", None)?)?;
-        load_strict_except(vs, &tensors, &dir, is_lora_variable)?;
+        load_strict_except(vs, &tensors, &dir, |name| is_lora_variable(name) || name.starts_with(TEXT_ENCODER_PREFIX))?;
+        if let TextSide::Trained(_) = self.text {
+            let dir = self.config.base.join("text_encoder");
+            let mut tensors = read_tensors(&weight_files(&dir, "model", None)?)?;
+            tensors.remove(POSITION_IDS);
+            let prefixed = tensors.into_iter().map(|(name, t)| (format!("{TEXT_ENCODER_PREFIX}{name}"), t)).collect();
+            load_strict_except(vs, &prefixed, &dir, |name| !name.starts_with(TEXT_ENCODER_PREFIX))?;
+        }
         Ok(())
     }
 

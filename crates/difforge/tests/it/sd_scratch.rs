@@ -1,7 +1,8 @@
 //! A text-to-image model from scratch, stage by stage on a small synthetic shapes set: `vae
 //! train`, then `sd init` (the VAE with a fresh UNet and CLIP text encoder, CLIP's tokenizer
-//! written out), then the Stable Diffusion family trains every UNet weight and exports a diffusers
-//! folder that `sample` generates from and `data judge` scores from the prompts in the PNGs.
+//! written out), then the Stable Diffusion family trains every UNet and text-encoder weight and
+//! exports a diffusers folder that `sample` generates from and `data judge` scores from the
+//! prompts in the PNGs.
 
 use crate::common::difforge;
 use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
@@ -96,9 +97,17 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let t2i_config = dir.path().join("t2i.toml");
     std::fs::write(&t2i_config, T2I_CONFIG).unwrap();
     let base_key = format!("model.base=\"{}\"", base.display());
-    run_ok(&["train", "--config", s(&t2i_config), "--set", &data, "--set", &base_key, "--out", s(&t2i)]);
-    let unet_weights = "unet/diffusion_pytorch_model.safetensors";
-    assert!(std::fs::read(t2i.join("diffusers").join(unet_weights)).unwrap() != std::fs::read(base.join(unet_weights)).unwrap(), "the UNet trained");
+    let joint = "model.train_text_encoder=true";
+    run_ok(&["train", "--config", s(&t2i_config), "--set", &data, "--set", &base_key, "--set", joint, "--out", s(&t2i)]);
+    for (weights, what) in [("unet/diffusion_pytorch_model.safetensors", "UNet"), ("text_encoder/model.safetensors", "text encoder")] {
+        assert!(std::fs::read(t2i.join("diffusers").join(weights)).unwrap() != std::fs::read(base.join(weights)).unwrap(), "the {what} did not train");
+    }
+    let refused = difforge()
+        .args(["train", "--config", s(&t2i_config), "--set", &data, "--set", &base_key, "--set", joint, "--set", "lora.rank=4", "--out"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("model.train_text_encoder"));
 
     let samples = dir.path().join("samples");
     std::fs::create_dir_all(&samples).unwrap();
