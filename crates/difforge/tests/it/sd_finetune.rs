@@ -152,7 +152,7 @@ fn assert_same_end(a: &Path, b: &Path, step: u64) {
 }
 
 /// Trains `text` uninterrupted and killed-then-resumed: both end with the same bytes.
-fn train_and_check_resume(dir: &Path, name: &str, text: &str) -> (PathBuf, serde_json::Value) {
+pub(crate) fn train_and_check_resume(dir: &Path, name: &str, text: &str) -> (PathBuf, serde_json::Value) {
     let cfg = write_config(dir, &format!("{name}.toml"), text);
     let reference = dir.join(name);
     let summary = train(&cfg, &reference);

@@ -5,6 +5,7 @@
 //! prompts in the PNGs.
 
 use crate::common::difforge;
+use crate::sd_finetune::train_and_check_resume;
 use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
 use std::path::Path;
 
@@ -36,14 +37,14 @@ block_out_channels = [8, 16, 16]
 norm_num_groups = 8
 "#;
 
-const T2I_CONFIG: &str = r#"
-[data]
-source = "folder"
-image_size = 32
-channels = 3
-val_fraction = 0.1
-[model]
-family = "stable-diffusion"
+/// The text-to-image run on `base`, text encoder training too.
+fn t2i_config(data: &Path, base: &Path) -> String {
+    let (data, base) = (data.display(), base.display());
+    let sections = format!("[data]\nsource = \"folder\"\npath = \"{data}\"\nimage_size = 32\nchannels = 3\nval_fraction = 0.1\n");
+    sections + &format!("[model]\nfamily = \"stable-diffusion\"\nbase = \"{base}\"\ntrain_text_encoder = true\n") + T2I_REST
+}
+
+const T2I_REST: &str = r#"
 [diffusion]
 schedule = "scaled_linear"
 beta_start = 0.00085
@@ -52,12 +53,13 @@ timesteps = 1000
 prediction = "epsilon"
 class_dropout = 0.1
 [train]
-steps = 4
+steps = 16
 batch_size = 4
 lr = 1e-3
 warmup_steps = 0
-checkpoint_every = 4
-val_every = 4
+checkpoint_every = 8
+log_every = 1
+val_every = 8
 val_images = 4
 sample_every = 0
 threads = 1
@@ -70,7 +72,7 @@ guidance = 3.0
 #[test]
 fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged() {
     let dir = tempfile::tempdir().unwrap();
-    let (shapes, vae_run, base, t2i) = (dir.path().join("shapes"), dir.path().join("vae"), dir.path().join("base"), dir.path().join("t2i"));
+    let (shapes, vae_run, base) = (dir.path().join("shapes"), dir.path().join("vae"), dir.path().join("base"));
     run_ok(&["data", "synth", "shapes", "--out", s(&shapes), "--n", "48"]);
     let vae_config = dir.path().join("vae.toml");
     std::fs::write(&vae_config, VAE_CONFIG).unwrap();
@@ -94,19 +96,16 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let bad = difforge().args(["sd", "init", "--vae", s(&vae_folder), "--out", s(&other), "--unet-channels", "20,40"]).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--unet-channels") && !other.exists());
 
-    let t2i_config = dir.path().join("t2i.toml");
-    std::fs::write(&t2i_config, T2I_CONFIG).unwrap();
-    let base_key = format!("model.base=\"{}\"", base.display());
-    let joint = "model.train_text_encoder=true";
-    run_ok(&["train", "--config", s(&t2i_config), "--set", &data, "--set", &base_key, "--set", joint, "--out", s(&t2i)]);
+    // Both networks train, and a run killed after a checkpoint resumes to the same bytes.
+    let (t2i, _) = train_and_check_resume(dir.path(), "t2i", &t2i_config(&shapes, &base));
     for (weights, what) in [("unet/diffusion_pytorch_model.safetensors", "UNet"), ("text_encoder/model.safetensors", "text encoder")] {
-        assert!(std::fs::read(t2i.join("diffusers").join(weights)).unwrap() != std::fs::read(base.join(weights)).unwrap(), "the {what} did not train");
+        let (trained, killed) = (t2i.join("diffusers").join(weights), dir.path().join("t2i-killed/diffusers").join(weights));
+        assert!(std::fs::read(&trained).unwrap() != std::fs::read(base.join(weights)).unwrap(), "the {what} did not train");
+        assert!(std::fs::read(&trained).unwrap() == std::fs::read(&killed).unwrap(), "the exported {what} differs after the resume");
     }
-    let refused = difforge()
-        .args(["train", "--config", s(&t2i_config), "--set", &data, "--set", &base_key, "--set", joint, "--set", "lora.rank=4", "--out"])
-        .arg(dir.path().join("refused"))
-        .output()
-        .unwrap();
+    let with_lora = dir.path().join("with-lora.toml");
+    std::fs::write(&with_lora, t2i_config(&shapes, &base) + "[lora]\nrank = 4\n").unwrap();
+    let refused = difforge().args(["train", "--config", s(&with_lora), "--out"]).arg(dir.path().join("refused")).output().unwrap();
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("model.train_text_encoder"));
 
     let samples = dir.path().join("samples");
