@@ -19,5 +19,5 @@ pub use model::{ModelConfig, ModelFamily};
 pub use overrides::{apply_set, deep_merge};
 pub use run::{RunConfig, DEFAULT_CONFIG};
 pub use stable_diffusion::StableDiffusionConfig;
-pub use vae::{ReconstructionLoss, VaeConfig, VaeRunConfig};
 pub use train::{eval_metric, CpuKernels, DistBackend, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};
+pub use vae::{ReconstructionLoss, VaeConfig, VaeRunConfig};

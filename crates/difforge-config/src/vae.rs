@@ -90,7 +90,7 @@ impl VaeConfig {
                 return Err(ConfigError::new(key, v, format!("1..={max}")));
             }
         }
-        if let Some(c) = self.block_out_channels.iter().find(|&&c| c < 1 || c > 4096 || c % self.norm_num_groups != 0) {
+        if let Some(c) = self.block_out_channels.iter().find(|&&c| !(1..=4096).contains(&c) || c % self.norm_num_groups != 0) {
             return Err(ConfigError::new(
                 "vae.block_out_channels",
                 c,
@@ -101,7 +101,7 @@ impl VaeConfig {
             return Err(ConfigError::new("vae.kl_weight", self.kl_weight, "0 <= kl_weight <= 1"));
         }
         let f = self.downscale();
-        if data.image_size % f != 0 {
+        if !data.image_size.is_multiple_of(f) {
             return Err(ConfigError::new(
                 "data.image_size",
                 data.image_size,

@@ -24,8 +24,20 @@ pub enum Use {
 }
 
 /// What a run writes at the top of its folder (everything else is left alone).
-const RUN_FILES: &[&str] =
-    &["config.toml", "summary.json", "metrics.jsonl", "validation.jsonl", "eval.jsonl", "data-check.json", "lora.safetensors", "checkpoints", "samples", "vae", "reconstructions.png", "vae-parity.safetensors"];
+const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "summary.json",
+    "metrics.jsonl",
+    "validation.jsonl",
+    "eval.jsonl",
+    "data-check.json",
+    "lora.safetensors",
+    "checkpoints",
+    "samples",
+    "vae",
+    "reconstructions.png",
+    "vae-parity.safetensors",
+];
 
 /// The run files present in `dir` (TensorBoard event files included).
 fn run_content(dir: &Path) -> Vec<PathBuf> {

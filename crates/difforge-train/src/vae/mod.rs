@@ -221,6 +221,16 @@ impl Logs {
     }
 }
 
+/// What one optimiser step did.
+struct StepDone {
+    loss: f64,
+    reconstruction: f64,
+    kl: f64,
+    grad_norm: f64,
+    /// False when the step was skipped (non-finite loss or gradient).
+    applied: bool,
+}
+
 #[derive(Serialize)]
 struct StepRecord {
     step: u64,
@@ -261,12 +271,12 @@ impl Run<'_> {
         while state.step < t.steps {
             let step = state.step;
             let lr = learning_rate(t, step);
-            let (terms, grad_norm, applied) = self.step(opt, &mut loader, step, lr)?;
+            let done = self.step(opt, &mut loader, step, lr)?;
             state.step += 1;
             state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
-            if applied {
+            if done.applied {
                 state.optimizer_steps += 1;
-                state.last_loss = terms.0;
+                state.last_loss = done.loss;
                 bad_in_a_row = 0;
             } else {
                 state.skipped_steps += 1;
@@ -278,16 +288,24 @@ impl Run<'_> {
                 }
             }
             state.images_seen += t.batch_size as u64;
-            if state.step % t.log_every == 0 || state.step == t.steps {
-                let record = StepRecord { step: state.step, loss: terms.0, reconstruction: terms.1, kl: terms.2, lr, grad_norm, elapsed_s: state.elapsed_s };
+            if state.step.is_multiple_of(t.log_every) || state.step == t.steps {
+                let record = StepRecord {
+                    step: state.step,
+                    loss: done.loss,
+                    reconstruction: done.reconstruction,
+                    kl: done.kl,
+                    lr,
+                    grad_norm: done.grad_norm,
+                    elapsed_s: state.elapsed_s,
+                };
                 Logs::write(&mut self.logs.metrics, &record)?;
-                tracing::info!("step {} loss {:.5} (reconstruction {:.5}, kl {:.3}) lr {lr:.2e}", state.step, terms.0, terms.1, terms.2);
+                tracing::info!("step {} loss {:.5} (reconstruction {:.5}, kl {:.3}) lr {lr:.2e}", state.step, done.loss, done.reconstruction, done.kl);
             }
             let mut early_stop = false;
-            if let Some(val) = data.val.as_ref().filter(|_| t.val_every > 0 && state.step % t.val_every == 0) {
+            if let Some(val) = data.val.as_ref().filter(|_| t.val_every > 0 && state.step.is_multiple_of(t.val_every)) {
                 early_stop = self.validate(opt, state, val)?;
             }
-            if state.step % t.checkpoint_every.max(1) == 0 || state.step == t.steps || early_stop || stop.load(Ordering::SeqCst) {
+            if state.step.is_multiple_of(t.checkpoint_every.max(1)) || state.step == t.steps || early_stop || stop.load(Ordering::SeqCst) {
                 self.checkpoint(opt, state)?;
             }
             if early_stop {
@@ -300,11 +318,11 @@ impl Run<'_> {
         Ok("reached train.steps".into())
     }
 
-    /// One optimiser step; returns ((loss, reconstruction, kl), gradient norm, applied).
-    fn step(&self, opt: &mut AdamW, loader: &mut Loader, step: u64, lr: f64) -> Result<((f64, f64, f64), f64, bool), TrainError> {
+    /// One optimiser step.
+    fn step(&self, opt: &mut AdamW, loader: &mut Loader, step: u64, lr: f64) -> Result<StepDone, TrainError> {
         let t = &self.cfg.train;
         opt.zero_grad();
-        let mut sums = (0.0, 0.0, 0.0);
+        let (mut reconstruction, mut kl) = (0.0, 0.0);
         for micro in 0..t.grad_accum as u64 {
             let draw = step * t.grad_accum as u64 + micro;
             let batch = loader.train_batch(draw, t.batch_size);
@@ -316,19 +334,19 @@ impl Run<'_> {
             let terms = objective::training_loss(self.vae, &self.cfg.vae, &x, &noise)?;
             let scale = 1.0 / t.grad_accum as f64;
             (terms.total * scale).backward();
-            sums.1 += terms.reconstruction * scale;
-            sums.2 += terms.kl * scale;
+            reconstruction += terms.reconstruction * scale;
+            kl += terms.kl * scale;
         }
-        sums.0 = sums.1 + self.cfg.vae.kl_weight * sums.2;
+        let loss = reconstruction + self.cfg.vae.kl_weight * kl;
         let grad_norm = opt.grad_norm();
-        let applied = sums.0.is_finite() && grad_norm.is_finite();
+        let applied = loss.is_finite() && grad_norm.is_finite();
         if applied {
             if t.grad_clip > 0.0 && grad_norm > t.grad_clip {
                 opt.scale_grads(t.grad_clip / (grad_norm + 1e-6));
             }
             opt.step(lr)?;
         }
-        Ok((sums, grad_norm, applied))
+        Ok(StepDone { loss, reconstruction, kl, grad_norm, applied })
     }
 
     /// Validates, keeps the best checkpoint; returns true when early stopping should stop.

@@ -90,7 +90,7 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let written = ClipTokenizer::load(base.join("tokenizer")).unwrap().encode(caption).unwrap();
     assert_eq!(written, ClipTokenizer::embedded(EmbeddedPad::EndToken).unwrap().encode(caption).unwrap());
     // Never written over, and sizes that cannot build are refused by flag.
-    let again = difforge().args(&[&init[..], &small[..]].concat()).output().unwrap();
+    let again = difforge().args([&init[..], &small[..]].concat()).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--out"));
     let other = dir.path().join("other");
     let bad = difforge().args(["sd", "init", "--vae", s(&vae_folder), "--out", s(&other), "--unet-channels", "20,40"]).output().unwrap();
