@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO_ENV := source ./env.sh &&
 
-.PHONY: setup build demo test lint clean
+.PHONY: setup build demo demo-t2i test lint clean
 
 setup:
 	bash tools/setup_venv.sh
@@ -13,6 +13,9 @@ build: setup
 
 demo: build
 	bash tools/demo.sh
+
+demo-t2i: build
+	bash tools/demo_t2i.sh
 
 test: setup
 	$(CARGO_ENV) cargo test --workspace --no-fail-fast
