@@ -7,14 +7,12 @@
 //! the base) resumes exactly too; a full fine-tune trains every UNet weight; bad settings are
 //! refused with the key named.
 
-use crate::common::difforge;
+use crate::common::{difforge, kill_mid_run};
 use difforge_model::checkpoint;
 use difforge_model::stable_diffusion::StableDiffusion;
 use difforge_model::Weights;
 use difforge_nn::{Conditioning, TextConditioning};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 fn base() -> PathBuf {
@@ -100,26 +98,7 @@ fn read(path: &Path) -> Vec<u8> {
 
 /// Kills a run once it has checkpointed step 8 and logged step 10, then resumes it.
 fn kill_and_resume(config: &Path, run: &Path) {
-    let bin = assert_cmd::cargo::cargo_bin("difforge");
-    let mut child = std::process::Command::new(bin)
-        .arg("train")
-        .arg("--config")
-        .arg(config)
-        .arg("--out")
-        .arg(run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let logged = |step: u64| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().contains(&format!("\"step\":{step},"));
-    while !(run.join("checkpoints/step-00000008/manifest.json").exists() && logged(10)) {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(Instant::now() < deadline, "timed out waiting for step 10");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    kill_mid_run(&["train".as_ref(), "--config".as_ref(), config.as_os_str(), "--out".as_ref(), run.as_os_str()], run, 8, 10);
     let out = difforge().arg("train").arg("--resume").arg(run).output().unwrap();
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -3,11 +3,9 @@
 //! scaling factor it measured, resumes bit-identically after SIGKILL, and refuses bad configs by
 //! key.
 
-use crate::common::difforge;
+use crate::common::{difforge, kill_mid_run};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 use tch::Tensor;
 
 const CONFIG: &str = r#"
@@ -78,24 +76,7 @@ fn vae_training_learns_and_exports_a_diffusers_vae_with_its_scaling_factor() {
 
 /// Kills a run once it has checkpointed step 10 and logged step 12, then resumes it.
 fn kill_and_resume(config: &Path, run: &Path) {
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
-        .args(["vae", "train", "--config"])
-        .arg(config)
-        .arg("--out")
-        .arg(run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let logged = |step: u64| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().contains(&format!("\"step\":{step},"));
-    while !(run.join("checkpoints/step-00000010/manifest.json").exists() && logged(12)) {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(Instant::now() < deadline, "timed out waiting for step 12");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    kill_mid_run(&["vae".as_ref(), "train".as_ref(), "--config".as_ref(), config.as_os_str(), "--out".as_ref(), run.as_os_str()], run, 10, 12);
     assert!(!run.join("summary.json").exists(), "the run was not interrupted");
     let out = difforge().args(["vae", "train", "--resume"]).arg(run).output().unwrap();
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));

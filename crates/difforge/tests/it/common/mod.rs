@@ -51,3 +51,24 @@ pub fn write_digit_folder(root: &Path, per_class: u32) {
         }
     }
 }
+
+/// Runs `difforge ARGS` and kills it (SIGKILL) once `run` holds a complete checkpoint of step
+/// `checkpointed` and its metrics.jsonl has logged step `logged`; fails if the run ends first.
+pub fn kill_mid_run(args: &[&std::ffi::OsStr], run: &Path, checkpointed: u64, logged: u64) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("difforge"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("difforge starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let manifest = run.join(format!("checkpoints/step-{checkpointed:08}/manifest.json"));
+    let has_logged = || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default().contains(&format!("\"step\":{logged},"));
+    while !(manifest.exists() && has_logged()) {
+        assert!(child.try_wait().expect("poll").is_none(), "the run ended before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for step {logged}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
