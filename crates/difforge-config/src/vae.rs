@@ -123,6 +123,13 @@ pub struct VaeRunConfig {
 }
 
 impl VaeRunConfig {
+    /// Whether the TOML file at `path` is a VAE run's config (it has a `[vae]` section), for
+    /// commands that take either kind (`config show`). Unreadable or invalid files are not.
+    pub fn describes(path: &Path) -> bool {
+        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        text.parse::<toml::Table>().is_ok_and(|t| t.get("vae").is_some_and(toml::Value::is_table))
+    }
+
     /// Reads a config file and applies `--set` overrides.
     pub fn load(path: &Path, sets: &[String]) -> Result<VaeRunConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("--config", path.display(), format!("a readable TOML file ({e})")))?;
