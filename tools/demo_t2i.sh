@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
 # `make demo-t2i`: a text-to-image model trained from scratch on a CPU, judged for whether it draws
 # what its prompts ask for. A synthetic captioned set of coloured shapes (with three colour-kind
-# combinations withheld), a VAE trained on it, a new Stable Diffusion model around that VAE (fresh
-# UNet and CLIP text encoder), both trained on the captions, exported as a diffusers folder, then
+# combinations withheld); then one config (configs/shapes-t2i.toml) runs every stage: a VAE trained
+# on the shapes, a new Stable Diffusion model around that VAE (fresh UNet and CLIP text encoder),
+# both trained on the captions, exported as a diffusers folder. Then
 # 2 samples of every evaluation prompt judged from their pixels (colour, kind, size, position,
 # background): the prompts seen in training and, apart, the withheld combinations.
 set -euo pipefail
 BIN=${BIN:-target/release/difforge}
 RUNS=${RUNS:-runs}
-DATA=${DATA:-data/shapes}
-VAE=$RUNS/shapes-vae BASE=$RUNS/shapes-base T2I=$RUNS/shapes-t2i
-for old in "$VAE" "$BASE" "$T2I"; do
-  if [ -e "$old" ]; then
-    echo "removing the previous demo output in $old" >&2
-    rm -rf "$old"
-  fi
-done
+# The path both configs read (configs/shapes-vae.toml, configs/shapes-t2i.toml).
+DATA=data/shapes
+T2I=$RUNS/shapes-t2i VAE=$RUNS/shapes-t2i/stages/vae
+if [ -e "$T2I" ]; then
+  echo "replacing the previous demo output in $T2I" >&2
+fi
 start=$(date +%s)
 "$BIN" data synth shapes --out "$DATA" --n 4000
-"$BIN" vae train --config configs/shapes-vae.toml --set "data.path=\"$DATA\"" --out "$VAE"
-vae_done=$(date +%s)
-"$BIN" sd init --vae "$VAE/vae" --out "$BASE" --image-size 32 \
-  --unet-channels 32,64 --unet-heads 4 --norm-groups 16 --text-width 64 --text-layers 2 --text-heads 2
-"$BIN" train --config configs/shapes-t2i.toml --set "data.path=\"$DATA\"" --set "model.base=\"$BASE\"" \
-  --set "model.cache_dir=\"$RUNS/shapes-latents\"" --out "$T2I"
+synthesised=$(date +%s)
+"$BIN" train --config configs/shapes-t2i.toml --set "model.cache_dir=\"$RUNS/shapes-latents\"" --out "$T2I" --overwrite
 trained=$(date +%s)
 for set in seen withheld; do
   mkdir -p "$T2I/judge-$set"
@@ -35,9 +30,11 @@ for set in seen withheld; do
 done
 end=$(date +%s)
 echo
-echo "demo-t2i finished in $((end - start)) s (VAE $((vae_done - start)) s, UNet and text encoder $((trained - vae_done)) s, sampling and judging $((end - trained)) s). Outputs:"
+vae_s=$(grep -o '"wall_time_s": *[0-9.]*' "$VAE/summary.json" | grep -o '[0-9.]*$' | cut -d. -f1)
+echo "demo-t2i finished in $((end - start)) s (data $((synthesised - start)) s, training $((trained - synthesised)) s of which the VAE ${vae_s} s, sampling and judging $((end - trained)) s). Outputs:"
 echo "  $DATA/                     the captioned shapes (shapes.json, prompts-seen.txt, prompts-withheld.txt)"
-echo "  $VAE/vae/          the VAE as a diffusers AutoencoderKL folder; reconstructions.png"
+echo "  $VAE/vae/   the VAE as a diffusers AutoencoderKL folder; reconstructions.png"
+echo "  $T2I/stages/base/  the new model before training (what difforge sd init writes)"
 echo "  $T2I/diffusers/    the model as a diffusers StableDiffusionPipeline folder"
 echo "  $T2I/samples/      preview grids written during training"
 echo "  $T2I/judge-seen/, judge-withheld/   the judged samples; judge-*.txt the scores"

@@ -6,6 +6,7 @@
 pub mod device;
 pub mod finetune;
 pub mod model;
+pub mod new_sd_model;
 pub mod overrides;
 pub mod run;
 pub mod stable_diffusion;
@@ -16,6 +17,7 @@ pub use device::DeviceChoice;
 pub use difforge_core::ConfigError;
 pub use finetune::FinetuneConfig;
 pub use model::{ModelConfig, ModelFamily};
+pub use new_sd_model::NewSdModel;
 pub use overrides::{apply_set, deep_merge};
 pub use run::{RunConfig, DEFAULT_CONFIG};
 pub use stable_diffusion::StableDiffusionConfig;

@@ -186,10 +186,31 @@ mod tests {
         let ModelConfig::StableDiffusion(c) = &m else { panic!("not stable-diffusion: {m:?}") };
         assert_eq!((c.base.to_str(), c.clip_skip, c.image_size), (Some("models/sd15"), 1, 0));
         assert_eq!(ModelConfig::from_table(table(&toml::to_string(&m).unwrap())).unwrap(), m);
-        let e = ModelConfig::from_table(table("family = \"stable-diffusion\"\n")).unwrap_err();
+        let rgb = DataConfig { channels: 3, ..DataConfig::default() };
+        let mut no_base = ModelConfig::from_table(table("family = \"stable-diffusion\"\n")).unwrap();
+        no_base.resolve(&rgb);
+        let e = no_base.validate(&rgb).unwrap_err();
         assert!(e.to_string().contains("base"), "{e}");
         let e = ModelConfig::from_table(table("family = \"stable-diffusion\"\nbase = \"x\"\npreset = \"sd15\"\n")).unwrap_err();
         assert_eq!(e.key, "model.preset");
+    }
+
+    #[test]
+    fn a_new_stable_diffusion_model_replaces_the_base() {
+        let rgb = DataConfig { channels: 3, ..DataConfig::default() };
+        let checked = |text: &str| {
+            let mut m = ModelConfig::from_table(table(text))?;
+            m.resolve(&rgb);
+            m.validate(&rgb).map(|_| m)
+        };
+        let new = "family = \"stable-diffusion\"\ntrain_text_encoder = true\n[new]\nvae = \"vae.toml\"\nunet_channels = [32, 64]\n";
+        let m = checked(new).unwrap();
+        let ModelConfig::StableDiffusion(c) = &m else { panic!("not stable-diffusion: {m:?}") };
+        assert_eq!(c.new.as_ref().map(|n| (n.unet_channels.clone(), n.text_width)), Some((vec![32, 64], 64)));
+        assert_eq!(ModelConfig::from_table(table(&toml::to_string(&m).unwrap())).unwrap(), m, "round trip");
+        assert_eq!(checked(&format!("base = \"x\"\n{new}")).unwrap_err().key, "model.base");
+        assert_eq!(checked(&new.replace("train_text_encoder = true", "")).unwrap_err().key, "model.train_text_encoder");
+        assert_eq!(checked(&new.replace("unet_channels", "unet_chanels")).unwrap_err().key, "model.new.unet_chanels");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The `[model]` settings of the Stable Diffusion family (`family = "stable-diffusion"`): a
 //! published model as diffusers saves it, whose UNet the run fine-tunes (all of it, or LoRA
 //! adapters with `[lora]`) while its VAE and (unless `train_text_encoder`) its text encoder stay
-//! frozen.
+//! frozen. Or, with `[model.new]` instead of `base`, a model of its own made from scratch.
 
+use crate::NewSdModel;
 use difforge_core::ConfigError;
 use difforge_data::DataConfig;
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,13 @@ use std::path::PathBuf;
 #[serde(deny_unknown_fields)]
 pub struct StableDiffusionConfig {
     /// The diffusers folder the run starts from (`model_index.json`, `unet/`, `vae/`,
-    /// `text_encoder/`, `tokenizer/`, `scheduler/`).
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`). Empty with `[model.new]`.
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub base: PathBuf,
+    /// A new model instead of `base`: the VAE trained first (or given), then a fresh UNet and text
+    /// encoder of these sizes (see `NewSdModel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<NewSdModel>,
     /// Side of the training images in pixels; 0 takes `data.image_size`.
     #[serde(default)]
     pub image_size: i64,
@@ -41,6 +47,10 @@ pub struct StableDiffusionConfig {
     pub train_text_encoder: bool,
 }
 
+fn is_empty(path: &std::path::Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
 impl StableDiffusionConfig {
     pub fn resolve(&mut self, data: &DataConfig) {
         if self.image_size == 0 {
@@ -49,8 +59,21 @@ impl StableDiffusionConfig {
     }
 
     pub fn validate(&self, data: &DataConfig) -> Result<(), ConfigError> {
-        if self.base.as_os_str().is_empty() {
-            return Err(ConfigError::problem("model.base", "set it to a diffusers Stable Diffusion folder (with model_index.json)"));
+        match (&self.new, self.base.as_os_str().is_empty()) {
+            (None, true) => {
+                return Err(ConfigError::problem(
+                    "model.base",
+                    "set it to a diffusers Stable Diffusion folder (with model_index.json), or describe a new model in [model.new]",
+                ))
+            }
+            (Some(_), false) => return Err(ConfigError::new("model.base", self.base.display(), "nothing with [model.new] (a new model has no base)")),
+            (Some(new), true) => {
+                new.validate_section()?;
+                if !self.train_text_encoder {
+                    return Err(ConfigError::new("model.train_text_encoder", false, "true with [model.new]: a new text encoder starts random"));
+                }
+            }
+            (None, false) => {}
         }
         if data.channels != 3 {
             return Err(ConfigError::new("data.channels", data.channels, "3: Stable Diffusion's VAE takes RGB images"));

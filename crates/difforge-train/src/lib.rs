@@ -11,6 +11,7 @@ pub mod logs;
 pub mod loss;
 pub mod lr;
 pub mod metrics;
+pub mod new_model;
 pub mod parallel;
 pub mod prior;
 pub mod run_folder;

@@ -10,7 +10,7 @@ mod latent_cache;
 mod pixel_unet;
 mod sd_text;
 pub(crate) mod sd_unet;
-mod stable_diffusion;
+pub(crate) mod stable_diffusion;
 mod vae_codec;
 
 pub use pixel_unet::PixelUnetFamily;

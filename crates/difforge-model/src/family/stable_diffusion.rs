@@ -84,6 +84,10 @@ impl StableDiffusionFamily {
     /// `[diffusion]` section and image size against the base.
     pub fn load(run: &RunConfig, config: &StableDiffusionConfig, device: Device) -> Result<StableDiffusionFamily, ModelError> {
         let base = &config.base;
+        if config.new.is_some() && base.as_os_str().is_empty() {
+            let made_by = "a base written first: `difforge train` makes a [model.new] model (VAE, then UNet and text encoder)";
+            return Err(ConfigError::problem("model.new", made_by).into());
+        }
         if !is_diffusers_folder(base) {
             return Err(base_err(base, "a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"));
         }
@@ -206,9 +210,12 @@ fn check_lora(l: &LoraConfig) -> Result<(), ConfigError> {
 /// The run must diffuse as the base was trained: same betas, timesteps and target.
 fn check_schedule(base: &Path, d: &DiffusionConfig) -> Result<(), ModelError> {
     let dir = base.join("scheduler");
-    let file = dir.join("scheduler_config.json");
-    let cfg = SchedulerConfig::read(&dir)?;
-    let scheduling = cfg.scheduling(&file)?;
+    check_schedule_of(&SchedulerConfig::read(&dir)?, &dir.join("scheduler_config.json"), d)
+}
+
+/// Checks `[diffusion]` against a scheduler config (read from `file`, or to be written there).
+pub(crate) fn check_schedule_of(cfg: &SchedulerConfig, file: &Path, d: &DiffusionConfig) -> Result<(), ModelError> {
+    let scheduling = cfg.scheduling(file)?;
     let theirs = (&scheduling.schedule, scheduling.prediction);
     if (&NoiseSchedule::from_config(d), d.prediction) != theirs {
         let prediction = match cfg.prediction_type.as_str() {

@@ -6,6 +6,7 @@
 
 use super::components::{refuse_existing, temporary_sibling, Networks, Part};
 use crate::error::ModelError;
+use difforge_config::NewSdModel;
 use difforge_core::ConfigError;
 use difforge_nn::sd::autoencoder_kl::AutoencoderKlConfig;
 use difforge_nn::sd::load::{load_component, read_config};
@@ -22,84 +23,46 @@ const CLIP_EOS: i64 = 49407;
 const DIFFUSERS_VERSION: &str = "0.35.2";
 const TRANSFORMERS_VERSION: &str = "4.57.1";
 
-/// The sizes of the new networks.
+/// What the new model is: its networks' sizes (a `[model.new]` section; its `vae` is not read
+/// here), its prediction and the seed of its fresh weights.
 #[derive(Debug, Clone)]
 pub struct ScratchSpec {
-    /// UNet channels per level; every level has cross-attention to the text.
-    pub unet_channels: Vec<i64>,
-    pub layers_per_block: i64,
-    /// Attention heads in the UNet (diffusers' `attention_head_dim`, which SD 1.x uses as the
-    /// head count).
-    pub unet_heads: i64,
-    pub norm_num_groups: i64,
-    pub text_width: i64,
-    pub text_layers: i64,
-    pub text_heads: i64,
+    pub sizes: NewSdModel,
     /// "epsilon" or "v_prediction".
     pub prediction_type: String,
-    /// Seeds the fresh weights.
     pub seed: u64,
 }
 
-impl Default for ScratchSpec {
-    fn default() -> Self {
-        ScratchSpec {
-            unet_channels: vec![64, 128],
-            layers_per_block: 1,
-            unet_heads: 4,
-            norm_num_groups: 16,
-            text_width: 64,
-            text_layers: 2,
-            text_heads: 2,
-            prediction_type: "epsilon".into(),
-            seed: 0,
-        }
-    }
-}
-
 impl ScratchSpec {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.unet_channels.is_empty() || self.unet_channels.len() > 5 {
-            return Err(ConfigError::new("--unet-channels", format!("{:?}", self.unet_channels), "1 to 5 levels"));
-        }
-        if let Some(c) = self.unet_channels.iter().find(|&&c| c < 1 || c % self.norm_num_groups != 0 || c % self.unet_heads != 0) {
-            let expected = format!("multiples of --norm-groups ({}) and --unet-heads ({})", self.norm_num_groups, self.unet_heads);
-            return Err(ConfigError::new("--unet-channels", c, expected));
-        }
-        if self.text_width < 1 || self.text_heads < 1 || self.text_width % self.text_heads != 0 {
-            return Err(ConfigError::new("--text-width", self.text_width, format!("a positive multiple of --text-heads ({})", self.text_heads)));
-        }
-        for (key, v) in [("--layers-per-block", self.layers_per_block), ("--text-layers", self.text_layers)] {
-            if !(1..=32).contains(&v) {
-                return Err(ConfigError::new(key, v, "1..=32"));
-            }
-        }
+    /// Checks that the networks build; `key` names a size's field (a config key or a flag).
+    pub fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        self.sizes.validate(key)?;
         if !["epsilon", "v_prediction"].contains(&self.prediction_type.as_str()) {
-            return Err(ConfigError::new("--prediction-type", &self.prediction_type, "\"epsilon\" or \"v_prediction\""));
+            return Err(ConfigError::new(key("prediction_type"), &self.prediction_type, "\"epsilon\" or \"v_prediction\""));
         }
         Ok(())
     }
 
     fn unet_config(&self, latent_channels: i64, sample_size: i64) -> serde_json::Value {
-        let levels = self.unet_channels.len();
+        let levels = self.sizes.unet_channels.len();
         json!({
             "_class_name": "UNet2DConditionModel",
             "_diffusers_version": DIFFUSERS_VERSION,
             "act_fn": "silu",
-            "attention_head_dim": self.unet_heads,
-            "block_out_channels": self.unet_channels,
+            "attention_head_dim": self.sizes.unet_heads,
+            "block_out_channels": self.sizes.unet_channels,
             "center_input_sample": false,
-            "cross_attention_dim": self.text_width,
+            "cross_attention_dim": self.sizes.text_width,
             "down_block_types": vec!["CrossAttnDownBlock2D"; levels],
             "downsample_padding": 1,
             "flip_sin_to_cos": true,
             "freq_shift": 0,
             "in_channels": latent_channels,
-            "layers_per_block": self.layers_per_block,
+            "layers_per_block": self.sizes.layers_per_block,
             "mid_block_scale_factor": 1,
             "mid_block_type": "UNetMidBlock2DCrossAttn",
             "norm_eps": 1e-5,
-            "norm_num_groups": self.norm_num_groups,
+            "norm_num_groups": self.sizes.norm_groups,
             "out_channels": latent_channels,
             "sample_size": sample_size,
             "transformer_layers_per_block": 1,
@@ -116,17 +79,17 @@ impl ScratchSpec {
             "bos_token_id": CLIP_BOS,
             "eos_token_id": CLIP_EOS,
             "hidden_act": "quick_gelu",
-            "hidden_size": self.text_width,
+            "hidden_size": self.sizes.text_width,
             "initializer_factor": 1.0,
             "initializer_range": 0.02,
-            "intermediate_size": 4 * self.text_width,
+            "intermediate_size": 4 * self.sizes.text_width,
             "layer_norm_eps": 1e-5,
             "max_position_embeddings": 77,
             "model_type": "clip_text_model",
-            "num_attention_heads": self.text_heads,
-            "num_hidden_layers": self.text_layers,
+            "num_attention_heads": self.sizes.text_heads,
+            "num_hidden_layers": self.sizes.text_layers,
             "pad_token_id": 1,
-            "projection_dim": self.text_width,
+            "projection_dim": self.sizes.text_width,
             "torch_dtype": "float32",
             "transformers_version": TRANSFORMERS_VERSION,
             "vocab_size": CLIP_VOCAB,
@@ -179,14 +142,22 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ModelError> 
 
 /// Writes the new model at `out` (which must not exist): `vae_dir`'s VAE, fresh UNet and text
 /// encoder of `spec`'s sizes. The UNet's `sample_size` is `image_size` over the VAE's downscale.
+/// Checks a run's `[diffusion]` against the schedule a new model of `spec` gets, before any stage
+/// trains (a model written at `out` would be refused by it later).
+pub fn check_schedule(spec: &ScratchSpec, out: &Path, d: &difforge_diffusion::DiffusionConfig) -> Result<(), ModelError> {
+    let cfg: super::SchedulerConfig =
+        serde_json::from_value(spec.scheduler_config()).map_err(|e| ModelError::Other(format!("the new model's scheduler: {e}")))?;
+    crate::family::stable_diffusion::check_schedule_of(&cfg, &out.join("scheduler/scheduler_config.json"), d)
+}
+
+/// `spec` is validated by the caller, whose error names its keys.
 pub fn write_scratch_model(vae_dir: &Path, spec: &ScratchSpec, image_size: i64, out: &Path) -> Result<(), ModelError> {
-    spec.validate()?;
     refuse_existing(out)?;
     let vae: AutoencoderKlConfig = read_config(vae_dir)
         .map_err(|e| ModelError::Config(ConfigError::new("--vae", vae_dir.display(), format!("a diffusers AutoencoderKL folder ({e})"))))?;
     let downscale = 1i64 << (vae.block_out_channels.len().max(1) - 1);
-    if image_size < 1 || image_size % (downscale << (spec.unet_channels.len() - 1)) != 0 {
-        let expected = format!("a multiple of {} (the VAE's downscale {downscale} times the UNet's)", downscale << (spec.unet_channels.len() - 1));
+    if image_size < 1 || image_size % (downscale << (spec.sizes.unet_channels.len() - 1)) != 0 {
+        let expected = format!("a multiple of {} (the VAE's downscale {downscale} times the UNet's)", downscale << (spec.sizes.unet_channels.len() - 1));
         return Err(ModelError::Config(ConfigError::new("--image-size", image_size, expected)));
     }
     let configs = temporary_sibling(&out.with_extension("configs"))?;

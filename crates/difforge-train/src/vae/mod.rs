@@ -55,6 +55,12 @@ pub struct VaeTrainOptions {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Why a VAE run stops when it has not finished: the beginnings of `stopped_because`.
+/// The summary a VAE run writes when it stops.
+const SUMMARY_FILE: &str = "summary.json";
+const STOPPED_BY_SIGNAL: &str = "stopped by signal";
+const DIVERGED: &str = "diverged";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VaeSummary {
     pub run_dir: PathBuf,
@@ -79,6 +85,25 @@ pub struct VaeSummary {
     pub images_per_s: f64,
     pub device: String,
     pub threads: usize,
+}
+
+impl VaeSummary {
+    /// Whether the run finished (its steps, or early stopping), rather than being stopped or
+    /// diverging.
+    pub fn completed(&self) -> bool {
+        stop_reason_completes(&self.stopped_because)
+    }
+}
+
+fn stop_reason_completes(reason: &str) -> bool {
+    !reason.starts_with(STOPPED_BY_SIGNAL) && !reason.starts_with(DIVERGED)
+}
+
+/// Whether `run_dir` holds a finished VAE run (its summary says so).
+pub fn completed_run(run_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read(run_dir.join(SUMMARY_FILE)) else { return false };
+    let summary: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+    summary["stopped_because"].as_str().is_some_and(stop_reason_completes)
 }
 
 /// The run's images: the training loader and the validation images (centre crops, fixed).
@@ -284,7 +309,7 @@ impl Run<'_> {
                 tracing::warn!("step {step}: non-finite loss or gradient, update skipped");
                 if bad_in_a_row >= t.max_bad_steps {
                     self.checkpoint(opt, state)?;
-                    return Ok(format!("diverged: {bad_in_a_row} non-finite steps in a row"));
+                    return Ok(format!("{DIVERGED}: {bad_in_a_row} non-finite steps in a row"));
                 }
             }
             state.images_seen += t.batch_size as u64;
@@ -312,7 +337,7 @@ impl Run<'_> {
                 return Ok(format!("early stopping: no improvement in {} validations", state.validations_without_improvement));
             }
             if stop.load(Ordering::SeqCst) {
-                return Ok("stopped by signal".into());
+                return Ok(STOPPED_BY_SIGNAL.into());
             }
         }
         Ok("reached train.steps".into())
@@ -460,7 +485,7 @@ fn finish(cfg: &VaeRunConfig, run_dir: &Path, vae: &AutoencoderKl, vs: &mut VarS
         device: device::describe(device),
         threads: device::resolve_threads(cfg.train.threads),
     };
-    let path = run_dir.join("summary.json");
+    let path = run_dir.join(SUMMARY_FILE);
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
     difforge_core::write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
     Ok(summary)

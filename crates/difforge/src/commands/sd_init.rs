@@ -1,6 +1,7 @@
 //! `difforge sd init`: a new Stable Diffusion model to train from scratch (a trained VAE, fresh
 //! UNet and text encoder).
 
+use difforge_config::NewSdModel;
 use difforge_model::stable_diffusion::scratch::{write_scratch_model, ScratchSpec};
 use std::path::PathBuf;
 
@@ -49,17 +50,19 @@ pub struct SdInitArgs {
 
 pub fn run(command: SdCommand) -> anyhow::Result<()> {
     let SdCommand::Init(a) = command;
-    let spec = ScratchSpec {
+    let sizes = NewSdModel {
+        vae: a.vae.clone(),
         unet_channels: a.unet_channels,
         layers_per_block: a.layers_per_block,
         unet_heads: a.unet_heads,
-        norm_num_groups: a.norm_groups,
+        norm_groups: a.norm_groups,
         text_width: a.text_width,
         text_layers: a.text_layers,
         text_heads: a.text_heads,
-        prediction_type: a.prediction_type,
-        seed: a.seed,
+        seed: Some(a.seed),
     };
+    let spec = ScratchSpec { sizes, prediction_type: a.prediction_type, seed: a.seed };
+    spec.validate(&|field| format!("--{}", field.replace('_', "-")))?;
     write_scratch_model(&a.vae, &spec, a.image_size, &a.out)?;
     println!("{}: a new Stable Diffusion model (VAE from {}, fresh UNet and text encoder)", a.out.display(), a.vae.display());
     Ok(())

@@ -2,7 +2,8 @@
 
 use crate::cli::TrainArgs;
 use difforge_core::ConfigError;
-use difforge_train::{train, TrainOptions};
+use difforge_train::new_model::{is_new_model_run, makes_new_model, train_new_model, NewModelRun, NewModelStages};
+use difforge_train::{train, TrainOptions, TrainSummary};
 use std::path::PathBuf;
 
 fn default_out(args: &TrainArgs) -> PathBuf {
@@ -31,18 +32,47 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let stop = super::stop_on_signals()?;
     let resume_sets = if resume { args.config.sets.clone() } else { Vec::new() };
     let opts = TrainOptions { out_dir: out_dir.clone(), resume, overwrite: args.overwrite, resume_sets, stop, evaluator: Some(sample_evaluation()) };
-    let summary = train(config, opts)?;
+    let new_model = if resume { is_new_model_run(&out_dir) } else { makes_new_model(&config) };
+    if !new_model {
+        let summary = train(config, opts)?;
+        return report(&summary, None, &out_dir, args.json);
+    }
+    match train_new_model((!resume).then_some(config), opts)? {
+        NewModelRun::Trained(stages, summary) => report(&summary, Some(&stages), &out_dir, args.json),
+        NewModelRun::VaeStopped(vae) => {
+            if args.json {
+                super::print_json(&serde_json::json!({ "stages": { "vae_training": vae } }))?;
+            } else {
+                super::vae::print_summary(&vae);
+            }
+            anyhow::bail!("stopped in the VAE stage ({}); continue with: difforge train --resume {}", vae.stopped_because, out_dir.display())
+        }
+    }
+}
+
+/// Prints how the run ended (as JSON with `json`), the stages before it first for a new model.
+fn report(summary: &TrainSummary, stages: Option<&NewModelStages>, out_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if let Some(p) = summary.parallel.as_ref().filter(|p| p.rank != 0) {
         // Rank 0 reports for the run; the others only say they finished.
         tracing::info!("rank {} of {} finished at step {}", p.rank, p.world_size, summary.final_step);
         return Ok(());
     }
-    if args.json {
-        super::print_json(&summary)?;
+    if json {
+        let mut value = serde_json::to_value(summary)?;
+        if let (Some(stages), Some(map)) = (stages, value.as_object_mut()) {
+            map.insert("stages".into(), serde_json::to_value(stages)?);
+        }
+        super::print_json(&value)?;
         if summary.diverged {
             anyhow::bail!("training diverged: {}", summary.stopped_because);
         }
         return Ok(());
+    }
+    if let Some(stages) = stages {
+        if let Some(vae) = &stages.vae_training {
+            super::vae::print_summary(vae);
+        }
+        println!("{}: the new model (VAE {}, fresh UNet and text encoder) trained below", stages.base.display(), stages.vae.display());
     }
     println!("{}: step {}/{}, {}", out_dir.display(), summary.final_step, summary.steps_planned, summary.stopped_because);
     println!("  loss (mean of last 100 steps)  {:.4}", summary.mean_loss_last_100);

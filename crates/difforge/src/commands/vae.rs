@@ -69,7 +69,7 @@ fn train(args: VaeTrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(s: &VaeSummary) {
+pub(crate) fn print_summary(s: &VaeSummary) {
     println!("{}: step {}/{}, {}", s.run_dir.display(), s.final_step, s.steps_planned, s.stopped_because);
     println!("  loss (last step)               {:.5}", s.final_loss);
     println!("  wall time                      {:.1} s ({:.0} images/s on {}, {} threads)", s.wall_time_s, s.images_per_s, s.device, s.threads);

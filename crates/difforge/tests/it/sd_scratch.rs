@@ -2,9 +2,10 @@
 //! train`, then `sd init` (the VAE with a fresh UNet and CLIP text encoder, CLIP's tokenizer
 //! written out), then the Stable Diffusion family trains every UNet and text-encoder weight and
 //! exports a diffusers folder that `sample` generates from and `data judge` scores from the
-//! prompts in the PNGs.
+//! prompts in the PNGs. One config with `[model.new]` runs the same stages into one run folder,
+//! to the same bytes, and a run killed in its VAE stage resumes there.
 
-use crate::common::difforge;
+use crate::common::{difforge, kill_mid_run};
 use crate::sd_finetune::train_and_check_resume;
 use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
 use std::path::Path;
@@ -26,11 +27,12 @@ image_size = 32
 channels = 3
 val_fraction = 0.1
 [train]
-steps = 4
+steps = 12
 batch_size = 8
 val_every = 4
 val_images = 8
 checkpoint_every = 4
+log_every = 1
 threads = 1
 [vae]
 block_out_channels = [8, 16, 16]
@@ -39,10 +41,23 @@ norm_num_groups = 8
 
 /// The text-to-image run on `base`, text encoder training too.
 fn t2i_config(data: &Path, base: &Path) -> String {
-    let (data, base) = (data.display(), base.display());
-    let sections = format!("[data]\nsource = \"folder\"\npath = \"{data}\"\nimage_size = 32\nchannels = 3\nval_fraction = 0.1\n");
-    sections + &format!("[model]\nfamily = \"stable-diffusion\"\nbase = \"{base}\"\ntrain_text_encoder = true\n") + T2I_REST
+    let model = format!("[model]\nfamily = \"stable-diffusion\"\nbase = \"{}\"\ntrain_text_encoder = true\n", base.display());
+    data_section(data) + &model + T2I_REST
 }
+
+/// The same run on a new model whose VAE `vae_config` trains first (the sizes of `SMALL`).
+fn all_stages_config(data: &Path, vae_config: &Path) -> String {
+    let model = format!("[model]\nfamily = \"stable-diffusion\"\ntrain_text_encoder = true\n[model.new]\nvae = \"{}\"\n", vae_config.display());
+    let sizes = "unet_channels = [16, 32]\nnorm_groups = 8\nunet_heads = 2\ntext_width = 32\nseed = 3\n";
+    data_section(data) + &model + sizes + T2I_REST
+}
+
+fn data_section(data: &Path) -> String {
+    format!("[data]\nsource = \"folder\"\npath = \"{}\"\nimage_size = 32\nchannels = 3\nval_fraction = 0.1\n", data.display())
+}
+
+/// `sd init`'s flags for the small networks of these tests.
+const SMALL: [&str; 10] = ["--unet-channels", "16,32", "--norm-groups", "8", "--unet-heads", "2", "--text-width", "32", "--seed", "3"];
 
 const T2I_REST: &str = r#"
 [diffusion]
@@ -75,14 +90,12 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let (shapes, vae_run, base) = (dir.path().join("shapes"), dir.path().join("vae"), dir.path().join("base"));
     run_ok(&["data", "synth", "shapes", "--out", s(&shapes), "--n", "48"]);
     let vae_config = dir.path().join("vae.toml");
-    std::fs::write(&vae_config, VAE_CONFIG).unwrap();
-    let data = format!("data.path=\"{}\"", shapes.display());
-    run_ok(&["vae", "train", "--config", s(&vae_config), "--set", &data, "--out", s(&vae_run)]);
+    std::fs::write(&vae_config, format!("[data]\npath = \"{}\"\n{}", shapes.display(), VAE_CONFIG.replacen("[data]\n", "", 1))).unwrap();
+    run_ok(&["vae", "train", "--config", s(&vae_config), "--out", s(&vae_run)]);
 
     let vae_folder = vae_run.join("vae");
     let init = ["sd", "init", "--vae", s(&vae_folder), "--out", s(&base), "--image-size", "32"];
-    let small = ["--unet-channels", "16,32", "--norm-groups", "8", "--unet-heads", "2", "--text-width", "32", "--seed", "3"];
-    run_ok(&[&init[..], &small[..]].concat());
+    run_ok(&[&init[..], &SMALL[..]].concat());
     let vae_weights = "vae/diffusion_pytorch_model.safetensors";
     assert!(std::fs::read(base.join(vae_weights)).unwrap() == std::fs::read(vae_run.join(vae_weights)).unwrap(), "the VAE is the trained one");
     // The tokenizer folder is CLIP's: the same ids as the built-in tokenizer.
@@ -90,7 +103,7 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let written = ClipTokenizer::load(base.join("tokenizer")).unwrap().encode(caption).unwrap();
     assert_eq!(written, ClipTokenizer::embedded(EmbeddedPad::EndToken).unwrap().encode(caption).unwrap());
     // Never written over, and sizes that cannot build are refused by flag.
-    let again = difforge().args([&init[..], &small[..]].concat()).output().unwrap();
+    let again = difforge().args([&init[..], &SMALL[..]].concat()).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--out"));
     let other = dir.path().join("other");
     let bad = difforge().args(["sd", "init", "--vae", s(&vae_folder), "--out", s(&other), "--unet-channels", "20,40"]).output().unwrap();
@@ -103,6 +116,30 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
         assert!(std::fs::read(&trained).unwrap() != std::fs::read(base.join(weights)).unwrap(), "the {what} did not train");
         assert!(std::fs::read(&trained).unwrap() == std::fs::read(&killed).unwrap(), "the exported {what} differs after the resume");
     }
+
+    // One config runs every stage into one folder, to the same bytes; killed in its VAE stage,
+    // it resumes there.
+    let all = dir.path().join("all");
+    let all_config = dir.path().join("all.toml");
+    std::fs::write(&all_config, all_stages_config(&shapes, &vae_config)).unwrap();
+    let vae_stage = all.join("stages/vae");
+    kill_mid_run(&["train".as_ref(), "--config".as_ref(), all_config.as_os_str(), "--out".as_ref(), all.as_os_str()], &vae_stage, 4, 5);
+    assert!(!vae_stage.join("summary.json").exists() && !all.join("stages/base").exists(), "killed after the VAE stage");
+    let resumed = run_ok(&["train", "--resume", s(&all), "--json"]);
+    let resumed: serde_json::Value = serde_json::from_str(&resumed).unwrap();
+    assert_eq!((resumed["final_step"].as_u64(), resumed["stages"]["vae_training"]["final_step"].as_u64()), (Some(16), Some(12)), "{resumed}");
+    let same = |a: &Path, b: &Path| std::fs::read(a).unwrap() == std::fs::read(b).unwrap();
+    assert!(same(&vae_stage.join(vae_weights), &vae_run.join(vae_weights)), "the VAE stage differs from `vae train`");
+    for weights in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+        assert!(same(&all.join("diffusers").join(weights), &t2i.join("diffusers").join(weights)), "{weights} differs from the stage-by-stage run");
+    }
+    let again = difforge().args(["train", "--config", s(&all_config), "--out", s(&all)]).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"), "a finished run is not overwritten");
+    let missing = std::fs::read_to_string(&all_config).unwrap().replace("vae.toml", "missing-vae.toml");
+    std::fs::write(&all_config, missing).unwrap();
+    let refused = difforge().args(["train", "--config", s(&all_config), "--out"]).arg(dir.path().join("refused-vae")).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("model.new.vae"));
+
     let with_lora = dir.path().join("with-lora.toml");
     std::fs::write(&with_lora, t2i_config(&shapes, &base) + "[lora]\nrank = 4\n").unwrap();
     let refused = difforge().args(["train", "--config", s(&with_lora), "--out"]).arg(dir.path().join("refused")).output().unwrap();
