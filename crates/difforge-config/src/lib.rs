@@ -17,7 +17,7 @@ pub use device::DeviceChoice;
 pub use difforge_core::ConfigError;
 pub use finetune::FinetuneConfig;
 pub use model::{ModelConfig, ModelFamily};
-pub use new_sd_model::NewSdModel;
+pub use new_sd_model::{NewSdModel, NewTokenizer};
 pub use overrides::{apply_set, deep_merge};
 pub use run::{RunConfig, DEFAULT_CONFIG};
 pub use stable_diffusion::StableDiffusionConfig;

@@ -24,9 +24,21 @@ pub struct NewSdModel {
     pub text_width: i64,
     pub text_layers: i64,
     pub text_heads: i64,
+    /// The tokenizer: CLIP's ("clip", 49,408 tokens), or one learnt from the training captions
+    /// ("learned": CLIP's form, byte tokens plus the captions' frequent pairs, a few hundred
+    /// tokens for a small set, so the text encoder's embedding table is that much smaller).
+    pub tokenizer: NewTokenizer,
     /// Seeds the fresh weights (none: the run's seed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+}
+
+/// Which tokenizer a new model gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NewTokenizer {
+    Clip,
+    Learned,
 }
 
 impl Default for NewSdModel {
@@ -40,6 +52,7 @@ impl Default for NewSdModel {
             text_width: 64,
             text_layers: 2,
             text_heads: 2,
+            tokenizer: NewTokenizer::Clip,
             seed: None,
         }
     }

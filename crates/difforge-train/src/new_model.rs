@@ -9,7 +9,7 @@ use crate::error::TrainError;
 use crate::run_folder::{RunFolder, Use};
 use crate::trainer::{train, TrainOptions, TrainSummary};
 use crate::vae::{train_vae, VaeSummary, VaeTrainOptions};
-use difforge_config::{ModelConfig, NewSdModel, RunConfig, StableDiffusionConfig, VaeRunConfig};
+use difforge_config::{ModelConfig, NewSdModel, NewTokenizer, RunConfig, StableDiffusionConfig, VaeRunConfig};
 use difforge_core::ConfigError;
 use difforge_diffusion::Prediction;
 use difforge_model::checkpoint;
@@ -67,7 +67,18 @@ fn scratch_spec(config: &RunConfig, new: &NewSdModel) -> Result<ScratchSpec, Tra
         Prediction::V => "v_prediction",
         Prediction::X0 => return Err(ConfigError::new("diffusion.prediction", "\"x0\"", "\"epsilon\" or \"v\" for a [model.new] model").into()),
     };
-    Ok(ScratchSpec { sizes: new.clone(), prediction_type: prediction_type.into(), seed: new.seed.unwrap_or(config.seed) })
+    let captions = match new.tokenizer {
+        NewTokenizer::Clip => Vec::new(),
+        NewTokenizer::Learned => training_captions(config)?,
+    };
+    Ok(ScratchSpec { sizes: new.clone(), captions, prediction_type: prediction_type.into(), seed: new.seed.unwrap_or(config.seed) })
+}
+
+/// The captions of `[data]` that a learned tokenizer is made from (all of them: a vocabulary
+/// tells nothing about the validation images beyond their words).
+fn training_captions(config: &RunConfig) -> Result<Vec<String>, TrainError> {
+    let set = difforge_data::source::load(&config.data)?;
+    Ok(set.captions.into_iter().flatten().collect())
 }
 
 /// Runs (or, with `opts.resume`, continues) every stage of the `[model.new]` run in

@@ -6,7 +6,7 @@
 
 use super::components::{refuse_existing, temporary_sibling, Networks, Part};
 use crate::error::ModelError;
-use difforge_config::NewSdModel;
+use difforge_config::{NewSdModel, NewTokenizer};
 use difforge_core::ConfigError;
 use difforge_nn::sd::autoencoder_kl::AutoencoderKlConfig;
 use difforge_nn::sd::load::{load_component, read_config};
@@ -15,10 +15,8 @@ use serde_json::json;
 use std::path::Path;
 use tch::Device;
 
-/// CLIP's vocabulary (the built-in tokenizer's) and its start and end token ids.
-const CLIP_VOCAB: i64 = 49408;
-const CLIP_BOS: i64 = 49406;
-const CLIP_EOS: i64 = 49407;
+/// At most this many merges are learnt for a `tokenizer = "learned"` model (CLIP has 48,894).
+const MAX_LEARNED_MERGES: usize = 10_000;
 /// The diffusers and transformers versions whose config formats this writes.
 const DIFFUSERS_VERSION: &str = "0.35.2";
 const TRANSFORMERS_VERSION: &str = "4.57.1";
@@ -28,6 +26,8 @@ const TRANSFORMERS_VERSION: &str = "4.57.1";
 #[derive(Debug, Clone)]
 pub struct ScratchSpec {
     pub sizes: NewSdModel,
+    /// The training captions a learned tokenizer is made from (unused with CLIP's).
+    pub captions: Vec<String>,
     /// "epsilon" or "v_prediction".
     pub prediction_type: String,
     pub seed: u64,
@@ -72,12 +72,15 @@ impl ScratchSpec {
         })
     }
 
-    fn text_config(&self) -> serde_json::Value {
+    /// The text encoder for a vocabulary of `vocab_size` tokens, the last two the start and end
+    /// tokens (as in CLIP's).
+    fn text_config(&self, vocab_size: usize) -> serde_json::Value {
+        let vocab_size = vocab_size as i64;
         json!({
             "architectures": ["CLIPTextModel"],
             "attention_dropout": 0.0,
-            "bos_token_id": CLIP_BOS,
-            "eos_token_id": CLIP_EOS,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
             "hidden_act": "quick_gelu",
             "hidden_size": self.sizes.text_width,
             "initializer_factor": 1.0,
@@ -92,7 +95,7 @@ impl ScratchSpec {
             "projection_dim": self.sizes.text_width,
             "torch_dtype": "float32",
             "transformers_version": TRANSFORMERS_VERSION,
-            "vocab_size": CLIP_VOCAB,
+            "vocab_size": vocab_size,
         })
     }
 
@@ -142,6 +145,21 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ModelError> 
 
 /// Writes the new model at `out` (which must not exist): `vae_dir`'s VAE, fresh UNet and text
 /// encoder of `spec`'s sizes. The UNet's `sample_size` is `image_size` over the VAE's downscale.
+/// Writes the new model's tokenizer folder; returns its vocabulary's size.
+fn write_tokenizer(spec: &ScratchSpec, dir: &Path) -> Result<usize, ModelError> {
+    Ok(match spec.sizes.tokenizer {
+        NewTokenizer::Clip => ClipTokenizer::write_embedded(dir)?,
+        NewTokenizer::Learned if spec.captions.is_empty() => {
+            return Err(ModelError::Config(ConfigError::problem("model.new.tokenizer", "\"learned\" needs captions: the training images have none")));
+        }
+        NewTokenizer::Learned => {
+            let size = ClipTokenizer::write_learned(dir, &spec.captions, MAX_LEARNED_MERGES)?;
+            tracing::info!("learned a tokenizer of {size} tokens from {} captions", spec.captions.len());
+            size
+        }
+    })
+}
+
 /// Checks a run's `[diffusion]` against the schedule a new model of `spec` gets, before any stage
 /// trains (a model written at `out` would be refused by it later).
 pub fn check_schedule(spec: &ScratchSpec, out: &Path, d: &difforge_diffusion::DiffusionConfig) -> Result<(), ModelError> {
@@ -165,11 +183,11 @@ pub fn write_scratch_model(vae_dir: &Path, spec: &ScratchSpec, image_size: i64, 
         write_json(&configs.join("model_index.json"), &model_index())?;
         write_json(&configs.join("scheduler/scheduler_config.json"), &spec.scheduler_config())?;
         write_json(&configs.join("unet/config.json"), &spec.unet_config(vae.latent_channels, image_size / downscale))?;
-        write_json(&configs.join("text_encoder/config.json"), &spec.text_config())?;
+        let vocab_size = write_tokenizer(spec, &configs.join("tokenizer"))?;
+        write_json(&configs.join("text_encoder/config.json"), &spec.text_config(vocab_size))?;
         let vae_config = std::fs::read(vae_dir.join("config.json")).map_err(|e| ModelError::io(vae_dir.join("config.json"), e))?;
         std::fs::create_dir_all(configs.join("vae")).map_err(|e| ModelError::io(configs.join("vae"), e))?;
         std::fs::write(configs.join("vae/config.json"), vae_config).map_err(|e| ModelError::io(configs.join("vae/config.json"), e))?;
-        ClipTokenizer::write_embedded(&configs.join("tokenizer"))?;
         tch::manual_seed((difforge_core::derive_seed(spec.seed, difforge_core::Stream::Init, 0) >> 1) as i64);
         let networks = Networks::build(&configs, Device::Cpu)?;
         load_component(&networks.vae.vars, vae_dir, Part::Vae.stem(), None)?;

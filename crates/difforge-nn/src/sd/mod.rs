@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod autoencoder_kl;
+pub mod bpe_learn;
 pub mod clip_text;
 pub mod load;
 pub mod presets;

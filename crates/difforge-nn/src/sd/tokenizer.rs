@@ -23,6 +23,7 @@
 //! installed (curly quotes straightened, full-width forms and ligatures folded, control characters dropped); the fast
 //! pipeline, and this one, do not. The fixtures list the strings where the two differ.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,11 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior, Tokenizer,
+};
 
+use super::bpe_learn::learn_merges;
 use crate::NnError;
 
 /// Ids per prompt: the CLIP text encoder's 77 positions.
@@ -194,14 +198,38 @@ fn clip_pipeline(vocab: Vocab, merges: Vec<(String, String)>, unk: &str, vocab_s
         .build()
         .map_err(|e| invalid(merges_source, e))?;
     let mut tok = Tokenizer::new(bpe);
-    let replace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| invalid(vocab_source, e))?;
-    tok.with_normalizer(Some(NormalizerSequence::new(vec![NFC.into(), replace.into(), Lowercase.into()])));
-    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| invalid(vocab_source, e))?;
-    // ByteLevel(add_prefix_space=False) with transformers' defaults: offsets trimmed, GPT-2's own regex split kept (it
-    // changes nothing after CLIP's split, but it is what the fast tokenizer runs).
-    tok.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+    let (normalizer, pre_tokenizer) = clip_text_steps().map_err(|e| invalid(vocab_source, e))?;
+    tok.with_normalizer(Some(normalizer));
+    tok.with_pre_tokenizer(Some(pre_tokenizer));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(tok)
+}
+
+/// What CLIP does to a prompt before BPE: NFC, `\s+` → one space, lowercase; then CLIP's split
+/// pattern (matches kept, the rest dropped) and byte-level characters without a prefix space.
+fn clip_text_steps() -> Result<(NormalizerSequence, PreTokenizerSequence), String> {
+    let replace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| e.to_string())?;
+    let normalizer = NormalizerSequence::new(vec![NFC.into(), replace.into(), Lowercase.into()]);
+    let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| e.to_string())?;
+    // ByteLevel(add_prefix_space=False) with transformers' defaults: offsets trimmed, GPT-2's own regex split kept (it
+    // changes nothing after CLIP's split, but it is what the fast tokenizer runs).
+    Ok((normalizer, PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, true).into()])))
+}
+
+/// The words BPE sees in `texts` (in byte-level characters), with their counts.
+fn clip_words(texts: &[String]) -> Result<BTreeMap<String, u64>, String> {
+    let (normalizer, pre_tokenizer) = clip_text_steps()?;
+    let mut words = BTreeMap::new();
+    for text in texts {
+        let mut normalized = NormalizedString::from(text.as_str());
+        normalizer.normalize(&mut normalized).map_err(|e| e.to_string())?;
+        let mut pieces = PreTokenizedString::from(normalized);
+        pre_tokenizer.pre_tokenize(&mut pieces).map_err(|e| e.to_string())?;
+        for (word, _, _) in pieces.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(word.to_string()).or_default() += 1;
+        }
+    }
+    Ok(words)
 }
 
 /// The pipeline from a folder's `vocab.json` and `merges.txt`.
@@ -236,11 +264,58 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
 /// CLIP's vocabulary as its `SimpleTokenizer` (and transformers' `CLIPTokenizer`, whose vocab.json is this) builds it:
 /// the 256 byte characters, the same with `</w>`, each merge joined, then the start and end tokens: 49408 ids.
 fn clip_vocab(merges: &[(String, String)]) -> Vocab {
+    clip_vocab_in_order(merges).into_iter().zip(0u32..).collect()
+}
+
+/// [`clip_vocab`]'s tokens in id order. A token two merges make (possible with learnt merges, not in CLIP's) keeps
+/// its first id, so the ids stay contiguous.
+fn clip_vocab_in_order(merges: &[(String, String)]) -> Vec<String> {
     let bytes: Vec<String> = bytes_to_unicode().into_iter().map(|(_, c)| c.to_string()).collect();
     let words = bytes.iter().map(|c| format!("{c}{END_OF_WORD}"));
     let joined = merges.iter().map(|(a, b)| format!("{a}{b}"));
     let specials = ["<|startoftext|>", "<|endoftext|>"].map(String::from);
-    bytes.iter().cloned().chain(words).chain(joined).chain(specials).zip(0u32..).collect()
+    let mut seen = std::collections::HashSet::new();
+    bytes.iter().cloned().chain(words).chain(joined).chain(specials).filter(|t| seen.insert(t.clone())).collect()
+}
+
+/// Writes a transformers `CLIPTokenizer` folder for `merges` (whose text, header line included, is `merges_text`):
+/// their CLIP vocabulary in id order (the same bytes for the same merges), the start and end tokens, end-token padding
+/// (as SD 1.x). Returns the vocabulary's size.
+fn write_folder(dir: &Path, merges: &[(String, String)], merges_text: String) -> Result<usize, NnError> {
+    let vocab = clip_vocab_in_order(merges);
+    let entries: Vec<String> = vocab.iter().zip(0..).map(|(token, id)| format!("{}: {id}", Value::from(token.as_str()))).collect();
+    let vocab_json = format!("{{{}}}", entries.join(", "));
+    let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+    let (bos_id, eos_id) = (vocab.len() - 2, vocab.len() - 1);
+    let special = |content: &str| serde_json::json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false});
+    let special_map = serde_json::json!({"bos_token": special(bos), "eos_token": special(eos), "pad_token": eos, "unk_token": special(eos)});
+    let mut decoder = serde_json::Map::new();
+    for (id, content) in [(bos_id, bos), (eos_id, eos)] {
+        let mut token = special(content);
+        token["special"] = Value::Bool(true);
+        decoder.insert(id.to_string(), token);
+    }
+    let config = serde_json::json!({
+        "add_prefix_space": false,
+        "added_tokens_decoder": decoder,
+        "bos_token": bos,
+        "clean_up_tokenization_spaces": false,
+        "do_lower_case": true,
+        "eos_token": eos,
+        "errors": "replace",
+        "model_max_length": MAX_LENGTH,
+        "pad_token": eos,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": eos,
+    });
+    fs::create_dir_all(dir).map_err(|e| invalid(dir, e))?;
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    for (name, text) in
+        [("vocab.json", vocab_json), ("merges.txt", merges_text), ("special_tokens_map.json", pretty(&special_map)), ("tokenizer_config.json", pretty(&config))]
+    {
+        fs::write(dir.join(name), text).map_err(|e| invalid(&dir.join(name), e))?;
+    }
+    Ok(vocab.len())
 }
 
 /// The padding of [`ClipTokenizer::embedded`], which a folder would give in its special_tokens_map.json.
@@ -298,52 +373,26 @@ impl ClipTokenizer {
     /// (vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json; end-token
     /// padding, as SD 1.x), for a model made from scratch: transformers, diffusers and
     /// [`ClipTokenizer::load`] read it, and it gives the ids of [`ClipTokenizer::embedded`].
-    pub fn write_embedded(dir: &Path) -> Result<(), NnError> {
+    /// Returns the vocabulary's size.
+    pub fn write_embedded(dir: &Path) -> Result<usize, NnError> {
         let source = Path::new(EMBEDDED_SOURCE);
         let mut merges_text = String::new();
         GzDecoder::new(EMBEDDED_MERGES_GZ).read_to_string(&mut merges_text).map_err(|e| invalid(source, e))?;
-        let mut vocab: Vec<(String, u32)> = clip_vocab(&parse_merges(&merges_text, source)?).into_iter().collect();
-        vocab.sort_by_key(|(_, id)| *id);
-        // In id order, as CLIP's own vocab.json, so the same binary writes the same bytes.
-        let entries: Vec<String> = vocab.iter().map(|(token, id)| format!("{}: {id}", Value::from(token.as_str()))).collect();
-        let vocab_json = format!("{{{}}}", entries.join(", "));
-        let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
-        let id_of = |t: &str| vocab.iter().find(|(token, _)| token == t).map(|(_, id)| *id);
-        let (Some(bos_id), Some(eos_id)) = (id_of(bos), id_of(eos)) else {
-            return Err(invalid(source, "has no start or end token"));
-        };
-        let special = |content: &str| serde_json::json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false});
-        let special_map = serde_json::json!({"bos_token": special(bos), "eos_token": special(eos), "pad_token": eos, "unk_token": special(eos)});
-        let mut decoder = serde_json::Map::new();
-        for (id, content) in [(bos_id, bos), (eos_id, eos)] {
-            let mut token = special(content);
-            token["special"] = Value::Bool(true);
-            decoder.insert(id.to_string(), token);
+        write_folder(dir, &parse_merges(&merges_text, source)?, merges_text)
+    }
+
+    /// Writes a CLIP-form tokenizer folder (as [`ClipTokenizer::write_embedded`]) whose merges are learnt from
+    /// `texts` (a training set's captions) instead of CLIP's: pairs seen at least twice, at most `max_merges` of
+    /// them. Its vocabulary is CLIP's 512 byte tokens, the learnt merges and the start and end tokens, so frequent
+    /// caption words are one token each and any other text still tokenizes. Returns the vocabulary's size.
+    pub fn write_learned(dir: &Path, texts: &[String], max_merges: usize) -> Result<usize, NnError> {
+        let words = clip_words(texts).map_err(|e| NnError::Invalid(format!("cannot split the captions into words: {e}")))?;
+        let merges = learn_merges(&words, END_OF_WORD, 2, max_merges);
+        let mut merges_text = String::from("#version: 0.2\n");
+        for (a, b) in &merges {
+            merges_text.push_str(&format!("{a} {b}\n"));
         }
-        let config = serde_json::json!({
-            "add_prefix_space": false,
-            "added_tokens_decoder": decoder,
-            "bos_token": bos,
-            "clean_up_tokenization_spaces": false,
-            "do_lower_case": true,
-            "eos_token": eos,
-            "errors": "replace",
-            "model_max_length": MAX_LENGTH,
-            "pad_token": eos,
-            "tokenizer_class": "CLIPTokenizer",
-            "unk_token": eos,
-        });
-        fs::create_dir_all(dir).map_err(|e| invalid(dir, e))?;
-        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-        for (name, text) in [
-            ("vocab.json", vocab_json),
-            ("merges.txt", merges_text),
-            ("special_tokens_map.json", pretty(&special_map)),
-            ("tokenizer_config.json", pretty(&config)),
-        ] {
-            fs::write(dir.join(name), text).map_err(|e| invalid(&dir.join(name), e))?;
-        }
-        Ok(())
+        write_folder(dir, &merges, merges_text)
     }
 
     /// The special tokens registered and their ids found, for either pipeline; `source` names the vocabulary in errors.

@@ -126,6 +126,48 @@ fn embedded_matches_the_folder() {
     check(&bang, "embedded, pad !", &cases("pad_bang"));
 }
 
+/// The folder a model made from scratch gets: CLIP's files, read back as transformers reads them (the fixture folder's
+/// vocabulary and ids).
+#[test]
+fn the_written_clip_folder_is_clips() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(ClipTokenizer::write_embedded(dir.path()).unwrap(), 49408);
+    let written = ClipTokenizer::load(dir.path()).unwrap();
+    let folder = ClipTokenizer::load(fixture("clip-tokenizer")).unwrap();
+    assert_eq!(written.inner().get_vocab(true), folder.inner().get_vocab(true));
+    assert_eq!((written.bos_id(), written.eos_id(), written.pad_id()), (49406, 49407, 49407));
+    check(&written, "written", &cases("pad_end"));
+}
+
+/// A tokenizer learnt from a small caption set: each frequent caption word one token, start and end tokens last, the
+/// same bytes every time, and text it never saw still tokenized (down to bytes, never to the unknown token).
+#[test]
+fn a_tokenizer_learnt_from_captions_has_whole_word_tokens() {
+    let colours = ["red", "green", "blue"];
+    let kinds = ["circle", "square", "triangle"];
+    let captions: Vec<String> = colours.iter().flat_map(|c| kinds.iter().map(move |k| format!("a small {c} {k} at the top left, on white!"))).collect();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let size = ClipTokenizer::write_learned(a.path(), &captions, 10_000).unwrap();
+    assert_eq!(ClipTokenizer::write_learned(b.path(), &captions, 10_000).unwrap(), size);
+    for file in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"] {
+        assert_eq!(fs::read(a.path().join(file)).unwrap(), fs::read(b.path().join(file)).unwrap(), "{file}");
+    }
+    let tok = ClipTokenizer::load(a.path()).unwrap();
+    assert!((514..600).contains(&size), "512 byte tokens, the captions' merges, start and end: {size}");
+    assert_eq!((tok.bos_id() as usize, tok.eos_id() as usize, tok.pad_id() as usize), (size - 2, size - 1, size - 1));
+    for caption in &captions {
+        let t = tok.encode(caption).unwrap();
+        // a small red circle at the top left , on white ! : 12 words and marks, plus start and end.
+        assert_eq!(t.len, 14, "{caption}: {:?}", &t.ids[..t.len]);
+        assert_eq!(
+            tok.decode(&t.ids[1..t.len - 1].iter().map(|&i| i as u32).collect::<Vec<_>>()).unwrap().trim(),
+            caption.replace(',', " ,").replace('!', " !")
+        );
+    }
+    let unseen = tok.encode("a zebra").unwrap();
+    assert!(unseen.len > 4 && !unseen.ids[1..unseen.len - 1].contains(&(tok.eos_id() as i64)), "{:?}", unseen.ids);
+}
+
 #[test]
 fn truncation_reports_the_dropped_words() {
     let tok = ClipTokenizer::load(fixture("clip-tokenizer")).unwrap();

@@ -1,13 +1,13 @@
 //! A text-to-image model from scratch, stage by stage on a small synthetic shapes set: `vae
-//! train`, then `sd init` (the VAE with a fresh UNet and CLIP text encoder, CLIP's tokenizer
-//! written out), then the Stable Diffusion family trains every UNet and text-encoder weight and
+//! train`, then `sd init` (the VAE with a fresh UNet and CLIP text encoder, a CLIP-form tokenizer
+//! learnt from the captions), then the Stable Diffusion family trains every UNet and text-encoder weight and
 //! exports a diffusers folder that `sample` generates from and `data judge` scores from the
 //! prompts in the PNGs. One config with `[model.new]` runs the same stages into one run folder,
 //! to the same bytes, and a run killed in its VAE stage resumes there.
 
 use crate::common::{difforge, kill_mid_run};
 use crate::sd_finetune::train_and_check_resume;
-use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
+use difforge_nn::sd::tokenizer::ClipTokenizer;
 use std::path::Path;
 
 fn run_ok(args: &[&str]) -> String {
@@ -48,7 +48,7 @@ fn t2i_config(data: &Path, base: &Path) -> String {
 /// The same run on a new model whose VAE `vae_config` trains first (the sizes of `SMALL`).
 fn all_stages_config(data: &Path, vae_config: &Path) -> String {
     let model = format!("[model]\nfamily = \"stable-diffusion\"\ntrain_text_encoder = true\n[model.new]\nvae = \"{}\"\n", vae_config.display());
-    let sizes = "unet_channels = [16, 32]\nnorm_groups = 8\nunet_heads = 2\ntext_width = 32\nseed = 3\n";
+    let sizes = "unet_channels = [16, 32]\nnorm_groups = 8\nunet_heads = 2\ntext_width = 32\nseed = 3\ntokenizer = \"learned\"\n";
     data_section(data) + &model + sizes + T2I_REST
 }
 
@@ -56,8 +56,10 @@ fn data_section(data: &Path) -> String {
     format!("[data]\nsource = \"folder\"\npath = \"{}\"\nimage_size = 32\nchannels = 3\nval_fraction = 0.1\n", data.display())
 }
 
-/// `sd init`'s flags for the small networks of these tests.
-const SMALL: [&str; 10] = ["--unet-channels", "16,32", "--norm-groups", "8", "--unet-heads", "2", "--text-width", "32", "--seed", "3"];
+/// `sd init`'s flags for the small networks of these tests (a tokenizer learnt from the captions
+/// follows them).
+const SMALL: [&str; 12] =
+    ["--unet-channels", "16,32", "--norm-groups", "8", "--unet-heads", "2", "--text-width", "32", "--seed", "3", "--tokenizer", "learned"];
 
 const T2I_REST: &str = r#"
 [diffusion]
@@ -95,15 +97,20 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
 
     let vae_folder = vae_run.join("vae");
     let init = ["sd", "init", "--vae", s(&vae_folder), "--out", s(&base), "--image-size", "32"];
-    run_ok(&[&init[..], &SMALL[..]].concat());
+    run_ok(&[&init[..], &SMALL[..], &["--captions", s(&shapes)]].concat());
     let vae_weights = "vae/diffusion_pytorch_model.safetensors";
     assert!(std::fs::read(base.join(vae_weights)).unwrap() == std::fs::read(vae_run.join(vae_weights)).unwrap(), "the VAE is the trained one");
     // The tokenizer folder is CLIP's: the same ids as the built-in tokenizer.
     let caption = "a small red circle at the top left on a white background";
-    let written = ClipTokenizer::load(base.join("tokenizer")).unwrap().encode(caption).unwrap();
-    assert_eq!(written, ClipTokenizer::embedded(EmbeddedPad::EndToken).unwrap().encode(caption).unwrap());
+    // The tokenizer is learnt from the captions: every word of one is a token, and the text
+    // encoder's vocabulary is that small.
+    let written = ClipTokenizer::load(base.join("tokenizer")).unwrap();
+    assert_eq!(written.encode(caption).unwrap().len, 14, "12 words, start and end");
+    let text_config: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("text_encoder/config.json")).unwrap()).unwrap();
+    assert_eq!(text_config["vocab_size"].as_u64(), Some(u64::from(written.eos_id()) + 1));
+    assert!(written.eos_id() < 700, "{} tokens", written.eos_id() + 1);
     // Never written over, and sizes that cannot build are refused by flag.
-    let again = difforge().args([&init[..], &SMALL[..]].concat()).output().unwrap();
+    let again = difforge().args([&init[..], &SMALL[..], &["--captions", s(&shapes)]].concat()).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--out"));
     let other = dir.path().join("other");
     let bad = difforge().args(["sd", "init", "--vae", s(&vae_folder), "--out", s(&other), "--unet-channels", "20,40"]).output().unwrap();
