@@ -356,6 +356,7 @@ pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64
             weights: Weights::ema(opts.use_ema),
             max_batch: chunk,
             fixed_batch: true,
+            negatives: Vec::new(),
         };
         parts.push(generate(model, &spec)?);
         start += len;

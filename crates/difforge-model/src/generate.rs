@@ -22,12 +22,18 @@ pub struct GenerateSpec<'a> {
     /// fixed size makes each image independent of what it was batched with: the server relies
     /// on this to give the same bytes for the same request and seed.
     pub fixed_batch: bool,
+    /// What guidance steers each image away from (one per seed): a negative prompt, or
+    /// `Condition::Unconditional` for the family's null. Empty: the null for every image.
+    pub negatives: Vec<Condition>,
 }
 
 /// Images (N, C, H, W) on the CPU, clamped to [-1, 1].
 pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, ModelError> {
     if spec.conditions.len() != spec.seeds.len() {
         return Err(ModelError::Other(format!("{} conditions for {} seeds: one per image is needed", spec.conditions.len(), spec.seeds.len())));
+    }
+    if !spec.negatives.is_empty() && spec.negatives.len() != spec.seeds.len() {
+        return Err(ModelError::Other(format!("{} negatives for {} seeds: one per image (or none) is needed", spec.negatives.len(), spec.seeds.len())));
     }
     let shape = model.latent_shape();
     let denoiser = model.denoiser(spec.weights);
@@ -38,12 +44,20 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         let real = seeds.len();
         let mut seeds = seeds.to_vec();
         let mut conditions = spec.conditions[offset..offset + real].to_vec();
+        let mut negatives = spec.negatives.get(offset..offset + real).map(<[Condition]>::to_vec);
         if spec.fixed_batch {
             // Padding: copies of the first image, dropped below.
             seeds.resize(chunk, seeds[0]);
             conditions.resize(chunk, conditions[0].clone());
+            if let Some(n) = negatives.as_mut() {
+                n.resize(chunk, n[0].clone());
+            }
         }
-        let (cond, null) = model.encode(&conditions)?;
+        let (cond, mut null) = model.encode(&conditions)?;
+        if let (Some(negatives), Some(_)) = (&negatives, &null) {
+            // A negative is encoded as a condition; an unconditional one is the family's null.
+            null = Some(model.encode(negatives)?.0);
+        }
         let noise = NoiseSource::new(seeds, shape, model.device());
         let req =
             SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: spec.sampler, cond, null, noise: &noise };

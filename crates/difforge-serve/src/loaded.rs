@@ -3,7 +3,7 @@
 
 use crate::drift::Reference;
 use difforge_model::generate::classes_in_turn;
-use difforge_model::{checkpoint, generate, DiffusionModel, GenerateSpec, RunConfig, Weights};
+use difforge_model::{checkpoint, generate, ConditionKind, DiffusionModel, GenerateSpec, RunConfig, Weights};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -20,6 +20,11 @@ pub struct ModelInfo {
     pub image_size: i64,
     pub channels: i64,
     pub classes: Vec<String>,
+    /// What a request names: "text" (a `prompt`), "classes" (a `class`) or "nothing".
+    pub conditioning: &'static str,
+    /// The same, for checking requests.
+    #[serde(skip)]
+    pub kind: ConditionKind,
     pub defaults: difforge_diffusion::SamplerConfig,
     pub timesteps: usize,
     pub device: String,
@@ -83,9 +88,13 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
     let manifest = std::fs::read(dir.join(checkpoint::MANIFEST_FILE)).map_err(|e| e.to_string())?;
     let mut warm = cfg.sample.clone();
     warm.steps = 1;
-    let conditions = classes_in_turn(model.family().condition_kind(), 1);
-    let _warm_up = generate(&model, &GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false })
-        .map_err(|e| e.to_string())?;
+    let kind = model.family().condition_kind();
+    let conditions = classes_in_turn(kind, 1);
+    let _warm_up = generate(
+        &model,
+        &GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false, negatives: Vec::new() },
+    )
+    .map_err(|e| e.to_string())?;
     let info = ModelInfo {
         checkpoint: dir,
         adapter: adapter.map(|a| (a.path.clone(), a.scale)),
@@ -95,6 +104,12 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
         image_size: model.family().pixel_shape()[1],
         channels: model.family().pixel_shape()[0],
         classes: class_names(&model),
+        conditioning: match kind {
+            ConditionKind::Text => "text",
+            ConditionKind::Classes(_) => "classes",
+            ConditionKind::Nothing => "nothing",
+        },
+        kind,
         defaults: cfg.sample.clone(),
         timesteps: cfg.diffusion.timesteps,
         device: format!("{device:?}").to_lowercase(),

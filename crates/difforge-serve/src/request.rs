@@ -3,12 +3,17 @@
 
 use crate::config::ServeConfig;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
+use difforge_model::{Condition, ConditionKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
     pub class: Option<i64>,
+    /// What a text-conditioned model should draw.
+    pub prompt: Option<String>,
+    /// What guidance steers a text-conditioned model away from (default: the empty prompt).
+    pub negative_prompt: Option<String>,
     pub n: Option<usize>,
     pub steps: Option<usize>,
     pub sampler: Option<String>,
@@ -33,11 +38,18 @@ pub enum Format {
     Json,
 }
 
+/// Longest prompt accepted, in characters (CLIP reads 75 tokens of it; the rest is dropped with
+/// a warning in the server's log).
+pub const MAX_PROMPT_CHARS: usize = 2000;
+
 /// A validated request.
 #[derive(Debug, Clone)]
 pub struct Generate {
-    /// None: the null class (unconditional sample) or an unconditional model.
-    pub class: Option<i64>,
+    /// A class, a prompt, or `Unconditional` (the null class, the empty prompt or an
+    /// unconditional model).
+    pub condition: Condition,
+    /// A negative prompt (text models only).
+    pub negative: Option<String>,
     pub n: usize,
     pub sampler: SamplerConfig,
     pub seed: u64,
@@ -74,20 +86,21 @@ pub fn parse(bytes: &[u8]) -> Result<GenerateBody, FieldError> {
 
 pub struct Limits<'a> {
     pub serve: &'a ServeConfig,
-    pub num_classes: i64,
+    /// What the loaded model can be asked for.
+    pub kind: ConditionKind,
     pub defaults: &'a SamplerConfig,
     pub timesteps: usize,
 }
 
 pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<Generate, FieldError> {
     let s = limits.serve;
-    let class = match (body.class, limits.num_classes) {
+    let condition = condition(&body, limits.kind)?;
+    let negative = match (body.negative_prompt, limits.kind) {
         (None, _) => None,
-        (Some(_), 0) => return Err(FieldError::new("class", "this model is unconditional: omit `class`".into())),
-        (Some(c), k) if !(0..k).contains(&c) => {
-            return Err(FieldError::new("class", format!("{c} is out of range: expected 0..={} (or omit it for an unconditional sample)", k - 1)));
+        (Some(_), ConditionKind::Nothing | ConditionKind::Classes(_)) => {
+            return Err(FieldError::new("negative_prompt", "this model is not conditioned on text: omit `negative_prompt`".into()));
         }
-        (Some(c), _) => Some(c),
+        (Some(p), ConditionKind::Text) => Some(checked_prompt("negative_prompt", p)?),
     };
     let n = body.n.unwrap_or(1);
     if !(1..=s.max_images).contains(&n) {
@@ -122,7 +135,34 @@ pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<
         Some("json") => Format::Json,
         Some(other) => return Err(FieldError::new("format", format!("\"{other}\": expected \"png\" or \"json\""))),
     };
-    Ok(Generate { class, n, sampler, seed: body.seed.unwrap_or(fresh_seed), format })
+    Ok(Generate { condition, negative, n, sampler, seed: body.seed.unwrap_or(fresh_seed), format })
+}
+
+/// What the request asks the model for: a class of a class-conditional model, a prompt of a
+/// text model, or nothing.
+fn condition(body: &GenerateBody, kind: ConditionKind) -> Result<Condition, FieldError> {
+    match (body.class, &body.prompt, kind) {
+        (Some(_), Some(_), _) => Err(FieldError::new("prompt", "give `class` or `prompt`, not both".into())),
+        (None, None, _) => Ok(Condition::Unconditional),
+        (Some(_), None, ConditionKind::Nothing) => Err(FieldError::new("class", "this model is unconditional: omit `class`".into())),
+        (Some(_), None, ConditionKind::Text) => Err(FieldError::new("class", "this model is conditioned on text: give a `prompt` instead".into())),
+        (Some(c), None, ConditionKind::Classes(k)) if !(0..k).contains(&c) => {
+            Err(FieldError::new("class", format!("{c} is out of range: expected 0..={} (or omit it for an unconditional sample)", k - 1)))
+        }
+        (Some(c), None, ConditionKind::Classes(_)) => Ok(Condition::Class(c)),
+        (None, Some(_), ConditionKind::Nothing | ConditionKind::Classes(_)) => {
+            Err(FieldError::new("prompt", "this model is not conditioned on text: omit `prompt` (class-conditional models take `class`)".into()))
+        }
+        (None, Some(p), ConditionKind::Text) => Ok(Condition::Text(checked_prompt("prompt", p.clone())?)),
+    }
+}
+
+fn checked_prompt(field: &str, prompt: String) -> Result<String, FieldError> {
+    let chars = prompt.chars().count();
+    if chars > MAX_PROMPT_CHARS {
+        return Err(FieldError::new(field, format!("{chars} characters: expected at most {MAX_PROMPT_CHARS}")));
+    }
+    Ok(prompt)
 }
 
 #[cfg(test)]
@@ -130,7 +170,7 @@ mod tests {
     use super::*;
 
     fn limits<'a>(serve: &'a ServeConfig, defaults: &'a SamplerConfig) -> Limits<'a> {
-        Limits { serve, num_classes: 10, defaults, timesteps: 1000 }
+        Limits { serve, kind: ConditionKind::Classes(10), defaults, timesteps: 1000 }
     }
 
     #[test]
@@ -152,8 +192,24 @@ mod tests {
         assert_eq!(err(r#"{"guidance_rescale": 2}"#).field, "guidance_rescale");
         assert_eq!(err(r#"{"n": "three"}"#).field, "n");
         assert_eq!(err(r#"{"colour": 1}"#).field, "colour");
+        assert_eq!(err(r#"{"prompt": "a red circle"}"#).field, "prompt");
+        assert_eq!(err(r#"{"negative_prompt": "blue"}"#).field, "negative_prompt");
         let ok = validate(parse(br#"{"class": 3, "n": 2, "seed": 9, "steps": 5, "format": "json"}"#).unwrap(), &l, 1).unwrap();
-        assert_eq!((ok.class, ok.n, ok.seed, ok.sampler.steps, ok.format), (Some(3), 2, 9, 5, Format::Json));
+        assert_eq!((ok.condition, ok.n, ok.seed, ok.sampler.steps, ok.format), (Condition::Class(3), 2, 9, 5, Format::Json));
         assert_eq!(validate(GenerateBody::default(), &l, 77).unwrap().seed, 77);
+    }
+
+    #[test]
+    fn text_models_take_prompts() {
+        let (serve, defaults) = (ServeConfig::default(), SamplerConfig::default());
+        let l = Limits { serve: &serve, kind: ConditionKind::Text, defaults: &defaults, timesteps: 1000 };
+        let check = |json: &str| validate(parse(json.as_bytes()).unwrap(), &l, 1);
+        let ok = check(r#"{"prompt": "a red circle", "negative_prompt": "blurry"}"#).unwrap();
+        assert_eq!((ok.condition, ok.negative.as_deref()), (Condition::Text("a red circle".into()), Some("blurry")));
+        assert_eq!(check("{}").unwrap().condition, Condition::Unconditional, "the empty prompt");
+        assert_eq!(check(r#"{"class": 1}"#).unwrap_err().field, "class");
+        assert_eq!(check(r#"{"class": 1, "prompt": "x"}"#).unwrap_err().field, "prompt");
+        let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(MAX_PROMPT_CHARS + 1));
+        assert_eq!(check(&long).unwrap_err().field, "prompt");
     }
 }

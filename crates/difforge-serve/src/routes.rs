@@ -12,6 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use difforge_data::PlanarImages;
+use difforge_model::Condition;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,7 +143,7 @@ fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>, image::ImageError> {
     Ok(out)
 }
 
-fn encode(images: &Images, format: Format, seed: u64, class: Option<i64>) -> Result<Response, image::ImageError> {
+fn encode(images: &Images, format: Format, seed: u64, condition: &Condition) -> Result<Response, image::ImageError> {
     let planar = PlanarImages { data: &images.data, count: images.count, channels: images.channels, side: images.side };
     let seed_header = [("x-difforge-seed", seed.to_string())];
     match format {
@@ -153,7 +154,13 @@ fn encode(images: &Images, format: Format, seed: u64, class: Option<i64>) -> Res
         Format::Json => {
             let b64 = base64::engine::general_purpose::STANDARD;
             let pngs = (0..images.count).map(|i| png_bytes(&planar.image(i)).map(|b| b64.encode(b))).collect::<Result<Vec<_>, _>>()?;
-            Ok((seed_header, Json(json!({ "seed": seed, "class": class, "images": pngs }))).into_response())
+            let mut body = json!({ "seed": seed, "class": null, "images": pngs });
+            match condition {
+                Condition::Class(c) => body["class"] = json!(c),
+                Condition::Text(prompt) => body["prompt"] = json!(prompt),
+                Condition::Unconditional => {}
+            }
+            Ok((seed_header, Json(body)).into_response())
         }
     }
 }
@@ -163,17 +170,17 @@ pub async fn generate(State(app): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(b) => b,
         Err(e) => return field_error(e),
     };
-    let (num_classes, defaults, timesteps) = {
+    let (kind, defaults, timesteps) = {
         let info = app.shared.info.read().unwrap_or_else(|p| p.into_inner());
-        (info.classes.len() as i64, info.defaults.clone(), info.timesteps)
+        (info.kind, info.defaults.clone(), info.timesteps)
     };
-    let limits = Limits { serve: &app.config, num_classes, defaults: &defaults, timesteps };
+    let limits = Limits { serve: &app.config, kind, defaults: &defaults, timesteps };
     let fresh = app.seeds.fetch_add(0x9E37_79B9, Ordering::Relaxed);
     let req = match request::validate(body, &limits, fresh) {
         Ok(r) => r,
         Err(e) => return field_error(e),
     };
-    let (seed, format, class) = (req.seed, req.format, req.class);
+    let (seed, format, condition) = (req.seed, req.format, req.condition.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let timeout = Duration::from_millis(app.config.request_timeout_ms);
     let job = Job { request: req, enqueued: Instant::now(), deadline: Instant::now() + timeout, reply: tx };
@@ -194,11 +201,11 @@ pub async fn generate(State(app): State<Arc<AppState>>, body: Bytes) -> Response
         Err(_) | Ok(Ok(Err(JobError::TimedOut))) => {
             error(StatusCode::GATEWAY_TIMEOUT, None, format!("not answered within {} ms", app.config.request_timeout_ms))
         }
-        Ok(Ok(Err(JobError::Conflict(why)))) => error(StatusCode::CONFLICT, Some("class"), why),
+        Ok(Ok(Err(JobError::Conflict(field, why)))) => error(StatusCode::CONFLICT, Some(field), why),
         Ok(Ok(Err(JobError::Failed(why)))) => error(StatusCode::INTERNAL_SERVER_ERROR, None, why),
         Ok(Err(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, None, "generation failed"),
         Ok(Ok(Ok(images))) => {
-            let resp = tokio::task::spawn_blocking(move || encode(&images, format, seed, class)).await;
+            let resp = tokio::task::spawn_blocking(move || encode(&images, format, seed, &condition)).await;
             match resp {
                 Ok(Ok(r)) => r,
                 _ => error(StatusCode::INTERNAL_SERVER_ERROR, None, "encoding the images failed"),

@@ -8,7 +8,7 @@ use crate::drift::Rolling;
 use crate::loaded::{Loaded, ModelInfo};
 use crate::metrics::Metrics;
 use crate::request::Generate;
-use difforge_model::{generate, Condition, GenerateSpec, Weights};
+use difforge_model::{generate, Condition, ConditionKind, GenerateSpec, Weights};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -30,7 +30,8 @@ pub enum JobError {
     /// It waited past its deadline.
     TimedOut,
     /// The model was reloaded while it waited, and the new one cannot serve it (409).
-    Conflict(String),
+    /// The field the reloaded model cannot serve, and why.
+    Conflict(&'static str, String),
     /// The model failed on its batch (500).
     Failed(String),
 }
@@ -170,15 +171,16 @@ impl Worker {
             return jobs;
         }
         let kind = self.shared.model.lock().unwrap_or_else(|p| p.into_inner()).model.family().condition_kind();
-        let (ok, refused): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| kind.check("class", &j.request.class.map_or(Condition::Unconditional, Condition::Class)).is_ok());
+        let field = |r: &Generate| match (&r.condition, &r.negative) {
+            (Condition::Class(_), _) => "class",
+            (_, Some(_)) if kind != ConditionKind::Text => "negative_prompt",
+            _ => "prompt",
+        };
+        let servable = |r: &Generate| kind.check(field(r), &r.condition).is_ok() && (r.negative.is_none() || kind == ConditionKind::Text);
+        let (ok, refused): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| servable(&j.request));
         for j in refused {
-            let why = format!(
-                "the model was reloaded while this request waited, and the new one cannot serve it ({:?} classes: class {:?})",
-                kind.classes().unwrap_or(0),
-                j.request.class
-            );
-            let _ = j.reply.send(Err(JobError::Conflict(why)));
+            let why = format!("the model was reloaded while this request waited, and the new one cannot serve it ({:?})", j.request.condition);
+            let _ = j.reply.send(Err(JobError::Conflict(field(&j.request), why)));
         }
         ok
     }
@@ -186,12 +188,17 @@ impl Worker {
     fn compute(&self, jobs: &[Job]) -> Result<Vec<Images>, String> {
         let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
         let mut conditions = Vec::new();
+        let mut negatives = Vec::new();
         let mut seeds = Vec::new();
         for j in jobs {
             let r = &j.request;
-            let condition = r.class.map_or(Condition::Unconditional, Condition::Class);
-            conditions.extend(std::iter::repeat_n(condition, r.n));
+            conditions.extend(std::iter::repeat_n(r.condition.clone(), r.n));
+            let negative = r.negative.clone().map_or(Condition::Unconditional, Condition::Text);
+            negatives.extend(std::iter::repeat_n(negative, r.n));
             seeds.extend((0..r.n as u64).map(|k| r.seed.wrapping_add(k)));
+        }
+        if jobs.iter().all(|j| j.request.negative.is_none()) {
+            negatives.clear(); // the family's null for every image
         }
         let total = seeds.len();
         let start = Instant::now();
@@ -203,6 +210,7 @@ impl Worker {
             // Without batching every image runs alone: still a fixed size, so still repeatable.
             max_batch: if self.cfg.batching { self.cfg.max_batch } else { 1 },
             fixed_batch: true,
+            negatives,
         };
         let images = generate(&loaded.model, &spec).map_err(|e| e.to_string())?;
         if let Some(monitor) = &self.shared.feature_drift {
@@ -232,7 +240,11 @@ impl Worker {
         let mut offset = 0;
         for j in jobs {
             let n = j.request.n;
-            let label = j.request.class.map_or("none".to_string(), |c| c.to_string());
+            let label = match &j.request.condition {
+                Condition::Class(c) => c.to_string(),
+                Condition::Text(_) => "prompt".to_string(),
+                Condition::Unconditional => "none".to_string(),
+            };
             m.images_by_class.with_label_values(&[label.as_str()]).inc_by(n as u64);
             out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, side: s });
             offset += n;

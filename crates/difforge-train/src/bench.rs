@@ -175,10 +175,12 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
             weights: Weights::Ema,
             max_batch: opts.sample_batch,
             fixed_batch: false,
+            negatives: Vec::new(),
         };
         let _warm = generate(model, &spec)?;
     }
-    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: opts.sample_batch, fixed_batch: false };
+    let spec =
+        GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: opts.sample_batch, fixed_batch: false, negatives: Vec::new() };
     synchronize(dev);
     let start = Instant::now();
     let _images = generate(model, &spec)?;

@@ -25,7 +25,8 @@ fn with_a_fixed_batch_an_image_is_bit_identical_whatever_it_is_batched_with() {
     let sampler = SamplerConfig { steps: 4, ..Default::default() };
     let run = |classes: Vec<i64>, seeds: Vec<u64>| {
         let conditions = classes.into_iter().map(Condition::Class).collect();
-        generate(&model, &GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 4, fixed_batch: true }).unwrap()
+        generate(&model, &GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 4, fixed_batch: true, negatives: Vec::new() })
+            .unwrap()
     };
     let alone = run(vec![3], vec![5]);
     for (classes, seeds, at) in [(vec![1, 3, 7], vec![1, 5, 7], 1), (vec![7, 8, 9, 4, 3], vec![6, 7, 8, 9, 5], 4), (vec![3, 2], vec![5, 6], 0)] {
@@ -33,4 +34,30 @@ fn with_a_fixed_batch_an_image_is_bit_identical_whatever_it_is_batched_with() {
         let diff = (batch.get(at) - alone.get(0)).abs().max().double_value(&[]);
         assert_eq!(diff, 0.0, "the image differs by {diff} in another batch");
     }
+}
+
+/// The server passes negatives for a whole batch when any request in it has one; the others get
+/// `Unconditional`, which must be the family's own null, or their images would change.
+#[test]
+fn an_unconditional_negative_is_the_null_and_a_class_negative_steers() {
+    let model = random_model();
+    let sampler = SamplerConfig { steps: 4, guidance: 3.0, ..Default::default() };
+    let run = |negatives: Vec<Condition>| {
+        let spec = GenerateSpec {
+            conditions: vec![Condition::Class(3), Condition::Class(4)],
+            seeds: vec![5, 6],
+            sampler: &sampler,
+            weights: Weights::Ema,
+            max_batch: 4,
+            fixed_batch: true,
+            negatives,
+        };
+        generate(&model, &spec).unwrap()
+    };
+    let plain = run(Vec::new());
+    let null = run(vec![Condition::Unconditional; 2]);
+    assert_eq!((plain.shallow_clone() - null).abs().max().double_value(&[]), 0.0);
+    let steered = run(vec![Condition::Class(7), Condition::Unconditional]);
+    assert!((plain.get(0) - steered.get(0)).abs().max().double_value(&[]) > 1e-4, "a negative changes the image");
+    assert_eq!((plain.get(1) - steered.get(1)).abs().max().double_value(&[]), 0.0, "and only its own");
 }

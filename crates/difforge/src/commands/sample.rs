@@ -124,7 +124,15 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     let seeds = (0..n as u64).map(|i| args.sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::ema(!args.sampling.raw), max_batch: 256, fixed_batch: false };
+    let spec = GenerateSpec {
+        conditions,
+        seeds,
+        sampler: &sampler,
+        weights: Weights::ema(!args.sampling.raw),
+        max_batch: 256,
+        fixed_batch: false,
+        negatives: Vec::new(),
+    };
     let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();
     let columns = (n as f64).sqrt().ceil() as usize;

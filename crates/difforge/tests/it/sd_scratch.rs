@@ -7,6 +7,7 @@
 
 use crate::common::{difforge, kill_mid_run};
 use crate::sd_finetune::train_and_check_resume;
+use crate::serve::{call, start, KEY};
 use difforge_nn::sd::tokenizer::ClipTokenizer;
 use std::path::Path;
 
@@ -161,4 +162,29 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["judged"], 2, "both samples judged against the prompts in their PNGs: {report}");
     assert_eq!(report["report"]["overall"]["images"], 2, "{report}");
+
+    serve_prompts(dir.path(), &t2i, caption);
+}
+
+/// `difforge serve` on the trained run answers prompts (and negative prompts), refuses classes.
+fn serve_prompts(dir: &Path, run: &Path, caption: &str) {
+    let (config, keys) = (dir.join("serve.toml"), dir.join("keys.txt"));
+    std::fs::write(&config, "max_batch = 4\nmax_wait_ms = 20\n").unwrap();
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let server = start(run, &config, &keys);
+    let models = call("GET", &format!("{}/v1/models", server.base), Some(KEY), None).json();
+    assert_eq!(models["models"][0]["conditioning"], "text", "{models}");
+    let generate = |body: &str| call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(body));
+    let image = |extra: &str| {
+        let reply = generate(&format!(r#"{{"seed": 5, "steps": 3, "format": "json"{extra}}}"#));
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        reply.json()["images"][0].as_str().unwrap().to_string()
+    };
+    let asked = format!(r#", "prompt": "{caption}""#);
+    let first = image(&asked);
+    assert_eq!(first, image(&asked), "the same prompt and seed give the same bytes");
+    assert_ne!(first, image(r#", "prompt": "a large green square at the center on a black background""#), "the prompt matters");
+    assert_ne!(first, image(&format!(r#"{asked}, "negative_prompt": "a large green square""#)), "so does the negative prompt");
+    let refused = generate(r#"{"class": 1}"#);
+    assert_eq!((refused.status, refused.json()["error"]["field"].as_str()), (400, Some("class")));
 }

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Server {
@@ -19,7 +19,7 @@ impl Drop for Server {
     }
 }
 
-fn start(run: &Path, config: &Path, keys: &Path) -> Server {
+pub(crate) fn start(run: &Path, config: &Path, keys: &Path) -> Server {
     // Features of real images (the feature drift monitor) are cached beside the config.
     let cache = config.parent().unwrap_or(Path::new(".")).join("cache");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("difforge"))
@@ -40,14 +40,14 @@ fn start(run: &Path, config: &Path, keys: &Path) -> Server {
     Server { child, base }
 }
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
     fn header(&self, name: &str) -> Option<&str> {
@@ -55,7 +55,7 @@ impl Reply {
     }
 }
 
-fn call(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> Reply {
+pub(crate) fn call(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> Reply {
     let mut req = ureq::request(method, url).timeout(Duration::from_secs(120));
     if let Some(k) = key {
         req = req.set("Authorization", &format!("Bearer {k}"));
@@ -76,7 +76,7 @@ fn call(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> Reply
     Reply { status, headers, body: bytes }
 }
 
-const KEY: &str = "user-key-123";
+pub(crate) const KEY: &str = "user-key-123";
 const ADMIN: &str = "admin-key-456";
 
 fn setup(dir: &Path, queue: usize) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
