@@ -13,6 +13,32 @@ use tch::{Kind, Tensor};
 /// Anything that predicts the model target from (x_t, t, conditioning).
 pub trait Denoiser {
     fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor;
+
+    /// The same conditioning with the work every step would repeat on it done once (a network
+    /// with its own text encoder encodes the token ids here); None: use `cond` as it is.
+    fn prepare(&self, _cond: &Conditioning) -> Option<Conditioning> {
+        None
+    }
+}
+
+/// A sampling run's conditioning, prepared once: for the conditional prediction alone, and
+/// (with a null counterpart) conditional and null in one doubled batch.
+struct Prepared {
+    cond: Conditioning,
+    both: Option<Conditioning>,
+}
+
+impl Prepared {
+    fn new(model: &dyn Denoiser, req: &SampleRequest) -> Prepared {
+        let cond = model.prepare(&req.cond).unwrap_or_else(|| req.cond.shallow_clone());
+        // Prepared as the doubled batch the network sees, so each step computes what it did
+        // before preparation existed, to the bit.
+        let both = req.null.as_ref().map(|null| {
+            let both = Conditioning::cat(&[&req.cond, null]);
+            model.prepare(&both).unwrap_or(both)
+        });
+        Prepared { cond, both }
+    }
 }
 
 pub struct SampleRequest<'a> {
@@ -39,11 +65,11 @@ pub struct TrajectoryStep<'a> {
 /// The guided prediction at noise level `sigma`: conditional and null predictions in one doubled
 /// batch, combined (and rescaled when asked); or the conditional prediction alone when there is
 /// no null counterpart, the scale is 1, or `sigma` is outside the guidance interval.
-fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &SampleRequest) -> Tensor {
+fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &SampleRequest, prepared: &Prepared) -> Tensor {
     let s = req.sampler;
-    match &req.null {
-        Some(null) if (s.guidance - 1.0).abs() > 1e-12 && s.guides_at(sigma) => {
-            let out = model.predict(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), &Conditioning::cat(&[&req.cond, null]));
+    match &prepared.both {
+        Some(both) if (s.guidance - 1.0).abs() > 1e-12 && s.guides_at(sigma) => {
+            let out = model.predict(&Tensor::cat(&[x, x], 0), &Tensor::cat(&[t, t], 0), both);
             let parts = out.chunk(2, 0);
             let g = combine(&parts[0], &parts[1], s.guidance);
             if s.guidance_rescale > 0.0 {
@@ -52,7 +78,7 @@ fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &Sample
                 g
             }
         }
-        _ => model.predict(x, t, &req.cond),
+        _ => model.predict(x, t, &prepared.cond),
     }
 }
 
@@ -65,10 +91,11 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         let device = x.device();
         let n = req.noise.batch_size() as i64;
         let ts = s.timesteps().to_vec();
+        let prepared = Prepared::new(model, req);
         for (i, &t) in ts.iter().enumerate() {
             let (a, sg) = req.schedule.coefficients_at(t, device);
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
-            let out = guided(model, &x, &tt, req.schedule.sigma(t), req).to_kind(Kind::Float);
+            let out = guided(model, &x, &tt, req.schedule.sigma(t), req, &prepared).to_kind(Kind::Float);
             let (mut x0, mut eps) = req.prediction.split(&out, &x, &a, &sg);
             if req.sampler.clip_x0 {
                 x0 = x0.clamp(-1.0, 1.0);

@@ -186,6 +186,11 @@ impl DiffusionModel {
         tch::autocast(self.autocast(), || self.network(w).forward(x, t, cond, train)).to_kind(Kind::Float)
     }
 
+    /// `cond` prepared for many predictions in a row (see `DenoiserNet::prepare`).
+    pub fn prepare(&self, w: Weights, cond: &Conditioning) -> Option<Conditioning> {
+        tch::autocast(self.autocast(), || self.network(w).prepare(cond))
+    }
+
     /// The network that sampling uses.
     pub fn denoiser(&self, w: Weights) -> ModelDenoiser<'_> {
         ModelDenoiser { model: self, weights: w }
@@ -212,5 +217,9 @@ pub struct ModelDenoiser<'a> {
 impl Denoiser for ModelDenoiser<'_> {
     fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
         self.model.predict(self.weights, x, t, cond, false)
+    }
+
+    fn prepare(&self, cond: &Conditioning) -> Option<Conditioning> {
+        self.model.prepare(self.weights, cond)
     }
 }

@@ -13,6 +13,13 @@ pub trait DenoiserNet: Send + std::fmt::Debug {
     /// dropout on.
     fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Tensor;
 
+    /// `cond` with the work that every forward on it would repeat done once, for many forwards
+    /// in a row (sampling): a network with its own text encoder encodes token ids here. None:
+    /// nothing to do, pass `cond` as it is.
+    fn prepare(&self, _cond: &Conditioning) -> Option<Conditioning> {
+        None
+    }
+
     /// The prediction and the weights of every attention layer in forward order, for
     /// explanations; None for networks that do not expose them.
     fn forward_with_attention(&self, _x: &Tensor, _t: &Tensor, _cond: &Conditioning) -> Option<(Tensor, AttentionMaps)> {

@@ -42,11 +42,29 @@ pub struct SdTextUnet {
     pub clip_skip: usize,
 }
 
-impl DenoiserNet for SdTextUnet {
-    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, _train: bool) -> Tensor {
-        let Conditioning::Tokens(ids) = cond else { unreachable!("a UNet with its own text encoder is conditioned on token ids, got {cond:?}") };
+impl SdTextUnet {
+    /// The encoder's hidden states for token ids, as the UNet takes them.
+    fn encode(&self, ids: &Tensor) -> Conditioning {
         let out = self.text.forward(ids).expect("the family's tokenizer gives ids the encoder takes");
         let hidden = self.text.clip_skip(&out, self.clip_skip).expect("clip_skip is checked against the encoder at load");
-        predict(&self.unet, x, t, &Conditioning::Text(TextConditioning { hidden, mask: None, pooled: None, time_ids: None }))
+        Conditioning::Text(TextConditioning { hidden, mask: None, pooled: None, time_ids: None })
+    }
+}
+
+impl DenoiserNet for SdTextUnet {
+    /// Token ids (training: gradients reach the encoder), or the hidden states `prepare` made
+    /// from them (sampling: encoded once, not at every step).
+    fn forward(&self, x: &Tensor, t: &Tensor, cond: &Conditioning, _train: bool) -> Tensor {
+        match cond {
+            Conditioning::Tokens(ids) => predict(&self.unet, x, t, &self.encode(ids)),
+            prepared => predict(&self.unet, x, t, prepared),
+        }
+    }
+
+    fn prepare(&self, cond: &Conditioning) -> Option<Conditioning> {
+        match cond {
+            Conditioning::Tokens(ids) => Some(self.encode(ids)),
+            _ => None,
+        }
     }
 }
