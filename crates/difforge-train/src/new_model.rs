@@ -60,25 +60,27 @@ pub fn makes_new_model(config: &RunConfig) -> bool {
     new_section(config).is_some()
 }
 
-/// The new model's networks: `[model.new]`'s sizes, the run's prediction and seed.
+/// The new model's networks: `[model.new]`'s sizes, the run's prediction and seed (captions
+/// for a learned tokenizer are added when the model is written).
 fn scratch_spec(config: &RunConfig, new: &NewSdModel) -> Result<ScratchSpec, TrainError> {
     let prediction_type = match config.diffusion.prediction {
         Prediction::Epsilon => "epsilon",
         Prediction::V => "v_prediction",
         Prediction::X0 => return Err(ConfigError::new("diffusion.prediction", "\"x0\"", "\"epsilon\" or \"v\" for a [model.new] model").into()),
     };
-    let captions = match new.tokenizer {
-        NewTokenizer::Clip => Vec::new(),
-        NewTokenizer::Learned => training_captions(config)?,
-    };
-    Ok(ScratchSpec { sizes: new.clone(), captions, prediction_type: prediction_type.into(), seed: new.seed.unwrap_or(config.seed) })
+    Ok(ScratchSpec { sizes: new.clone(), captions: Vec::new(), prediction_type: prediction_type.into(), seed: new.seed.unwrap_or(config.seed) })
 }
 
-/// The captions of `[data]` that a learned tokenizer is made from (all of them: a vocabulary
-/// tells nothing about the validation images beyond their words).
-fn training_captions(config: &RunConfig) -> Result<Vec<String>, TrainError> {
-    let set = difforge_data::source::load(&config.data)?;
-    Ok(set.captions.into_iter().flatten().collect())
+/// Writes the new model at `base` around the VAE folder `vae`: a learned tokenizer is made from
+/// every caption of `[data]` (a vocabulary tells nothing about the validation images beyond
+/// their words).
+fn write_base(config: &RunConfig, mut spec: ScratchSpec, vae: &Path, base: &Path) -> Result<(), TrainError> {
+    if spec.sizes.tokenizer == NewTokenizer::Learned {
+        spec.captions = difforge_data::source::load(&config.data)?.captions.into_iter().flatten().collect();
+    }
+    scratch::write_scratch_model(vae, &spec, i64::from(config.data.image_size), base)?;
+    tracing::info!("wrote the new model {} (VAE from {})", base.display(), vae.display());
+    Ok(())
 }
 
 /// Runs (or, with `opts.resume`, continues) every stage of the `[model.new]` run in
@@ -98,11 +100,12 @@ pub fn train_new_model(config: Option<RunConfig>, mut opts: TrainOptions) -> Res
         None => RunConfig::load(Some(&stages_dir.join(STAGES_CONFIG)), &[])?,
     };
     let new = new_section(&config).ok_or_else(|| ConfigError::problem("model.new", "missing: this is not a run of a new model"))?.clone();
-    new.check_vae()?;
     let spec = scratch_spec(&config, &new)?;
     let base = stages_dir.join(BASE);
-    scratch::check_schedule(&spec, &base, &config.diffusion)?;
     if fresh {
+        // Everything checked before the first stage spends time.
+        new.check_vae()?;
+        scratch::check_schedule(&spec, &base, &config.diffusion)?;
         start_fresh(&run_dir, &stages_dir, &config, opts.overwrite)?;
     }
 
@@ -117,8 +120,7 @@ pub fn train_new_model(config: Option<RunConfig>, mut opts: TrainOptions) -> Res
     };
     if !base.join("model_index.json").is_file() {
         // Written whole or not at all, so a folder with its index is complete.
-        scratch::write_scratch_model(&vae, &spec, i64::from(config.data.image_size), &base)?;
-        tracing::info!("wrote the new model {} (VAE from {})", base.display(), vae.display());
+        write_base(&config, spec, &vae, &base)?;
     }
     let stages = NewModelStages { vae, vae_training, base: base.clone() };
 
@@ -130,7 +132,12 @@ pub fn train_new_model(config: Option<RunConfig>, mut opts: TrainOptions) -> Res
     }
     let has_checkpoint = !checkpoint::list(&run_dir)?.is_empty();
     if opts.resume && !has_checkpoint {
-        // Killed before the UNet's first checkpoint: that stage starts again.
+        // Killed before the UNet's first checkpoint: that stage starts again, with the [train]
+        // changes the resume asks for.
+        if let Some(bad) = opts.resume_sets.iter().find(|s| !s.trim_start().starts_with("train.")) {
+            return Err(ConfigError::new("--set", bad, "a [train] key: only those can change on --resume").into());
+        }
+        unet_config = RunConfig::from_toml(&unet_config.to_toml(), &opts.resume_sets, "the resumed run's config")?;
         (opts.resume, opts.overwrite) = (false, true);
         opts.resume_sets.clear();
     }
