@@ -36,6 +36,8 @@ pub struct RealImages {
     pub labels: Vec<i64>,
     pub ids: Vec<String>,
     pub class_names: Vec<String>,
+    /// Caption per image (None: it has none).
+    pub captions: Vec<Option<String>>,
     /// What these are, for reports: "digits (embedded), validation split".
     pub description: String,
 }
@@ -100,6 +102,7 @@ pub fn load_split(data: &DataConfig, seed: u64, choice: SplitChoice) -> Result<R
         labels: batch.labels.clone(),
         ids: indices.iter().map(|&i| set.ids[i].clone()).collect(),
         class_names: set.class_names.clone(),
+        captions: indices.iter().map(|&i| set.captions[i].clone()).collect(),
         description: format!("{}, {split_name}", describe(data)),
     })
 }

@@ -10,13 +10,14 @@ use crate::memorisation::{memorisation, Memorisation};
 use crate::metrics::frechet::{frechet_distance, Gaussian};
 use crate::metrics::kid::{kid, Kid, KidConfig};
 use crate::metrics::manifold::{manifold, Manifold};
+use crate::shape_judge::AdherenceReport;
 use crate::EvalError;
 use difforge_config::RunConfig;
 use difforge_core::Progress;
 use difforge_data::DataConfig;
 use difforge_diffusion::SamplerConfig;
 use difforge_model::generate::{classes_in_turn, generate};
-use difforge_model::{Condition, DiffusionModel, GenerateSpec, Weights};
+use difforge_model::{Condition, ConditionKind, DiffusionModel, GenerateSpec, Weights};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -107,9 +108,23 @@ pub struct EvalReport {
     pub real: RealInfo,
     pub metrics: Vec<FeatureMetrics>,
     pub classes: Option<ClassReport>,
+    /// For a text model: the prompts the samples were generated from, and how well they follow
+    /// them where a judge can tell.
+    pub prompts: Option<PromptReport>,
     pub memorisation: Memorisation,
     /// None when the samples were read from a folder.
     pub consistency: Option<Consistency>,
+}
+
+/// The prompts of a text model's samples: the captions of the real images, in turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptReport {
+    /// Where they come from: "captions of the 200 images of data/shapes, validation split".
+    pub source: String,
+    pub distinct: usize,
+    /// The shapes judge's scores (colour, kind, size, position, background; withheld combos
+    /// apart when the data folder has a shapes.json), when every prompt is a shapes caption.
+    pub adherence: Option<AdherenceReport>,
 }
 
 /// What the report shows besides the numbers, and how long each part took (kept out of the
@@ -169,12 +184,13 @@ pub fn evaluate(
     clock.laps.push(("load real images".to_string(), data.seconds));
     let (real, train) = (&data.real, &data.train);
 
-    let Samples { images: samples, asked, repeat } = obtain_samples(model, opts, train, &mut clock)?;
+    let prompts = prompts_of(model, real)?;
+    let Samples { images: samples, asked, repeat } = obtain_samples(model, opts, train, prompts.as_deref(), &mut clock)?;
     let n = samples.size()[0] as usize;
     let (metrics, cached, main_real) = feature_metrics_all(nets, cache, &real.images, &samples, opts, &mut clock)?;
     let consistency = match repeat {
         Some((repeated, identical)) => {
-            let per_set = fd_over_seed_sets(model, nets, &main_real, metrics[0].frechet_distance, asked.as_deref(), opts)?;
+            let per_set = fd_over_seed_sets(model, nets, &main_real, metrics[0].frechet_distance, asked.as_deref(), prompts.as_deref(), opts)?;
             clock.lap("consistency sample sets");
             Some(consistency(repeated, identical, per_set, opts.n))
         }
@@ -200,6 +216,11 @@ pub fn evaluate(
         (None, None) => None,
     };
     clock.lap("class accuracy");
+    let prompt_report = match &prompts {
+        Some(p) if opts.samples_dir.is_none() => Some(prompt_report(p, real, &samples, &opts.real_data)?),
+        _ => None,
+    };
+    clock.lap("prompt adherence");
     let memo = memorisation(&samples, &train.images, &train.ids, data.heldout.as_ref(), opts.memorisation_threshold, opts.show_pairs)?;
     clock.lap("memorisation");
 
@@ -218,6 +239,7 @@ pub fn evaluate(
         real: RealInfo { count: real.images.size()[0] as usize, dataset: real.description.clone() },
         metrics,
         classes,
+        prompts: prompt_report,
         memorisation: memo,
         consistency,
     };
@@ -241,8 +263,43 @@ struct Samples {
     repeat: Option<(usize, bool)>,
 }
 
+/// A text model's prompts: the real images' captions (in order; sample i gets caption i modulo
+/// their number), so the samples and the real images describe the same things. None for other
+/// models.
+pub(crate) fn prompts_of(model: &DiffusionModel, real: &RealImages) -> Result<Option<Vec<String>>, EvalError> {
+    if model.family().condition_kind() != ConditionKind::Text {
+        return Ok(None);
+    }
+    let captions: Vec<String> = real.captions.iter().flatten().filter(|c| !c.trim().is_empty()).cloned().collect();
+    if captions.is_empty() {
+        return Err(EvalError::Input(format!(
+            "the real images ({}) have no captions: a text model is evaluated on the captions of held-out images (caption sidecars or metadata.jsonl)",
+            real.description
+        )));
+    }
+    Ok(Some(captions))
+}
+
+/// The prompt section of the report: with the shapes judge when every prompt is a shapes
+/// caption (withheld combos from the data folder's shapes.json, if it has one).
+fn prompt_report(prompts: &[String], real: &RealImages, samples: &Tensor, data: &DataConfig) -> Result<PromptReport, EvalError> {
+    let distinct = prompts.iter().collect::<std::collections::BTreeSet<_>>().len();
+    let source = format!("captions of the {} images of {}", prompts.len(), real.description);
+    let judged = prompts.iter().all(|p| crate::shape_judge::parse_caption(p).is_some());
+    let adherence = if judged {
+        let manifest = data.path.as_ref().map(|d| d.join(difforge_data::synth::shapes::MANIFEST_FILE)).filter(|p| p.is_file());
+        let withheld = manifest.map(|m| difforge_data::synth::ShapesManifest::read(&m)).transpose()?.map(|m| m.withheld);
+        let images = crate::shape_judge::rgb_images(samples)?;
+        let items: Vec<(String, image::RgbImage)> = images.into_iter().enumerate().map(|(i, img)| (prompts[i % prompts.len()].clone(), img)).collect();
+        Some(crate::shape_judge::adherence(&items, withheld.as_deref()))
+    } else {
+        None
+    };
+    Ok(PromptReport { source, distinct, adherence })
+}
+
 /// Generates the samples, or reads them from `opts.samples_dir`.
-fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages, clock: &mut Clock) -> Result<Samples, EvalError> {
+fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages, prompts: Option<&[String]>, clock: &mut Clock) -> Result<Samples, EvalError> {
     if let Some(dir) = &opts.samples_dir {
         let cfg = model.config();
         let (images, asked) = read_samples(dir, &cfg.data, &train.class_names, cfg.seed)?;
@@ -250,10 +307,10 @@ fn obtain_samples(model: &DiffusionModel, opts: &EvalOptions, train: &RealImages
         return Ok(Samples { images, asked, repeat: None });
     }
     let asked = asked_classes(model, opts.n);
-    let samples = generate_set(model, opts, opts.seed, asked.as_deref(), Some("sampling"))?;
+    let samples = generate_set(model, opts, opts.seed, asked.as_deref(), prompts, Some("sampling"))?;
     clock.lap("generate samples");
     let repeat = opts.batch.min(opts.n);
-    let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), Some("repeat"))?;
+    let again = generate_set(model, &EvalOptions { n: repeat, ..opts.clone() }, opts.seed, asked.as_deref().map(|a| &a[..repeat]), prompts, Some("repeat"))?;
     let identical = again.equal(&samples.narrow(0, 0, repeat as i64));
     clock.lap("repeat samples (bit-identical check)");
     Ok(Samples { images: samples, asked, repeat: Some((repeat, identical)) })
@@ -292,13 +349,14 @@ fn fd_over_seed_sets(
     real: &Gaussian,
     first: f64,
     asked: Option<&[i64]>,
+    prompts: Option<&[String]>,
     opts: &EvalOptions,
 ) -> Result<Vec<(u64, f64)>, EvalError> {
     let main_net = nets.first().ok_or_else(|| EvalError::Input("no feature network".into()))?;
     let mut per_set = vec![(opts.seed, first)];
     for set in 1..opts.consistency_sets {
         let seed = opts.seed + (set * opts.n) as u64;
-        let images = generate_set(model, opts, seed, asked, Some(&format!("seed set {}", set + 1)))?;
+        let images = generate_set(model, opts, seed, asked, prompts, Some(&format!("seed set {}", set + 1)))?;
         let features = main_net.extract(&images, opts.feature_batch, |_| {})?;
         per_set.push((seed, frechet_distance(real, &Gaussian::fit(&features)?)?));
     }
@@ -337,11 +395,20 @@ pub(crate) fn asked_classes(model: &DiffusionModel, n: usize) -> Option<Vec<i64>
 }
 
 /// `opts.n` samples with seeds `seed ..`, generated `opts.batch` at a time (padded), for the
-/// classes `asked` (None: unconditional); `label` names the progress bar (None: quiet).
-pub(crate) fn generate_set(model: &DiffusionModel, opts: &EvalOptions, seed: u64, asked: Option<&[i64]>, label: Option<&str>) -> Result<Tensor, EvalError> {
-    let conditions: Vec<Condition> = match asked {
-        Some(a) => a.iter().map(|&c| Condition::Class(c)).collect(),
-        None => classes_in_turn(difforge_model::ConditionKind::Nothing, opts.n),
+/// classes `asked`, else the `prompts` in turn, else unconditional; `label` names the progress
+/// bar (None: quiet).
+pub(crate) fn generate_set(
+    model: &DiffusionModel,
+    opts: &EvalOptions,
+    seed: u64,
+    asked: Option<&[i64]>,
+    prompts: Option<&[String]>,
+    label: Option<&str>,
+) -> Result<Tensor, EvalError> {
+    let conditions: Vec<Condition> = match (asked, prompts) {
+        (Some(a), _) => a.iter().map(|&c| Condition::Class(c)).collect(),
+        (None, Some(p)) if !p.is_empty() => (0..opts.n).map(|i| Condition::Text(p[i % p.len()].clone())).collect(),
+        _ => classes_in_turn(ConditionKind::Nothing, opts.n),
     };
     let mut parts = Vec::new();
     let mut progress = label.map(|l| Progress::new(l, opts.n as u64, 0));

@@ -372,6 +372,18 @@ pub fn judge(img: &RgbImage) -> Judgement {
     judgement
 }
 
+/// Generated images (N, 3, H, W) in [-1, 1] as the 8-bit pixels their PNGs would hold.
+pub fn rgb_images(images: &tch::Tensor) -> Result<Vec<RgbImage>, tch::TchError> {
+    let (n, c, h, w) = images.size4()?;
+    if c != 3 {
+        return Err(tch::TchError::Shape(format!("the judge reads RGB images, got {c} channels")));
+    }
+    let pixels = ((images.to_kind(tch::Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(tch::Kind::Uint8).permute([0, 2, 3, 1]).contiguous();
+    let bytes = Vec::<u8>::try_from(pixels.view([-1]))?;
+    let per = (h * w * 3) as usize;
+    Ok((0..n as usize).filter_map(|i| RgbImage::from_raw(w as u32, h as u32, bytes[i * per..(i + 1) * per].to_vec())).collect())
+}
+
 /// An image file as RGB (alpha dropped, grey expanded), for judging.
 pub fn read_rgb(path: &std::path::Path) -> Result<RgbImage, crate::EvalError> {
     Ok(image::open(path).map_err(|e| crate::EvalError::read(path, e))?.to_rgb8())

@@ -5,7 +5,7 @@
 
 use crate::cache::FeatureCache;
 use crate::dataset::{load_split, SplitChoice};
-use crate::evaluate::{asked_classes, classes, generate_set, EvalOptions};
+use crate::evaluate::{asked_classes, classes, generate_set, prompts_of, EvalOptions};
 use crate::features::FeatureNet;
 use crate::metrics::frechet::{frechet_distance, Gaussian};
 use crate::metrics::kid::{kid, KidConfig};
@@ -29,6 +29,8 @@ struct Prepared {
     real: Vec<(Tensor, Gaussian)>,
     /// The dataset's class names (checked against the classifier's).
     class_names: Vec<String>,
+    /// A text model's prompts: the validation images' captions (see `prompts_of`).
+    prompts: Option<Vec<String>>,
     opts: EvalOptions,
 }
 
@@ -70,13 +72,14 @@ fn prepare(model: &DiffusionModel) -> Result<Prepared, EvalError> {
         classifier: t.eval_classifier.clone(),
         samples_dir: None,
     };
-    Ok(Prepared { nets, real: stats, class_names: real.class_names, opts })
+    let prompts = prompts_of(model, &real)?;
+    Ok(Prepared { nets, real: stats, class_names: real.class_names, prompts, opts })
 }
 
 impl Prepared {
     fn evaluate(&self, model: &DiffusionModel) -> Result<Vec<(String, f64)>, EvalError> {
         let asked = asked_classes(model, self.opts.n);
-        let samples = generate_set(model, &self.opts, self.opts.seed, asked.as_deref(), None)?;
+        let samples = generate_set(model, &self.opts, self.opts.seed, asked.as_deref(), self.prompts.as_deref(), None)?;
         let mut out = Vec::new();
         for (i, (net, (real_features, real_gaussian))) in self.nets.iter().zip(&self.real).enumerate() {
             let features = net.extract(&samples, self.opts.feature_batch, |_| {})?;

@@ -10,6 +10,7 @@ use difforge_eval::dataset::{resolve_dataset, SplitChoice};
 use difforge_eval::evaluate::{evaluate, EvalData, EvalExtras, EvalOptions, EvalReport};
 use difforge_eval::features::FeatureNet;
 use difforge_eval::metrics::kid::KidConfig;
+use difforge_eval::shape_judge::{AdherenceReport, ATTRIBUTES};
 use difforge_model::checkpoint;
 use std::path::{Path, PathBuf};
 
@@ -131,6 +132,17 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
     })
 }
 
+/// The shapes judge's scores of the samples against their prompts, withheld combos apart.
+fn print_adherence(a: &AdherenceReport) {
+    let groups = [("all", Some(&a.overall)), ("seen", a.seen.as_ref()), ("withheld", a.withheld.as_ref())];
+    for (name, group) in groups.into_iter().filter_map(|(n, g)| g.filter(|g| g.images > 0).map(|g| (n, g))) {
+        let named = ATTRIBUTES.iter().zip(group.attributes());
+        let scores: Vec<String> = named.filter_map(|(name, s)| s.accuracy().map(|acc| format!("{name} {:.1}%", 100.0 * acc))).collect();
+        let adherence = group.adherence().map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+        println!("    {name:<8} adherence {adherence} of {} samples; {}", group.images, scores.join(", "));
+    }
+}
+
 fn print_text(history: &[EvalReport], extras: &EvalExtras) {
     for report in history {
         let s = &report.samples;
@@ -157,6 +169,12 @@ fn print_text(history: &[EvalReport], extras: &EvalExtras) {
             let worst = c.per_class.iter().min_by(|a, b| a.f1.total_cmp(&b.f1));
             if let Some(w) = worst {
                 println!("    lowest F1: class {} (precision {:.3}, recall {:.3}, F1 {:.3})", w.class, w.precision, w.recall, w.f1);
+            }
+        }
+        if let Some(p) = &report.prompts {
+            println!("  prompts: {} ({} distinct)", p.source, p.distinct);
+            if let Some(a) = &p.adherence {
+                print_adherence(a);
             }
         }
         let m = &report.memorisation;

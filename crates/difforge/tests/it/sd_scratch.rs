@@ -163,7 +163,22 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
     assert_eq!(report["judged"], 2, "both samples judged against the prompts in their PNGs: {report}");
     assert_eq!(report["report"]["overall"]["images"], 2, "{report}");
 
+    evaluate_on_captions(&t2i);
     serve_prompts(dir.path(), &t2i, caption);
+}
+
+/// `difforge eval` on the text model generates from the real images' captions and scores the
+/// samples with the shapes judge besides the usual metrics.
+fn evaluate_on_captions(run: &Path) {
+    let small = ["--n", "16", "--batch", "8", "--consistency-sets", "1", "--kid-subsets", "2", "--kid-subset-size", "8", "--k", "3", "--steps", "3"];
+    let report = run_ok(&[&["eval", "--checkpoint", s(run), "--split", "all", "--json"][..], &small[..]].concat());
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let prompts = &report["prompts"];
+    assert!(prompts["source"].as_str().is_some_and(|s| s.starts_with("captions of the 48 images")), "{prompts}");
+    assert!(prompts["distinct"].as_u64().is_some_and(|d| d > 1), "{prompts}");
+    assert_eq!(prompts["adherence"]["overall"]["images"], 16, "{prompts}");
+    assert_eq!(report["consistency"]["same_seed_identical"], true, "{report}");
+    assert!(report["metrics"][0]["frechet_distance"].as_f64().is_some_and(f64::is_finite), "{report}");
 }
 
 /// `difforge serve` on the trained run answers prompts (and negative prompts), refuses classes.
