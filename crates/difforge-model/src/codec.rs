@@ -16,6 +16,9 @@ pub trait Codec: Send + Sync {
 
     /// The network-space shape (C, H, W) of one image of pixel shape `pixels`.
     fn latent_shape(&self, pixels: [i64; 3]) -> [i64; 3];
+
+    /// Whether the network's space is a latent one (not bounded to [-1, 1] as pixels are).
+    fn is_latent(&self) -> bool;
 }
 
 /// Pixel-space models: the network sees the pixels themselves.
@@ -36,5 +39,9 @@ impl Codec for Identity {
 
     fn latent_shape(&self, pixels: [i64; 3]) -> [i64; 3] {
         pixels
+    }
+
+    fn is_latent(&self) -> bool {
+        false
     }
 }

@@ -37,6 +37,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
     }
     let shape = model.latent_shape();
     let denoiser = model.denoiser(spec.weights);
+    let sampler = sampler_for(model, spec.sampler);
     let mut parts = Vec::new();
     let chunk = spec.max_batch.max(1);
     for (chunk_index, seeds) in spec.seeds.chunks(chunk).enumerate() {
@@ -59,8 +60,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
             null = Some(model.encode(negatives)?.0);
         }
         let noise = NoiseSource::new(seeds, shape, model.device());
-        let req =
-            SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: spec.sampler, cond, null, noise: &noise };
+        let req = SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: &sampler, cond, null, noise: &noise };
         let latents = sample(&denoiser, &req, None).narrow(0, 0, real as i64);
         parts.push(model.codec().decode(&latents).clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
@@ -68,6 +68,13 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         return Err(ModelError::Other("no images asked for".into()));
     }
     Ok(Tensor::cat(&parts, 0))
+}
+
+/// The sampler settings as they apply to `model`: `clip_x0` clamps a predicted clean *image* to
+/// [-1, 1], so a latent model (whose clean latents are not bounded so) never clamps, as
+/// diffusers' Stable Diffusion schedulers (`clip_sample = false`).
+pub fn sampler_for(model: &DiffusionModel, sampler: &SamplerConfig) -> SamplerConfig {
+    SamplerConfig { clip_x0: sampler.clip_x0 && !model.codec().is_latent(), ..sampler.clone() }
 }
 
 /// The conditions of a preview grid: `per_class` images of every class or preview prompt (row

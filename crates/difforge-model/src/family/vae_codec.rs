@@ -46,6 +46,10 @@ impl Codec for VaeCodec {
         "vae"
     }
 
+    fn is_latent(&self) -> bool {
+        true
+    }
+
     /// On the VAE's device (or from the cache); the latents come back on the pixels' device.
     fn encode(&self, pixels: &Tensor) -> Tensor {
         match &self.cache {

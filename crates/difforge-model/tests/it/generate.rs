@@ -61,3 +61,20 @@ fn an_unconditional_negative_is_the_null_and_a_class_negative_steers() {
     assert!((plain.get(0) - steered.get(0)).abs().max().double_value(&[]) > 1e-4, "a negative changes the image");
     assert_eq!((plain.get(1) - steered.get(1)).abs().max().double_value(&[]), 0.0, "and only its own");
 }
+
+/// `clip_x0` clamps a predicted clean image; a latent model's clean latents are not bounded to
+/// [-1, 1], so it never clamps them (clamping made the SD family's samples noisy).
+#[test]
+fn only_pixel_models_clamp_the_predicted_clean_image() {
+    let clamping = SamplerConfig { clip_x0: true, ..Default::default() };
+    assert!(difforge_model::generate::sampler_for(&random_model(), &clamping).clip_x0);
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/sd/tiny-sd15");
+    let text = format!(
+        "[data]\nsource = \"folder\"\npath = \"unused\"\nimage_size = 32\nchannels = 3\n[model]\nfamily = \"stable-diffusion\"\nbase = \"{}\"\n\
+         [diffusion]\nschedule = \"scaled_linear\"\nbeta_start = 0.00085\nbeta_end = 0.012\ntimesteps = 1000\nprediction = \"epsilon\"\n",
+        base.display()
+    );
+    let cfg = RunConfig::from_toml(&text, &[], "test").unwrap();
+    let sd = DiffusionModel::new(&cfg, tch::Device::Cpu).unwrap();
+    assert!(!difforge_model::generate::sampler_for(&sd, &clamping).clip_x0);
+}
