@@ -25,6 +25,8 @@ fn step_of(dir: &std::path::Path) -> u64 {
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let (model, sampler, dir) = super::sample::load(&args.sampling)?;
+    // As generation applies them: a latent model never clamps its predicted clean latents.
+    let sampler = difforge_model::generate::sampler_for(&model, &sampler);
     let condition = args.class.map_or(Condition::Unconditional, Condition::Class);
     model.family().condition_kind().check("--class", &condition)?;
     if !(1..=64).contains(&args.n) {
