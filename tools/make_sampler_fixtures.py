@@ -1,10 +1,10 @@
-"""Step-by-step references from diffusers' Euler, Euler ancestral and PNDM schedulers with Stable
-Diffusion's settings, for crates/difforge-diffusion/tests/sampler_parity.rs.
+"""Step-by-step references from diffusers' Euler, Euler ancestral, PNDM and DPM-Solver++
+multistep schedulers with Stable Diffusion's settings, for crates/difforge-diffusion/tests/sampler_parity.rs.
 
 Each case runs its steps (10 but for two PNDM cases) on a (1, 4, 8, 8) latent with fixed random
 model outputs and records, per step, the scheduler's input sample, the model output, the noise it
 drew (Euler ancestral) and its output, all in diffusers' own space (sigma space for the Euler
-schedulers: x0 + sigma * eps; PNDM's is difforge's x_t).
+schedulers: x0 + sigma * eps; PNDM's and DPM-Solver's is difforge's x_t).
 
 Run with the SD tools environment (diffusers 0.35.2):
     PYTHONPATH=~/.cache/difforge/sd-tools ~/.cache/difforge/torch-2.11.0/bin/python tools/make_sampler_fixtures.py
@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import diffusers
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
-from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler
+from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "difforge-diffusion", "tests", "fixtures", "sd_samplers.safetensors")
 SHAPE = (1, 4, 8, 8)
@@ -38,6 +38,13 @@ CASES = [
     # 1000 / 7 is no integer: PNDM steps to t - 1000 // 7, not to the next timestep.
     ("pndm_trailing7_eps", PNDMScheduler, 7, "trailing", 0, "epsilon", PNDM),
     ("pndm_linspace2_eps", PNDMScheduler, 2, "linspace", 0, "epsilon", PNDM),
+    # DPM-Solver++(2M) with diffusers' defaults; 25 steps is past its short-schedule threshold (15).
+    ("dpm_leading_eps", DPMSolverMultistepScheduler, 10, "leading", 1, "epsilon", {}),
+    ("dpm_leading25_eps", DPMSolverMultistepScheduler, 25, "leading", 1, "epsilon", {}),
+    ("dpm_linspace_v", DPMSolverMultistepScheduler, 10, "linspace", 0, "v_prediction", {}),
+    ("dpm_trailing_v_zsnr", DPMSolverMultistepScheduler, 10, "trailing", 0, "v_prediction", dict(rescale_betas_zero_snr=True)),
+    ("dpm_karras_eps", DPMSolverMultistepScheduler, 20, "leading", 1, "epsilon", dict(use_karras_sigmas=True)),
+    ("dpm_karras_v", DPMSolverMultistepScheduler, 10, "leading", 1, "v_prediction", dict(use_karras_sigmas=True)),
 ]
 
 # Every noise tensor the ancestral scheduler draws, in order.

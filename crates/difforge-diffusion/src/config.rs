@@ -127,7 +127,7 @@ difforge_core::choice! {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplerConfig {
-    /// A sampler of the registry by name: "ddim", "ddpm", "dpm++2m", "euler", "euler-a" or "pndm".
+    /// A sampler of the registry by name: "ddim", "ddpm", "dpm++2m", "dpm++2m-karras", "euler", "euler-a" or "pndm".
     pub sampler: SamplerKind,
     /// Number of denoising steps.
     pub steps: usize,

@@ -93,7 +93,7 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         let ts = s.timesteps().to_vec();
         let prepared = Prepared::new(model, req);
         for (i, &t) in ts.iter().enumerate() {
-            let (a, sg) = req.schedule.coefficients_at(t, device);
+            let (a, sg) = sampler::output_coefficients(s.as_ref(), req.schedule, i, device);
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
             let out = guided(model, &x, &tt, req.schedule.sigma(t), req, &prepared).to_kind(Kind::Float);
             let (mut x0, mut eps) = req.prediction.split(&out, &x, &a, &sg);

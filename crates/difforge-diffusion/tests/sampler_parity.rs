@@ -1,5 +1,6 @@
-//! The Euler, Euler ancestral and PNDM samplers against diffusers 0.35.2's EulerDiscreteScheduler,
-//! EulerAncestralDiscreteScheduler and PNDMScheduler (skip_prk_steps), step by step, with Stable
+//! The Euler, Euler ancestral, PNDM and DPM-Solver++(2M) samplers against diffusers 0.35.2's
+//! EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler (skip_prk_steps) and
+//! DPMSolverMultistepScheduler (also with Karras sigmas), step by step, with Stable
 //! Diffusion's betas (fixture made by tools/make_sampler_fixtures.py). diffusers' Euler
 //! schedulers work in sigma space (x0 + sigma * eps), the samplers in variance-preserving space
 //! (x_t = x_sigma / sqrt(sigma^2 + 1)); diffusers in float32, the test in float64, hence the 1e-5
@@ -7,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use difforge_diffusion::sampler::{build, Sampler};
+use difforge_diffusion::sampler::{build, output_coefficients, Sampler};
 use difforge_diffusion::{NoiseSchedule, Prediction, SamplerConfig, SamplerKind, ScheduleKind, Spacing};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ const fn pndm(name: &'static str, steps: usize, spacing: Spacing, offset: usize)
     Case { name, sampler: "pndm", steps, spacing, offset, prediction: Prediction::Epsilon, zero_snr: false }
 }
 
+const fn dpm(name: &'static str, sampler: &'static str, steps: usize, spacing: Spacing, offset: usize, prediction: Prediction, zero_snr: bool) -> Case {
+    Case { name, sampler, steps, spacing, offset, prediction, zero_snr }
+}
+
 /// The cases of tools/make_sampler_fixtures.py.
 const CASES: &[Case] = &[
     case("euler_leading_eps", "euler", Spacing::Leading, 1, Prediction::Epsilon, false),
@@ -45,6 +50,12 @@ const CASES: &[Case] = &[
     pndm("pndm_leading_eps", 10, Spacing::Leading, 1),
     pndm("pndm_trailing7_eps", 7, Spacing::Trailing, 0),
     pndm("pndm_linspace2_eps", 2, Spacing::Linspace, 0),
+    dpm("dpm_leading_eps", "dpm++2m", 10, Spacing::Leading, 1, Prediction::Epsilon, false),
+    dpm("dpm_leading25_eps", "dpm++2m", 25, Spacing::Leading, 1, Prediction::Epsilon, false),
+    dpm("dpm_linspace_v", "dpm++2m", 10, Spacing::Linspace, 0, Prediction::V, false),
+    dpm("dpm_trailing_v_zsnr", "dpm++2m", 10, Spacing::Trailing, 0, Prediction::V, true),
+    dpm("dpm_karras_eps", "dpm++2m-karras", 20, Spacing::Leading, 1, Prediction::Epsilon, false),
+    dpm("dpm_karras_v", "dpm++2m-karras", 10, Spacing::Leading, 1, Prediction::V, false),
 ];
 
 fn fixtures() -> HashMap<String, Tensor> {
@@ -101,7 +112,6 @@ fn sigma_pairs(c: &Case, schedule: &NoiseSchedule, ts: &[usize], refs: &HashMap<
 /// One step's references: diffusers' input sample, the model output and the noise it drew.
 struct StepRefs {
     i: usize,
-    t: usize,
     /// The Euler samplers' (sigma, next sigma).
     sigmas: Option<(f64, f64)>,
     sample: Tensor,
@@ -121,7 +131,8 @@ fn step(c: &Case, schedule: &NoiseSchedule, s: &mut dyn Sampler, r: &StepRefs) -
             (scale, next_scale, Tensor::from(1.0 / scale), Tensor::from(sigma / scale))
         }
         None => {
-            let (a, sd) = schedule.coefficients_at(r.t, tch::Device::Cpu);
+            // As the sampling loop reads the output: at the sampler's own noise level if it has one.
+            let (a, sd) = output_coefficients(s, schedule, r.i, tch::Device::Cpu);
             (1.0, 1.0, a, sd)
         }
     };
@@ -157,7 +168,7 @@ fn check(c: &Case, refs: &HashMap<String, Tensor>) -> f64 {
     for (i, &t) in ts.iter().enumerate() {
         let (sample, out) = (r("samples").get(i as i64), r("model_outputs").get(i as i64));
         let noise = stochastic.then(|| r("noise").get(i as i64));
-        let refs = StepRefs { i, t, sigmas: sigmas.as_ref().map(|s| s[i]), sample, out, noise };
+        let refs = StepRefs { i, sigmas: sigmas.as_ref().map(|s| s[i]), sample, out, noise };
         let (got, draws) = step(c, &schedule, s.as_mut(), &refs);
         // Euler ancestral's last step (to sigma 0) needs no noise; diffusers draws it unused.
         assert_eq!(draws, usize::from(stochastic && i + 1 < ts.len()), "{} step {i}: noise draws", c.name);
@@ -171,7 +182,7 @@ fn check(c: &Case, refs: &HashMap<String, Tensor>) -> f64 {
 }
 
 #[test]
-fn euler_and_pndm_samplers_match_diffusers_step_by_step() {
+fn euler_pndm_and_dpm_samplers_match_diffusers_step_by_step() {
     let refs = fixtures();
     let mut worst: HashMap<&str, f64> = HashMap::new();
     for c in CASES {

@@ -39,7 +39,7 @@ pub struct SamplerInfo {
 }
 
 /// Every sampler difforge has, in the order they are listed to users.
-pub static REGISTRY: &[SamplerInfo] = &[ddim::INFO, ddpm::INFO, dpmpp_2m::INFO, euler::INFO, euler_ancestral::INFO, pndm::INFO];
+pub static REGISTRY: &[SamplerInfo] = &[ddim::INFO, ddpm::INFO, dpmpp_2m::INFO, dpmpp_2m::INFO_KARRAS, euler::INFO, euler_ancestral::INFO, pndm::INFO];
 
 /// A sampler chosen by name (an entry of [`REGISTRY`]).
 #[derive(Clone, Copy)]
@@ -133,7 +133,23 @@ pub trait Sampler {
     /// Moves `x` from `timesteps()[i]` to the next timestep (or to t = 0 after the last), given
     /// the model's estimates of the clean image and of the noise. `noise` yields fresh Gaussian
     /// noise shaped like `x`, for samplers that add some.
+    /// The alpha_bar the model's output at step `i` is read with (into x0 and eps): None for the
+    /// schedule's own at `timesteps()[i]`; a sampler whose noise levels are its own (Karras
+    /// sigmas, a floored zero-terminal-SNR start) says which.
+    fn alpha_bar(&self, _i: usize) -> Option<f64> {
+        None
+    }
+
     fn step(&mut self, i: usize, x: &Tensor, x0: &Tensor, eps: &Tensor, noise: &mut dyn FnMut() -> Tensor) -> Tensor;
+}
+
+/// The coefficients (sqrt(alpha_bar), sqrt(1 - alpha_bar)) the model's output at step `i` of
+/// `sampler` is read with, as 0-d float64 tensors.
+pub fn output_coefficients(sampler: &dyn Sampler, schedule: &NoiseSchedule, i: usize, device: tch::Device) -> (Tensor, Tensor) {
+    match sampler.alpha_bar(i) {
+        Some(ab) => (Tensor::from(ab.sqrt()).to_device(device), Tensor::from((1.0 - ab).sqrt()).to_device(device)),
+        None => schedule.coefficients_at(sampler.timesteps()[i], device),
+    }
 }
 
 /// Descending sampling timesteps, as diffusers' `timestep_spacing` (and `steps_offset` for
@@ -216,14 +232,14 @@ mod tests {
 
     #[test]
     fn names_and_aliases_come_from_the_registry() {
-        assert_eq!(SamplerKind::names(), vec!["ddim", "ddpm", "dpm++2m", "euler", "euler-a", "pndm"]);
+        assert_eq!(SamplerKind::names(), vec!["ddim", "ddpm", "dpm++2m", "dpm++2m-karras", "euler", "euler-a", "pndm"]);
         assert_eq!(SamplerKind::parse("dpmpp2m").map(SamplerKind::name), Some("dpm++2m"));
         for alias in ["euler_a", "euler-ancestral"] {
             assert_eq!(SamplerKind::parse(alias).map(SamplerKind::name), Some("euler-a"));
         }
         assert_eq!(SamplerKind::parse("plms").map(SamplerKind::name), Some("pndm"));
         let err = "heun".parse::<SamplerKind>().unwrap_err();
-        assert_eq!(err, "\"heun\": expected \"ddim\", \"ddpm\", \"dpm++2m\", \"euler\", \"euler-a\" or \"pndm\"");
+        assert_eq!(err, "\"heun\": expected \"ddim\", \"ddpm\", \"dpm++2m\", \"dpm++2m-karras\", \"euler\", \"euler-a\" or \"pndm\"");
         let json = serde_json::to_string(&SamplerKind::ddim()).unwrap();
         assert_eq!(json, "\"ddim\"");
     }

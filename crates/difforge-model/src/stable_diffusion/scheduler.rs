@@ -33,6 +33,12 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: bool,
     #[serde(default)]
     pub trained_betas: Option<serde_json::Value>,
+    /// DPMSolverMultistepScheduler's Karras noise levels.
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
+    /// DPMSolverMultistepScheduler's variant; difforge has "dpmsolver++" of order 2.
+    pub algorithm_type: Option<String>,
+    pub solver_order: Option<usize>,
 }
 
 fn default_train_timesteps() -> usize {
@@ -90,6 +96,9 @@ impl SchedulerConfig {
             clip_sample: Some(false),
             rescale_betas_zero_snr: false,
             trained_betas: None,
+            use_karras_sigmas: false,
+            algorithm_type: None,
+            solver_order: None,
         }
     }
 
@@ -130,8 +139,8 @@ impl SchedulerConfig {
             "linspace" => Spacing::Linspace,
             other => return Err(invalid(path, "timestep_spacing", other, "\"leading\", \"trailing\" or \"linspace\"")),
         };
-        let (name, substitute) = sampler_for(&self.class_name);
-        let substitute = substitute.or_else(|| inexact(name, spacing, prediction));
+        let (name, substitute) = sampler_for(&self.class_name, self.use_karras_sigmas);
+        let substitute = substitute.or_else(|| inexact(name, spacing, prediction)).or_else(|| self.other_dpm_solver(name));
         let sampler = SamplerConfig {
             sampler: SamplerKind::parse(name).unwrap_or_else(SamplerKind::ddim),
             spacing,
@@ -144,13 +153,23 @@ impl SchedulerConfig {
         };
         Ok(Scheduling { schedule, prediction, sampler, substitute })
     }
+
+    /// A note when the folder asks for a DPM-Solver other than difforge's (SDE, first or third
+    /// order), which then stands in.
+    fn other_dpm_solver(&self, sampler: &str) -> Option<String> {
+        let algorithm = self.algorithm_type.as_deref().unwrap_or("dpmsolver++");
+        let order = self.solver_order.unwrap_or(2);
+        (sampler.starts_with("dpm++2m") && (algorithm != "dpmsolver++" || order != 2))
+            .then(|| format!("the folder's DPM-Solver is {algorithm} of order {order}; difforge's DPM-Solver++ of order 2 stands in"))
+    }
 }
 
 /// difforge's sampler for a diffusers scheduler class, and a note when it only stands in.
-fn sampler_for(class: &str) -> (&'static str, Option<String>) {
+fn sampler_for(class: &str, karras: bool) -> (&'static str, Option<String>) {
     match class {
         "DDIMScheduler" => ("ddim", None),
         "DDPMScheduler" => ("ddpm", None),
+        "DPMSolverMultistepScheduler" if karras => ("dpm++2m-karras", None),
         "DPMSolverMultistepScheduler" => ("dpm++2m", None),
         "EulerDiscreteScheduler" => ("euler", None),
         "EulerAncestralDiscreteScheduler" => ("euler-a", None),
@@ -194,5 +213,20 @@ mod tests {
         assert!(scheduling("EulerDiscreteScheduler", "linspace", "epsilon").substitute.is_some_and(|n| n.contains("fractional")));
         assert!(scheduling("PNDMScheduler", "leading", "v_prediction").substitute.is_some_and(|n| n.contains("v-predictions")));
         assert!(scheduling("LMSDiscreteScheduler", "leading", "epsilon").substitute.is_some_and(|n| n.contains("DDIM")));
+    }
+
+    #[test]
+    fn dpm_solver_configs_choose_karras_or_say_what_stands_in() {
+        let dpm = |extra: &str| {
+            let json = format!(r#"{{"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "scaled_linear"{extra}}}"#);
+            serde_json::from_str::<SchedulerConfig>(&json).unwrap().scheduling(Path::new("scheduler_config.json")).unwrap()
+        };
+        let plain = dpm("");
+        assert_eq!((plain.sampler.sampler.name(), plain.substitute), ("dpm++2m", None));
+        let karras = dpm(r#", "use_karras_sigmas": true, "algorithm_type": "dpmsolver++", "solver_order": 2"#);
+        assert_eq!((karras.sampler.sampler.name(), karras.substitute), ("dpm++2m-karras", None));
+        let sde = dpm(r#", "algorithm_type": "sde-dpmsolver++""#);
+        assert!(sde.substitute.is_some_and(|n| n.contains("sde-dpmsolver++ of order 2")));
+        assert!(dpm(r#", "solver_order": 3"#).substitute.is_some_and(|n| n.contains("order 3")));
     }
 }
