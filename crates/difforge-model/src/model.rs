@@ -87,6 +87,14 @@ impl DiffusionModel {
         Ok(DiffusionModel { config: config.clone(), family, device, vs, net, ema_vs, ema, schedule: NoiseSchedule::from_config(&config.diffusion), codec })
     }
 
+    /// A model that only generates (a published folder served as it is): its EMA weights are
+    /// its weights, held once.
+    pub fn for_generation(config: &RunConfig, device: Device) -> Result<DiffusionModel, ModelError> {
+        let model = DiffusionModel::new(config, device)?;
+        share_frozen(&model.vs, &model.ema_vs, |_| false);
+        Ok(model)
+    }
+
     pub fn config(&self) -> &RunConfig {
         &self.config
     }

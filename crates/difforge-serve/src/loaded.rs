@@ -3,6 +3,7 @@
 
 use crate::drift::Reference;
 use difforge_model::generate::classes_in_turn;
+use difforge_model::stable_diffusion::is_diffusers_folder;
 use difforge_model::{checkpoint, generate, ConditionKind, DiffusionModel, GenerateSpec, RunConfig, Weights};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -72,9 +73,12 @@ pub struct AdapterChoice {
 }
 
 /// Loads and verifies a checkpoint (or a run folder's best/newest), with an optional LoRA
-/// adapter, then warms it up with one small generation so the first request does not pay for
-/// lazy initialisation.
+/// adapter, or a published diffusers Stable Diffusion folder as it is; then warms it up with one
+/// small generation so the first request does not pay for lazy initialisation.
 pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
+    if is_diffusers_folder(path) {
+        return load_published(path, adapter, device);
+    }
     let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
     let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
     let model = match adapter {
@@ -84,26 +88,59 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
             checkpoint::load_model(&dir, &cfg, device).map_err(|e| e.to_string())?
         }
     };
-    let cfg = model.config().clone();
     let manifest = std::fs::read(dir.join(checkpoint::MANIFEST_FILE)).map_err(|e| e.to_string())?;
-    let mut warm = cfg.sample.clone();
-    warm.steps = 1;
-    let kind = model.family().condition_kind();
-    let conditions = classes_in_turn(kind, 1);
-    let _warm_up = generate(
-        &model,
-        &GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false, negatives: Vec::new() },
-    )
-    .map_err(|e| e.to_string())?;
+    warm_up(&model)?;
+    let reference = crate::drift::reference(&state, &model.config().data, model.config().seed);
     let info = ModelInfo {
-        checkpoint: dir,
         adapter: adapter.map(|a| (a.path.clone(), a.scale)),
         checkpoint_hash: difforge_core::sha256_hex(&manifest),
         step: state.step,
+        ..describe(&model, dir, device)
+    };
+    Ok(Loaded { model, info, reference })
+}
+
+/// A published diffusers folder served as it is (its scheduler's sampler and diffusers'
+/// defaults); identified by its UNet weights' fingerprint, with no training data to measure
+/// drift against.
+fn load_published(folder: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
+    if let Some(a) = adapter {
+        return Err(format!(
+            "--lora {}: a LoRA on a published folder is not served yet (serve a fine-tuned run, or use `difforge sample --checkpoint {} --lora ...`)",
+            a.path.display(),
+            folder.display()
+        ));
+    }
+    let cfg = difforge_model::stable_diffusion::published::run_config(folder).map_err(|e| e.to_string())?;
+    let model = DiffusionModel::for_generation(&cfg, device).map_err(|e| e.to_string())?;
+    let fingerprint = model.family().base_fingerprint().map_err(|e| e.to_string())?.unwrap_or_default();
+    warm_up(&model)?;
+    let info = ModelInfo { checkpoint_hash: fingerprint, ..describe(&model, folder.to_path_buf(), device) };
+    Ok(Loaded { model, info, reference: None })
+}
+
+/// One one-step image, so that the first request does not pay for lazy initialisation.
+fn warm_up(model: &DiffusionModel) -> Result<(), String> {
+    let mut warm = model.config().sample.clone();
+    warm.steps = 1;
+    let conditions = classes_in_turn(model.family().condition_kind(), 1);
+    let spec = GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false, negatives: Vec::new() };
+    generate(model, &spec).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// What /v1/models says about `model`, loaded from `checkpoint` (no adapter, step 0, no hash).
+fn describe(model: &DiffusionModel, checkpoint: PathBuf, device: Device) -> ModelInfo {
+    let cfg = model.config();
+    let kind = model.family().condition_kind();
+    ModelInfo {
+        checkpoint,
+        adapter: None,
+        checkpoint_hash: String::new(),
+        step: 0,
         parameters: model.parameter_count(),
         image_size: model.family().pixel_shape()[1],
         channels: model.family().pixel_shape()[0],
-        classes: class_names(&model),
+        classes: class_names(model),
         conditioning: match kind {
             ConditionKind::Text => "text",
             ConditionKind::Classes(_) => "classes",
@@ -114,7 +151,5 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
         timesteps: cfg.diffusion.timesteps,
         device: format!("{device:?}").to_lowercase(),
         config: cfg.clone(),
-    };
-    let reference = crate::drift::reference(&state, &cfg.data, cfg.seed);
-    Ok(Loaded { model, info, reference })
+    }
 }

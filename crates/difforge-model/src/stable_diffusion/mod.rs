@@ -5,6 +5,7 @@ pub mod components;
 pub mod lora_export;
 pub mod lora_file;
 pub mod pipeline;
+pub mod published;
 pub mod scheduler;
 pub mod scratch;
 pub mod single_file;

@@ -4,7 +4,7 @@
 //! `set_alpha_to_one`, `clip_sample`, and the sampler its class names.
 
 use crate::error::ModelError;
-use difforge_diffusion::{NoiseSchedule, Prediction, SamplerConfig, SamplerKind, ScheduleKind, Spacing};
+use difforge_diffusion::{DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind, ScheduleKind, Spacing};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -113,13 +113,7 @@ impl SchedulerConfig {
         if self.trained_betas.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(invalid(path, "trained_betas", "[...]", "null"));
         }
-        let kind = match self.beta_schedule.as_str() {
-            "scaled_linear" => ScheduleKind::ScaledLinear,
-            "linear" => ScheduleKind::Linear,
-            "squaredcos_cap_v2" => ScheduleKind::Cosine,
-            "sigmoid" => ScheduleKind::Sigmoid,
-            other => return Err(invalid(path, "beta_schedule", other, "\"scaled_linear\", \"linear\", \"squaredcos_cap_v2\" or \"sigmoid\"")),
-        };
+        let kind = self.schedule_kind(path)?;
         if self.num_train_timesteps < 2 {
             return Err(invalid(path, "num_train_timesteps", &self.num_train_timesteps.to_string(), "at least 2"));
         }
@@ -127,12 +121,7 @@ impl SchedulerConfig {
         if self.rescale_betas_zero_snr {
             schedule = schedule.rescaled_to_zero_terminal_snr();
         }
-        let prediction = match self.prediction_type.as_str() {
-            "epsilon" => Prediction::Epsilon,
-            "v_prediction" => Prediction::V,
-            "sample" => Prediction::X0,
-            other => return Err(invalid(path, "prediction_type", other, "\"epsilon\", \"v_prediction\" or \"sample\"")),
-        };
+        let prediction = self.prediction(path)?;
         let spacing = match self.timestep_spacing.as_str() {
             "leading" => Spacing::Leading,
             "trailing" => Spacing::Trailing,
@@ -152,6 +141,47 @@ impl SchedulerConfig {
             ..SamplerConfig::default()
         };
         Ok(Scheduling { schedule, prediction, sampler, substitute })
+    }
+
+    fn schedule_kind(&self, path: &Path) -> Result<ScheduleKind, ModelError> {
+        Ok(match self.beta_schedule.as_str() {
+            "scaled_linear" => ScheduleKind::ScaledLinear,
+            "linear" => ScheduleKind::Linear,
+            "squaredcos_cap_v2" => ScheduleKind::Cosine,
+            "sigmoid" => ScheduleKind::Sigmoid,
+            other => return Err(invalid(path, "beta_schedule", other, "\"scaled_linear\", \"linear\", \"squaredcos_cap_v2\" or \"sigmoid\"")),
+        })
+    }
+
+    fn prediction(&self, path: &Path) -> Result<Prediction, ModelError> {
+        Ok(match self.prediction_type.as_str() {
+            "epsilon" => Prediction::Epsilon,
+            "v_prediction" => Prediction::V,
+            "sample" => Prediction::X0,
+            other => return Err(invalid(path, "prediction_type", other, "\"epsilon\", \"v_prediction\" or \"sample\"")),
+        })
+    }
+
+    /// The run's `[diffusion]` section that diffuses as this scheduler: its betas, timesteps and
+    /// prediction type (the training settings keep their defaults).
+    pub fn diffusion_config(&self, path: &Path) -> Result<DiffusionConfig, ModelError> {
+        self.scheduling(path)?;
+        if self.rescale_betas_zero_snr {
+            return Err(invalid(
+                path,
+                "rescale_betas_zero_snr",
+                "true",
+                "false: difforge's run configs have no zero-terminal-SNR schedule yet (`difforge sample` takes the folder as it is)",
+            ));
+        }
+        Ok(DiffusionConfig {
+            schedule: self.schedule_kind(path)?,
+            timesteps: self.num_train_timesteps,
+            beta_start: self.beta_start,
+            beta_end: self.beta_end,
+            prediction: self.prediction(path)?,
+            ..DiffusionConfig::default()
+        })
     }
 
     /// A note when the folder asks for a DPM-Solver other than difforge's (SDE, first or third

@@ -59,6 +59,11 @@ impl Default for AutoencoderKlConfig {
 const MAX_LEVELS: usize = 16;
 
 impl AutoencoderKlConfig {
+    /// How many pixels one latent spans per side: 2 per level after the first (8 for SD).
+    pub fn downscale(&self) -> i64 {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Refuses what this implementation does not build (another activation or block type) and
     /// shapes libtorch would fail on mid-forward; the error names the field.
     pub fn validate(&self) -> Result<(), NnError> {
@@ -171,7 +176,7 @@ impl AutoencoderKl {
         let decoder = Decoder::new(p / "decoder", latent, config.out_channels, &shape);
         let quant_conv = config.use_quant_conv.then(|| nn::conv2d(p / "quant_conv", 2 * latent, 2 * latent, 1, Default::default()));
         let post_quant_conv = config.use_post_quant_conv.then(|| nn::conv2d(p / "post_quant_conv", latent, latent, 1, Default::default()));
-        let downscale = 1 << (config.block_out_channels.len() - 1);
+        let downscale = config.downscale();
         Ok(AutoencoderKl { config: config.clone(), encoder, decoder, quant_conv, post_quant_conv, downscale })
     }
 

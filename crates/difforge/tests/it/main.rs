@@ -22,6 +22,7 @@ mod sd_finetune;
 mod sd_scratch;
 mod serve;
 mod serve_hardening;
+mod serve_published;
 mod stability;
 mod synth_shapes;
 mod tensorboard;

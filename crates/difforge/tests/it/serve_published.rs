@@ -1,0 +1,69 @@
+//! `difforge serve` on a published diffusers Stable Diffusion folder, as it is (no training run):
+//! it serves prompts with the folder's own scheduler and diffusers' defaults, and gives the
+//! image `difforge sample` gives for the same prompt, seed and steps, pixel for pixel.
+
+use crate::common::difforge;
+use crate::serve::{call, start, KEY};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/sd").join(name)
+}
+
+fn pixels(png: &[u8]) -> (u32, u32, Vec<u8>) {
+    let image = image::load_from_memory(png).unwrap().to_rgb8();
+    (image.width(), image.height(), image.into_raw())
+}
+
+#[test]
+fn a_published_folder_is_served_as_difforge_sample_generates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = fixture("tiny-sd15");
+    let (config, keys) = (dir.path().join("serve.toml"), dir.path().join("keys.txt"));
+    std::fs::write(&config, "max_batch = 4\nmax_wait_ms = 20\n").unwrap();
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let server = start(&folder, &config, &keys);
+
+    let models = call("GET", &format!("{}/v1/models", server.base), Some(KEY), None).json();
+    let model = &models["models"][0];
+    assert_eq!((model["conditioning"].as_str(), model["checkpoint"].as_str(), model["step"].as_u64()), (Some("text"), Some("tiny-sd15"), Some(0)), "{model}");
+    // The folder's scheduler (SD's DDIM, leading spacing with offset 1) and diffusers' defaults.
+    let defaults = &model["defaults"];
+    assert_eq!(
+        (defaults["sampler"].as_str(), defaults["spacing"].as_str(), defaults["steps"].as_u64(), defaults["guidance"].as_f64()),
+        (Some("ddim"), Some("leading"), Some(50), Some(7.5)),
+        "{defaults}"
+    );
+
+    let body = r#"{"prompt": "a red fox in the snow", "negative_prompt": "blurry", "seed": 11, "steps": 4}"#;
+    let served = call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(body));
+    assert_eq!(served.status, 200, "{}", String::from_utf8_lossy(&served.body));
+
+    let sampled = dir.path().join("sampled.png");
+    let args = ["--prompt", "a red fox in the snow", "--negative-prompt", "blurry", "--seed", "11", "--steps", "4", "--out"];
+    difforge().arg("sample").arg("--checkpoint").arg(&folder).args(args).arg(&sampled).assert().success();
+    let (served, sampled) = (pixels(&served.body), pixels(&std::fs::read(&sampled).unwrap()));
+    assert_eq!((served.0, served.1), (32, 32), "the folder's own size");
+    // The two batch their guided predictions differently (the server pads to its batch size),
+    // which moves the last float bits: an 8-bit level here and there at most.
+    let diffs: Vec<u8> = served.2.iter().zip(&sampled.2).map(|(a, b)| a.abs_diff(*b)).collect();
+    let changed = diffs.iter().filter(|&&d| d > 0).count();
+    eprintln!("served vs sampled: max {:?}, {changed} of {} values differ", diffs.iter().max(), diffs.len());
+    assert!(diffs.iter().all(|&d| d <= 1) && changed * 50 < diffs.len(), "the served image is difforge sample's");
+}
+
+#[test]
+fn a_lora_on_a_published_folder_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = dir.path().join("style.safetensors");
+    let out = difforge()
+        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--no-auth", "--checkpoint"])
+        .arg(fixture("tiny-sd15"))
+        .arg("--lora")
+        .arg(&lora)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("style.safetensors") && stderr.contains("published folder"), "{stderr}");
+}
