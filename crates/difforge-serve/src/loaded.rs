@@ -79,6 +79,13 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
     if is_diffusers_folder(path) {
         return load_published(path, adapter, device);
     }
+    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors" || e == "ckpt") {
+        return Err(format!(
+            "{}: a single-file checkpoint is served as a diffusers folder: `difforge convert --from {} --to diffusers --out FOLDER`, then serve FOLDER",
+            path.display(),
+            path.display()
+        ));
+    }
     let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
     let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
     let model = match adapter {

@@ -53,6 +53,18 @@ fn a_published_folder_is_served_as_difforge_sample_generates_it() {
 }
 
 #[test]
+fn a_single_file_is_refused_with_the_convert_command() {
+    let out = difforge()
+        .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu", "--no-auth", "--checkpoint"])
+        .arg(fixture("tiny-sd15.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tiny-sd15.safetensors") && stderr.contains("difforge convert --from"), "{stderr}");
+}
+
+#[test]
 fn a_lora_on_a_published_folder_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let lora = dir.path().join("style.safetensors");
