@@ -424,6 +424,7 @@ pub(crate) fn generate_set(
             max_batch: chunk,
             fixed_batch: true,
             negatives: Vec::new(),
+            size: None,
         };
         parts.push(generate(model, &spec)?);
         start += len;

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 pub fn pictures(images: &Tensor) -> Result<Vec<DynamicImage>, tch::TchError> {
     let (n, c, s, _) = images.size4()?;
     let data = difforge_model::images::to_vec(&images.clamp(-1.0, 1.0))?;
-    let planar = difforge_data::PlanarImages { data: &data, count: n as usize, channels: c as usize, side: s as usize };
+    let planar = difforge_data::PlanarImages { data: &data, count: n as usize, channels: c as usize, height: s as usize, width: s as usize };
     Ok((0..n as usize).map(|i| planar.image(i)).collect())
 }
 

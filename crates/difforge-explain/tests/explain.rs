@@ -44,6 +44,7 @@ fn explanations_agree_with_the_sampler_the_trainer_and_the_model() {
         max_batch: 8,
         fixed_batch: false,
         negatives: Vec::new(),
+        size: None,
     };
     let generated = generate(&model, &spec).unwrap();
     assert!(t.x0.last().unwrap().equal(&generated), "the last x0 differs from the sampler's output");

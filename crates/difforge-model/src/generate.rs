@@ -25,6 +25,9 @@ pub struct GenerateSpec<'a> {
     /// What guidance steers each image away from (one per seed): a negative prompt, or
     /// `Condition::Unconditional` for the family's null. Empty: the null for every image.
     pub negatives: Vec<Condition>,
+    /// (height, width) in pixels; None: the model's own size. Other sizes only where the family
+    /// has a [`Family::size_multiple`](Family::size_multiple) they are multiples of.
+    pub size: Option<[i64; 2]>,
 }
 
 /// Images (N, C, H, W) on the CPU, clamped to [-1, 1].
@@ -35,7 +38,10 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
     if !spec.negatives.is_empty() && spec.negatives.len() != spec.seeds.len() {
         return Err(ModelError::Other(format!("{} negatives for {} seeds: one per image (or none) is needed", spec.negatives.len(), spec.seeds.len())));
     }
-    let shape = model.latent_shape();
+    let shape = match spec.size {
+        None => model.latent_shape(),
+        Some(size) => model.codec().latent_shape(checked_size(model, size)?),
+    };
     let denoiser = model.denoiser(spec.weights);
     let sampler = sampler_for(model, spec.sampler);
     let mut parts = Vec::new();
@@ -68,6 +74,25 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         return Err(ModelError::Other("no images asked for".into()));
     }
     Ok(Tensor::cat(&parts, 0))
+}
+
+/// The pixel shape of an image of `size` (height, width), which must be the model's own or
+/// multiples of its family's size step.
+pub fn checked_size(model: &DiffusionModel, [h, w]: [i64; 2]) -> Result<[i64; 3], ModelError> {
+    let [c, own_h, own_w] = model.family().pixel_shape();
+    let fits = match model.family().size_multiple() {
+        _ if [h, w] == [own_h, own_w] => true,
+        Some(m) => h > 0 && w > 0 && h % m == 0 && w % m == 0,
+        None => false,
+    };
+    if !fits {
+        let allowed = match model.family().size_multiple() {
+            Some(m) => format!("sides that are positive multiples of {m}"),
+            None => format!("this model's own size, {own_w}x{own_h}"),
+        };
+        return Err(ModelError::Other(format!("size {w}x{h}: expected {allowed}")));
+    }
+    Ok([c, h, w])
 }
 
 /// The sampler settings as they apply to `model`: `clip_x0` clamps a predicted clean *image* to

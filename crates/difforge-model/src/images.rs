@@ -10,21 +10,22 @@ pub fn to_vec(images: &Tensor) -> Result<Vec<f32>, tch::TchError> {
     Vec::<f32>::try_from(&flat)
 }
 
-fn planar_parts(images: &Tensor) -> std::io::Result<(Vec<f32>, usize, usize, usize)> {
-    let (n, c, s, _) = images.size4().map_err(std::io::Error::other)?;
+/// Planar floats of (N, C, H, W) images and their (N, C, H, W) as sizes.
+fn planar_parts(images: &Tensor) -> std::io::Result<(Vec<f32>, [usize; 4])> {
+    let (n, c, h, w) = images.size4().map_err(std::io::Error::other)?;
     let data = to_vec(images).map_err(std::io::Error::other)?;
-    Ok((data, n as usize, c as usize, s as usize))
+    Ok((data, [n as usize, c as usize, h as usize, w as usize]))
 }
 
 pub fn save_grid(images: &Tensor, columns: usize, path: &Path) -> std::io::Result<()> {
-    let (data, count, channels, side) = planar_parts(images)?;
-    let planar = PlanarImages { data: &data, count, channels, side };
+    let (data, [count, channels, height, width]) = planar_parts(images)?;
+    let planar = PlanarImages { data: &data, count, channels, height, width };
     save_png(&planar.grid(columns), path)
 }
 
 pub fn save_each(images: &Tensor, dir: &Path, prefix: &str) -> std::io::Result<Vec<PathBuf>> {
-    let (data, count, channels, side) = planar_parts(images)?;
-    let planar = PlanarImages { data: &data, count, channels, side };
+    let (data, [count, channels, height, width]) = planar_parts(images)?;
+    let planar = PlanarImages { data: &data, count, channels, height, width };
     (0..count)
         .map(|i| {
             let path = dir.join(format!("{prefix}{i:05}.png"));

@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub max_steps: usize,
     /// Largest `guidance`.
     pub max_guidance: f64,
+    /// Largest `width` or `height` of a requested image, in pixels (models that generate other
+    /// sizes than their own: Stable Diffusion).
+    pub max_side: i64,
     /// Generated images over which output statistics (drift) are averaged.
     pub drift_window: usize,
     /// Recompute FD-EffNet of the last drift_window outputs against the validation images every
@@ -65,6 +68,7 @@ impl Default for ServeConfig {
             max_images: 16,
             max_steps: 250,
             max_guidance: 20.0,
+            max_side: 2048,
             drift_window: 1000,
             feature_drift_every: 0,
             device: "auto".into(),
@@ -122,6 +126,9 @@ impl ServeConfig {
             return Err(ConfigError::new("threads", self.threads, "0..=1024"));
         }
         check_range("max_guidance", self.max_guidance, 0.0, 100.0)?;
+        if !(8..=16_384).contains(&self.max_side) {
+            return Err(ConfigError::new("max_side", self.max_side, "8..=16384 pixels"));
+        }
         difforge_config::DeviceChoice::parse("device", &self.device)?;
         Ok(())
     }
@@ -139,6 +146,7 @@ mod tests {
             ("max_guidance = nan", "max_guidance"),
             ("max_wait_ms = 9223372036854775807", "max_wait_ms"),
             ("max_connections = 0", "max_connections"),
+            ("max_side = 4", "max_side"),
             ("device = \"tpu\"", "device"),
             ("colour = 1", "colour"),
         ] {

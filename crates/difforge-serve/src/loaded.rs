@@ -2,6 +2,7 @@
 //! data's pixel statistics that output drift is measured against.
 
 use crate::drift::Reference;
+use crate::request::SizeRule;
 use difforge_model::generate::classes_in_turn;
 use difforge_model::stable_diffusion::is_diffusers_folder;
 use difforge_model::{checkpoint, generate, ConditionKind, DiffusionModel, GenerateSpec, RunConfig, Weights};
@@ -19,6 +20,8 @@ pub struct ModelInfo {
     pub step: u64,
     pub parameters: i64,
     pub image_size: i64,
+    /// Other sizes the model generates are multiples of this (null: only `image_size`).
+    pub size_multiple: Option<i64>,
     pub channels: i64,
     pub classes: Vec<String>,
     /// What a request names: "text" (a `prompt`), "classes" (a `class`) or "nothing".
@@ -36,9 +39,17 @@ pub struct Loaded {
     pub model: DiffusionModel,
     pub info: ModelInfo,
     pub reference: Option<Reference>,
+    /// Whether the model has training data (in its config) that outputs can be compared with:
+    /// a published folder served as it is has none.
+    pub training_data: bool,
 }
 
 impl ModelInfo {
+    /// The image sizes requests may ask this model for.
+    pub fn size_rule(&self, max_side: i64) -> SizeRule {
+        SizeRule { own: [self.image_size, self.image_size], multiple: self.size_multiple, max_side }
+    }
+
     /// What a user key may see: no paths on the server's disk.
     pub fn without_paths(&self) -> ModelInfo {
         let mut info = self.clone();
@@ -104,7 +115,7 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
         step: state.step,
         ..describe(&model, dir, device)
     };
-    Ok(Loaded { model, info, reference })
+    Ok(Loaded { model, info, reference, training_data: true })
 }
 
 /// A published diffusers folder served as it is (its scheduler's sampler and diffusers'
@@ -123,7 +134,7 @@ fn load_published(folder: &Path, adapter: Option<&AdapterChoice>, device: Device
     let fingerprint = model.family().base_fingerprint().map_err(|e| e.to_string())?.unwrap_or_default();
     warm_up(&model)?;
     let info = ModelInfo { checkpoint_hash: fingerprint, ..describe(&model, folder.to_path_buf(), device) };
-    Ok(Loaded { model, info, reference: None })
+    Ok(Loaded { model, info, reference: None, training_data: false })
 }
 
 /// One one-step image, so that the first request does not pay for lazy initialisation.
@@ -131,7 +142,8 @@ fn warm_up(model: &DiffusionModel) -> Result<(), String> {
     let mut warm = model.config().sample.clone();
     warm.steps = 1;
     let conditions = classes_in_turn(model.family().condition_kind(), 1);
-    let spec = GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false, negatives: Vec::new() };
+    let spec =
+        GenerateSpec { conditions, seeds: vec![0], sampler: &warm, weights: Weights::Ema, max_batch: 1, fixed_batch: false, negatives: Vec::new(), size: None };
     generate(model, &spec).map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -146,6 +158,7 @@ fn describe(model: &DiffusionModel, checkpoint: PathBuf, device: Device) -> Mode
         step: 0,
         parameters: model.parameter_count(),
         image_size: model.family().pixel_shape()[1],
+        size_multiple: model.family().size_multiple(),
         channels: model.family().pixel_shape()[0],
         classes: class_names(model),
         conditioning: match kind {

@@ -23,6 +23,9 @@ pub struct GenerateBody {
     pub guidance_interval: Option<Option<[f64; 2]>>,
     pub guidance_rescale: Option<f64>,
     pub seed: Option<u64>,
+    /// Image width and height in pixels (default: the model's own size).
+    pub width: Option<i64>,
+    pub height: Option<i64>,
     pub format: Option<String>,
 }
 
@@ -53,6 +56,8 @@ pub struct Generate {
     pub n: usize,
     pub sampler: SamplerConfig,
     pub seed: u64,
+    /// (height, width) in pixels; None: the model's own size.
+    pub size: Option<[i64; 2]>,
     pub format: Format,
 }
 
@@ -84,10 +89,49 @@ pub fn parse(bytes: &[u8]) -> Result<GenerateBody, FieldError> {
     })
 }
 
+/// The image sizes a model generates: its own, or (where its family allows other sizes) any
+/// whose sides are multiples of `multiple`, up to the server's `max_side`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRule {
+    /// (height, width).
+    pub own: [i64; 2],
+    pub multiple: Option<i64>,
+    pub max_side: i64,
+}
+
+impl SizeRule {
+    /// Whether the model generates images of `size` (height, width); the error names the field.
+    pub fn check(&self, size: [i64; 2]) -> Result<(), FieldError> {
+        if size == self.own {
+            return Ok(());
+        }
+        let [own_h, own_w] = self.own;
+        let Some(m) = self.multiple else {
+            let field = if size[1] != own_w { "width" } else { "height" };
+            return Err(FieldError::new(field, format!("this model generates only {own_w}x{own_h} images")));
+        };
+        let largest = self.max_side - self.max_side % m;
+        for (field, v) in [("width", size[1]), ("height", size[0])] {
+            if !(m..=largest).contains(&v) || v % m != 0 {
+                return Err(FieldError::new(field, format!("{v}: expected a multiple of {m} from {m} to {largest}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The size a request asks for: None for the model's own.
+    fn resolve(&self, width: Option<i64>, height: Option<i64>) -> Result<Option<[i64; 2]>, FieldError> {
+        let size = [height.unwrap_or(self.own[0]), width.unwrap_or(self.own[1])];
+        self.check(size)?;
+        Ok((size != self.own).then_some(size))
+    }
+}
+
 pub struct Limits<'a> {
     pub serve: &'a ServeConfig,
     /// What the loaded model can be asked for.
     pub kind: ConditionKind,
+    pub size: SizeRule,
     pub defaults: &'a SamplerConfig,
     pub timesteps: usize,
 }
@@ -135,7 +179,8 @@ pub fn validate(body: GenerateBody, limits: &Limits, fresh_seed: u64) -> Result<
         Some("json") => Format::Json,
         Some(other) => return Err(FieldError::new("format", format!("\"{other}\": expected \"png\" or \"json\""))),
     };
-    Ok(Generate { condition, negative, n, sampler, seed: body.seed.unwrap_or(fresh_seed), format })
+    let size = limits.size.resolve(body.width, body.height)?;
+    Ok(Generate { condition, negative, n, sampler, seed: body.seed.unwrap_or(fresh_seed), size, format })
 }
 
 /// What the request asks the model for: a class of a class-conditional model, a prompt of a
@@ -170,7 +215,7 @@ mod tests {
     use super::*;
 
     fn limits<'a>(serve: &'a ServeConfig, defaults: &'a SamplerConfig) -> Limits<'a> {
-        Limits { serve, kind: ConditionKind::Classes(10), defaults, timesteps: 1000 }
+        Limits { serve, kind: ConditionKind::Classes(10), size: SizeRule { own: [8, 8], multiple: None, max_side: 2048 }, defaults, timesteps: 1000 }
     }
 
     #[test]
@@ -194,6 +239,8 @@ mod tests {
         assert_eq!(err(r#"{"colour": 1}"#).field, "colour");
         assert_eq!(err(r#"{"prompt": "a red circle"}"#).field, "prompt");
         assert_eq!(err(r#"{"negative_prompt": "blue"}"#).field, "negative_prompt");
+        assert_eq!(err(r#"{"width": 16}"#).field, "width", "a pixel model has one size");
+        assert_eq!(validate(parse(br#"{"width": 8, "height": 8}"#).unwrap(), &l, 1).unwrap().size, None, "its own size");
         let ok = validate(parse(br#"{"class": 3, "n": 2, "seed": 9, "steps": 5, "format": "json"}"#).unwrap(), &l, 1).unwrap();
         assert_eq!((ok.condition, ok.n, ok.seed, ok.sampler.steps, ok.format), (Condition::Class(3), 2, 9, 5, Format::Json));
         assert_eq!(validate(GenerateBody::default(), &l, 77).unwrap().seed, 77);
@@ -202,7 +249,8 @@ mod tests {
     #[test]
     fn text_models_take_prompts() {
         let (serve, defaults) = (ServeConfig::default(), SamplerConfig::default());
-        let l = Limits { serve: &serve, kind: ConditionKind::Text, defaults: &defaults, timesteps: 1000 };
+        let size = SizeRule { own: [64, 64], multiple: Some(16), max_side: 100 };
+        let l = Limits { serve: &serve, kind: ConditionKind::Text, size, defaults: &defaults, timesteps: 1000 };
         let check = |json: &str| validate(parse(json.as_bytes()).unwrap(), &l, 1);
         let ok = check(r#"{"prompt": "a red circle", "negative_prompt": "blurry"}"#).unwrap();
         assert_eq!((ok.condition, ok.negative.as_deref()), (Condition::Text("a red circle".into()), Some("blurry")));
@@ -211,5 +259,12 @@ mod tests {
         assert_eq!(check(r#"{"class": 1, "prompt": "x"}"#).unwrap_err().field, "prompt");
         let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(MAX_PROMPT_CHARS + 1));
         assert_eq!(check(&long).unwrap_err().field, "prompt");
+        assert_eq!(check(r#"{"width": 96}"#).unwrap().size, Some([64, 96]), "the height stays the model's");
+        assert_eq!(check(r#"{"width": 32, "height": 96}"#).unwrap().size, Some([96, 32]));
+        for (json, field) in [(r#"{"width": 40}"#, "width"), (r#"{"height": 112}"#, "height"), (r#"{"width": 0}"#, "width"), (r#"{"height": -16}"#, "height")] {
+            let e = check(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {}", e.message);
+        }
+        assert!(check(r#"{"height": 112}"#).unwrap_err().message.contains("multiple of 16 from 16 to 96"));
     }
 }

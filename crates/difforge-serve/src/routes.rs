@@ -144,7 +144,7 @@ fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>, image::ImageError> {
 }
 
 fn encode(images: &Images, format: Format, seed: u64, condition: &Condition) -> Result<Response, image::ImageError> {
-    let planar = PlanarImages { data: &images.data, count: images.count, channels: images.channels, side: images.side };
+    let planar = PlanarImages { data: &images.data, count: images.count, channels: images.channels, height: images.height, width: images.width };
     let seed_header = [("x-difforge-seed", seed.to_string())];
     match format {
         Format::Png => {
@@ -170,11 +170,11 @@ pub async fn generate(State(app): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(b) => b,
         Err(e) => return field_error(e),
     };
-    let (kind, defaults, timesteps) = {
+    let (kind, defaults, timesteps, size) = {
         let info = app.shared.info.read().unwrap_or_else(|p| p.into_inner());
-        (info.kind, info.defaults.clone(), info.timesteps)
+        (info.kind, info.defaults.clone(), info.timesteps, info.size_rule(app.config.max_side))
     };
-    let limits = Limits { serve: &app.config, kind, defaults: &defaults, timesteps };
+    let limits = Limits { serve: &app.config, kind, size, defaults: &defaults, timesteps };
     let fresh = app.seeds.fetch_add(0x9E37_79B9, Ordering::Relaxed);
     let req = match request::validate(body, &limits, fresh) {
         Ok(r) => r,

@@ -110,7 +110,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let device = difforge_model::device::prepare(&settings)?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;
     let metrics = Metrics::new().map_err(|e| ServeError::Other(e.to_string()))?;
-    let feature_drift = (cfg.feature_drift_every > 0).then(|| {
+    if cfg.feature_drift_every > 0 && !loaded.training_data {
+        tracing::warn!(
+            "feature_drift_every: the served model has no training data to compare its outputs with (a published folder); the feature drift monitor is off"
+        );
+    }
+    let feature_drift = (cfg.feature_drift_every > 0 && loaded.training_data).then(|| {
         let gauges =
             crate::feature_drift::Gauges { fd: metrics.output_fd.clone(), images: metrics.drift_images.clone(), dropped: metrics.drift_dropped.clone() };
         crate::feature_drift::spawn(loaded.model.config(), cfg.drift_window, cfg.feature_drift_every, gauges)

@@ -15,13 +15,14 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Images of one request: planar floats in [-1, 1], `n` x C x S x S.
+/// Images of one request: planar floats in [-1, 1], `n` x C x H x W.
 #[derive(Debug)]
 pub struct Images {
     pub data: Vec<f32>,
     pub count: usize,
     pub channels: usize,
-    pub side: usize,
+    pub height: usize,
+    pub width: usize,
 }
 
 /// Why a queued request got no images.
@@ -57,11 +58,11 @@ pub struct Shared {
     pub worker_alive: AtomicBool,
 }
 
-/// Requests that can share a batch agree on these (every sampler setting).
-fn batch_key(g: &Generate) -> (&'static str, usize, [u64; 5]) {
+/// Requests that can share a batch agree on these (every sampler setting and the image size).
+fn batch_key(g: &Generate) -> (&'static str, usize, [u64; 5], Option<[i64; 2]>) {
     let s = &g.sampler;
     let [lo, hi] = s.guidance_interval.unwrap_or([-1.0, -1.0]);
-    (s.sampler.name(), s.steps, [s.guidance.to_bits(), s.eta.to_bits(), s.guidance_rescale.to_bits(), lo.to_bits(), hi.to_bits()])
+    (s.sampler.name(), s.steps, [s.guidance.to_bits(), s.eta.to_bits(), s.guidance_rescale.to_bits(), lo.to_bits(), hi.to_bits()], g.size)
 }
 
 struct Worker {
@@ -170,17 +171,28 @@ impl Worker {
         if jobs.is_empty() {
             return jobs;
         }
-        let kind = self.shared.model.lock().unwrap_or_else(|p| p.into_inner()).model.family().condition_kind();
-        let field = |r: &Generate| match (&r.condition, &r.negative) {
-            (Condition::Class(_), _) => "class",
-            (_, Some(_)) if kind != ConditionKind::Text => "negative_prompt",
-            _ => "prompt",
+        let (kind, sizes) = {
+            let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
+            (loaded.info.kind, loaded.info.size_rule(self.cfg.max_side))
         };
-        let servable = |r: &Generate| kind.check(field(r), &r.condition).is_ok() && (r.negative.is_none() || kind == ConditionKind::Text);
-        let (ok, refused): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| servable(&j.request));
+        // The field the new model cannot serve, if any.
+        let unservable = |r: &Generate| -> Option<&'static str> {
+            let field = match (&r.condition, &r.negative) {
+                (Condition::Class(_), _) => "class",
+                (_, Some(_)) if kind != ConditionKind::Text => return Some("negative_prompt"),
+                _ => "prompt",
+            };
+            if kind.check(field, &r.condition).is_err() {
+                return Some(field);
+            }
+            let size = r.size.unwrap_or(sizes.own);
+            sizes.check(size).err().map(|e| if e.field == "width" { "width" } else { "height" })
+        };
+        let (ok, refused): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| unservable(&j.request).is_none());
         for j in refused {
-            let why = format!("the model was reloaded while this request waited, and the new one cannot serve it ({:?})", j.request.condition);
-            let _ = j.reply.send(Err(JobError::Conflict(field(&j.request), why)));
+            let field = unservable(&j.request).unwrap_or("prompt");
+            let why = format!("the model was reloaded while this request waited, and the new one cannot serve its `{field}`");
+            let _ = j.reply.send(Err(JobError::Conflict(field, why)));
         }
         ok
     }
@@ -211,6 +223,7 @@ impl Worker {
             max_batch: if self.cfg.batching { self.cfg.max_batch } else { 1 },
             fixed_batch: true,
             negatives,
+            size: jobs[0].request.size,
         };
         let images = generate(&loaded.model, &spec).map_err(|e| e.to_string())?;
         if let Some(monitor) = &self.shared.feature_drift {
@@ -220,10 +233,10 @@ impl Worker {
         m.compute.observe(start.elapsed().as_secs_f64());
         m.batch_images.observe(total as f64);
         m.images.inc_by(total as u64);
-        let [c, s, _] = loaded.model.family().pixel_shape();
-        let (c, s) = (c as usize, s as usize);
+        let (_, c, h, w) = images.size4().map_err(|e| e.to_string())?;
+        let (c, h, w) = (c as usize, h as usize, w as usize);
         let data = difforge_model::images::to_vec(&images).map_err(|e| e.to_string())?;
-        let per = c * s * s;
+        let per = c * h * w;
         {
             let mut rolling = self.shared.rolling.lock().unwrap_or_else(|p| p.into_inner());
             for img in data.chunks(per) {
@@ -246,7 +259,7 @@ impl Worker {
                 Condition::Unconditional => "none".to_string(),
             };
             m.images_by_class.with_label_values(&[label.as_str()]).inc_by(n as u64);
-            out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, side: s });
+            out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, height: h, width: w });
             offset += n;
         }
         Ok(out)

@@ -176,11 +176,20 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
             max_batch: opts.sample_batch,
             fixed_batch: false,
             negatives: Vec::new(),
+            size: None,
         };
         let _warm = generate(model, &spec)?;
     }
-    let spec =
-        GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: opts.sample_batch, fixed_batch: false, negatives: Vec::new() };
+    let spec = GenerateSpec {
+        conditions,
+        seeds,
+        sampler: &sampler,
+        weights: Weights::Ema,
+        max_batch: opts.sample_batch,
+        fixed_batch: false,
+        negatives: Vec::new(),
+        size: None,
+    };
     synchronize(dev);
     let start = Instant::now();
     let _images = generate(model, &spec)?;

@@ -39,7 +39,8 @@ pub fn prior_loader(cfg: &RunConfig, device: Device) -> Result<Option<Loader>, T
     tracing::info!("prior preservation: generating {} images with the base model", seeds.len());
     let labels: Vec<Option<usize>> = conditions.iter().map(|c| if let Condition::Class(k) = c { Some(*k as usize) } else { None }).collect();
     let captions: Vec<Option<String>> = conditions.iter().map(|c| if let Condition::Text(p) = c { Some(p.clone()) } else { None }).collect();
-    let spec = GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 256, fixed_batch: false, negatives: Vec::new() };
+    let spec =
+        GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 256, fixed_batch: false, negatives: Vec::new(), size: None };
     let images = to_vec(&generate(&base, &spec)?)?;
     let [c, s, _] = base.family().pixel_shape();
     let (c, s) = (c as usize, s as usize);

@@ -119,7 +119,8 @@ fn write_samples(model: &DiffusionModel, run_dir: &Path, step: u64) -> Result<Pa
     let kind = model.family().condition_kind();
     let per_class = cfg.train.sample_per_class;
     let (conditions, seeds) = preview_conditions(model.family(), per_class, derive_seed(cfg.seed, Stream::Sample, 0) >> 16);
-    let spec = GenerateSpec { conditions, seeds, sampler: &cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false, negatives: Vec::new() };
+    let spec =
+        GenerateSpec { conditions, seeds, sampler: &cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false, negatives: Vec::new(), size: None };
     let images = generate(model, &spec)?;
     let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
     save_grid(&images, preview_columns(kind, per_class), &path).map_err(|e| TrainError::io(&path, e))?;

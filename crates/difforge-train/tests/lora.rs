@@ -72,6 +72,7 @@ fn adapters_train_stay_small_merge_exactly_and_refuse_other_bases() {
         max_batch: 8,
         fixed_batch: false,
         negatives: Vec::new(),
+        size: None,
     };
     let unmerged = adapter::load_with_adapter(&base_dir, &file, 0.7, tch::Device::Cpu).unwrap();
     let a = generate(&unmerged, &spec(&sampler)).unwrap();

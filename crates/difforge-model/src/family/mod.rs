@@ -77,6 +77,12 @@ pub trait Family: Send + Sync {
     /// The shape (C, H, W) of one image in pixels.
     fn pixel_shape(&self) -> [i64; 3];
 
+    /// Other image sides this family generates must be multiples of this; None: only its own
+    /// size (a pixel UNet is trained at one size).
+    fn size_multiple(&self) -> Option<i64> {
+        None
+    }
+
     /// What requests may ask for.
     fn condition_kind(&self) -> ConditionKind;
 

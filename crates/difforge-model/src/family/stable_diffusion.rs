@@ -245,6 +245,16 @@ impl Family for StableDiffusionFamily {
         [3, self.config.image_size, self.config.image_size]
     }
 
+    /// The VAE's scale times the UNet's downsamplings; SDXL conditions on the image size, which
+    /// the family fixes at the trained size, so an SDXL model keeps that size.
+    fn size_multiple(&self) -> Option<i64> {
+        if self.unet.addition_embed_type.is_some() {
+            return None;
+        }
+        let vae_scale = self.vae.lock().unwrap_or_else(|p| p.into_inner()).downscale();
+        Some(vae_scale << (self.unet.block_out_channels.len().max(1) - 1))
+    }
+
     fn condition_kind(&self) -> ConditionKind {
         ConditionKind::Text
     }

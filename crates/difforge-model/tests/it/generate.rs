@@ -25,8 +25,11 @@ fn with_a_fixed_batch_an_image_is_bit_identical_whatever_it_is_batched_with() {
     let sampler = SamplerConfig { steps: 4, ..Default::default() };
     let run = |classes: Vec<i64>, seeds: Vec<u64>| {
         let conditions = classes.into_iter().map(Condition::Class).collect();
-        generate(&model, &GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 4, fixed_batch: true, negatives: Vec::new() })
-            .unwrap()
+        generate(
+            &model,
+            &GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::Ema, max_batch: 4, fixed_batch: true, negatives: Vec::new(), size: None },
+        )
+        .unwrap()
     };
     let alone = run(vec![3], vec![5]);
     for (classes, seeds, at) in [(vec![1, 3, 7], vec![1, 5, 7], 1), (vec![7, 8, 9, 4, 3], vec![6, 7, 8, 9, 5], 4), (vec![3, 2], vec![5, 6], 0)] {
@@ -51,6 +54,7 @@ fn an_unconditional_negative_is_the_null_and_a_class_negative_steers() {
             max_batch: 4,
             fixed_batch: true,
             negatives,
+            size: None,
         };
         generate(&model, &spec).unwrap()
     };

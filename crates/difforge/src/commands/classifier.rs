@@ -46,8 +46,16 @@ pub fn judge(sampling: &SamplingArgs, classifier: &Path, per_class: usize, first
     let conditions = asked.iter().map(|c| Condition::Class(c + first_class)).collect();
     let seeds = (0..asked.len() as u64).map(|i| sampling.seed + i).collect();
     let start = std::time::Instant::now();
-    let spec =
-        GenerateSpec { conditions, seeds, sampler: &sampler, weights: Weights::ema(!sampling.raw), max_batch: 256, fixed_batch: false, negatives: Vec::new() };
+    let spec = GenerateSpec {
+        conditions,
+        seeds,
+        sampler: &sampler,
+        weights: Weights::ema(!sampling.raw),
+        max_batch: 256,
+        fixed_batch: false,
+        negatives: Vec::new(),
+        size: None,
+    };
     let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();
     let mut report = judge_samples(&judge, &images, &asked)?;

@@ -132,6 +132,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         max_batch: 256,
         fixed_batch: false,
         negatives: Vec::new(),
+        size: None,
     };
     let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();

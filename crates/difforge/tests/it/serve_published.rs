@@ -39,11 +39,30 @@ fn a_published_folder_is_served_as_difforge_sample_generates_it() {
     let served = call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(body));
     assert_eq!(served.status, 200, "{}", String::from_utf8_lossy(&served.body));
 
-    let sampled = dir.path().join("sampled.png");
+    let sampled_png = dir.path().join("sampled.png");
     let args = ["--prompt", "a red fox in the snow", "--negative-prompt", "blurry", "--seed", "11", "--steps", "4", "--out"];
-    difforge().arg("sample").arg("--checkpoint").arg(&folder).args(args).arg(&sampled).assert().success();
-    let (served, sampled) = (pixels(&served.body), pixels(&std::fs::read(&sampled).unwrap()));
+    difforge().arg("sample").arg("--checkpoint").arg(&folder).args(args).arg(&sampled_png).assert().success();
+    let (served, sampled) = (pixels(&served.body), pixels(&std::fs::read(&sampled_png).unwrap()));
     assert_eq!((served.0, served.1), (32, 32), "the folder's own size");
+    assert_close(&served, &sampled);
+
+    // Another size, in steps of the VAE's scale times the UNet's downsamplings.
+    assert_eq!(model["size_multiple"].as_i64(), Some(4), "{model}");
+    let body = r#"{"prompt": "a red fox in the snow", "seed": 3, "steps": 3, "width": 48, "height": 24}"#;
+    let served = call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(body));
+    assert_eq!(served.status, 200, "{}", String::from_utf8_lossy(&served.body));
+    let args = ["--prompt", "a red fox in the snow", "--seed", "3", "--steps", "3", "--size", "48x24", "--out"];
+    difforge().arg("sample").arg("--checkpoint").arg(&folder).args(args).arg(&sampled_png).assert().success();
+    let (served, sampled) = (pixels(&served.body), pixels(&std::fs::read(&sampled_png).unwrap()));
+    assert_eq!((served.0, served.1), (48, 24));
+    assert_close(&served, &sampled);
+    let refused = call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(r#"{"prompt": "x", "width": 50}"#));
+    assert_eq!((refused.status, refused.json()["error"]["field"].as_str()), (400, Some("width")));
+}
+
+/// The same image to within an 8-bit level at a few values.
+fn assert_close(served: &(u32, u32, Vec<u8>), sampled: &(u32, u32, Vec<u8>)) {
+    assert_eq!((served.0, served.1), (sampled.0, sampled.1));
     // The two batch their guided predictions differently (the server pads to its batch size),
     // which moves the last float bits: an 8-bit level here and there at most.
     let diffs: Vec<u8> = served.2.iter().zip(&sampled.2).map(|(a, b)| a.abs_diff(*b)).collect();
