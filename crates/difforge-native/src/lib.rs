@@ -5,20 +5,23 @@
 //! - [`cuda`]: TF32 switches, device properties, the caching allocator's peak memory;
 //! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it;
 //! - [`randn_seeded`]: noise from a private seeded CPU generator, as torch.Generator gives it;
-//! - [`dist`]: c10d process groups (Gloo, NCCL) for data-parallel training.
+//! - [`dist`]: c10d process groups (Gloo, NCCL) for data-parallel training;
+//! - [`MappedFile`]: a file mapped read-only into memory (weights read tensor by tensor).
 //!
 //! This is the one crate with `unsafe` code: each block passes tch's own tensor handles or plain
-//! numbers to a C function that catches every C++ exception.
+//! numbers to a C function that catches every C++ exception, or (`MappedFile`) maps a file.
 #![allow(unsafe_code)]
 
 pub mod cuda;
 pub mod dist;
 mod ffi;
 mod graph;
+mod mapped_file;
 mod optim;
 mod random;
 
 pub use graph::CudaGraph;
+pub use mapped_file::MappedFile;
 pub use optim::{fused_adamw, AdamWStep};
 pub use random::randn_seeded;
 

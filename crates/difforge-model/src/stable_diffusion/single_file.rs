@@ -14,10 +14,12 @@ use super::single_file_clip::{self as clip, ClipLayout};
 use super::single_file_rules::{Reshape, Rules};
 use super::{single_file_unet, single_file_vae};
 use crate::error::ModelError;
+use difforge_nn::sd::lazy_tensor::LazyTensor;
 use difforge_nn::sd::load::load_strict;
 use difforge_nn::sd::presets::SdPreset;
 use difforge_nn::sd::tokenizer::{ClipTokenizer, EmbeddedPad};
 use difforge_nn::sd::ClipActivation;
+use difforge_nn::NnError;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -106,12 +108,22 @@ impl Family {
 }
 
 /// Every tensor of a `.safetensors`, `.ckpt`, `.pt` or `.pth` file, by name; a pickle's
-/// top-level `state_dict` is unwrapped.
+/// top-level `state_dict` is unwrapped. All read into memory: loading reads
+/// [`read_checkpoint_lazy`]'s tensors one at a time instead.
 pub fn read_checkpoint(file: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
+    read_checkpoint_lazy(file)?.into_iter().map(|(name, t)| Ok((name, t.materialise()?))).collect()
+}
+
+/// [`read_checkpoint`] without reading a `.safetensors` file's data: the file is mapped, its
+/// header checked, and each tensor read when it is materialised. (A pickle is read whole.)
+pub fn read_checkpoint_lazy(file: &Path) -> Result<HashMap<String, LazyTensor>, ModelError> {
     let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let named = match ext.as_str() {
-        "safetensors" => Tensor::read_safetensors(file).map_err(|e| ModelError::checkpoint(file, e.to_string()))?,
-        "ckpt" | "pt" | "pth" => difforge_nn::torch_pickle::load(file)?,
+        "safetensors" => LazyTensor::read_safetensors(file).map_err(|e| match e {
+            NnError::Load { path, reason } => ModelError::checkpoint(path, reason),
+            e => e.into(),
+        })?,
+        "ckpt" | "pt" | "pth" => difforge_nn::torch_pickle::load(file)?.into_iter().map(|(name, t)| (name, LazyTensor::from(t))).collect(),
         _ => return Err(ModelError::checkpoint(file, "not a checkpoint file: expected .safetensors, .ckpt, .pt or .pth")),
     };
     Ok(named.into_iter().collect())
@@ -208,11 +220,17 @@ fn listed(names: &[&String]) -> String {
 }
 
 /// One network's tensors by diffusers name, with the file they came from, as `load_strict` takes them.
-type LoadTensors = HashMap<String, (Tensor, PathBuf)>;
+type LoadTensors = HashMap<String, (LazyTensor, PathBuf)>;
 
 /// `tensors` (a single file's) renamed and reshaped for each part's variables, after checking
 /// that nothing is missing, nothing is left over and every shape fits; errors name `file`.
-fn diffusers_tensors(file: &Path, tensors: &HashMap<String, Tensor>, family: Family, networks: &Networks) -> Result<HashMap<Part, LoadTensors>, ModelError> {
+/// Nothing is read: the reshapes apply as each tensor is materialised.
+fn diffusers_tensors(
+    file: &Path,
+    tensors: &HashMap<String, LazyTensor>,
+    family: Family,
+    networks: &Networks,
+) -> Result<HashMap<Part, LoadTensors>, ModelError> {
     let map = key_map(family, networks)?;
     let missing: Vec<&String> = map.keys().filter(|k| !tensors.contains_key(*k)).collect();
     if !missing.is_empty() {
@@ -240,19 +258,23 @@ fn diffusers_tensors(file: &Path, tensors: &HashMap<String, Tensor>, family: Fam
                 );
                 return Err(ModelError::checkpoint(file, reason));
             }
-            out.entry(slot.part).or_default().insert(slot.name.clone(), (to_diffusers(tensor, slot.reshape, &want), file.to_path_buf()));
+            out.entry(slot.part).or_default().insert(slot.name.clone(), (to_diffusers(tensor, slot.reshape, want), file.to_path_buf()));
         }
     }
     Ok(out)
 }
 
-/// A file's tensor in diffusers' layout (its shape checked by [`Reshape::fits`]).
-fn to_diffusers(t: &Tensor, reshape: Reshape, shape: &[i64]) -> Tensor {
+/// A file's tensor in diffusers' layout (its shape checked by [`Reshape::fits`]), computed when
+/// it is materialised.
+fn to_diffusers(t: &LazyTensor, reshape: Reshape, shape: Vec<i64>) -> LazyTensor {
     match reshape {
-        Reshape::Same => t.shallow_clone(),
-        Reshape::Conv1x1 => t.reshape(shape),
-        Reshape::Transpose => t.tr().contiguous(),
-        Reshape::Third(n) => t.narrow(0, i64::from(n) * shape[0], shape[0]).contiguous(),
+        Reshape::Same => t.clone(),
+        Reshape::Conv1x1 => t.derived(shape.clone(), move |t| t.reshape(&shape)),
+        Reshape::Transpose => t.derived(shape, |t| t.tr().contiguous()),
+        Reshape::Third(n) => {
+            let rows = shape[0];
+            t.derived(shape, move |t| t.narrow(0, i64::from(n) * rows, rows).contiguous())
+        }
     }
 }
 
@@ -271,7 +293,7 @@ impl Networks {
     /// none (every tensor is checked before any is copied). The family the file shows must
     /// match the folder's (SDXL with two text encoders, the others with one).
     pub fn load_single_file(file: &Path, config_dir: &Path, device: Device) -> Result<(Family, Networks), ModelError> {
-        let tensors = read_checkpoint(file)?;
+        let tensors = read_checkpoint_lazy(file)?;
         let family = Family::detect(file, tensors.keys())?;
         let networks = Networks::build(config_dir, device)?;
         if (family == Family::Sdxl) != (networks.text_encoders.len() == 2) {
@@ -285,7 +307,7 @@ impl Networks {
     /// The networks of the preset of the family the file's keys show (`sd15`, `sd21`, `sdxl`),
     /// loaded from it; for files of the published architectures, which need no config folder.
     pub fn load_single_file_preset(file: &Path, device: Device) -> Result<(Family, SdPreset, Networks), ModelError> {
-        let tensors = read_checkpoint(file)?;
+        let tensors = read_checkpoint_lazy(file)?;
         let family = Family::detect(file, tensors.keys())?;
         let preset = SdPreset::named(family.preset())?;
         let networks = Networks::from_preset(&preset, device)?.filled_from(file, &tensors, family).map_err(|e| {
@@ -300,7 +322,7 @@ impl Networks {
     }
 
     /// These networks with `tensors` (a single file's, of `family`) in them: all or none.
-    fn filled_from(mut self, file: &Path, tensors: &HashMap<String, Tensor>, family: Family) -> Result<Networks, ModelError> {
+    fn filled_from(mut self, file: &Path, tensors: &HashMap<String, LazyTensor>, family: Family) -> Result<Networks, ModelError> {
         let mut mapped = diffusers_tensors(file, tensors, family, &self)?;
         for (part, vars) in self.parts() {
             load_strict(vars, &mapped.remove(&part).unwrap_or_default(), file)?;

@@ -4,6 +4,7 @@
 //! network's variables, strictly: every variable present with its shape, no tensor left over,
 //! or nothing is loaded at all.
 
+use super::lazy_tensor::LazyTensor;
 use crate::error::NnError;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,15 +69,18 @@ fn shards_of(index: &Path) -> Result<Vec<PathBuf>, NnError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Reads every tensor of `files`; a name found in two files is an error.
-pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (Tensor, PathBuf)>, NnError> {
+/// Every tensor of `files` by name, with the file it is in; a name found in two files is an
+/// error. Safetensors files are mapped and only their headers read (see [`LazyTensor`]): each
+/// tensor's data is read when it is materialised, as [`load_strict`] does one at a time; torch.save
+/// `.bin` files are read whole.
+pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (LazyTensor, PathBuf)>, NnError> {
     let mut all = HashMap::new();
     for file in files {
         let err = |reason: String| NnError::Load { path: file.clone(), reason };
-        let tensors = if file.extension().is_some_and(|e| e == "bin") {
-            crate::torch_pickle::load(file)?
+        let tensors: Vec<(String, LazyTensor)> = if file.extension().is_some_and(|e| e == "bin") {
+            crate::torch_pickle::load(file)?.into_iter().map(|(name, t)| (name, LazyTensor::from(t))).collect()
         } else {
-            Tensor::read_safetensors(file).map_err(|e| err(e.to_string()))?
+            LazyTensor::read_safetensors(file)?
         };
         for (name, tensor) in tensors {
             if let Some((_, first)) = all.insert(name.clone(), (tensor, file.clone())) {
@@ -94,16 +98,18 @@ fn listed(names: &[String]) -> String {
     format!("`{}`{tail}", shown.join("`, `"))
 }
 
-/// Copies `tensors` into the variables of `vs` (converting fp16/bf16 to the variable's type).
-/// Checked before anything is copied: a missing variable, a tensor the network has no place
-/// for, or a shape mismatch (both shapes given) fails the load and names `source`.
-pub fn load_strict(vs: &VarStore, tensors: &HashMap<String, (Tensor, PathBuf)>, source: &Path) -> Result<(), NnError> {
+/// Copies `tensors` into the variables of `vs` (converting fp16/bf16 to the variable's type),
+/// reading one tensor at a time. Checked before anything is read or copied: a missing variable,
+/// a tensor the network has no place for, or a shape mismatch (both shapes given) fails the load
+/// and names `source`. (The headers were checked when the files were mapped; a tensor that still
+/// fails to read, or a derived one that comes out wrong, stops the copy where it is.)
+pub fn load_strict(vs: &VarStore, tensors: &HashMap<String, (LazyTensor, PathBuf)>, source: &Path) -> Result<(), NnError> {
     load_strict_except(vs, tensors, source, |_| false)
 }
 
 /// [`load_strict`] for the variables `own` does not claim: those (e.g. the LoRA adapters a
 /// fine-tune adds) keep their initial values and the file must not have them.
-pub fn load_strict_except(vs: &VarStore, tensors: &HashMap<String, (Tensor, PathBuf)>, source: &Path, own: impl Fn(&str) -> bool) -> Result<(), NnError> {
+pub fn load_strict_except(vs: &VarStore, tensors: &HashMap<String, (LazyTensor, PathBuf)>, source: &Path, own: impl Fn(&str) -> bool) -> Result<(), NnError> {
     let err = |reason: String| NnError::Load { path: source.to_path_buf(), reason };
     let mut vars = vs.variables();
     vars.retain(|name, _| !own(name));
@@ -124,13 +130,17 @@ pub fn load_strict_except(vs: &VarStore, tensors: &HashMap<String, (Tensor, Path
             return Err(NnError::Load { path: file.clone(), reason });
         }
     }
+    // In the files' order, so that a mapped file is read front to back.
+    let mut order: Vec<(&String, &Tensor)> = vars.iter().collect();
+    order.sort_by_key(|(name, _)| tensors[*name].0.file_order());
     tch::no_grad(|| {
-        for (name, var) in &vars {
+        for (name, var) in order {
+            let src = tensors[name].0.materialise()?;
             let mut v = var.shallow_clone();
-            v.copy_(&tensors[name].0.to_kind(var.kind()));
+            v.f_copy_(&src.to_kind(var.kind())).map_err(|e| NnError::Load { path: tensors[name].1.clone(), reason: format!("tensor `{name}`: {e}") })?;
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Loads a component's weights from `dir` (see [`weight_files`]) into `vs`.

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod autoencoder_kl;
 pub mod bpe_learn;
 pub mod clip_text;
+pub mod lazy_tensor;
 pub mod load;
 pub mod presets;
 pub mod resample;
