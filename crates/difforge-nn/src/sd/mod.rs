@@ -5,7 +5,9 @@
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod bpe_learn;
+pub mod clip_model;
 pub mod clip_text;
+pub mod clip_vision;
 pub mod lazy_tensor;
 pub mod load;
 pub mod presets;
