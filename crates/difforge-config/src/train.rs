@@ -13,7 +13,7 @@ difforge_core::choice! {
         Fp32 = "fp32",
         /// float32 storage, TF32 tensor-core matmuls and convolutions on CUDA.
         Tf32 = "tf32",
-        /// bfloat16 autocast on CUDA with float32 master weights and loss (float32 on CPU).
+        /// bfloat16 autocast (CUDA and CPU) with float32 master weights, optimiser and loss.
         Bf16 = "bf16",
     }
 }

@@ -184,19 +184,31 @@ impl DiffusionModel {
         difforge_nn::weights::parameter_count(&self.vs)
     }
 
-    /// bf16 autocast applies on CUDA only.
+    /// Whether the network runs under bfloat16 autocast (`train.precision = "bf16"`, CPU or CUDA).
     pub fn autocast(&self) -> bool {
-        self.device.is_cuda() && self.config.train.precision == Precision::Bf16
+        self.config.train.precision == Precision::Bf16
+    }
+
+    /// `f` under the run's autocast. Entering autocast only fails if libtorch refuses its own
+    /// state; the network then runs in float32, said once in the log.
+    fn autocast_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _guard = difforge_native::AutocastBf16::enter(self.device, self.autocast())
+            .map_err(|e| {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| tracing::warn!("bf16 autocast could not be entered ({e}); the network runs in float32"));
+            })
+            .ok();
+        f()
     }
 
     /// The network's prediction (under autocast when configured) as float32.
     pub fn predict(&self, w: Weights, x: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Tensor {
-        tch::autocast(self.autocast(), || self.network(w).forward(x, t, cond, train)).to_kind(Kind::Float)
+        self.autocast_scope(|| self.network(w).forward(x, t, cond, train)).to_kind(Kind::Float)
     }
 
     /// `cond` prepared for many predictions in a row (see `DenoiserNet::prepare`).
     pub fn prepare(&self, w: Weights, cond: &Conditioning) -> Option<Conditioning> {
-        tch::autocast(self.autocast(), || self.network(w).prepare(cond))
+        self.autocast_scope(|| self.network(w).prepare(cond))
     }
 
     /// The network that sampling uses.

@@ -5,6 +5,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
 
@@ -65,6 +66,33 @@ int dfn_normal_seeded(at::Tensor* out, uint64_t seed) {
     }
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     out->normal_(0.0, 1.0, gen);
+  });
+}
+
+// Enters bfloat16 autocast on the CPU (cuda = 0) or on CUDA (cuda = 1), as
+// `torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)` does: the switch and the
+// dtype are this thread's, and the previous ones are returned for dfn_autocast_exit. (tch's
+// autocast turns on CUDA's alone, whose default dtype is float16.)
+int dfn_autocast_enter(int cuda, int enabled, int* prev_enabled, int* prev_dtype) {
+  return guarded([&] {
+    const auto device = cuda ? at::kCUDA : at::kCPU;
+    *prev_enabled = at::autocast::is_autocast_enabled(device) ? 1 : 0;
+    *prev_dtype = static_cast<int>(at::autocast::get_autocast_dtype(device));
+    at::autocast::set_autocast_enabled(device, enabled != 0);
+    at::autocast::set_autocast_dtype(device, at::kBFloat16);
+    at::autocast::increment_nesting();
+  });
+}
+
+// Leaves what dfn_autocast_enter entered: the outermost exit frees the cast weights' cache.
+int dfn_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
+  return guarded([&] {
+    const auto device = cuda ? at::kCUDA : at::kCPU;
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(device, prev_enabled != 0);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(prev_dtype));
   });
 }
 

@@ -1,6 +1,7 @@
 //! The native layer: libtorch calls that tch 0.24 does not expose, compiled from one C++ file
 //! (`native/difforge_native.cpp`) against the same libtorch, behind safe functions.
 //!
+//! - [`autocast_bf16`]: bfloat16 autocast on the CPU and CUDA (tch's is CUDA's, in float16);
 //! - [`fused_adamw`]: libtorch's fused AdamW kernel (CPU and CUDA), one pass per step;
 //! - [`cuda`]: TF32 switches, device properties, the caching allocator's peak memory;
 //! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it;
@@ -12,6 +13,7 @@
 //! numbers to a C function that catches every C++ exception, or (`MappedFile`) maps a file.
 #![allow(unsafe_code)]
 
+mod autocast;
 pub mod cuda;
 pub mod dist;
 mod ffi;
@@ -20,6 +22,7 @@ mod mapped_file;
 mod optim;
 mod random;
 
+pub use autocast::{autocast_bf16, AutocastBf16};
 pub use graph::CudaGraph;
 pub use mapped_file::MappedFile;
 pub use optim::{fused_adamw, AdamWStep};

@@ -9,7 +9,7 @@
 use crate::error::TrainError;
 use crate::lr::learning_rate;
 use crate::step::{PhaseTimes, StepData, Stepper};
-use difforge_config::{Precision, RunConfig};
+use difforge_config::RunConfig;
 use difforge_core::{rng_for, Stream};
 use difforge_data::Batch;
 use difforge_diffusion::{SamplerConfig, SamplerKind};
@@ -224,9 +224,6 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         };
         (both, "VmHWM: peak resident set of the whole process (libtorch included)".to_string())
     };
-    if !dev.is_cuda() && cfg.train.precision == Precision::Bf16 {
-        notes.push("bf16 autocast applies on CUDA only: this CPU run is float32".into());
-    }
     Ok(BenchReport {
         engine: "difforge".into(),
         model: opts.model_name.clone(),

@@ -16,6 +16,7 @@ mod eval;
 mod explain;
 mod finetune;
 mod launch;
+mod precision;
 mod reproducibility;
 mod run_folder;
 mod sd_finetune;
