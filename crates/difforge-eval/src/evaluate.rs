@@ -53,6 +53,8 @@ pub struct EvalOptions {
     /// Evaluate the images of this folder instead of generating samples (class subfolders named
     /// like the model's classes give the classes asked for).
     pub samples_dir: Option<PathBuf>,
+    /// A transformers CLIPModel folder: a text model's samples get a CLIP score.
+    pub clip_model: Option<PathBuf>,
 }
 
 /// Metrics on one feature network.
@@ -125,6 +127,8 @@ pub struct PromptReport {
     /// The shapes judge's scores (colour, kind, size, position, background; withheld combos
     /// apart when the data folder has a shapes.json), when every prompt is a shapes caption.
     pub adherence: Option<AdherenceReport>,
+    /// With a CLIP model: the samples' and the real images' CLIP scores against their texts.
+    pub clip_score: Option<crate::clip_score::ClipScoreReport>,
 }
 
 /// What the report shows besides the numbers, and how long each part took (kept out of the
@@ -217,7 +221,7 @@ pub fn evaluate(
     };
     clock.lap("class accuracy");
     let prompt_report = match &prompts {
-        Some(p) if opts.samples_dir.is_none() => Some(prompt_report(p, real, &samples, &opts.real_data)?),
+        Some(p) if opts.samples_dir.is_none() => Some(prompt_report(p, real, &samples, opts, model.device())?),
         _ => None,
     };
     clock.lap("prompt adherence");
@@ -281,13 +285,14 @@ pub(crate) fn prompts_of(model: &DiffusionModel, real: &RealImages) -> Result<Op
 }
 
 /// The prompt section of the report: with the shapes judge when every prompt is a shapes
-/// caption (withheld combos from the data folder's shapes.json, if it has one).
-fn prompt_report(prompts: &[String], real: &RealImages, samples: &Tensor, data: &DataConfig) -> Result<PromptReport, EvalError> {
+/// caption (withheld combos from the data folder's shapes.json, if it has one), and the CLIP
+/// score when a CLIP model is given.
+fn prompt_report(prompts: &[String], real: &RealImages, samples: &Tensor, opts: &EvalOptions, device: tch::Device) -> Result<PromptReport, EvalError> {
     let distinct = prompts.iter().collect::<std::collections::BTreeSet<_>>().len();
     let source = format!("captions of the {} images of {}", prompts.len(), real.description);
     let judged = prompts.iter().all(|p| crate::shape_judge::parse_caption(p).is_some());
     let adherence = if judged {
-        let manifest = data.path.as_ref().map(|d| d.join(difforge_data::synth::shapes::MANIFEST_FILE)).filter(|p| p.is_file());
+        let manifest = opts.real_data.path.as_ref().map(|d| d.join(difforge_data::synth::shapes::MANIFEST_FILE)).filter(|p| p.is_file());
         let withheld = manifest.map(|m| difforge_data::synth::ShapesManifest::read(&m)).transpose()?.map(|m| m.withheld);
         let images = crate::shape_judge::rgb_images(samples)?;
         let items: Vec<(String, image::RgbImage)> = images.into_iter().enumerate().map(|(i, img)| (prompts[i % prompts.len()].clone(), img)).collect();
@@ -295,7 +300,21 @@ fn prompt_report(prompts: &[String], real: &RealImages, samples: &Tensor, data: 
     } else {
         None
     };
-    Ok(PromptReport { source, distinct, adherence })
+    let clip_score = match &opts.clip_model {
+        Some(dir) => {
+            let captioned = captioned_images(real)?;
+            Some(crate::clip_score::clip_scores(dir, samples, prompts, &captioned.0, &captioned.1, device)?)
+        }
+        None => None,
+    };
+    Ok(PromptReport { source, distinct, adherence, clip_score })
+}
+
+/// The real images that have a caption, and their captions.
+fn captioned_images(real: &RealImages) -> Result<(Tensor, Vec<String>), EvalError> {
+    let (rows, captions): (Vec<i64>, Vec<String>) =
+        real.captions.iter().enumerate().filter_map(|(i, c)| c.as_ref().filter(|c| !c.trim().is_empty()).map(|c| (i as i64, c.clone()))).unzip();
+    Ok((real.images.index_select(0, &Tensor::from_slice(&rows)), captions))
 }
 
 /// Generates the samples, or reads them from `opts.samples_dir`.

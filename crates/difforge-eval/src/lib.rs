@@ -1,10 +1,11 @@
 //! Evaluation for difforge: distances between feature distributions (Frechet distance, KID),
 //! k-nearest-neighbour manifold metrics (precision, recall, F1, density, coverage), class accuracy,
-//! memorisation and consistency checks, the sample judge (a classifier trained on the real data),
+//! CLIP score, memorisation and consistency checks, the sample judge (a classifier trained on the real data),
 //! the evaluation the trainer runs, and the HTML report that shows them.
 
 pub mod cache;
 pub mod classes;
+pub mod clip_score;
 pub mod dataset;
 pub mod error;
 pub mod evaluate;

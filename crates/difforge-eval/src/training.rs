@@ -71,6 +71,7 @@ fn prepare(model: &DiffusionModel) -> Result<Prepared, EvalError> {
         real_split: SplitChoice::Val,
         classifier: t.eval_classifier.clone(),
         samples_dir: None,
+        clip_model: None,
     };
     let prompts = prompts_of(model, &real)?;
     Ok(Prepared { nets, real: stats, class_names: real.class_names, prompts, opts })

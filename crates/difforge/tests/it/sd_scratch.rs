@@ -168,15 +168,22 @@ fn vae_then_sd_init_then_unet_training_gives_a_model_that_samples_and_is_judged(
 }
 
 /// `difforge eval` on the text model generates from the real images' captions and scores the
-/// samples with the shapes judge besides the usual metrics.
+/// samples with the shapes judge and a CLIP model (the tiny random one of
+/// tools/make_clip_fixtures.py) besides the usual metrics.
 fn evaluate_on_captions(run: &Path) {
     let small = ["--n", "16", "--batch", "8", "--consistency-sets", "1", "--kid-subsets", "2", "--kid-subset-size", "8", "--k", "3", "--steps", "3"];
-    let report = run_ok(&[&["eval", "--checkpoint", s(run), "--split", "all", "--json"][..], &small[..]].concat());
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/clip/tiny-clip");
+    let report = run_ok(&[&["eval", "--checkpoint", s(run), "--split", "all", "--json", "--clip-model", s(&clip)][..], &small[..]].concat());
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let prompts = &report["prompts"];
     assert!(prompts["source"].as_str().is_some_and(|s| s.starts_with("captions of the 48 images")), "{prompts}");
     assert!(prompts["distinct"].as_u64().is_some_and(|d| d > 1), "{prompts}");
     assert_eq!(prompts["adherence"]["overall"]["images"], 16, "{prompts}");
+    let clip = &prompts["clip_score"];
+    assert_eq!(clip["model"], "tiny-clip", "{prompts}");
+    for key in ["samples", "real"] {
+        assert!(clip[key].as_f64().is_some_and(|v| (0.0..=100.0).contains(&v)), "{key}: {clip}");
+    }
     assert_eq!(report["consistency"]["same_seed_identical"], true, "{report}");
     assert!(report["metrics"][0]["frechet_distance"].as_f64().is_some_and(f64::is_finite), "{report}");
 }
