@@ -9,6 +9,7 @@
 //! Stable Diffusion pipelines pass none (their encoders' configs do not ask for one), padding
 //! with the end token instead, which the causal mask keeps from changing the prompt's tokens.
 
+use super::clip_encoder::{EncoderLayer, LayerShape};
 use super::load;
 use crate::error::NnError;
 use difforge_core::ConfigError;
@@ -29,7 +30,7 @@ difforge_core::choice! {
 }
 
 impl ClipActivation {
-    fn apply(self, x: &Tensor) -> Tensor {
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             ClipActivation::QuickGelu => x * (x * 1.702).sigmoid(),
             ClipActivation::Gelu => x.gelu("none"),
@@ -98,6 +99,18 @@ impl ClipTextConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// Its encoder layers' shape: causal self-attention.
+    pub(crate) fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+            causal: true,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sizes = [
             ("vocab_size", self.vocab_size),
@@ -118,75 +131,6 @@ impl ClipTextConfig {
             return Err(ConfigError::new("layer_norm_eps", self.layer_norm_eps, "a positive number"));
         }
         Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct SelfAttention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
-    heads: i64,
-    scale: f64,
-}
-
-impl SelfAttention {
-    fn new(p: &nn::Path, c: &ClipTextConfig) -> SelfAttention {
-        let proj = |name: &str| nn::linear(p / name, c.hidden_size, c.hidden_size, Default::default());
-        SelfAttention {
-            q_proj: proj("q_proj"),
-            k_proj: proj("k_proj"),
-            v_proj: proj("v_proj"),
-            out_proj: proj("out_proj"),
-            heads: c.num_attention_heads,
-            scale: (c.head_dim() as f64).powf(-0.5),
-        }
-    }
-
-    /// (B, L, C) -> (B, heads, L, C / heads).
-    fn split_heads(&self, x: &Tensor) -> Tensor {
-        x.unflatten(-1, [self.heads, -1]).transpose(1, 2)
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (q, k, v) = (self.split_heads(&x.apply(&self.q_proj)), self.split_heads(&x.apply(&self.k_proj)), self.split_heads(&x.apply(&self.v_proj)));
-        // Causal: a token sees only itself and those before it, as in transformers' causal mask.
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, self.scale, false);
-        o.transpose(1, 2).flatten(2, 3).apply(&self.out_proj)
-    }
-}
-
-#[derive(Debug)]
-struct EncoderLayer {
-    layer_norm1: nn::LayerNorm,
-    self_attn: SelfAttention,
-    layer_norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-    act: ClipActivation,
-}
-
-fn layer_norm(p: nn::Path, c: &ClipTextConfig) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
-}
-
-impl EncoderLayer {
-    fn new(p: &nn::Path, c: &ClipTextConfig) -> EncoderLayer {
-        EncoderLayer {
-            layer_norm1: layer_norm(p / "layer_norm1", c),
-            self_attn: SelfAttention::new(&(p / "self_attn"), c),
-            layer_norm2: layer_norm(p / "layer_norm2", c),
-            fc1: nn::linear(p / "mlp" / "fc1", c.hidden_size, c.intermediate_size, Default::default()),
-            fc2: nn::linear(p / "mlp" / "fc2", c.intermediate_size, c.hidden_size, Default::default()),
-            act: c.hidden_act,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x + self.self_attn.forward(&x.apply(&self.layer_norm1));
-        let mlp = self.act.apply(&h.apply(&self.layer_norm2).apply(&self.fc1)).apply(&self.fc2);
-        h + mlp
     }
 }
 
@@ -239,14 +183,14 @@ impl ClipTextModel {
         let c = config;
         let tp = p / "text_model";
         let emb = &tp / "embeddings";
-        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&tp / "encoder" / "layers" / i), c)).collect();
+        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&tp / "encoder" / "layers" / i), &c.layer_shape())).collect();
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         Ok(ClipTextModel {
             config: c.clone(),
             token_embedding: nn::embedding(&emb / "token_embedding", c.vocab_size, c.hidden_size, Default::default()),
             position_embedding: nn::embedding(&emb / "position_embedding", c.max_position_embeddings, c.hidden_size, Default::default()),
             layers,
-            final_layer_norm: layer_norm(&tp / "final_layer_norm", c),
+            final_layer_norm: c.layer_shape().layer_norm(&tp / "final_layer_norm"),
             text_projection: c.with_projection().then(|| nn::linear(p / "text_projection", c.hidden_size, c.projection_dim, no_bias)),
             device: p.device(),
         })

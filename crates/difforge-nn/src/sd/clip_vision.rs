@@ -10,6 +10,7 @@
 //! (the pooled output), which `visual_projection` maps to the image embedding. Only the model's
 //! own `image_size` is taken (transformers' `interpolate_pos_encoding` is not supported).
 
+use super::clip_encoder::{EncoderLayer, LayerShape};
 use super::clip_text::ClipActivation;
 use super::load;
 use crate::error::NnError;
@@ -96,6 +97,18 @@ impl ClipVisionConfig {
         self.architectures.iter().any(|a| a == VISION_WITH_PROJECTION)
     }
 
+    /// Its encoder layers' shape: every patch attends to every other.
+    pub(crate) fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+            causal: false,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sizes = [
             ("hidden_size", self.hidden_size),
@@ -120,85 +133,6 @@ impl ClipVisionConfig {
             return Err(ConfigError::new("layer_norm_eps", self.layer_norm_eps, "a positive number"));
         }
         Ok(())
-    }
-}
-
-fn activation(act: ClipActivation, x: &Tensor) -> Tensor {
-    // As clip_text.rs's `ClipActivation::apply` (private there).
-    match act {
-        ClipActivation::QuickGelu => x * (x * 1.702).sigmoid(),
-        ClipActivation::Gelu => x.gelu("none"),
-    }
-}
-
-fn layer_norm(p: nn::Path, c: &ClipVisionConfig) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
-}
-
-/// transformers' `CLIPAttention` without a mask: every token sees every other. (clip_text.rs's
-/// layer is private and causal; this is its maths with `is_causal` false.)
-#[derive(Debug)]
-struct SelfAttention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
-    heads: i64,
-    scale: f64,
-}
-
-impl SelfAttention {
-    fn new(p: &nn::Path, c: &ClipVisionConfig) -> SelfAttention {
-        let proj = |name: &str| nn::linear(p / name, c.hidden_size, c.hidden_size, Default::default());
-        SelfAttention {
-            q_proj: proj("q_proj"),
-            k_proj: proj("k_proj"),
-            v_proj: proj("v_proj"),
-            out_proj: proj("out_proj"),
-            heads: c.num_attention_heads,
-            scale: (c.head_dim() as f64).powf(-0.5),
-        }
-    }
-
-    /// (B, L, C) -> (B, heads, L, C / heads).
-    fn split_heads(&self, x: &Tensor) -> Tensor {
-        x.unflatten(-1, [self.heads, -1]).transpose(1, 2)
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (q, k, v) = (self.split_heads(&x.apply(&self.q_proj)), self.split_heads(&x.apply(&self.k_proj)), self.split_heads(&x.apply(&self.v_proj)));
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, self.scale, false);
-        o.transpose(1, 2).flatten(2, 3).apply(&self.out_proj)
-    }
-}
-
-/// transformers' `CLIPEncoderLayer`: pre-norm attention and MLP, each with a residual.
-#[derive(Debug)]
-struct EncoderLayer {
-    layer_norm1: nn::LayerNorm,
-    self_attn: SelfAttention,
-    layer_norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-    act: ClipActivation,
-}
-
-impl EncoderLayer {
-    fn new(p: &nn::Path, c: &ClipVisionConfig) -> EncoderLayer {
-        EncoderLayer {
-            layer_norm1: layer_norm(p / "layer_norm1", c),
-            self_attn: SelfAttention::new(&(p / "self_attn"), c),
-            layer_norm2: layer_norm(p / "layer_norm2", c),
-            fc1: nn::linear(p / "mlp" / "fc1", c.hidden_size, c.intermediate_size, Default::default()),
-            fc2: nn::linear(p / "mlp" / "fc2", c.intermediate_size, c.hidden_size, Default::default()),
-            act: c.hidden_act,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x + self.self_attn.forward(&x.apply(&self.layer_norm1));
-        let mlp = activation(self.act, &h.apply(&self.layer_norm2).apply(&self.fc1)).apply(&self.fc2);
-        h + mlp
     }
 }
 
@@ -239,16 +173,16 @@ impl ClipVisionModel {
         let vp = p / "vision_model";
         let emb = &vp / "embeddings";
         let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ..Default::default() };
-        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&vp / "encoder" / "layers" / i), c)).collect();
+        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&vp / "encoder" / "layers" / i), &c.layer_shape())).collect();
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         Ok(ClipVisionModel {
             config: c.clone(),
             class_embedding: emb.var("class_embedding", &[c.hidden_size], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
             patch_embedding: nn::conv2d(&emb / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
             position_embedding: nn::embedding(&emb / "position_embedding", c.num_positions(), c.hidden_size, Default::default()),
-            pre_layrnorm: layer_norm(&vp / "pre_layrnorm", c),
+            pre_layrnorm: c.layer_shape().layer_norm(&vp / "pre_layrnorm"),
             layers,
-            post_layernorm: layer_norm(&vp / "post_layernorm", c),
+            post_layernorm: c.layer_shape().layer_norm(&vp / "post_layernorm"),
             visual_projection: projection.then(|| nn::linear(p / "visual_projection", c.hidden_size, c.projection_dim, no_bias)),
             device: p.device(),
         })

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod bpe_learn;
+mod clip_encoder;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;
