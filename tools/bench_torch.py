@@ -631,7 +631,7 @@ def parse_args():
     ap.add_argument("--sample-batch", type=int, default=None, help="default: --batch")
     ap.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     ap.add_argument("--mode", choices=["fp32", "tf32", "bf16"], default="fp32",
-                    help="fp32: TF32 off; tf32: TF32 matmuls and convolutions; bf16: bf16 autocast (CUDA only) with TF32")
+                    help="fp32: TF32 off; tf32: TF32 matmuls and convolutions; bf16: bf16 autocast (CUDA or CPU) with TF32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network")
     ap.add_argument("--channels-last", action="store_true", help="weights and images in channels_last (NHWC) memory format")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -665,10 +665,9 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
-    autocast = args.mode == "bf16" and cuda
+    # bf16 autocast on the device the run is on, CUDA or CPU (as in difforge).
+    autocast = args.mode == "bf16"
     notes = []
-    if args.mode == "bf16" and not cuda:
-        notes.append("bf16 autocast applies on CUDA only (as in difforge): this CPU run is float32")
     sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
 
     torch.manual_seed(args.seed)

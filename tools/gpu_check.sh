@@ -3,7 +3,7 @@
 # with a prebuilt difforge binary carried to the device (it builds nothing there). For the 6 M
 # reference UNet (ref6m, 32x32, batch 128) and the 35 M UNet (big64, 64x64, batch 64) it runs,
 # one after the other on the same card:
-#   difforge bench            tf32 and bf16
+#   difforge bench            tf32, bf16 and bf16 channels_last
 #   tools/bench_torch.py      eager tf32, eager bf16, eager bf16 channels_last, torch.compile bf16
 # and prints one Markdown table (train and sample images/s, MFU, peak memory, ratio to PyTorch
 # eager at the same precision). JSON reports and logs go to $OUT (default /tmp/gpu-check).
@@ -55,6 +55,7 @@ for spec in $MODELS; do
     args=("${common[@]}" --batch "$batch")
     run "$model-difforge-tf32" "$BIN" bench --model "$df_model" "${args[@]}" --precision tf32 --peak-tflops "$PEAK_TF32" --json
     run "$model-difforge-bf16" "$BIN" bench --model "$df_model" "${args[@]}" --precision bf16 --peak-tflops "$PEAK_BF16" --json
+    run "$model-difforge-bf16-channels-last" "$BIN" bench --model "$df_model" "${args[@]}" --precision bf16 --channels-last --peak-tflops "$PEAK_BF16" --json
     run "$model-eager-tf32" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode tf32 --peak-tflops "$PEAK_TF32"
     run "$model-eager-bf16" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode bf16 --peak-tflops "$PEAK_BF16"
     run "$model-eager-bf16-channels-last" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode bf16 --channels-last --peak-tflops "$PEAK_BF16"
@@ -68,7 +69,7 @@ rows = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
 print("| model | engine | precision | train img/s | vs eager | sample img/s | vs eager | train MFU | peak memory |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 for model in ["ref6m", "big64"]:
-    for name in ["difforge-tf32", "eager-tf32", "difforge-bf16", "eager-bf16", "eager-bf16-channels-last", "compile-bf16"]:
+    for name in ["difforge-tf32", "eager-tf32", "difforge-bf16", "eager-bf16", "difforge-bf16-channels-last", "eager-bf16-channels-last", "compile-bf16"]:
         r = rows.get(f"{model}-{name}")
         if r is None:
             print(f"| {model} | {name} | | no result (not run, or see {model}-{name}.log) | | | | | |")

@@ -140,9 +140,12 @@ pub struct TrainConfig {
     pub device: String,
     /// CPU threads for libtorch; 0 means one per core.
     pub threads: usize,
-    /// "fp32", "tf32" or "bf16": what CUDA matmuls and convolutions compute in (the CPU always
-    /// computes in float32).
+    /// "fp32", "tf32" or "bf16": what matmuls and convolutions compute in (bf16: autocast, on
+    /// CUDA and the CPU).
     pub precision: Precision,
+    /// Feed the network its images (and so its activations) in channels_last (NHWC) memory
+    /// layout, which tensor-core convolutions prefer; the weights stay in their flat buffers.
+    pub channels_last: bool,
     /// "portable" (the same bytes on any x86-64 machine) or "native" (this machine's fastest
     /// kernels); see the README's reproducibility section.
     pub cpu_kernels: CpuKernels,
@@ -222,6 +225,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             threads: 0,
             precision: Precision::Tf32,
+            channels_last: false,
             cpu_kernels: CpuKernels::Portable,
             dist_backend: DistBackend::Auto,
             dist_timeout_s: 600,

@@ -62,6 +62,12 @@ fn share_frozen(vs: &VarStore, ema_vs: &VarStore, trains: impl Fn(&str) -> bool)
     }
 }
 
+/// `x` (N, C, H, W) with NHWC strides (PyTorch's `x.contiguous(memory_format=torch.channels_last)`;
+/// tch has no memory formats): convolutions given such an input return the same layout.
+fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
 impl DiffusionModel {
     /// A freshly initialised model; the initial weights depend only on the seed.
     pub fn new(config: &RunConfig, device: Device) -> Result<DiffusionModel, ModelError> {
@@ -201,9 +207,11 @@ impl DiffusionModel {
         f()
     }
 
-    /// The network's prediction (under autocast when configured) as float32.
+    /// The network's prediction (under autocast when configured; on channels_last images when
+    /// `train.channels_last`) as float32.
     pub fn predict(&self, w: Weights, x: &Tensor, t: &Tensor, cond: &Conditioning, train: bool) -> Tensor {
-        self.autocast_scope(|| self.network(w).forward(x, t, cond, train)).to_kind(Kind::Float)
+        let x = if self.config.train.channels_last && x.dim() == 4 { channels_last(x) } else { x.shallow_clone() };
+        self.autocast_scope(|| self.network(w).forward(&x, t, cond, train)).to_kind(Kind::Float)
     }
 
     /// `cond` prepared for many predictions in a row (see `DenoiserNet::prepare`).

@@ -51,6 +51,8 @@ pub struct BenchReport {
     pub precision: String,
     /// True when the forward pass runs under bf16 autocast (bf16 on CUDA only).
     pub autocast_bf16: bool,
+    /// The network got channels_last (NHWC) images.
+    pub channels_last: bool,
     pub parameters: i64,
     pub image_size: i64,
     pub channels: i64,
@@ -231,6 +233,7 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         threads: tch::get_num_threads().max(1) as usize,
         precision: cfg.train.precision.name().into(),
         autocast_bf16: model.autocast(),
+        channels_last: cfg.train.channels_last,
         parameters: model.parameter_count(),
         image_size: model.family().pixel_shape()[1],
         channels: model.family().pixel_shape()[0],

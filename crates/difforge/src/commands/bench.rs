@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// auto, cpu, cuda or cuda:N (default: the config's train.device; auto for presets).
     #[arg(long)]
     pub device: Option<String>,
+    /// Feed the network channels_last (NHWC) images (train.channels_last).
+    #[arg(long)]
+    pub channels_last: bool,
     /// libtorch CPU threads; 0 = one per core (default: the config's train.threads).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -104,6 +107,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(p) = args.precision {
         cfg.train.precision = p;
     }
+    cfg.train.channels_last |= args.channels_last;
     if let Some(d) = &args.device {
         difforge_config::DeviceChoice::parse("--device", d)?;
         cfg.train.device = d.clone();
