@@ -146,6 +146,9 @@ pub struct TrainConfig {
     /// Feed the network its images (and so its activations) in channels_last (NHWC) memory
     /// layout, which tensor-core convolutions prefer; the weights stay in their flat buffers.
     pub channels_last: bool,
+    /// Assemble the next batch of an in-memory set on a thread of its own while the step runs
+    /// (the same batches: training is bit-identical either way).
+    pub prefetch: bool,
     /// "portable" (the same bytes on any x86-64 machine) or "native" (this machine's fastest
     /// kernels); see the README's reproducibility section.
     pub cpu_kernels: CpuKernels,
@@ -226,6 +229,7 @@ impl Default for TrainConfig {
             threads: 0,
             precision: Precision::Tf32,
             channels_last: false,
+            prefetch: true,
             cpu_kernels: CpuKernels::Portable,
             dist_backend: DistBackend::Auto,
             dist_timeout_s: 600,

@@ -4,6 +4,7 @@
 
 use crate::error::TrainError;
 use crate::parallel::Shard;
+use crate::prefetch::Prefetcher;
 use crate::world::World;
 use difforge_config::RunConfig;
 use difforge_data::check::{check_folder, check_set, CheckOptions, TokenCounter};
@@ -20,6 +21,8 @@ pub enum TrainBatches {
     /// Webdataset shards: each rank streams its own shards, so its batches are its own
     /// (batch_size / processes images each).
     Stream(Box<ShardStream>),
+    /// An in-memory set whose next batch a thread assembles during the step (`train.prefetch`).
+    Prefetched(Prefetcher),
 }
 
 impl TrainBatches {
@@ -40,6 +43,11 @@ impl TrainBatches {
         if cfg.data.balance == Balance::Class {
             loader = loader.balanced();
         }
+        if cfg.train.prefetch {
+            return Ok(TrainBatches::Prefetched(
+                Prefetcher::start(loader).map_err(|e| TrainError::Other(format!("cannot start the batch prefetch thread: {e}")))?,
+            ));
+        }
         Ok(TrainBatches::Memory(loader))
     }
 
@@ -54,6 +62,7 @@ impl TrainBatches {
         match self {
             TrainBatches::Memory(loader) => Ok(loader.train_batch(draw, global)),
             TrainBatches::Stream(stream) => Ok(stream.batch(draw, shard.rows(global).len())?),
+            TrainBatches::Prefetched(p) => p.batch(draw, global).map_err(TrainError::Other),
         }
     }
 }

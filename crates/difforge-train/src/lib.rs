@@ -13,6 +13,7 @@ pub mod lr;
 pub mod metrics;
 pub mod new_model;
 pub mod parallel;
+mod prefetch;
 pub mod prior;
 pub mod run_folder;
 pub mod step;

@@ -25,3 +25,16 @@ fn huber_loss_offset_noise_and_logit_normal_timesteps_each_change_training_repro
         assert!(a != plain, "{option}: training is unchanged");
     }
 }
+
+/// The batch prefetch thread prepares the batches the step would have assembled itself: the
+/// same weights with it and without it.
+#[test]
+fn prefetching_batches_changes_no_bit_of_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |prefetch: bool| {
+        let run = dir.path().join(format!("prefetch-{prefetch}"));
+        train_tiny(&run, &["train.steps=6", "train.val_every=0", &format!("train.prefetch={prefetch}")]);
+        final_weights(&run)
+    };
+    assert!(train(true) == train(false), "prefetched batches gave other weights");
+}
