@@ -268,7 +268,8 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A checkpoint folder, or a run folder (its best, else newest good checkpoint).
+    /// A checkpoint folder, a run folder (its best, else newest good checkpoint), or a published
+    /// diffusers Stable Diffusion folder served as it is.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Address to listen on (overrides serve.toml's `bind`); port 0 picks a free port.
