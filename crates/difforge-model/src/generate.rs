@@ -80,13 +80,14 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
 /// multiples of its family's size step.
 pub fn checked_size(model: &DiffusionModel, [h, w]: [i64; 2]) -> Result<[i64; 3], ModelError> {
     let [c, own_h, own_w] = model.family().pixel_shape();
-    let fits = match model.family().size_multiple() {
+    let multiple = model.family().size_multiple();
+    let fits = match multiple {
         _ if [h, w] == [own_h, own_w] => true,
         Some(m) => h > 0 && w > 0 && h % m == 0 && w % m == 0,
         None => false,
     };
     if !fits {
-        let allowed = match model.family().size_multiple() {
+        let allowed = match multiple {
             Some(m) => format!("sides that are positive multiples of {m}"),
             None => format!("this model's own size, {own_w}x{own_h}"),
         };

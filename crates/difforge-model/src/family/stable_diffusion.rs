@@ -50,6 +50,8 @@ pub struct StableDiffusionFamily {
     cache: Option<Arc<LatentCache>>,
     /// The (first) tokenizer again, outside the lock, for the data check's token counts.
     tokenizer: Arc<ClipTokenizer>,
+    /// Image sides are multiples of this: the VAE's scale times the UNet's downsamplings.
+    size_step: i64,
 }
 
 fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
@@ -94,12 +96,12 @@ impl StableDiffusionFamily {
         check_schedule(base, &run.diffusion)?;
         let unet: UNet2DConditionConfig = read_config(&base.join("unet"))?;
         let vae = AutoencoderKl::load(&base.join("vae"), device)?;
-        let multiple = vae.downscale() << (unet.block_out_channels.len().max(1) - 1);
-        if config.image_size % multiple != 0 {
+        let size_step = vae.downscale() << (unet.block_out_channels.len().max(1) - 1);
+        if config.image_size % size_step != 0 {
             return Err(ConfigError::new(
                 "model.image_size",
                 config.image_size,
-                format!("a multiple of {multiple} (the VAE's scale times the UNet's downsamplings)"),
+                format!("a multiple of {size_step} (the VAE's scale times the UNet's downsamplings)"),
             )
             .into());
         }
@@ -112,7 +114,7 @@ impl StableDiffusionFamily {
         };
         let text = if config.train_text_encoder { TextSide::Trained(trained_text_config(base, config.clip_skip)?) } else { frozen_text(base, config, device)? };
         let tokenizer = Arc::new(ClipTokenizer::load(base.join("tokenizer"))?);
-        Ok(StableDiffusionFamily { config: config.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer })
+        Ok(StableDiffusionFamily { config: config.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer, size_step })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
@@ -248,11 +250,7 @@ impl Family for StableDiffusionFamily {
     /// The VAE's scale times the UNet's downsamplings; SDXL conditions on the image size, which
     /// the family fixes at the trained size, so an SDXL model keeps that size.
     fn size_multiple(&self) -> Option<i64> {
-        if self.unet.addition_embed_type.is_some() {
-            return None;
-        }
-        let vae_scale = self.vae.lock().unwrap_or_else(|p| p.into_inner()).downscale();
-        Some(vae_scale << (self.unet.block_out_channels.len().max(1) - 1))
+        self.unet.addition_embed_type.is_none().then_some(self.size_step)
     }
 
     fn condition_kind(&self) -> ConditionKind {
