@@ -6,7 +6,12 @@ use rand::Rng;
 
 /// Mirrors each row.
 pub fn hflip(img: &mut [f32], channels: usize, side: usize) {
-    for row in img.chunks_exact_mut(side).take(channels * side) {
+    mirror_rows(&mut img[..channels * side * side], side);
+}
+
+/// Mirrors each row of a planar image whose rows are `width` values long (any height).
+pub fn mirror_rows(img: &mut [f32], width: usize) {
+    for row in img.chunks_exact_mut(width) {
         row.reverse();
     }
 }

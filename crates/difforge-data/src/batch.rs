@@ -3,10 +3,12 @@
 //! Crops and augmentations are drawn from (seed, p). So the batch of any step can be rebuilt
 //! from the step number alone: a resumed run sees exactly the data the uninterrupted one did.
 
-use crate::augment::augment;
+use crate::augment::{augment, mirror_rows};
+use crate::bucket::{center_crop, crop, BucketBatches, Fit, Placement};
 use crate::config::{AugmentConfig, CropMode};
 use crate::image_set::ImageSet;
 use crate::pixels::Pixels;
+use crate::preprocess::shorter_side_to;
 use difforge_core::{rng_for, Stream};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -22,7 +24,23 @@ pub struct Batch {
     pub captions: Vec<Option<String>>,
     pub size: usize,
     pub channels: usize,
-    pub side: usize,
+    pub height: usize,
+    pub width: usize,
+    /// With aspect-ratio buckets: each image's bucket, original size and crop (what SDXL's size
+    /// and crop conditioning takes); empty for square crops of the model size.
+    pub placements: Vec<Placement>,
+}
+
+impl Batch {
+    /// A batch of `size` planar images of one shape, without placements.
+    pub fn new(images: Vec<f32>, labels: Vec<i64>, captions: Vec<Option<String>>, channels: usize, height: usize, width: usize) -> Batch {
+        Batch { size: labels.len(), images, labels, captions, channels, height, width, placements: Vec::new() }
+    }
+
+    /// (N, C, H, W).
+    pub fn shape(&self) -> [i64; 4] {
+        [self.size as i64, self.channels as i64, self.height as i64, self.width as i64]
+    }
 }
 
 /// Maps stream positions to dataset indices, one seeded permutation per epoch.
@@ -105,11 +123,14 @@ pub struct Loader {
     crop: CropMode,
     augment: AugmentConfig,
     seed: u64,
+    /// With a bucketed set: the one-bucket batches of the training indices, and the batch size
+    /// they were cut for.
+    buckets: Option<(usize, BucketBatches)>,
 }
 
 impl Loader {
     pub fn new(set: Arc<ImageSet>, indices: Vec<usize>, side: u32, crop: CropMode, augment: AugmentConfig, seed: u64) -> Loader {
-        Loader { set, sampler: BatchSampler::new(indices, seed), side: side as usize, crop, augment, seed }
+        Loader { set, sampler: BatchSampler::new(indices, seed), side: side as usize, crop, augment, seed, buckets: None }
     }
 
     /// Switches to class-balanced sampling.
@@ -126,8 +147,12 @@ impl Loader {
         self.sampler.is_empty()
     }
 
-    /// The training batch of `step` for a batch size: stream positions step*B .. (step+1)*B.
+    /// The training batch of `step` for a batch size: stream positions step*B .. (step+1)*B;
+    /// or, for a bucketed set, batch `step` of the one-bucket batches ([`BucketBatches`]).
     pub fn train_batch(&mut self, step: u64, batch_size: usize) -> Batch {
+        if self.set.is_bucketed() {
+            return self.bucket_batch(step, batch_size);
+        }
         let positions: Vec<(u64, usize)> = (0..batch_size as u64)
             .map(|j| {
                 let pos = step * batch_size as u64 + j;
@@ -141,28 +166,83 @@ impl Loader {
                 train_image(&self.set.pixels[idx], self.channels(), self.side, self.crop, &self.augment, &mut rng)
             })
             .collect();
-        self.assemble(images, positions.iter().map(|&(_, i)| i))
+        self.assemble(images, positions.iter().map(|&(_, i)| i), self.side, self.side)
     }
 
-    /// Centre-cropped, unaugmented images at the given dataset indices (validation, evaluation).
+    /// Batch `step` of a bucketed set: every image of one bucket, cropped to it (centred or at
+    /// a drawn offset) and maybe mirrored, the draws made from (seed, step, position in batch).
+    fn bucket_batch(&mut self, step: u64, batch_size: usize) -> Batch {
+        let (bucket, members) = self.bucket_batches(batch_size).batch(step);
+        let channels = self.channels();
+        let drawn: Vec<(Vec<f32>, Placement)> = members
+            .par_iter()
+            .enumerate()
+            .map(|(j, &idx)| {
+                let mut rng = rng_for(self.seed, Stream::Augment, step * batch_size as u64 + j as u64);
+                bucket_image(&self.set.pixels[idx], &self.set.fits[idx], channels, self.crop, self.augment.hflip, &mut rng)
+            })
+            .collect();
+        let (images, placements): (Vec<Vec<f32>>, Vec<Placement>) = drawn.into_iter().unzip();
+        let mut batch = self.assemble(images, members.iter().copied(), bucket.height as usize, bucket.width as usize);
+        batch.placements = placements;
+        batch
+    }
+
+    /// The one-bucket batches of the training indices for `batch_size` (the last, partial
+    /// batch of a bucket kept: no image is left out of an epoch).
+    fn bucket_batches(&mut self, batch_size: usize) -> &mut BucketBatches {
+        if self.buckets.as_ref().map(|(b, _)| *b) != Some(batch_size) {
+            let mut assignments = vec![None; self.set.len()];
+            for &i in &self.sampler.indices {
+                assignments[i] = Some(self.set.fits[i].bucket);
+            }
+            self.buckets = Some((batch_size, BucketBatches::new(&assignments, batch_size, self.seed, false)));
+        }
+        &mut self.buckets.as_mut().unwrap_or_else(|| unreachable!("set above")).1
+    }
+
+    /// Centre-cropped, unaugmented squares of the model size at the given dataset indices
+    /// (validation, evaluation); a bucketed set's images are first resized to that size.
     pub fn fixed_batch(&self, indices: &[usize]) -> Batch {
-        let images: Vec<Vec<f32>> =
-            indices.par_iter().map(|&idx| self.crop_image(idx, CropMode::Center, &mut rng_for(self.seed, Stream::Augment, 0))).collect();
-        self.assemble(images, indices.iter().copied())
+        let images: Vec<Vec<f32>> = indices
+            .par_iter()
+            .map(|&idx| {
+                let px = &self.set.pixels[idx];
+                let rng = &mut rng_for(self.seed, Stream::Augment, 0);
+                if px.width.min(px.height) as usize == self.side {
+                    return crop_pixels(px, self.side, CropMode::Center, rng);
+                }
+                crop_pixels(&shorter_side_to(px, self.side as u32), self.side, CropMode::Center, rng)
+            })
+            .collect();
+        self.assemble(images, indices.iter().copied(), self.side, self.side)
     }
 
     fn channels(&self) -> usize {
         self.set.pixels.first().map_or(1, |p| p.channels as usize)
     }
 
-    fn crop_image(&self, idx: usize, mode: CropMode, rng: &mut impl Rng) -> Vec<f32> {
-        crop_pixels(&self.set.pixels[idx], self.side, mode, rng)
-    }
-
-    fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>) -> Batch {
+    fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>, height: usize, width: usize) -> Batch {
         let (labels, captions) = indices.map(|i| (self.set.labels[i].map_or(-1, |l| l as i64), self.set.captions[i].clone())).unzip();
-        Batch { size: images.len(), channels: self.channels(), side: self.side, images: images.concat(), labels, captions }
+        Batch::new(images.concat(), labels, captions, self.channels(), height, width)
     }
+}
+
+/// One image of a bucketed set: its bucket's window of the stored (bucket-covering) pixels,
+/// centred or at a drawn offset, then mirrored with probability `hflip`; with its placement.
+fn bucket_image(px: &Pixels, fit: &Fit, channels: usize, mode: CropMode, hflip: f64, rng: &mut impl Rng) -> (Vec<f32>, Placement) {
+    let p = match mode {
+        CropMode::Center => center_crop(fit),
+        CropMode::Random => crop(fit, Some(&mut *rng)),
+    };
+    let (w, h) = (p.bucket.width, p.bucket.height);
+    let mut img = px.window_to_planar(p.crop_left, p.crop_top, w, h);
+    if hflip > 0.0 && rng.random_bool(hflip) {
+        mirror_rows(&mut img, w as usize);
+        return (img, p.mirrored());
+    }
+    debug_assert_eq!(img.len(), channels * (w * h) as usize);
+    (img, p)
 }
 
 /// One training image: the crop, then the augmentations, every draw from `rng`. Shared by

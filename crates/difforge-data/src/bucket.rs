@@ -28,7 +28,7 @@ use std::fmt;
 const TIE: f64 = 1e-9;
 
 /// The `[data.buckets]` section: which buckets exist and how images are fitted to them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BucketConfig {
     /// Side of the square whose area is the largest bucket area (512 -> 262,144 pixels); a
@@ -241,6 +241,12 @@ impl Placement {
     pub fn sdxl_time_ids(&self) -> [u32; 6] {
         [self.original.1, self.original.0, self.crop_top, self.crop_left, self.bucket.height, self.bucket.width]
     }
+
+    /// The placement of the mirrored image: the same window, its left edge measured from the
+    /// other side (what kohya's sd-scripts records for a flipped SDXL crop).
+    pub fn mirrored(self) -> Placement {
+        Placement { crop_left: self.resized.0 - self.bucket.width - self.crop_left, ..self }
+    }
 }
 
 /// The bucket of a `width` x `height` image and the size it is resized to.
@@ -444,41 +450,44 @@ impl fmt::Display for BucketReport {
 /// report. Uses [`bucket_set`]`(cfg)` and [`place`]; `cfg` should be validated first.
 pub fn assign(cfg: &BucketConfig, sizes: &[(String, u32, u32)]) -> (Vec<Option<Bucket>>, BucketReport) {
     let set = if cfg.no_upscale { Vec::new() } else { bucket_set(cfg) };
-    let mut counts: BTreeMap<Bucket, usize> = BTreeMap::new();
-    let mut dropped = Vec::new();
-    let (mut upscaled, mut err_sum, mut err_max) = (0usize, 0.0f64, 0.0f64);
-    let assigned: Vec<Option<Bucket>> = sizes
-        .iter()
-        .map(|(id, w, h)| match place(cfg, &set, *w, *h) {
-            Ok(fit) => {
-                *counts.entry(fit.bucket).or_default() += 1;
-                upscaled += usize::from(fit.upscaled());
-                let e = fit.bucket.aspect_error(*w, *h);
-                err_sum += e;
-                err_max = err_max.max(e);
-                Some(fit.bucket)
+    let placed: Vec<(String, Result<Fit, DropReason>)> = sizes.iter().map(|(id, w, h)| (id.clone(), place(cfg, &set, *w, *h))).collect();
+    let assigned = placed.iter().map(|(_, fit)| fit.as_ref().ok().map(|f| f.bucket)).collect();
+    (assigned, BucketReport::of_fits(cfg, &placed))
+}
+
+impl BucketReport {
+    /// The report of images already placed ([`place`] with [`bucket_set`]`(cfg)`): each image's
+    /// id and its fit or the reason it was dropped.
+    pub fn of_fits(cfg: &BucketConfig, placed: &[(String, Result<Fit, DropReason>)]) -> BucketReport {
+        let mut counts: BTreeMap<Bucket, usize> = BTreeMap::new();
+        let mut dropped = Vec::new();
+        let (mut upscaled, mut err_sum, mut err_max) = (0usize, 0.0f64, 0.0f64);
+        for (id, fit) in placed {
+            match fit {
+                Ok(fit) => {
+                    *counts.entry(fit.bucket).or_default() += 1;
+                    upscaled += usize::from(fit.upscaled());
+                    let e = fit.bucket.aspect_error(fit.original.0, fit.original.1);
+                    err_sum += e;
+                    err_max = err_max.max(e);
+                }
+                Err(reason) => dropped.push(Dropped { id: id.clone(), reason: reason.clone(), message: reason.to_string() }),
             }
-            Err(reason) => {
-                let message = reason.to_string();
-                dropped.push(Dropped { id: id.clone(), reason, message });
-                None
-            }
-        })
-        .collect();
-    let placed = sizes.len() - dropped.len();
-    let report = BucketReport {
-        config: cfg.clone(),
-        set_size: (!cfg.no_upscale).then_some(set.len()),
-        images: sizes.len(),
-        placed,
-        buckets: counts.into_iter().map(|(b, images)| BucketCount { width: b.width, height: b.height, images }).collect(),
-        dropped,
-        upscaled,
-        mean_aspect_error: if placed == 0 { 0.0 } else { err_sum / placed as f64 },
-        max_aspect_error: err_max,
-        batching: None,
-    };
-    (assigned, report)
+        }
+        let n_placed = placed.len() - dropped.len();
+        BucketReport {
+            config: *cfg,
+            set_size: (!cfg.no_upscale).then(|| bucket_set(cfg).len()),
+            images: placed.len(),
+            placed: n_placed,
+            buckets: counts.into_iter().map(|(b, images)| BucketCount { width: b.width, height: b.height, images }).collect(),
+            dropped,
+            upscaled,
+            mean_aspect_error: if n_placed == 0 { 0.0 } else { err_sum / n_placed as f64 },
+            max_aspect_error: err_max,
+            batching: None,
+        }
+    }
 }
 
 /// One batch: its bucket and the indices of its images.

@@ -352,7 +352,7 @@ fn inspect(path: &Path, opts: &CheckOptions) -> Result<FileFacts, DecodeError> {
     let img = decode(path, opts.max_pixels)?;
     let (width, height) = img.dimensions();
     let color = if opts.channels == 1 { ColorMode::Grey } else { ColorMode::Rgb };
-    let seen = Preprocess { size: opts.model_size, color, pad: opts.pad }.apply(&img);
+    let seen = Preprocess { size: opts.model_size, color, pad: opts.pad, buckets: None }.apply(&img);
     let seen_img = as_image(&seen).ok_or_else(|| DecodeError::Unreadable("preprocessing gave a malformed image".into()))?;
     Ok(FileFacts {
         path: path.to_path_buf(),

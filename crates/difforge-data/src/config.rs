@@ -1,5 +1,6 @@
 //! The `[data]` section of a run config.
 
+use crate::bucket::BucketConfig;
 use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -118,6 +119,10 @@ pub struct DataConfig {
     /// "a photo of sks dog"); in-memory sources only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_prompt: Option<String>,
+    /// Aspect-ratio buckets (`[data.buckets]`, kohya's scheme): each image trains at the bucket
+    /// nearest its shape, batches come from one bucket. None: square crops of `image_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<BucketConfig>,
 }
 
 impl Default for DataConfig {
@@ -141,6 +146,7 @@ impl Default for DataConfig {
             caption_extension: ".txt".into(),
             caption_column: "text".into(),
             instance_prompt: None,
+            buckets: None,
         }
     }
 }
@@ -193,6 +199,9 @@ impl DataConfig {
         if self.caption_column.trim().is_empty() {
             return Err(ConfigError::new("data.caption_column", format!("{:?}", self.caption_column), "a column name such as \"text\""));
         }
+        if let Some(b) = &self.buckets {
+            self.validate_buckets(b)?;
+        }
         let a = &self.augment;
         for (key, p) in [("data.augment.hflip", a.hflip), ("data.augment.scale_crop", a.scale_crop), ("data.augment.rotate", a.rotate)] {
             check_range(key, p, 0.0, 1.0)?;
@@ -201,5 +210,27 @@ impl DataConfig {
             return Err(ConfigError::new("data.augment.scale_min", a.scale_min, "0.0 < x <= 1.0"));
         }
         check_range("data.augment.rotate_degrees", a.rotate_degrees, 0.0, 180.0)
+    }
+
+    /// Buckets hold in-memory folders of any shape; the augmentations that assume a square
+    /// image and class balancing (which draws images one by one, not by bucket) are refused.
+    fn validate_buckets(&self, b: &BucketConfig) -> Result<(), ConfigError> {
+        b.validate()?;
+        if self.source != SourceKind::Folder {
+            return Err(ConfigError::new(
+                "data.buckets",
+                format!("data.source = \"{}\"", self.source.name()),
+                "data.source = \"folder\" (buckets place images of any shape)",
+            ));
+        }
+        for (key, p) in [("data.augment.scale_crop", self.augment.scale_crop), ("data.augment.rotate", self.augment.rotate)] {
+            if p > 0.0 {
+                return Err(ConfigError::new(key, p, "0.0 with [data.buckets] (these augmentations need square images; data.augment.hflip works)"));
+            }
+        }
+        if self.balance == Balance::Class {
+            return Err(ConfigError::new("data.balance", "\"class\"", "\"none\" with [data.buckets] (batches come whole from one bucket)"));
+        }
+        Ok(())
     }
 }

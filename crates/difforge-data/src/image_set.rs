@@ -1,6 +1,7 @@
 //! A loaded, preprocessed dataset held in memory: decoding happens once, every epoch after the
 //! first reads from here.
 
+use crate::bucket::{BucketReport, Fit};
 use crate::pixels::Pixels;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,11 @@ pub struct ImageSet {
     pub ids: Vec<String>,
     pub class_names: Vec<String>,
     pub skipped: Vec<SkippedFile>,
+    /// With aspect-ratio buckets: each image's bucket and the size its pixels were resized to
+    /// (one per image; empty without buckets).
+    pub fits: Vec<Fit>,
+    /// With aspect-ratio buckets: images per bucket, and those dropped (not in the set) and why.
+    pub bucket_report: Option<BucketReport>,
 }
 
 impl ImageSet {
@@ -31,6 +37,11 @@ impl ImageSet {
 
     pub fn is_empty(&self) -> bool {
         self.pixels.is_empty()
+    }
+
+    /// Whether the images are placed in aspect-ratio buckets ([`ImageSet::fits`]).
+    pub fn is_bucketed(&self) -> bool {
+        !self.fits.is_empty()
     }
 
     pub fn num_classes(&self) -> usize {

@@ -18,13 +18,18 @@ impl Pixels {
 
     /// A `side` x `side` window at (x0, y0) as planar floats in [-1, 1] (C, H, W order).
     pub fn crop_to_planar(&self, x0: u32, y0: u32, side: u32) -> Vec<f32> {
-        let (c, s) = (self.channels as usize, side as usize);
-        let mut out = vec![0f32; c * s * s];
-        for y in 0..s {
-            for x in 0..s {
+        self.window_to_planar(x0, y0, side, side)
+    }
+
+    /// A `width` x `height` window at (x0, y0) as planar floats in [-1, 1] (C, H, W order).
+    pub fn window_to_planar(&self, x0: u32, y0: u32, width: u32, height: u32) -> Vec<f32> {
+        let (c, w, h) = (self.channels as usize, width as usize, height as usize);
+        let mut out = vec![0f32; c * w * h];
+        for y in 0..h {
+            for x in 0..w {
                 for ch in 0..c {
                     let v = self.get(x0 + x as u32, y0 + y as u32, ch as u32);
-                    out[ch * s * s + y * s + x] = f32::from(v) / 127.5 - 1.0;
+                    out[ch * w * h + y * w + x] = f32::from(v) / 127.5 - 1.0;
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Decoded image -> model-ready pixels: alpha composited on white, converted to grey or RGB,
 //! padded, and resized so that the shorter side equals the model size (the crop to a square
-//! happens per batch, so that random crops stay possible with a cached set).
+//! happens per batch, so that random crops stay possible with a cached set); or, with aspect-ratio
+//! buckets, resized to cover the image's bucket (the crop to the bucket happens per batch).
 
+use crate::bucket::{bucket_set, place, BucketConfig, DropReason, Fit};
 use crate::config::ColorMode;
 use crate::pixels::Pixels;
 use image::imageops::{self, FilterType};
@@ -12,9 +14,28 @@ pub struct Preprocess {
     pub size: u32,
     pub color: ColorMode,
     pub pad: u32,
+    /// Aspect-ratio buckets (`[data.buckets]`): the image is resized to cover its bucket instead.
+    pub buckets: Option<BucketConfig>,
 }
 
 impl Preprocess {
+    /// The image as [`Preprocess::apply`] makes it, or with buckets, padded and resized to
+    /// cover its bucket (Lanczos3, as [`crate::bucket::resize_and_crop`]) with its [`Fit`]; an
+    /// image without a bucket (too small with `no_upscale`) gives the reason.
+    pub fn prepare(&self, img: &DynamicImage) -> Result<(Pixels, Option<Fit>), DropReason> {
+        let Some(cfg) = &self.buckets else { return Ok((self.apply(img), None)) };
+        let rgb = pad(&composite_on_white(img), self.pad);
+        let set = if cfg.no_upscale { Vec::new() } else { bucket_set(cfg) };
+        let fit = place(cfg, &set, rgb.width(), rgb.height())?;
+        let (w, h) = fit.resized;
+        let rgb = if rgb.dimensions() == fit.resized { rgb } else { imageops::resize(&rgb, w, h, FilterType::Lanczos3) };
+        let pixels = match self.color {
+            ColorMode::Rgb => Pixels { width: w, height: h, channels: 3, data: rgb.into_raw() },
+            ColorMode::Grey => Pixels { width: w, height: h, channels: 1, data: rgb.pixels().map(|p| luma(p.0)).collect() },
+        };
+        Ok((pixels, Some(fit)))
+    }
+
     pub fn apply(&self, img: &DynamicImage) -> Pixels {
         let rgb = composite_on_white(img);
         match self.color {
@@ -63,6 +84,24 @@ fn pad<P: image::Pixel<Subpixel = u8> + 'static>(img: &image::ImageBuffer<P, Vec
     out
 }
 
+/// Stored pixels resized so that the shorter side is `size` (as [`Preprocess::apply`] would
+/// have made them): a bucketed image as a square crop of the model size needs.
+pub(crate) fn shorter_side_to(px: &Pixels, size: u32) -> Pixels {
+    const WHOLE: &str = "Pixels hold width x height x channels bytes";
+    let (w, h) = (px.width, px.height);
+    let (width, height, data) = match px.channels {
+        1 => {
+            let g = resize_shorter(&GrayImage::from_raw(w, h, px.data.clone()).expect(WHOLE), size);
+            (g.width(), g.height(), g.into_raw())
+        }
+        _ => {
+            let c = resize_shorter(&RgbImage::from_raw(w, h, px.data.clone()).expect(WHOLE), size);
+            (c.width(), c.height(), c.into_raw())
+        }
+    };
+    Pixels { width, height, channels: px.channels, data }
+}
+
 fn resize_shorter<P: image::Pixel<Subpixel = u8> + 'static>(img: &image::ImageBuffer<P, Vec<u8>>, size: u32) -> image::ImageBuffer<P, Vec<u8>> {
     let (w, h) = img.dimensions();
     let short = w.min(h);
@@ -85,7 +124,7 @@ mod tests {
     fn transparent_becomes_white_and_grey_has_one_channel() {
         let mut img = RgbaImage::new(4, 6);
         img.put_pixel(0, 0, Rgba([0, 0, 0, 255]));
-        let p = Preprocess { size: 4, color: ColorMode::Grey, pad: 0 }.apply(&DynamicImage::ImageRgba8(img));
+        let p = Preprocess { size: 4, color: ColorMode::Grey, pad: 0, buckets: None }.apply(&DynamicImage::ImageRgba8(img));
         assert_eq!((p.width, p.height, p.channels), (4, 6, 1));
         assert_eq!(p.get(0, 0, 0), 0);
         assert_eq!(p.get(3, 5, 0), 255);
@@ -94,14 +133,14 @@ mod tests {
     #[test]
     fn shorter_side_is_resized_and_aspect_kept() {
         let img = DynamicImage::ImageRgb8(RgbImage::new(40, 20));
-        let p = Preprocess { size: 10, color: ColorMode::Rgb, pad: 0 }.apply(&img);
+        let p = Preprocess { size: 10, color: ColorMode::Rgb, pad: 0, buckets: None }.apply(&img);
         assert_eq!((p.width, p.height, p.channels), (20, 10, 3));
     }
 
     #[test]
     fn pad_adds_black_border() {
         let img = DynamicImage::ImageLuma8(GrayImage::from_pixel(2, 2, image::Luma([255])));
-        let p = Preprocess { size: 4, color: ColorMode::Grey, pad: 1 }.apply(&img);
+        let p = Preprocess { size: 4, color: ColorMode::Grey, pad: 1, buckets: None }.apply(&img);
         assert_eq!((p.width, p.height), (4, 4));
         assert_eq!(p.get(0, 0, 0), 0);
         assert_eq!(p.get(1, 1, 0), 255);

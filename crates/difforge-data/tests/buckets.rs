@@ -339,3 +339,98 @@ fn resize_and_crop_gives_the_bucket() {
     assert_eq!(out.dimensions(), (512, 512));
     assert_eq!(*out.get_pixel(100, 100), Rgb([255, 255, 255]));
 }
+
+/// A folder of images of several shapes (each one flat colour, its index in the red channel),
+/// and one 10x10 image that `no_upscale` drops.
+fn shaped_folder(dir: &std::path::Path) -> Vec<(u32, u32)> {
+    let sizes = vec![(64, 32), (32, 64), (40, 40), (64, 32), (80, 40), (32, 32), (24, 48), (48, 24), (10, 10)];
+    for (i, &(w, h)) in sizes.iter().enumerate() {
+        let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([i as u8 * 20, (x * 255 / w.max(1)) as u8, 0]));
+        img.save(dir.join(format!("{i}.png"))).unwrap();
+        std::fs::write(dir.join(format!("{i}.txt")), format!("image {i}")).unwrap();
+    }
+    sizes
+}
+
+fn bucketed_set(dir: &std::path::Path, no_upscale: bool) -> std::sync::Arc<difforge_data::ImageSet> {
+    let buckets = BucketConfig { resolution: 32, min_size: 16, max_size: 64, step: 8, no_upscale };
+    let data = difforge_data::DataConfig {
+        source: difforge_data::SourceKind::Folder,
+        path: Some(dir.to_path_buf()),
+        channels: 3,
+        image_size: 32,
+        crop: difforge_data::CropMode::Random,
+        buckets: Some(buckets),
+        ..Default::default()
+    };
+    data.validate().unwrap();
+    std::sync::Arc::new(difforge_data::source::load(&data).unwrap())
+}
+
+#[test]
+fn a_bucketed_folder_trains_in_one_bucket_batches_that_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = shaped_folder(dir.path());
+    let set = bucketed_set(dir.path(), true);
+    // The 10x10 image is under min_size: dropped, named in the report, not in the set.
+    let report = set.bucket_report.as_ref().unwrap();
+    assert_eq!((report.images, report.placed, set.len()), (sizes.len(), sizes.len() - 1, sizes.len() - 1));
+    assert_eq!(report.dropped[0].id, "8.png");
+    assert_eq!(report.buckets.iter().map(|b| b.images).sum::<usize>(), set.len());
+    // The stored pixels cover each image's bucket.
+    for (px, fit) in set.pixels.iter().zip(&set.fits) {
+        assert_eq!((px.width, px.height), fit.resized);
+        assert!(px.width >= fit.bucket.width && px.height >= fit.bucket.height);
+    }
+    let augment = difforge_data::AugmentConfig { hflip: 0.5, ..Default::default() };
+    let indices: Vec<usize> = (0..set.len()).collect();
+    let loader = || difforge_data::Loader::new(set.clone(), indices.clone(), 32, difforge_data::CropMode::Random, augment.clone(), 4);
+    let mut a = loader();
+    let batches: Vec<_> = (0..12).map(|s| a.train_batch(s, 2)).collect();
+    for batch in &batches {
+        let [n, c, h, w] = batch.shape();
+        assert_eq!(batch.images.len() as i64, n * c * h * w);
+        assert_eq!(batch.placements.len() as i64, n);
+        for (p, caption) in batch.placements.iter().zip(&batch.captions) {
+            // One bucket per batch, and every image is in that bucket's shape.
+            assert_eq!((p.bucket.width as i64, p.bucket.height as i64), (w, h));
+            // Files load in name order, so image i is set index i.
+            let i: usize = caption.as_deref().unwrap().trim_start_matches("image ").parse().unwrap();
+            assert_eq!(set.fits[i].bucket, p.bucket);
+            let ids = p.sdxl_time_ids();
+            assert_eq!((ids[0], ids[1], ids[4], ids[5]), (sizes[i].1, sizes[i].0, p.bucket.height, p.bucket.width));
+            assert!(p.crop_left + p.bucket.width <= p.resized.0 && p.crop_top + p.bucket.height <= p.resized.1);
+        }
+    }
+    // An epoch (one bucket-batch per image pair at most) shows every image.
+    let per_epoch = BucketBatches::new(&set.fits.iter().map(|f| Some(f.bucket)).collect::<Vec<_>>(), 2, 4, false).batches_per_epoch();
+    let seen: BTreeSet<String> = batches[..per_epoch].iter().flat_map(|b| b.captions.iter().flatten().cloned()).collect();
+    assert_eq!(seen.len(), set.len());
+    // A fresh loader (a resumed run) asked for a late step gives the same batch.
+    assert_eq!(loader().train_batch(9, 2), batches[9]);
+    // Validation takes centred squares of the model size, whatever the bucket.
+    let fixed = a.fixed_batch(&[0, 1, 2]);
+    assert_eq!(fixed.shape(), [3, 3, 32, 32]);
+}
+
+#[test]
+fn without_no_upscale_every_image_is_placed_and_a_mirrored_crop_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = shaped_folder(dir.path());
+    let set = bucketed_set(dir.path(), false);
+    assert_eq!(set.len(), sizes.len());
+    let augment = difforge_data::AugmentConfig { hflip: 1.0, ..Default::default() };
+    let mut flipped = difforge_data::Loader::new(set.clone(), (0..set.len()).collect(), 32, difforge_data::CropMode::Center, augment, 1);
+    let mut plain = difforge_data::Loader::new(set.clone(), (0..set.len()).collect(), 32, difforge_data::CropMode::Center, Default::default(), 1);
+    let (f, p) = (flipped.train_batch(0, 3), plain.train_batch(0, 3));
+    assert_eq!(f.captions, p.captions);
+    let w = f.width;
+    // Each row of the mirrored image is the plain row reversed, and its crop is measured from
+    // the other edge.
+    for (row_f, row_p) in f.images.chunks_exact(w).zip(p.images.chunks_exact(w)) {
+        assert!(row_f.iter().eq(row_p.iter().rev()));
+    }
+    for (pf, pp) in f.placements.iter().zip(&p.placements) {
+        assert_eq!(pf.crop_left, pp.resized.0 - pp.bucket.width - pp.crop_left);
+    }
+}

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 fn grey(size: u32) -> Preprocess {
-    Preprocess { size, color: ColorMode::Grey, pad: 0 }
+    Preprocess { size, color: ColorMode::Grey, pad: 0, buckets: None }
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn every_image_comes_once_per_epoch_with_its_label() {
     assert_eq!(sorted(second.clone()), all);
     assert_ne!(first, second, "each epoch has its own order");
     for b in &batches {
-        assert_eq!((b.size, b.channels, b.side, b.images.len()), (6, 3, 8, 6 * 3 * 64));
+        assert_eq!((b.size, b.channels, b.height, b.width, b.images.len()), (6, 3, 8, 8, 6 * 3 * 64));
         for (caption, &label) in b.captions.iter().zip(&b.labels) {
             let expected = match &caption.as_deref().unwrap()[..3] {
                 "cat" => 0,

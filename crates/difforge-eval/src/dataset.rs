@@ -96,9 +96,8 @@ pub fn load_split(data: &DataConfig, seed: u64, choice: SplitChoice) -> Result<R
     }
     let loader = Loader::new(set.clone(), Vec::new(), data.image_size, data.crop, Default::default(), seed);
     let batch = loader.fixed_batch(&indices);
-    let (n, c, s) = (batch.size as i64, batch.channels as i64, batch.side as i64);
     Ok(RealImages {
-        images: Tensor::from_slice(&batch.images).view([n, c, s, s]),
+        images: Tensor::from_slice(&batch.images).view(batch.shape()),
         labels: batch.labels.clone(),
         ids: indices.iter().map(|&i| set.ids[i].clone()).collect(),
         class_names: set.class_names.clone(),

@@ -42,7 +42,7 @@ impl Default for ClassifierTraining {
 }
 
 fn batch_tensors(b: &difforge_data::Batch, device: Device) -> (Tensor, Tensor) {
-    let x = Tensor::from_slice(&b.images).view([b.size as i64, b.channels as i64, b.side as i64, b.side as i64]).to_device(device);
+    let x = Tensor::from_slice(&b.images).view(b.shape()).to_device(device);
     (x, Tensor::from_slice(&b.labels).to_device(device))
 }
 

@@ -28,7 +28,7 @@ pub fn neighbours(model: &DiffusionModel, samples: &Tensor, k: usize) -> Result<
     let (vals, idx) = dist.topk(k as i64, 1, false, true);
     let mut nearest = Vec::new();
     let mut images = Vec::new();
-    let shape = [1, b.channels as i64, b.side as i64, b.side as i64];
+    let shape = [1, b.channels as i64, b.height as i64, b.width as i64];
     for i in 0..samples.size()[0] {
         let mut row = Vec::new();
         for j in 0..k as i64 {

@@ -68,11 +68,11 @@ impl Validator {
     /// `batch` holds the validation images (centre-cropped); each is used `repeats` times.
     pub fn new(model: &DiffusionModel, batch: &Batch, repeats: usize, bands: usize) -> Validator {
         let cfg = model.config();
-        let (n, c, s) = (batch.size as i64, batch.channels as i64, batch.side as i64);
+        let n = batch.size as i64;
         let m = (n as usize) * repeats;
         let t_max = cfg.diffusion.timesteps;
         let ts: Vec<usize> = (0..m).map(|k| (((k as f64 + 1.0) * PHI).fract() * t_max as f64) as usize).collect();
-        let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]);
+        let pixels = Tensor::from_slice(&batch.images).view(batch.shape());
         let x0 = model.codec().encode(&pixels).repeat_interleave_self_int(repeats as i64, 0, None);
         let [lc, lh, lw] = model.latent_shape();
         let eps = Tensor::from_slice(&gaussian(cfg.seed, Stream::Validation, 0, m * (lc * lh * lw) as usize)).view([m as i64, lc, lh, lw]);

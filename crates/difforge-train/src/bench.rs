@@ -117,7 +117,7 @@ fn synthetic_batch(model: &DiffusionModel, size: usize) -> Batch {
             ConditionKind::Nothing | ConditionKind::Text => -1,
         })
         .collect();
-    Batch { images, labels, captions: vec![None; size], size, channels: c, side: s }
+    Batch::new(images, labels, vec![None; size], c, s, s)
 }
 
 /// Times `opts.steps` training steps and one sampling run of the model `cfg` describes.

@@ -8,7 +8,7 @@ use crate::prefetch::Prefetcher;
 use crate::world::World;
 use difforge_config::RunConfig;
 use difforge_data::check::{check_folder, check_set, CheckOptions, TokenCounter};
-use difforge_data::{source, Balance, Batch, ImageSet, Loader, ShardStream, SourceKind, Split};
+use difforge_data::{source, Balance, Batch, BucketBatches, BucketReport, ImageSet, Loader, ShardStream, SourceKind, Split};
 use difforge_model::Family;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +38,15 @@ impl TrainBatches {
                 .into());
             }
             return Ok(TrainBatches::Stream(Box::new(ShardStream::open(&cfg.data, cfg.seed, world.rank, world.size)?)));
+        }
+        if set.is_bucketed() && world.size > 1 {
+            // Bucket batches vary in size, and the ranks share each batch's rows equally.
+            return Err(difforge_core::ConfigError::new(
+                "data.buckets",
+                format!("{} processes", world.size),
+                "one process (bucketed batches are not split over ranks yet)",
+            )
+            .into());
         }
         let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
         if cfg.data.balance == Balance::Class {
@@ -76,6 +85,9 @@ pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc
     if cfg.data.source == SourceKind::Webdataset {
         return load_streamed(cfg, family);
     }
+    if let Some(buckets) = &cfg.data.buckets {
+        check_bucket_step(buckets, family)?;
+    }
     let set = source::load(&cfg.data)?;
     if let Some(first) = set.skipped.first() {
         tracing::warn!("{} unreadable image file(s) skipped, e.g. {}: {}", set.skipped.len(), first.path.display(), first.reason);
@@ -96,7 +108,49 @@ pub fn load(cfg: &RunConfig, family: &dyn Family, run_dir: &Path) -> Result<(Arc
     if split.train.is_empty() {
         return Err(difforge_core::ConfigError::new("data.val_fraction", cfg.data.val_fraction, "a fraction that leaves training images").into());
     }
+    if let Some(report) = &set.bucket_report {
+        write_bucket_report(cfg, &set, report, &split, run_dir)?;
+    }
     Ok((Arc::new(set), split))
+}
+
+/// Where the bucket report of a run is written.
+pub const BUCKET_REPORT: &str = "buckets.json";
+
+/// Bucket sides must be multiples of what the model takes (the VAE's scale times the UNet's
+/// downsamplings); families that train at one size take no buckets.
+fn check_bucket_step(buckets: &difforge_data::BucketConfig, family: &dyn Family) -> Result<(), TrainError> {
+    let Some(multiple) = family.bucket_step() else {
+        return Err(difforge_core::ConfigError::problem(
+            "data.buckets",
+            format!("only for model.family = \"stable-diffusion\" ({} models train at one size)", family.name()),
+        )
+        .into());
+    };
+    if i64::from(buckets.step) % multiple != 0 {
+        let why = format!("a multiple of {multiple} (the VAE's scale times the UNet's downsamplings)");
+        return Err(difforge_core::ConfigError::new("data.buckets.step", buckets.step, why).into());
+    }
+    Ok(())
+}
+
+/// The bucket report (images per bucket, dropped images and why, how the training images are
+/// cut into batches) in the log and in `run_dir`/buckets.json: no image leaves silently.
+fn write_bucket_report(cfg: &RunConfig, set: &ImageSet, report: &BucketReport, split: &Split, run_dir: &Path) -> Result<(), TrainError> {
+    let mut assignments = vec![None; set.len()];
+    for &i in &split.train {
+        assignments[i] = Some(set.fits[i].bucket);
+    }
+    let report = report.clone().with_batching(&BucketBatches::new(&assignments, cfg.train.batch_size, cfg.seed, false));
+    for line in report.to_string().lines() {
+        tracing::info!("{line}");
+    }
+    if !report.dropped.is_empty() {
+        tracing::warn!("{} of {} images have no bucket and are left out (listed in {BUCKET_REPORT})", report.dropped.len(), report.images);
+    }
+    let file = run_dir.join(BUCKET_REPORT);
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| TrainError::Other(e.to_string()))?;
+    difforge_core::write_atomic(&file, &json).map_err(|e| TrainError::io(&file, e))
 }
 
 /// For streamed shards, what is held in memory is the validation folder (`data.val_path`), which

@@ -37,14 +37,14 @@ impl MicroBatch {
         let cfg = model.config();
         let dev = model.device();
         let n = batch.size as i64;
-        let (c, s) = (batch.channels as i64, batch.side as i64);
         let (start, len) = (rows.start as i64, rows.len() as i64);
         let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
         let ts: Vec<usize> = (0..n).map(|_| cfg.diffusion.draw_timestep(&mut rng)).collect();
         let cond = model.family().training_conditioning(batch, cfg.diffusion.class_dropout, &mut rng, dev);
-        let pixels = Tensor::from_slice(&batch.images).view([n, c, s, s]).narrow(0, start, len).to_device(dev);
+        let pixels = Tensor::from_slice(&batch.images).view(batch.shape()).narrow(0, start, len).to_device(dev);
         let x0 = model.codec().encode(&pixels);
-        let [lc, lh, lw] = model.latent_shape();
+        // A bucketed batch has its bucket's shape, not the model's.
+        let [lc, lh, lw] = model.codec().latent_shape([batch.channels as i64, batch.height as i64, batch.width as i64]);
         let eps = gaussian(cfg.seed, Stream::Noise, draw_index, (n * lc * lh * lw) as usize);
         let mut eps = Tensor::from_slice(&eps).view([n, lc, lh, lw]);
         if cfg.diffusion.noise_offset > 0.0 {

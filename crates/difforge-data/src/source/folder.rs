@@ -4,6 +4,7 @@
 //! [`super::metadata`]). Unreadable files and folders are skipped, named and counted;
 //! symbolic links to folders are not followed (a link back to a parent would loop forever).
 
+use crate::bucket::{BucketReport, DropReason, Dropped, Fit};
 use crate::error::DataError;
 use crate::image_set::{ImageSet, SkippedFile};
 use crate::pixels::Pixels;
@@ -139,6 +140,9 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
     reader.decode().map_err(|e| unreadable(&e))
 }
 
+/// A decoded image's pixels (and bucket), or why it has no bucket.
+type Prepared = Result<(Pixels, Option<Fit>), DropReason>;
+
 /// Loads a folder. With `known_classes` (data.class_names) the subfolders are labelled by their
 /// position in that list (a fine-tune keeps its base's labels); otherwise by sorted name.
 /// Captions as [`folder_captions`] finds them.
@@ -166,18 +170,33 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
     if let (Some(file), n @ 1..) = (&found.metadata, found.sidecars_ignored) {
         tracing::info!("{}: the captions of {} win over {n} {} sidecar file(s), which are ignored", root.display(), file.display(), captions.extension);
     }
-    let decoded: Vec<Result<Pixels, DecodeError>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.apply(&img))).collect();
+    let decoded: Vec<Result<Prepared, DecodeError>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.prepare(&img))).collect();
 
     let mut set = ImageSet { class_names, skipped: skipped_folders, ..Default::default() };
+    let mut placed = Vec::new();
     for ((file, result), caption) in files.iter().zip(decoded).zip(found.captions) {
+        let id = file.strip_prefix(root).unwrap_or(file).to_string_lossy().into_owned();
         match result {
-            Ok(px) => {
+            Ok(Ok((px, fit))) => {
                 let label = class_of(root, file).and_then(|c| set.class_names.iter().position(|n| *n == c));
-                let id = file.strip_prefix(root).unwrap_or(file).to_string_lossy().into_owned();
+                if let Some(fit) = fit {
+                    set.fits.push(fit);
+                    placed.push((id.clone(), Ok(fit)));
+                }
                 set.push(px, label, caption, id);
             }
+            // Not a broken file: the bucket report lists it with the reason.
+            Ok(Err(reason)) => placed.push((id, Err(reason))),
             Err(reason) => set.skipped.push(SkippedFile { path: file.clone(), reason: reason.to_string() }),
         }
+    }
+    if let Some(cfg) = &prep.buckets {
+        set.bucket_report = Some(BucketReport::of_fits(cfg, &placed));
+    }
+    if let (true, Some(Dropped { id, message, .. })) = (set.is_empty(), set.bucket_report.as_ref().and_then(|r| r.dropped.first())) {
+        return Err(
+            ConfigError::new("data.buckets", root.display(), format!("settings that place some image (every one was dropped, e.g. {id}: {message})")).into()
+        );
     }
     if set.is_empty() {
         return Err(DataError::NoImages { path: root.to_path_buf(), skipped: set.skipped.len() });

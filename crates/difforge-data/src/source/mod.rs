@@ -19,7 +19,7 @@ use difforge_core::ConfigError;
 
 /// Loads and preprocesses the dataset a `[data]` section describes.
 pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
-    let prep = Preprocess { size: config.image_size, color: config.color_mode(), pad: config.pad };
+    let prep = Preprocess { size: config.image_size, color: config.color_mode(), pad: config.pad, buckets: config.buckets };
     let set = match config.source {
         SourceKind::Digits => load_digits(&prep)?,
         SourceKind::Folder => {

@@ -70,7 +70,7 @@ impl ShardStream {
         let class_names = if cfg.class_names.is_empty() { shards::class_names_beside(&shards)? } else { cfg.class_names.clone() };
         let reading = Reading { seed, rank, world, buffer: cfg.shuffle_buffer };
         let recipe = Recipe {
-            prep: Preprocess { size: cfg.image_size, color: cfg.color_mode(), pad: cfg.pad },
+            prep: Preprocess { size: cfg.image_size, color: cfg.color_mode(), pad: cfg.pad, buckets: None },
             max_pixels: cfg.max_pixels,
             side: cfg.image_size as usize,
             channels: cfg.channels as usize,
@@ -201,7 +201,7 @@ impl ShardStream {
             })
             .collect();
         let captions = source.iter().map(|&i| samples[i].caption.clone()).collect();
-        Ok(Batch { size: images.len(), channels: recipe.channels, side: recipe.side, images: images.concat(), labels, captions })
+        Ok(Batch::new(images.concat(), labels, captions, recipe.channels, recipe.side, recipe.side))
     }
 
     /// The label as a batch holds it (-1 without one); an index past the known classes is an error.

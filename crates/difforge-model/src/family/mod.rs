@@ -83,6 +83,12 @@ pub trait Family: Send + Sync {
         None
     }
 
+    /// Aspect-ratio bucket sides must be multiples of this; None: the family trains at one size
+    /// and takes no buckets.
+    fn bucket_step(&self) -> Option<i64> {
+        None
+    }
+
     /// What requests may ask for.
     fn condition_kind(&self) -> ConditionKind;
 

@@ -18,7 +18,7 @@ use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
 use difforge_config::{RunConfig, StableDiffusionConfig};
 use difforge_core::{ConfigError, StreamRng};
 use difforge_data::check::TokenCounter;
-use difforge_data::{Batch, ImageSet};
+use difforge_data::{Batch, ImageSet, Placement};
 use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
 use difforge_nn::lora::{is_lora_variable, LoraTarget};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
@@ -185,6 +185,21 @@ fn open_cache(root: &Path, vae_dir: &Path) -> Result<LatentCache, ModelError> {
     LatentCache::open(root, &files).map_err(|e| ConfigError::new("model.cache_dir", root.display(), format!("a folder difforge can write ({e})")).into())
 }
 
+/// SDXL's size and crop conditioning of bucketed images: each image's original size, crop and
+/// bucket (`add_time_ids`, as kohya's sd-scripts records them) in place of the training size's.
+/// Conditioning without size ids (SD 1.x/2.x) and square crops (no placements) pass unchanged.
+fn with_crop_conditioning(cond: Conditioning, placements: &[Placement]) -> Conditioning {
+    match cond {
+        Conditioning::Text(mut text) if text.time_ids.is_some() && !placements.is_empty() => {
+            let ids: Vec<f32> = placements.iter().flat_map(|p| p.sdxl_time_ids().map(|v| v as f32)).collect();
+            let device = text.hidden.device();
+            text.time_ids = Some(Tensor::from_slice(&ids).view([placements.len() as i64, 6]).to_device(device));
+            Conditioning::Text(text)
+        }
+        other => other,
+    }
+}
+
 /// The caption's comma-separated tags in a random order, the first `keep` in place.
 fn shuffle_tags(caption: &str, keep: usize, rng: &mut StreamRng) -> String {
     let mut tags: Vec<&str> = caption.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
@@ -253,6 +268,11 @@ impl Family for StableDiffusionFamily {
         self.unet.addition_embed_type.is_none().then_some(self.size_step)
     }
 
+    /// Every SD model (SDXL too) trains at any multiple of its size step.
+    fn bucket_step(&self) -> Option<i64> {
+        Some(self.size_step)
+    }
+
     fn condition_kind(&self) -> ConditionKind {
         ConditionKind::Text
     }
@@ -311,7 +331,7 @@ impl Family for StableDiffusionFamily {
             captions.push(kept.map(|c| if self.config.shuffle_caption { shuffle_tags(c, self.config.keep_tokens, rng) } else { c.to_string() }));
         }
         let captions: Vec<Option<&str>> = captions.iter().map(|c| c.as_deref()).collect();
-        self.captions(&captions, device)
+        with_crop_conditioning(self.captions(&captions, device), &batch.placements)
     }
 
     fn fixed_conditioning(&self, _labels: &[i64], captions: &[Option<String>]) -> Conditioning {
@@ -397,6 +417,29 @@ impl Family for StableDiffusionFamily {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn bucketed_sdxl_images_are_conditioned_on_their_own_size_and_crop() {
+        use difforge_data::bucket::Bucket;
+        let text = |ids: Option<Tensor>| {
+            Conditioning::Text(difforge_nn::TextConditioning {
+                hidden: Tensor::zeros([2, 3, 4], (tch::Kind::Float, Device::Cpu)),
+                mask: None,
+                pooled: None,
+                time_ids: ids,
+            })
+        };
+        let placement = |w, h, left, top| Placement { bucket: Bucket::new(40, 24), original: (w, h), resized: (48, 24), crop_left: left, crop_top: top };
+        let placements = [placement(64, 32, 8, 0), placement(100, 50, 3, 0)];
+        let trained_size = Tensor::from_slice(&[32f32, 32.0, 0.0, 0.0, 32.0, 32.0]).unsqueeze(0).repeat([2, 1]);
+        let Conditioning::Text(out) = with_crop_conditioning(text(Some(trained_size)), &placements) else { unreachable!() };
+        let ids = Vec::<f32>::try_from(out.time_ids.unwrap().view([-1])).unwrap();
+        // (original h, w, crop top, left, target h, w) per image.
+        assert_eq!(ids, [32.0, 64.0, 0.0, 8.0, 24.0, 40.0, 50.0, 100.0, 0.0, 3.0, 24.0, 40.0]);
+        // SD 1.x/2.x conditioning has no size ids and stays as it is.
+        let Conditioning::Text(out) = with_crop_conditioning(text(None), &placements) else { unreachable!() };
+        assert!(out.time_ids.is_none());
+    }
 
     #[test]
     fn shuffled_tags_keep_the_leading_ones_and_every_tag() {

@@ -219,10 +219,9 @@ fn fixed_loader(cfg: &VaeRunConfig, set: &Arc<ImageSet>, indices: Vec<usize>) ->
     Loader::new(set.clone(), indices, cfg.data.image_size, cfg.data.crop, Default::default(), cfg.seed)
 }
 
-/// A batch's pixels as a (B, C, S, S) tensor on `device`.
+/// A batch's pixels as a (B, C, H, W) tensor on `device`.
 fn pixels(batch: &Batch, device: Device) -> Tensor {
-    let (n, c, s) = (batch.size as i64, batch.channels as i64, batch.side as i64);
-    Tensor::from_slice(&batch.images).view([n, c, s, s]).to_device(device)
+    Tensor::from_slice(&batch.images).view(batch.shape()).to_device(device)
 }
 
 /// metrics.jsonl and validation.jsonl, with the records past the resumed step dropped.
@@ -353,7 +352,7 @@ impl Run<'_> {
             let batch = loader.train_batch(draw, t.batch_size);
             let x = pixels(&batch, self.device);
             let f = self.cfg.vae.downscale() as i64;
-            let shape = [batch.size as i64, self.cfg.vae.latent_channels, batch.side as i64 / f, batch.side as i64 / f];
+            let shape = [batch.size as i64, self.cfg.vae.latent_channels, batch.height as i64 / f, batch.width as i64 / f];
             let noise = gaussian(self.cfg.seed, Stream::Noise, draw, shape.iter().product::<i64>() as usize);
             let noise = Tensor::from_slice(&noise).view(shape).to_device(self.device);
             let terms = objective::training_loss(self.vae, &self.cfg.vae, &x, &noise)?;

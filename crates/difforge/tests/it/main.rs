@@ -19,6 +19,7 @@ mod launch;
 mod precision;
 mod reproducibility;
 mod run_folder;
+mod sd_buckets;
 mod sd_finetune;
 mod sd_scratch;
 mod serve;

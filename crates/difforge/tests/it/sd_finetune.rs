@@ -15,7 +15,7 @@ use difforge_nn::{Conditioning, TextConditioning};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-fn base() -> PathBuf {
+pub(crate) fn base() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-nn/tests/fixtures/sd/tiny-sd15")
 }
 
@@ -40,7 +40,7 @@ fn write_shapes(dir: &Path) {
     }
 }
 
-fn config(data: &Path, steps: u64, lora: bool) -> String {
+pub(crate) fn config(data: &Path, steps: u64, lora: bool) -> String {
     let lora = if lora { "[lora]\nrank = 4\nalpha = 4.0\n" } else { "" };
     format!(
         r#"seed = 3
@@ -80,13 +80,13 @@ guidance = 3.0
     )
 }
 
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn train(config: &Path, out: &Path) -> serde_json::Value {
+pub(crate) fn train(config: &Path, out: &Path) -> serde_json::Value {
     let output = difforge().arg("train").arg("--config").arg(config).arg("--out").arg(out).arg("--json").output().unwrap();
     assert!(output.status.success(), "train failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("summary JSON")
