@@ -9,6 +9,7 @@ use crate::config::{AugmentConfig, CropMode};
 use crate::image_set::ImageSet;
 use crate::pixels::Pixels;
 use crate::preprocess::shorter_side_to;
+use crate::subset::CaptionRule;
 use difforge_core::{rng_for, Stream};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -29,12 +30,14 @@ pub struct Batch {
     /// With aspect-ratio buckets: each image's bucket, original size and crop (what SDXL's size
     /// and crop conditioning takes); empty for square crops of the model size.
     pub placements: Vec<Placement>,
+    /// With `[[data.subsets]]`: how each image's caption is treated; empty without subsets.
+    pub caption_rules: Vec<CaptionRule>,
 }
 
 impl Batch {
     /// A batch of `size` planar images of one shape, without placements.
     pub fn new(images: Vec<f32>, labels: Vec<i64>, captions: Vec<Option<String>>, channels: usize, height: usize, width: usize) -> Batch {
-        Batch { size: labels.len(), images, labels, captions, channels, height, width, placements: Vec::new() }
+        Batch { size: labels.len(), images, labels, captions, channels, height, width, placements: Vec::new(), caption_rules: Vec::new() }
     }
 
     /// (N, C, H, W).
@@ -163,7 +166,7 @@ impl Loader {
             .par_iter()
             .map(|&(pos, idx)| {
                 let mut rng = rng_for(self.seed, Stream::Augment, pos);
-                train_image(&self.set.pixels[idx], self.channels(), self.side, self.crop, &self.augment, &mut rng)
+                train_image(&self.set.pixels[idx], self.channels(), self.side, self.crop, &self.augment_of(idx), &mut rng)
             })
             .collect();
         self.assemble(images, positions.iter().map(|&(_, i)| i), self.side, self.side)
@@ -179,7 +182,7 @@ impl Loader {
             .enumerate()
             .map(|(j, &idx)| {
                 let mut rng = rng_for(self.seed, Stream::Augment, step * batch_size as u64 + j as u64);
-                bucket_image(&self.set.pixels[idx], &self.set.fits[idx], channels, self.crop, self.augment.hflip, &mut rng)
+                bucket_image(&self.set.pixels[idx], &self.set.fits[idx], channels, self.crop, self.augment_of(idx).hflip, &mut rng)
             })
             .collect();
         let (images, placements): (Vec<Vec<f32>>, Vec<Placement>) = drawn.into_iter().unzip();
@@ -192,11 +195,9 @@ impl Loader {
     /// batch of a bucket kept: no image is left out of an epoch).
     fn bucket_batches(&mut self, batch_size: usize) -> &mut BucketBatches {
         if self.buckets.as_ref().map(|(b, _)| *b) != Some(batch_size) {
-            let mut assignments = vec![None; self.set.len()];
-            for &i in &self.sampler.indices {
-                assignments[i] = Some(self.set.fits[i].bucket);
-            }
-            self.buckets = Some((batch_size, BucketBatches::new(&assignments, batch_size, self.seed, false)));
+            // Indices listed more than once (subset repeats) are batched that many times.
+            let members = self.sampler.indices.iter().map(|&i| (i, self.set.fits[i].bucket));
+            self.buckets = Some((batch_size, BucketBatches::of_members(members, batch_size, self.seed, false)));
         }
         &mut self.buckets.as_mut().unwrap_or_else(|| unreachable!("set above")).1
     }
@@ -222,9 +223,22 @@ impl Loader {
         self.set.pixels.first().map_or(1, |p| p.channels as usize)
     }
 
+    /// The augmentations of image `idx`: the run's, with its subset's flip probability.
+    fn augment_of(&self, idx: usize) -> AugmentConfig {
+        match self.set.rules(idx).and_then(|r| r.hflip) {
+            Some(hflip) => AugmentConfig { hflip, ..self.augment.clone() },
+            None => self.augment.clone(),
+        }
+    }
+
     fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>, height: usize, width: usize) -> Batch {
-        let (labels, captions) = indices.map(|i| (self.set.labels[i].map_or(-1, |l| l as i64), self.set.captions[i].clone())).unzip();
-        Batch::new(images.concat(), labels, captions, self.channels(), height, width)
+        let indices: Vec<usize> = indices.collect();
+        let (labels, captions) = indices.iter().map(|&i| (self.set.labels[i].map_or(-1, |l| l as i64), self.set.captions[i].clone())).unzip();
+        let mut batch = Batch::new(images.concat(), labels, captions, self.channels(), height, width);
+        if !self.set.subset_of.is_empty() {
+            batch.caption_rules = indices.iter().map(|&i| self.set.caption_rule(i)).collect();
+        }
+        batch
     }
 }
 

@@ -490,6 +490,30 @@ impl BucketReport {
     }
 }
 
+impl BucketReport {
+    /// The report of two sets of images placed with the same config (subsets of one dataset).
+    pub fn merge(a: BucketReport, b: BucketReport) -> BucketReport {
+        let mut counts: BTreeMap<Bucket, usize> = BTreeMap::new();
+        for c in a.buckets.iter().chain(&b.buckets) {
+            *counts.entry(Bucket::new(c.width, c.height)).or_default() += c.images;
+        }
+        let placed = a.placed + b.placed;
+        let err_sum = a.mean_aspect_error * a.placed as f64 + b.mean_aspect_error * b.placed as f64;
+        BucketReport {
+            config: a.config,
+            set_size: a.set_size,
+            images: a.images + b.images,
+            placed,
+            buckets: counts.into_iter().map(|(b, images)| BucketCount { width: b.width, height: b.height, images }).collect(),
+            dropped: a.dropped.into_iter().chain(b.dropped).collect(),
+            upscaled: a.upscaled + b.upscaled,
+            mean_aspect_error: if placed == 0 { 0.0 } else { err_sum / placed as f64 },
+            max_aspect_error: a.max_aspect_error.max(b.max_aspect_error),
+            batching: None,
+        }
+    }
+}
+
 /// One batch: its bucket and the indices of its images.
 pub type BucketBatch = (Bucket, Vec<usize>);
 
@@ -515,12 +539,20 @@ pub struct BucketBatches {
 impl BucketBatches {
     /// `assignments[i]` is image i's bucket (None: not used). A `batch_size` of 0 is taken as 1.
     pub fn new(assignments: &[Option<Bucket>], batch_size: usize, seed: u64, drop_last: bool) -> Self {
+        let members = assignments.iter().enumerate().filter_map(|(i, b)| b.map(|b| (i, b)));
+        BucketBatches::of_members(members, batch_size, seed, drop_last)
+    }
+
+    /// The batches of (image index, bucket) pairs; an index listed r times (repeats) appears r
+    /// times per epoch.
+    pub fn of_members(members: impl IntoIterator<Item = (usize, Bucket)>, batch_size: usize, seed: u64, drop_last: bool) -> Self {
         let batch_size = batch_size.max(1);
         let mut groups: BTreeMap<Bucket, Vec<usize>> = BTreeMap::new();
-        for (i, b) in assignments.iter().enumerate() {
-            if let Some(b) = b {
-                groups.entry(*b).or_default().push(i);
-            }
+        for (i, b) in members {
+            groups.entry(b).or_default().push(i);
+        }
+        for ix in groups.values_mut() {
+            ix.sort_unstable();
         }
         let groups: Vec<BucketBatch> = groups.into_iter().collect();
         let per_epoch = groups.iter().map(|(_, ix)| if drop_last { ix.len() / batch_size } else { ix.len().div_ceil(batch_size) }).sum();

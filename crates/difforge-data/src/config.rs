@@ -1,6 +1,7 @@
 //! The `[data]` section of a run config.
 
 use crate::bucket::BucketConfig;
+use crate::subset::SubsetConfig;
 use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -123,6 +124,9 @@ pub struct DataConfig {
     /// nearest its shape, batches come from one bucket. None: square crops of `image_size`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buckets: Option<BucketConfig>,
+    /// Several folders with settings of their own (`[[data.subsets]]`), instead of `path`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<SubsetConfig>,
 }
 
 impl Default for DataConfig {
@@ -147,6 +151,7 @@ impl Default for DataConfig {
             caption_column: "text".into(),
             instance_prompt: None,
             buckets: None,
+            subsets: Vec::new(),
         }
     }
 }
@@ -180,7 +185,9 @@ impl DataConfig {
             return Err(ConfigError::new("data.image_size", self.image_size, "4..=1024"));
         }
         check_range("data.val_fraction", self.val_fraction, 0.0, 0.9)?;
-        if self.source != SourceKind::Digits && self.path.is_none() {
+        if !self.subsets.is_empty() {
+            self.validate_subsets()?;
+        } else if self.source != SourceKind::Digits && self.path.is_none() {
             return Err(ConfigError::problem("data.path", format!("required for data.source = \"{}\"", self.source.name())));
         }
         if self.pad > 1024 {
@@ -210,6 +217,24 @@ impl DataConfig {
             return Err(ConfigError::new("data.augment.scale_min", a.scale_min, "0.0 < x <= 1.0"));
         }
         check_range("data.augment.rotate_degrees", a.rotate_degrees, 0.0, 180.0)
+    }
+
+    /// This section for one folder alone (a subset, a validation or samples folder).
+    pub fn for_folder(&self, path: &std::path::Path) -> DataConfig {
+        DataConfig { source: SourceKind::Folder, path: Some(path.to_path_buf()), subsets: Vec::new(), ..self.clone() }
+    }
+
+    fn validate_subsets(&self) -> Result<(), ConfigError> {
+        if self.source != SourceKind::Folder {
+            return Err(ConfigError::new("data.subsets", format!("data.source = \"{}\"", self.source.name()), "data.source = \"folder\""));
+        }
+        if let Some(path) = &self.path {
+            return Err(ConfigError::new("data.path", path.display(), "absent with [[data.subsets]] (each subset names its folder)"));
+        }
+        for (i, subset) in self.subsets.iter().enumerate() {
+            subset.validate(i)?;
+        }
+        Ok(())
     }
 
     /// Buckets hold in-memory folders of any shape; the augmentations that assume a square

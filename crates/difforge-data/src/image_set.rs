@@ -3,6 +3,7 @@
 
 use crate::bucket::{BucketReport, Fit};
 use crate::pixels::Pixels;
+use crate::subset::{CaptionRule, SubsetRules};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -28,6 +29,10 @@ pub struct ImageSet {
     pub fits: Vec<Fit>,
     /// With aspect-ratio buckets: images per bucket, and those dropped (not in the set) and why.
     pub bucket_report: Option<BucketReport>,
+    /// With `[[data.subsets]]`: each image's subset (an index into `subset_rules`); empty
+    /// without subsets.
+    pub subset_of: Vec<usize>,
+    pub subset_rules: Vec<SubsetRules>,
 }
 
 impl ImageSet {
@@ -42,6 +47,21 @@ impl ImageSet {
     /// Whether the images are placed in aspect-ratio buckets ([`ImageSet::fits`]).
     pub fn is_bucketed(&self) -> bool {
         !self.fits.is_empty()
+    }
+
+    /// What image `i`'s subset changes (None without subsets).
+    pub fn rules(&self, i: usize) -> Option<&SubsetRules> {
+        self.subset_of.get(i).map(|&k| &self.subset_rules[k])
+    }
+
+    /// How image `i`'s caption is treated in training (the run's settings without subsets).
+    pub fn caption_rule(&self, i: usize) -> CaptionRule {
+        self.rules(i).map_or_else(CaptionRule::default, |r| r.caption)
+    }
+
+    /// The training indices with each image listed as many times as its subset repeats it.
+    pub fn repeated(&self, indices: &[usize]) -> Vec<usize> {
+        indices.iter().flat_map(|&i| std::iter::repeat_n(i, self.rules(i).map_or(1, |r| r.repeats as usize))).collect()
     }
 
     pub fn num_classes(&self) -> usize {

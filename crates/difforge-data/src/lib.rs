@@ -16,6 +16,7 @@ pub mod preprocess;
 pub mod shard_writer;
 pub mod source;
 pub mod split;
+pub mod subset;
 pub mod synth;
 
 pub use batch::{Batch, BatchSampler, Loader};
@@ -28,3 +29,4 @@ pub use pixels::Pixels;
 pub use shard_writer::{write_shards, ShardIndex, ShardReport};
 pub use source::ShardStream;
 pub use split::Split;
+pub use subset::{CaptionRule, SubsetConfig};

@@ -51,16 +51,15 @@ pub fn resolve_dataset(spec: &str, base: &DataConfig) -> Result<DataConfig, Eval
         data.source = SourceKind::Digits;
         data.path = None;
         data.labels_path = None;
+        data.subsets = Vec::new();
+        data.buckets = None;
     } else if path.extension().is_some_and(|e| e == "toml") {
         let cfg =
             difforge_config::RunConfig::load(Some(path), &[]).map_err(|e| difforge_core::ConfigError::new("--data", spec, format!("a valid config ({e})")))?;
         // Its own source and split, at the model's resolution and colour mode.
         data = difforge_data::DataConfig { image_size: base.image_size, channels: base.channels, ..cfg.data };
     } else if path.is_dir() {
-        data.source = SourceKind::Folder;
-        data.path = Some(path.to_path_buf());
-        data.labels_path = None;
-        data.val_path = None;
+        data = DataConfig { labels_path: None, val_path: None, ..base.for_folder(path) };
     } else {
         return Err(difforge_core::ConfigError::new("--data", spec, "`digits`, a TOML config with a [data] section, or an image folder").into());
     }
@@ -76,9 +75,7 @@ pub fn load_split(data: &DataConfig, seed: u64, choice: SplitChoice) -> Result<R
         // With a separate validation folder, training used the whole dataset.
         (SplitChoice::Train, Some(_)) => ((0..set.len()).collect(), "training images"),
         (SplitChoice::Val, Some(path)) => {
-            let mut val = data.clone();
-            val.source = SourceKind::Folder;
-            val.path = Some(path.clone());
+            let mut val = data.for_folder(path);
             val.val_path = None;
             if val.class_names.is_empty() {
                 val.class_names = set.class_names.clone();

@@ -385,14 +385,7 @@ fn fd_over_seed_sets(
 /// The images of a folder, preprocessed like the training data; when its class subfolders carry
 /// the model's class names, the classes asked for.
 fn read_samples(dir: &std::path::Path, data: &DataConfig, class_names: &[String], seed: u64) -> Result<(Tensor, Option<Vec<i64>>), EvalError> {
-    let folder = DataConfig {
-        source: difforge_data::SourceKind::Folder,
-        path: Some(dir.to_path_buf()),
-        labels_path: None,
-        val_path: None,
-        class_names: Vec::new(),
-        ..data.clone()
-    };
+    let folder = DataConfig { labels_path: None, val_path: None, class_names: Vec::new(), ..data.for_folder(dir) };
     let set = load_split(&folder, seed, SplitChoice::All)?;
     let asked: Option<Vec<i64>> = if set.class_names.is_empty() || class_names.is_empty() {
         None

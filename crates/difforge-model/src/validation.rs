@@ -6,7 +6,7 @@ use crate::error::ModelError;
 use crate::model::{DiffusionModel, Weights};
 use difforge_config::RunConfig;
 use difforge_core::Stream;
-use difforge_data::{Batch, ImageSet, Loader, SourceKind, Split};
+use difforge_data::{Batch, ImageSet, Loader, Split};
 use difforge_diffusion::noise::gaussian;
 use difforge_nn::Conditioning;
 use serde::Serialize;
@@ -45,9 +45,7 @@ pub fn validation_batch(cfg: &RunConfig, set: &Arc<ImageSet>, split: &Split) -> 
     let limit = cfg.train.val_images;
     let (set, indices) = match &cfg.data.val_path {
         Some(path) => {
-            let mut val_cfg = cfg.data.clone();
-            val_cfg.source = SourceKind::Folder;
-            val_cfg.path = Some(path.clone());
+            let mut val_cfg = cfg.data.for_folder(path);
             if val_cfg.class_names.is_empty() {
                 val_cfg.class_names = set.class_names.clone();
             }

@@ -48,7 +48,7 @@ impl TrainBatches {
             )
             .into());
         }
-        let mut loader = Loader::new(set.clone(), split.train.clone(), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
+        let mut loader = Loader::new(set.clone(), set.repeated(&split.train), cfg.data.image_size, cfg.data.crop, cfg.data.augment.clone(), cfg.seed);
         if cfg.data.balance == Balance::Class {
             loader = loader.balanced();
         }
@@ -137,11 +137,8 @@ fn check_bucket_step(buckets: &difforge_data::BucketConfig, family: &dyn Family)
 /// The bucket report (images per bucket, dropped images and why, how the training images are
 /// cut into batches) in the log and in `run_dir`/buckets.json: no image leaves silently.
 fn write_bucket_report(cfg: &RunConfig, set: &ImageSet, report: &BucketReport, split: &Split, run_dir: &Path) -> Result<(), TrainError> {
-    let mut assignments = vec![None; set.len()];
-    for &i in &split.train {
-        assignments[i] = Some(set.fits[i].bucket);
-    }
-    let report = report.clone().with_batching(&BucketBatches::new(&assignments, cfg.train.batch_size, cfg.seed, false));
+    let members = set.repeated(&split.train).into_iter().map(|i| (i, set.fits[i].bucket));
+    let report = report.clone().with_batching(&BucketBatches::of_members(members, cfg.train.batch_size, cfg.seed, false));
     for line in report.to_string().lines() {
         tracing::info!("{line}");
     }
@@ -168,7 +165,7 @@ fn load_streamed(cfg: &RunConfig, family: &dyn Family) -> Result<(Arc<ImageSet>,
         }
         return Ok((Arc::new(ImageSet::default()), empty));
     };
-    let folder = difforge_data::DataConfig { source: SourceKind::Folder, path: Some(val_path.clone()), ..cfg.data.clone() };
+    let folder = cfg.data.for_folder(val_path);
     let set = source::load(&folder)?;
     for note in family.check_data(&set)? {
         tracing::info!("{note}");

@@ -19,6 +19,9 @@ use difforge_core::ConfigError;
 
 /// Loads and preprocesses the dataset a `[data]` section describes.
 pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
+    if !config.subsets.is_empty() {
+        return crate::subset::load_subsets(config);
+    }
     let prep = Preprocess { size: config.image_size, color: config.color_mode(), pad: config.pad, buckets: config.buckets };
     let set = match config.source {
         SourceKind::Digits => load_digits(&prep)?,

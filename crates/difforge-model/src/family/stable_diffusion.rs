@@ -322,13 +322,16 @@ impl Family for StableDiffusionFamily {
     }
 
     /// Each caption dropped to the empty one with probability `dropout`, else (with
-    /// `shuffle_caption`) its tags shuffled; both drawn from the step's stream, so a resumed
-    /// run sees the same captions.
+    /// `shuffle_caption`) its tags shuffled (the image's subset may say otherwise); both drawn
+    /// from the step's stream, so a resumed run sees the same captions.
     fn training_conditioning(&self, batch: &Batch, dropout: f64, rng: &mut StreamRng, device: Device) -> Conditioning {
         let mut captions: Vec<Option<String>> = Vec::with_capacity(batch.captions.len());
-        for caption in &batch.captions {
-            let kept = caption.as_deref().filter(|_| !rng.random_bool(dropout));
-            captions.push(kept.map(|c| if self.config.shuffle_caption { shuffle_tags(c, self.config.keep_tokens, rng) } else { c.to_string() }));
+        for (i, caption) in batch.captions.iter().enumerate() {
+            // An image's subset may set its own dropout, shuffling and kept tags.
+            let rule = batch.caption_rules.get(i).copied().unwrap_or_default();
+            let (shuffle, keep) = (rule.shuffle.unwrap_or(self.config.shuffle_caption), rule.keep_tokens.unwrap_or(self.config.keep_tokens));
+            let kept = caption.as_deref().filter(|_| !rng.random_bool(rule.dropout.unwrap_or(dropout)));
+            captions.push(kept.map(|c| if shuffle { shuffle_tags(c, keep, rng) } else { c.to_string() }));
         }
         let captions: Vec<Option<&str>> = captions.iter().map(|c| c.as_deref()).collect();
         with_crop_conditioning(self.captions(&captions, device), &batch.placements)
