@@ -7,6 +7,7 @@ use crate::augment::{augment, mirror_rows};
 use crate::bucket::{center_crop, crop, BucketBatches, Fit, Placement};
 use crate::config::{AugmentConfig, CropMode};
 use crate::image_set::ImageSet;
+use crate::mask::split_mask;
 use crate::pixels::Pixels;
 use crate::preprocess::shorter_side_to;
 use crate::subset::CaptionRule;
@@ -32,12 +33,15 @@ pub struct Batch {
     pub placements: Vec<Placement>,
     /// With `[[data.subsets]]`: how each image's caption is treated; empty without subsets.
     pub caption_rules: Vec<CaptionRule>,
+    /// With masked loss: each image's mask (N x H x W, in [0, 1]: how much each pixel counts);
+    /// empty without masks.
+    pub masks: Vec<f32>,
 }
 
 impl Batch {
     /// A batch of `size` planar images of one shape, without placements.
     pub fn new(images: Vec<f32>, labels: Vec<i64>, captions: Vec<Option<String>>, channels: usize, height: usize, width: usize) -> Batch {
-        Batch { size: labels.len(), images, labels, captions, channels, height, width, placements: Vec::new(), caption_rules: Vec::new() }
+        Batch { size: labels.len(), images, labels, captions, channels, height, width, placements: Vec::new(), caption_rules: Vec::new(), masks: Vec::new() }
     }
 
     /// (N, C, H, W).
@@ -166,7 +170,9 @@ impl Loader {
             .par_iter()
             .map(|&(pos, idx)| {
                 let mut rng = rng_for(self.seed, Stream::Augment, pos);
-                train_image(&self.set.pixels[idx], self.channels(), self.side, self.crop, &self.augment_of(idx), &mut rng)
+                let px = &self.set.pixels[idx];
+                // Every plane (a mask's too) is cropped and augmented alike.
+                train_image(px, px.channels as usize, self.side, self.crop, &self.augment_of(idx), &mut rng)
             })
             .collect();
         self.assemble(images, positions.iter().map(|&(_, i)| i), self.side, self.side)
@@ -176,13 +182,12 @@ impl Loader {
     /// a drawn offset) and maybe mirrored, the draws made from (seed, step, position in batch).
     fn bucket_batch(&mut self, step: u64, batch_size: usize) -> Batch {
         let (bucket, members) = self.bucket_batches(batch_size).batch(step);
-        let channels = self.channels();
         let drawn: Vec<(Vec<f32>, Placement)> = members
             .par_iter()
             .enumerate()
             .map(|(j, &idx)| {
                 let mut rng = rng_for(self.seed, Stream::Augment, step * batch_size as u64 + j as u64);
-                bucket_image(&self.set.pixels[idx], &self.set.fits[idx], channels, self.crop, self.augment_of(idx).hflip, &mut rng)
+                bucket_image(&self.set.pixels[idx], &self.set.fits[idx], self.crop, self.augment_of(idx).hflip, &mut rng)
             })
             .collect();
         let (images, placements): (Vec<Vec<f32>>, Vec<Placement>) = drawn.into_iter().unzip();
@@ -220,7 +225,7 @@ impl Loader {
     }
 
     fn channels(&self) -> usize {
-        self.set.pixels.first().map_or(1, |p| p.channels as usize)
+        self.set.channels()
     }
 
     /// The augmentations of image `idx`: the run's, with its subset's flip probability.
@@ -234,7 +239,9 @@ impl Loader {
     fn assemble(&self, images: Vec<Vec<f32>>, indices: impl Iterator<Item = usize>, height: usize, width: usize) -> Batch {
         let indices: Vec<usize> = indices.collect();
         let (labels, captions) = indices.iter().map(|&i| (self.set.labels[i].map_or(-1, |l| l as i64), self.set.captions[i].clone())).unzip();
+        let (images, masks) = if self.set.masked { images.into_iter().map(|planes| split_mask(planes, self.channels())).unzip() } else { (images, Vec::new()) };
         let mut batch = Batch::new(images.concat(), labels, captions, self.channels(), height, width);
+        batch.masks = masks.concat();
         if !self.set.subset_of.is_empty() {
             batch.caption_rules = indices.iter().map(|&i| self.set.caption_rule(i)).collect();
         }
@@ -244,7 +251,7 @@ impl Loader {
 
 /// One image of a bucketed set: its bucket's window of the stored (bucket-covering) pixels,
 /// centred or at a drawn offset, then mirrored with probability `hflip`; with its placement.
-fn bucket_image(px: &Pixels, fit: &Fit, channels: usize, mode: CropMode, hflip: f64, rng: &mut impl Rng) -> (Vec<f32>, Placement) {
+fn bucket_image(px: &Pixels, fit: &Fit, mode: CropMode, hflip: f64, rng: &mut impl Rng) -> (Vec<f32>, Placement) {
     let p = match mode {
         CropMode::Center => center_crop(fit),
         CropMode::Random => crop(fit, Some(&mut *rng)),
@@ -255,7 +262,6 @@ fn bucket_image(px: &Pixels, fit: &Fit, channels: usize, mode: CropMode, hflip: 
         mirror_rows(&mut img, w as usize);
         return (img, p.mirrored());
     }
-    debug_assert_eq!(img.len(), channels * (w * h) as usize);
     (img, p)
 }
 

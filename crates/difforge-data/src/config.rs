@@ -1,6 +1,7 @@
 //! The `[data]` section of a run config.
 
 use crate::bucket::BucketConfig;
+use crate::mask::MaskSource;
 use crate::subset::SubsetConfig;
 use difforge_core::{check_range, ConfigError};
 use serde::{Deserialize, Serialize};
@@ -127,6 +128,11 @@ pub struct DataConfig {
     /// Several folders with settings of their own (`[[data.subsets]]`), instead of `path`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<SubsetConfig>,
+    /// Masked loss with each image's alpha channel as its mask (kohya's `alpha_mask`).
+    pub alpha_mask: bool,
+    /// Masked loss with masks from this folder: greyscale PNGs at the images' relative paths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_path: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -152,6 +158,8 @@ impl Default for DataConfig {
             instance_prompt: None,
             buckets: None,
             subsets: Vec::new(),
+            alpha_mask: false,
+            mask_path: None,
         }
     }
 }
@@ -209,6 +217,7 @@ impl DataConfig {
         if let Some(b) = &self.buckets {
             self.validate_buckets(b)?;
         }
+        self.validate_masks()?;
         let a = &self.augment;
         for (key, p) in [("data.augment.hflip", a.hflip), ("data.augment.scale_crop", a.scale_crop), ("data.augment.rotate", a.rotate)] {
             check_range(key, p, 0.0, 1.0)?;
@@ -217,6 +226,35 @@ impl DataConfig {
             return Err(ConfigError::new("data.augment.scale_min", a.scale_min, "0.0 < x <= 1.0"));
         }
         check_range("data.augment.rotate_degrees", a.rotate_degrees, 0.0, 180.0)
+    }
+
+    /// Where loss masks come from (None: no masked loss).
+    pub fn mask_source(&self) -> Option<MaskSource> {
+        match (&self.mask_path, self.alpha_mask) {
+            (Some(dir), _) => Some(MaskSource::Folder(dir.clone())),
+            (None, true) => Some(MaskSource::Alpha),
+            (None, false) => None,
+        }
+    }
+
+    fn validate_masks(&self) -> Result<(), ConfigError> {
+        if let (Some(dir), true) = (&self.mask_path, self.alpha_mask) {
+            return Err(ConfigError::new("data.mask_path", dir.display(), "absent with data.alpha_mask = true (one source of masks)"));
+        }
+        if self.mask_source().is_some() && self.source != SourceKind::Folder {
+            let key = if self.alpha_mask { "data.alpha_mask" } else { "data.mask_path" };
+            return Err(ConfigError::new(
+                key,
+                format!("data.source = \"{}\"", self.source.name()),
+                "data.source = \"folder\" (masks are read beside image files)",
+            ));
+        }
+        if let Some(dir) = &self.mask_path {
+            if !dir.is_dir() {
+                return Err(ConfigError::new("data.mask_path", dir.display(), "an existing folder of mask images"));
+            }
+        }
+        Ok(())
     }
 
     /// This section for one folder alone (a subset, a validation or samples folder).

@@ -33,6 +33,9 @@ pub struct ImageSet {
     /// without subsets.
     pub subset_of: Vec<usize>,
     pub subset_rules: Vec<SubsetRules>,
+    /// Each image's pixels carry a loss mask as their last channel (`data.alpha_mask`,
+    /// `data.mask_path`).
+    pub masked: bool,
 }
 
 impl ImageSet {
@@ -62,6 +65,11 @@ impl ImageSet {
     /// The training indices with each image listed as many times as its subset repeats it.
     pub fn repeated(&self, indices: &[usize]) -> Vec<usize> {
         indices.iter().flat_map(|&i| std::iter::repeat_n(i, self.rules(i).map_or(1, |r| r.repeats as usize))).collect()
+    }
+
+    /// The image channels (1 or 3), a mask channel not counted.
+    pub fn channels(&self) -> usize {
+        self.pixels.first().map_or(1, |p| p.channels as usize - usize::from(self.masked))
     }
 
     pub fn num_classes(&self) -> usize {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod grid;
 pub mod image_set;
+pub mod mask;
 pub mod pixels;
 pub mod preprocess;
 pub mod shard_writer;

@@ -16,6 +16,13 @@ impl Pixels {
         self.data[((y * self.width + x) * self.channels + c) as usize]
     }
 
+    /// These pixels with `mask` (the same width and height) as one more channel, last.
+    pub fn with_mask(&self, mask: &image::GrayImage) -> Pixels {
+        let c = self.channels as usize;
+        let data = self.data.chunks_exact(c).zip(mask.as_raw()).flat_map(|(p, &m)| p.iter().copied().chain(std::iter::once(m))).collect();
+        Pixels { width: self.width, height: self.height, channels: self.channels + 1, data }
+    }
+
     /// A `side` x `side` window at (x0, y0) as planar floats in [-1, 1] (C, H, W order).
     pub fn crop_to_planar(&self, x0: u32, y0: u32, side: u32) -> Vec<f32> {
         self.window_to_planar(x0, y0, side, side)

@@ -22,7 +22,23 @@ impl Preprocess {
     /// The image as [`Preprocess::apply`] makes it, or with buckets, padded and resized to
     /// cover its bucket (Lanczos3, as [`crate::bucket::resize_and_crop`]) with its [`Fit`]; an
     /// image without a bucket (too small with `no_upscale`) gives the reason.
-    pub fn prepare(&self, img: &DynamicImage) -> Result<(Pixels, Option<Fit>), DropReason> {
+    ///
+    /// With a `mask` (the image's size, 255 = counts fully in the loss), it goes through the
+    /// same padding and resizing (per channel, so exactly as the image's own channels) and is
+    /// stored as one more channel of the pixels.
+    pub fn prepare(&self, img: &DynamicImage, mask: Option<&GrayImage>) -> Result<(Pixels, Option<Fit>), DropReason> {
+        let (pixels, fit) = self.prepare_image(img)?;
+        let Some(mask) = mask else { return Ok((pixels, fit)) };
+        let mask = pad(mask, self.pad);
+        let mask = match &fit {
+            Some(f) if mask.dimensions() != f.resized => imageops::resize(&mask, f.resized.0, f.resized.1, FilterType::Lanczos3),
+            Some(_) => mask,
+            None => resize_shorter(&mask, self.size),
+        };
+        Ok((pixels.with_mask(&mask), fit))
+    }
+
+    fn prepare_image(&self, img: &DynamicImage) -> Result<(Pixels, Option<Fit>), DropReason> {
         let Some(cfg) = &self.buckets else { return Ok((self.apply(img), None)) };
         let rgb = pad(&composite_on_white(img), self.pad);
         let set = if cfg.no_upscale { Vec::new() } else { bucket_set(cfg) };
@@ -87,17 +103,17 @@ fn pad<P: image::Pixel<Subpixel = u8> + 'static>(img: &image::ImageBuffer<P, Vec
 /// Stored pixels resized so that the shorter side is `size` (as [`Preprocess::apply`] would
 /// have made them): a bucketed image as a square crop of the model size needs.
 pub(crate) fn shorter_side_to(px: &Pixels, size: u32) -> Pixels {
-    const WHOLE: &str = "Pixels hold width x height x channels bytes";
-    let (w, h) = (px.width, px.height);
+    fn resized<P: image::Pixel<Subpixel = u8> + 'static>(px: &Pixels, size: u32) -> (u32, u32, Vec<u8>) {
+        let img = image::ImageBuffer::<P, Vec<u8>>::from_raw(px.width, px.height, px.data.clone()).expect("Pixels hold width x height x channels bytes");
+        let out = resize_shorter(&img, size);
+        (out.width(), out.height(), out.into_raw())
+    }
+    // A mask travels as the alpha-like last channel.
     let (width, height, data) = match px.channels {
-        1 => {
-            let g = resize_shorter(&GrayImage::from_raw(w, h, px.data.clone()).expect(WHOLE), size);
-            (g.width(), g.height(), g.into_raw())
-        }
-        _ => {
-            let c = resize_shorter(&RgbImage::from_raw(w, h, px.data.clone()).expect(WHOLE), size);
-            (c.width(), c.height(), c.into_raw())
-        }
+        1 => resized::<image::Luma<u8>>(px, size),
+        2 => resized::<image::LumaA<u8>>(px, size),
+        3 => resized::<image::Rgb<u8>>(px, size),
+        _ => resized::<image::Rgba<u8>>(px, size),
     };
     Pixels { width, height, channels: px.channels, data }
 }

@@ -121,6 +121,7 @@ fn append(merged: &mut ImageSet, set: ImageSet, k: usize, prefix: &str) {
         merged.ids.push(format!("{prefix}/{}", set.ids[i]));
         merged.subset_of.push(k);
     }
+    merged.masked = set.masked;
     merged.fits.extend(set.fits);
     merged.skipped.extend(set.skipped);
     let report = set.bucket_report.map(|mut r| {

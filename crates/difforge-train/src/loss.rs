@@ -1,6 +1,7 @@
 //! The training loss of one micro-batch: draw each image's timestep, noise (and offset noise)
 //! and condition dropout from (seed, draw index), push the images through the forward process,
-//! and take the weighted loss (MSE or Huber) between the network's prediction and the target. Everything random here is derived from
+//! and take the weighted loss (MSE or Huber) between the network's prediction and the target
+//! (over the pixels a loss mask keeps). Everything random here is derived from
 //! the draw index, so a step can be recomputed exactly after a resume.
 
 use difforge_core::{rng_for, Stream};
@@ -22,6 +23,9 @@ pub struct MicroBatch {
     cond: Conditioning,
     target: Tensor,
     weights: Tensor,
+    /// With masked loss: the square root of how much each of the network's output positions
+    /// counts (N, 1, h, w).
+    mask: Option<Tensor>,
 }
 
 impl MicroBatch {
@@ -52,6 +56,13 @@ impl MicroBatch {
             eps += Tensor::from_slice(&offset).view([n, lc, 1, 1]) * cfg.diffusion.noise_offset;
         }
         let eps = eps.narrow(0, start, len).to_device(dev);
+        let mask = (!batch.masks.is_empty()).then(|| {
+            let m = Tensor::from_slice(&batch.masks).view([n, 1, batch.height as i64, batch.width as i64]).narrow(0, start, len);
+            // At the network's resolution (the share of each latent's pixels that count), as a
+            // square root: scaling prediction and target by it scales the squared error by the
+            // mask itself.
+            m.adaptive_avg_pool2d([lh, lw]).sqrt().to_device(dev)
+        });
         let (ts, cond) = if len == n { (ts, cond) } else { (ts[rows].to_vec(), cond.narrow(start, len)) };
         let noised = model.forward_process().noise(&x0, &eps, &ts, dev);
         let weights: Vec<f32> = noised.weights.iter().map(|&w| w as f32).collect();
@@ -62,12 +73,19 @@ impl MicroBatch {
             cond,
             target: noised.target,
             weights: Tensor::from_slice(&weights).to_device(dev),
+            mask,
         }
     }
 
-    /// The weighted loss (`diffusion.loss`) of the raw network's prediction (dropout on).
+    /// The weighted loss (`diffusion.loss`) of the raw network's prediction (dropout on); with
+    /// a mask, of the prediction and target scaled by its square root: for MSE, kohya's
+    /// per-element loss times the mask, averaged over every position.
     pub fn loss(&self, model: &DiffusionModel) -> Tensor {
         let out = model.predict(Weights::Raw, &self.x_t, &self.t, &self.cond, true);
-        model.config().diffusion.loss_fn().weighted(&out, &self.target, &self.weights)
+        let loss = model.config().diffusion.loss_fn();
+        match &self.mask {
+            Some(m) => loss.weighted(&(out * m), &(&self.target * m), &self.weights),
+            None => loss.weighted(&out, &self.target, &self.weights),
+        }
     }
 }

@@ -7,6 +7,7 @@
 use crate::bucket::{BucketReport, DropReason, Dropped, Fit};
 use crate::error::DataError;
 use crate::image_set::{ImageSet, SkippedFile};
+use crate::mask::MaskSource;
 use crate::pixels::Pixels;
 use crate::preprocess::Preprocess;
 use crate::source::metadata::{folder_captions, CaptionSource};
@@ -140,13 +141,31 @@ fn decode_with<R: std::io::BufRead + std::io::Seek>(
     reader.decode().map_err(|e| unreadable(&e))
 }
 
+/// One file decoded and preprocessed, with its mask when masks are on (an image without a mask
+/// file gets a full one, so that every image has the same channels); true when it had none.
+fn prepare_file(root: &Path, file: &Path, prep: &Preprocess, max_pixels: u64, masks: Option<&MaskSource>) -> Result<(Prepared, bool), DecodeError> {
+    let img = decode(file, max_pixels)?;
+    let Some(source) = masks else { return Ok((prep.prepare(&img, None), false)) };
+    let mask = source.mask_of(root, file, &img, max_pixels)?;
+    let missing = mask.is_none();
+    let mask = mask.unwrap_or_else(|| image::GrayImage::from_pixel(img.width(), img.height(), image::Luma([255])));
+    Ok((prep.prepare(&img, Some(&mask)), missing))
+}
+
 /// A decoded image's pixels (and bucket), or why it has no bucket.
 type Prepared = Result<(Pixels, Option<Fit>), DropReason>;
 
 /// Loads a folder. With `known_classes` (data.class_names) the subfolders are labelled by their
 /// position in that list (a fine-tune keeps its base's labels); otherwise by sorted name.
 /// Captions as [`folder_captions`] finds them.
-pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classes: &[String], captions: &CaptionSource) -> Result<ImageSet, DataError> {
+pub fn load_folder(
+    root: &Path,
+    prep: &Preprocess,
+    max_pixels: u64,
+    known_classes: &[String],
+    captions: &CaptionSource,
+    masks: Option<&MaskSource>,
+) -> Result<ImageSet, DataError> {
     if !root.is_dir() {
         return Err(ConfigError::new("data.path", root.display(), "an existing folder of images").into());
     }
@@ -170,13 +189,17 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
     if let (Some(file), n @ 1..) = (&found.metadata, found.sidecars_ignored) {
         tracing::info!("{}: the captions of {} win over {n} {} sidecar file(s), which are ignored", root.display(), file.display(), captions.extension);
     }
-    let decoded: Vec<Result<Prepared, DecodeError>> = files.par_iter().map(|f| decode(f, max_pixels).map(|img| prep.prepare(&img))).collect();
+    let decoded: Vec<Result<(Prepared, bool), DecodeError>> = files.par_iter().map(|f| prepare_file(root, f, prep, max_pixels, masks)).collect();
 
-    let mut set = ImageSet { class_names, skipped: skipped_folders, ..Default::default() };
+    let mut set = ImageSet { class_names, skipped: skipped_folders, masked: masks.is_some(), ..Default::default() };
     let mut placed = Vec::new();
+    let mut unmasked = 0;
     for ((file, result), caption) in files.iter().zip(decoded).zip(found.captions) {
         let id = file.strip_prefix(root).unwrap_or(file).to_string_lossy().into_owned();
-        match result {
+        match result.map(|(prepared, without_mask)| {
+            unmasked += usize::from(without_mask);
+            prepared
+        }) {
             Ok(Ok((px, fit))) => {
                 let label = class_of(root, file).and_then(|c| set.class_names.iter().position(|n| *n == c));
                 if let Some(fit) = fit {
@@ -192,6 +215,9 @@ pub fn load_folder(root: &Path, prep: &Preprocess, max_pixels: u64, known_classe
     }
     if let Some(cfg) = &prep.buckets {
         set.bucket_report = Some(BucketReport::of_fits(cfg, &placed));
+    }
+    if let (Some(MaskSource::Folder(dir)), 1..) = (masks, unmasked) {
+        tracing::info!("{unmasked} image(s) of {} have no mask in {}: they count everywhere in the loss", root.display(), dir.display());
     }
     if let (true, Some(Dropped { id, message, .. })) = (set.is_empty(), set.bucket_report.as_ref().and_then(|r| r.dropped.first())) {
         return Err(

@@ -27,7 +27,7 @@ pub fn load(config: &DataConfig) -> Result<ImageSet, DataError> {
         SourceKind::Digits => load_digits(&prep)?,
         SourceKind::Folder => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"folder\"")))?;
-            load_folder(path, &prep, config.max_pixels, &config.class_names, &metadata::CaptionSource::of(config))?
+            load_folder(path, &prep, config.max_pixels, &config.class_names, &metadata::CaptionSource::of(config), config.mask_source().as_ref())?
         }
         SourceKind::Idx => {
             let path = config.path.as_deref().ok_or(DataError::Config(ConfigError::problem("data.path", "required for data.source = \"idx\"")))?;
