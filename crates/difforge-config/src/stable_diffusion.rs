@@ -29,6 +29,10 @@ pub struct StableDiffusionConfig {
     /// The prompts of the preview grids (one row each; empty: the empty prompt).
     #[serde(default)]
     pub preview_prompts: Vec<String>,
+    /// A prompt file instead (kohya's format: a prompt per line with `--n` negative, `--d` seed,
+    /// `--w`/`--h` size, `--s` steps, `--l` guidance); one row per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_prompt_file: Option<PathBuf>,
     /// Shuffle a caption's comma-separated tags at every step (kohya's `shuffle_caption`), so
     /// the model does not learn their order.
     #[serde(default)]
@@ -83,6 +87,9 @@ impl StableDiffusionConfig {
         }
         if self.keep_tokens > 0 && !self.shuffle_caption {
             return Err(ConfigError::new("model.keep_tokens", self.keep_tokens, "0 unless model.shuffle_caption = true"));
+        }
+        if let (Some(file), false) = (&self.preview_prompt_file, self.preview_prompts.is_empty()) {
+            return Err(ConfigError::new("model.preview_prompt_file", file.display(), "absent with model.preview_prompts (one source of preview prompts)"));
         }
         if self.clip_skip > 12 {
             return Err(ConfigError::new("model.clip_skip", self.clip_skip, "0..=12"));

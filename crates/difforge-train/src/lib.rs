@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod new_model;
 pub mod parallel;
 mod prefetch;
+pub mod previews;
 pub mod prior;
 pub mod run_folder;
 pub mod step;

@@ -14,17 +14,15 @@ use crate::error::TrainError;
 use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
 use crate::parallel::{self, DataParallel, Shard};
+use crate::previews::Previews;
 use crate::run_folder::{RunFolder, Use};
 use crate::step::{StepData, StepOutcome, Stepper};
 use crate::world::World;
 use difforge_config::{eval_metric, RunConfig};
 use difforge_core::Progress;
-use difforge_core::{derive_seed, Stream};
 use difforge_model::checkpoint::{self, BestMetric, TrainState, OPTIMIZER_FILE};
-use difforge_model::generate::{generate, preview_columns, preview_conditions};
-use difforge_model::images::save_grid;
 use difforge_model::validation::{validation_batch, Validator};
-use difforge_model::{device, DiffusionModel, GenerateSpec, Weights};
+use difforge_model::{device, DiffusionModel, Weights};
 use difforge_nn::{AdamW, AdamWConfig, FlatBuffer};
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
@@ -113,20 +111,6 @@ pub struct ValidationSummary {
     pub val_loss_ema: f64,
 }
 
-/// Writes the preview grid of the model as it is at `step`.
-fn write_samples(model: &DiffusionModel, run_dir: &Path, step: u64) -> Result<PathBuf, TrainError> {
-    let cfg = model.config();
-    let kind = model.family().condition_kind();
-    let per_class = cfg.train.sample_per_class;
-    let (conditions, seeds) = preview_conditions(model.family(), per_class, derive_seed(cfg.seed, Stream::Sample, 0) >> 16);
-    let spec =
-        GenerateSpec { conditions, seeds, sampler: &cfg.sample, weights: Weights::Ema, max_batch: 256, fixed_batch: false, negatives: Vec::new(), size: None };
-    let images = generate(model, &spec)?;
-    let path = run_dir.join("samples").join(format!("step-{step:08}.png"));
-    save_grid(&images, preview_columns(kind, per_class), &path).map_err(|e| TrainError::io(&path, e))?;
-    Ok(path)
-}
-
 /// Restores the optimiser moments saved in a checkpoint.
 fn load_optimizer(dir: &Path, opt: &mut AdamW, steps: u64, device: Device) -> Result<(), TrainError> {
     let named = checkpoint::read_tensors(dir, OPTIMIZER_FILE, device)?;
@@ -151,6 +135,7 @@ struct Trainer {
     last_validation: Option<ValidationSummary>,
     /// The process group of a data-parallel run.
     parallel: Option<DataParallel>,
+    previews: Previews,
 }
 
 impl Trainer {
@@ -462,7 +447,9 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         Some(batch) => Some(Validator::new(&model, &batch, t.val_repeats, t.val_bands)),
         None => None,
     };
+    let previews = Previews::new(&cfg, &model)?;
     let mut tr = Trainer {
+        previews,
         stepper: Stepper { model, opt, ema_params, phases: None },
         prior,
         batches,
@@ -524,7 +511,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         }
         let stopping = stopped_because.is_some();
         if t.sample_every > 0 && step.is_multiple_of(t.sample_every) && !last && !stopping && tr.writes() {
-            let grid = write_samples(tr.model(), &run_dir, step)?;
+            let grid = tr.previews.write(tr.model(), &run_dir, step)?;
             tr.logs.samples(step, &grid)?;
             last_grid = Some(grid);
         }
@@ -551,7 +538,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         tracing::error!("the ranks' weights differ at the end (checksums {:?}): please report this", ps.rank_checksums);
     }
     if !interrupted && tr.writes() {
-        let grid = write_samples(tr.model(), &run_dir, tr.state.step)?;
+        let grid = tr.previews.write(tr.model(), &run_dir, tr.state.step)?;
         tr.logs.samples(tr.state.step, &grid)?;
         last_grid = Some(grid);
     }

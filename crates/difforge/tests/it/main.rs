@@ -22,6 +22,7 @@ mod run_folder;
 mod sd_buckets;
 mod sd_finetune;
 mod sd_masked_loss;
+mod sd_previews;
 mod sd_scratch;
 mod sd_subsets;
 mod serve;

@@ -20,7 +20,7 @@ pub(crate) fn base() -> PathBuf {
 }
 
 /// 18 shapes (3 colours x 2 kinds x 3 positions) with `.txt` captions like "a red square".
-fn write_shapes(dir: &Path) {
+pub(crate) fn write_shapes(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let colours = [("red", [220u8, 30, 30]), ("blue", [30, 60, 220]), ("green", [30, 180, 60])];
     let mut i = 0;
