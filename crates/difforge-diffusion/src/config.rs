@@ -38,6 +38,11 @@ pub struct DiffusionConfig {
     pub timestep_sampling: TimestepSampling,
     pub logit_mean: f64,
     pub logit_std: f64,
+    /// Rescale the schedule so that its last timestep is pure noise (Lin et al. 2024, diffusers'
+    /// `rescale_betas_zero_snr`): the model learns to start from pure noise, so it can make very
+    /// dark and very bright images. Needs v-prediction (epsilon says nothing at zero SNR).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub zero_terminal_snr: bool,
 }
 
 difforge_core::choice! {
@@ -64,6 +69,7 @@ impl Default for DiffusionConfig {
             timestep_sampling: TimestepSampling::Uniform,
             logit_mean: 0.0,
             logit_std: 1.0,
+            zero_terminal_snr: false,
         }
     }
 }
@@ -90,6 +96,16 @@ impl DiffusionConfig {
         check_range("diffusion.noise_offset", self.noise_offset, 0.0, 1.0)?;
         check_range("diffusion.logit_mean", self.logit_mean, -10.0, 10.0)?;
         check_range("diffusion.logit_std", self.logit_std, f64::MIN_POSITIVE, 10.0)?;
+        if self.zero_terminal_snr && self.prediction != Prediction::V {
+            return Err(ConfigError::new(
+                "diffusion.zero_terminal_snr",
+                true,
+                format!(
+                    "false with diffusion.prediction = \"{}\" (at zero SNR only v-prediction has a target; set prediction = \"v\")",
+                    self.prediction.name()
+                ),
+            ));
+        }
         Ok(())
     }
 

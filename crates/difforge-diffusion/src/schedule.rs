@@ -78,7 +78,12 @@ impl NoiseSchedule {
     }
 
     pub fn from_config(c: &crate::DiffusionConfig) -> NoiseSchedule {
-        NoiseSchedule::new(c.schedule, c.timesteps, c.beta_start, c.beta_end)
+        let schedule = NoiseSchedule::new(c.schedule, c.timesteps, c.beta_start, c.beta_end);
+        if c.zero_terminal_snr {
+            schedule.rescaled_to_zero_terminal_snr()
+        } else {
+            schedule
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -133,6 +138,16 @@ mod tests {
         assert!(s.betas.iter().all(|&b| b > 0.0));
         assert_eq!(s.betas[999], 0.999);
         assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    #[test]
+    fn the_run_config_switches_the_zero_terminal_snr_rescale() {
+        let c = crate::DiffusionConfig { schedule: ScheduleKind::ScaledLinear, beta_start: 0.00085, beta_end: 0.012, ..Default::default() };
+        let plain = NoiseSchedule::from_config(&c);
+        let zero = NoiseSchedule::from_config(&crate::DiffusionConfig { zero_terminal_snr: true, ..c });
+        assert!(plain.alpha_bar(Some(999)) > 1e-3);
+        assert!(zero.alpha_bar(Some(999)).abs() < 1e-12);
+        assert_eq!(zero, plain.rescaled_to_zero_terminal_snr());
     }
 
     #[test]

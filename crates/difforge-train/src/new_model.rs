@@ -68,7 +68,13 @@ fn scratch_spec(config: &RunConfig, new: &NewSdModel) -> Result<ScratchSpec, Tra
         Prediction::V => "v_prediction",
         Prediction::X0 => return Err(ConfigError::new("diffusion.prediction", "\"x0\"", "\"epsilon\" or \"v\" for a [model.new] model").into()),
     };
-    Ok(ScratchSpec { sizes: new.clone(), captions: Vec::new(), prediction_type: prediction_type.into(), seed: new.seed.unwrap_or(config.seed) })
+    Ok(ScratchSpec {
+        sizes: new.clone(),
+        captions: Vec::new(),
+        prediction_type: prediction_type.into(),
+        zero_terminal_snr: config.diffusion.zero_terminal_snr,
+        seed: new.seed.unwrap_or(config.seed),
+    })
 }
 
 /// Writes the new model at `base` around the VAE folder `vae`: a learned tokenizer is made from

@@ -241,12 +241,13 @@ pub(crate) fn check_schedule_of(cfg: &SchedulerConfig, file: &Path, d: &Diffusio
             other => other,
         };
         let want = format!(
-            "the base's schedule ({}): [diffusion] schedule = \"{}\", timesteps = {}, beta_start = {}, beta_end = {}, prediction = \"{prediction}\"",
+            "the base's schedule ({}): [diffusion] schedule = \"{}\", timesteps = {}, beta_start = {}, beta_end = {}, prediction = \"{prediction}\", zero_terminal_snr = {}",
             file.display(),
             cfg.beta_schedule,
             cfg.num_train_timesteps,
             cfg.beta_start,
-            cfg.beta_end
+            cfg.beta_end,
+            cfg.rescale_betas_zero_snr
         );
         return Err(ConfigError::new("diffusion", format!("schedule = \"{}\", prediction = \"{}\"", d.schedule.name(), d.prediction.name()), want).into());
     }

@@ -166,20 +166,13 @@ impl SchedulerConfig {
     /// prediction type (the training settings keep their defaults).
     pub fn diffusion_config(&self, path: &Path) -> Result<DiffusionConfig, ModelError> {
         self.scheduling(path)?;
-        if self.rescale_betas_zero_snr {
-            return Err(invalid(
-                path,
-                "rescale_betas_zero_snr",
-                "true",
-                "false: difforge's run configs have no zero-terminal-SNR schedule yet (`difforge sample` takes the folder as it is)",
-            ));
-        }
         Ok(DiffusionConfig {
             schedule: self.schedule_kind(path)?,
             timesteps: self.num_train_timesteps,
             beta_start: self.beta_start,
             beta_end: self.beta_end,
             prediction: self.prediction(path)?,
+            zero_terminal_snr: self.rescale_betas_zero_snr,
             ..DiffusionConfig::default()
         })
     }

@@ -30,6 +30,8 @@ pub struct ScratchSpec {
     pub captions: Vec<String>,
     /// "epsilon" or "v_prediction".
     pub prediction_type: String,
+    /// A zero-terminal-SNR schedule (`rescale_betas_zero_snr`, sampled with trailing spacing).
+    pub zero_terminal_snr: bool,
     pub seed: u64,
 }
 
@@ -110,10 +112,12 @@ impl ScratchSpec {
             "clip_sample": false,
             "num_train_timesteps": 1000,
             "prediction_type": self.prediction_type,
-            "rescale_betas_zero_snr": false,
+            "rescale_betas_zero_snr": self.zero_terminal_snr,
             "set_alpha_to_one": false,
-            "steps_offset": 1,
-            "timestep_spacing": "leading",
+            // Leading spacing never reaches the last timestep, where a zero-terminal-SNR model
+            // starts (diffusers' advice for such schedules: trailing).
+            "steps_offset": if self.zero_terminal_snr { 0 } else { 1 },
+            "timestep_spacing": if self.zero_terminal_snr { "trailing" } else { "leading" },
             "trained_betas": null,
         })
     }

@@ -100,7 +100,7 @@ pub fn run(command: SdCommand) -> anyhow::Result<()> {
         tokenizer,
         seed: Some(a.seed),
     };
-    let spec = ScratchSpec { sizes, captions, prediction_type: a.prediction_type, seed: a.seed };
+    let spec = ScratchSpec { sizes, captions, prediction_type: a.prediction_type, zero_terminal_snr: false, seed: a.seed };
     spec.validate(&|field| format!("--{}", field.replace('_', "-")))?;
     write_scratch_model(&a.vae, &spec, a.image_size, &a.out)?;
     println!("{}: a new Stable Diffusion model (VAE from {}, fresh UNet and text encoder)", a.out.display(), a.vae.display());

@@ -25,6 +25,7 @@ mod sd_masked_loss;
 mod sd_previews;
 mod sd_scratch;
 mod sd_subsets;
+mod sd_zero_snr;
 mod serve;
 mod serve_hardening;
 mod serve_published;

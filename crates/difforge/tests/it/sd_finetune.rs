@@ -335,7 +335,7 @@ fn a_full_sd_fine_tune_trains_every_unet_weight_resumes_exactly_and_exports_a_di
 }
 
 /// Copies a folder tree.
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
