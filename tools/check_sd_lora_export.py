@@ -1,7 +1,10 @@
 """Checks LoRA files exported by difforge against diffusers' `load_lora_weights`.
 
 For each of DIR/kohya.safetensors and DIR/diffusers.safetensors (written by the Rust test
-`sd_lora_export` when DIFFORGE_LORA_EXPORT_DIR=DIR), the tiny SD 1.5 fixture pipeline loads the
+`sd_lora_export` when DIFFORGE_LORA_EXPORT_DIR=DIR), or of the files named after DIR (a run
+folder of a LoRA run on the tiny SD 1.5 fixture: `lora.safetensors
+pytorch_lora_weights.safetensors`, e.g. with text-encoder, projection, feed-forward and conv
+adapters), the tiny SD 1.5 fixture pipeline loads the
 file with diffusers' `load_lora_weights`, and its UNet output and text encoder last hidden state
 on the inputs of the fixture's reference.safetensors are compared with those of the base
 pipeline with W += alpha / rank * up @ down merged by hand from the file's raw tensors (alpha
@@ -13,7 +16,7 @@ LoRA), it is compared with the hand-merged UNet too.
 Prints the largest relative errors (max |a - b| / max |b|) and exits nonzero above 1e-4.
 
 Needs torch 2.11, diffusers 0.35.2, transformers 4.57.1 and peft 0.17.1 (tools/setup_sd_tools.sh).
-Run: PYTHONPATH=~/.cache/difforge/sd-tools ~/.cache/difforge/torch-2.11.0/bin/python tools/check_sd_lora_export.py DIR
+Run: PYTHONPATH=~/.cache/difforge/sd-tools ~/.cache/difforge/torch-2.11.0/bin/python tools/check_sd_lora_export.py DIR [FILE...]
 """
 import json
 import sys
@@ -70,15 +73,16 @@ def merge_by_hand(pipe, path):
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} DIR")
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {sys.argv[0]} DIR [FILE...]")
     folder = Path(sys.argv[1])
+    names = sys.argv[2:] or ["kohya.safetensors", "diffusers.safetensors"]
     refs = load_file(SD15 / "reference.safetensors")
     base_unet, _ = outputs(pipeline(), refs)
     difforge = folder / "difforge_unet_output.safetensors"
     difforge = load_file(difforge)["output"] if difforge.exists() else None
     worst = 0.0
-    for name in ("kohya.safetensors", "diffusers.safetensors"):
+    for name in names:
         loaded = pipeline()
         loaded.load_lora_weights(str(folder), weight_name=name)
         got_unet, got_text = outputs(loaded, refs)

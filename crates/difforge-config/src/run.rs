@@ -8,6 +8,7 @@ use crate::train::TrainConfig;
 use difforge_core::ConfigError;
 use difforge_data::DataConfig;
 use difforge_diffusion::{DiffusionConfig, SamplerConfig};
+use difforge_nn::lora::LoraTarget;
 use difforge_nn::LoraConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -85,10 +86,19 @@ impl RunConfig {
         self.finetune.validate(self.model.has_base())?;
         if let Some(l) = &self.lora {
             l.validate()?;
+            if !matches!(&self.model, ModelConfig::StableDiffusion(_)) {
+                if l.text_encoder {
+                    return Err(ConfigError::new("lora.text_encoder", true, "false for pixel models (they have no text encoder)"));
+                }
+                // The pixel UNet's attention has no proj_in/proj_out or feed-forward layers.
+                if let Some(t) = l.targets.iter().find(|t| matches!(t, LoraTarget::Projection | LoraTarget::FeedForward)) {
+                    return Err(ConfigError::new("lora.targets", t.name(), "some of \"attention\", \"conv\", \"embedding\" for pixel models"));
+                }
+            }
             if matches!(&self.model, ModelConfig::StableDiffusion(sd) if sd.train_text_encoder) {
                 return Err(ConfigError::problem(
                     "model.train_text_encoder",
-                    "trains every text-encoder weight: not with [lora] (LoRA on the text encoder is not implemented)",
+                    "trains every text-encoder weight: not with [lora] (for adapters on the text encoder, set lora.text_encoder = true)",
                 ));
             }
             if self.finetune.from.is_none() && !self.model.has_base() {
@@ -148,5 +158,8 @@ mod tests {
         assert!(key("", &["model.schedule=cosine"]).to_string().contains("schedule"));
         assert!(key("", &["nokey"]).to_string().contains("key=value"));
         assert_eq!(key("", &["model.in_channels=3"]).key, "model.in_channels");
+        // What only Stable Diffusion's adapters can do.
+        assert_eq!(key("[lora]\ntext_encoder = true\n", &[]).key, "lora.text_encoder");
+        assert_eq!(key("[lora]\ntargets = [\"feed_forward\"]\n", &[]).key, "lora.targets");
     }
 }

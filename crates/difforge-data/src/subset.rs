@@ -64,10 +64,10 @@ impl SubsetConfig {
     pub fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let key = |field: &str| format!("data.subsets[{i}].{field}");
         if self.path.as_os_str().is_empty() {
-            return Err(ConfigError::problem(&key("path"), "a folder of images"));
+            return Err(ConfigError::problem(key("path"), "a folder of images"));
         }
         if !(1..=10_000).contains(&self.repeats) {
-            return Err(ConfigError::new(&key("repeats"), self.repeats, "1..=10000"));
+            return Err(ConfigError::new(key("repeats"), self.repeats, "1..=10000"));
         }
         if let Some(ext) = &self.caption_extension {
             check_caption_extension(&key("caption_extension"), ext)?;

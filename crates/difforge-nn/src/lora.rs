@@ -12,10 +12,14 @@ difforge_core::choice! {
     pub enum LoraTarget {
         /// The q, k, v and out projections of every self-attention layer.
         Attention = "attention",
-        /// The two 3x3 convolutions of every residual block.
+        /// The two 3x3 convolutions of every residual block (LoCon).
         Conv = "conv",
         /// The time-embedding MLP.
         Embedding = "embedding",
+        /// `proj_in` and `proj_out` of every transformer (Stable Diffusion).
+        Projection = "projection",
+        /// The feed-forward layers of every transformer (Stable Diffusion: `ff.net.0.proj`, `ff.net.2`).
+        FeedForward = "feed_forward",
     }
 }
 
@@ -32,11 +36,14 @@ pub struct LoraConfig {
     /// Also train the class-embedding table (needed when a fine-tune adds classes; the adapter
     /// file then carries the table).
     pub train_class_embedding: bool,
+    /// Also adapt the text encoder(s): q, k, v and out projections of every CLIP layer (Stable
+    /// Diffusion), trained with the UNet's adapters while the encoder's own weights stay frozen.
+    pub text_encoder: bool,
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention], train_class_embedding: false }
+        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention], train_class_embedding: false, text_encoder: false }
     }
 }
 
@@ -71,6 +78,11 @@ pub struct LoraSpec {
 impl LoraSpec {
     pub fn wants(&self, target: LoraTarget) -> bool {
         self.config.targets.contains(&target)
+    }
+
+    /// This spec if it adapts `target`: what a layer of that kind passes to its constructor.
+    pub fn targeting(lora: Option<&LoraSpec>, target: LoraTarget) -> Option<&LoraSpec> {
+        lora.filter(|l| l.wants(target))
     }
 
     fn factor(&self) -> f64 {
@@ -179,5 +191,40 @@ mod tests {
         assert!((conv.forward(&img, false) - want).abs().max().double_value(&[]) < 1e-5);
         assert!(is_lora_variable("down.0.attn.0.to_q.lora_up.weight"));
         assert!(!is_lora_variable("down.0.attn.0.to_q.weight"));
+    }
+
+    #[test]
+    fn the_stable_diffusion_targets_and_the_text_encoder_switch_parse_and_select_layers() {
+        let text = r#"{"targets": ["attention", "projection", "feed_forward", "conv"], "text_encoder": true}"#;
+        let config: LoraConfig = serde_json::from_str(text).unwrap();
+        assert!(config.text_encoder && config.validate().is_ok());
+        assert!(!LoraConfig::default().text_encoder, "the text encoder is adapted only when asked");
+        let spec = LoraSpec { config: LoraConfig { targets: vec![LoraTarget::FeedForward], ..config }, scale: 1.0 };
+        assert!(LoraSpec::targeting(Some(&spec), LoraTarget::FeedForward).is_some());
+        assert!(LoraSpec::targeting(Some(&spec), LoraTarget::Projection).is_none());
+        assert!(LoraSpec::targeting(None, LoraTarget::FeedForward).is_none());
+        let err = serde_json::from_str::<LoraConfig>(r#"{"targets": ["ff"]}"#).unwrap_err().to_string();
+        assert!(err.contains("feed_forward"), "the error lists the values: {err}");
+    }
+
+    #[test]
+    fn adapter_dropout_acts_in_training_only() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = LoraSpec { config: LoraConfig { rank: 2, dropout: 0.5, ..Default::default() }, scale: 1.0 };
+        let lin = Linear::new(vs.root() / "l", 6, 5, Default::default(), Some(&spec));
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(v.randn_like() * 0.3));
+            }
+        });
+        let x = Tensor::randn([64, 6], (Kind::Float, Device::Cpu));
+        assert!(lin.forward(&x, false).equal(&lin.forward(&x, false)), "no dropout outside training");
+        assert!(!lin.forward(&x, true).equal(&lin.forward(&x, false)), "dropout on the adapter's input in training");
+        // The base path never drops: with the adapter's up weight zero, training changes nothing.
+        let (_, up, _, _) = lin.lora.as_ref().unwrap();
+        tch::no_grad(|| {
+            let _ = up.ws.shallow_clone().zero_();
+        });
+        assert!(lin.forward(&x, true).equal(&lin.base.forward(&x)));
     }
 }

@@ -1,6 +1,7 @@
 //! Stable Diffusion as a training family: a published diffusers folder (`model.base`) whose
-//! UNet trains (all of it, or LoRA adapters on its attention projections) while the CLIP text
-//! encoder and the VAE stay frozen. Captions become the encoder's hidden states; images become
+//! UNet trains (all of it, or LoRA adapters on its attention, projections, feed-forward layers
+//! and convolutions) while the VAE stays frozen, and the CLIP text encoder too unless it trains
+//! (`model.train_text_encoder`) or carries adapters (`lora.text_encoder`). Captions become the encoder's hidden states; images become
 //! the VAE's latents; an empty caption is the null conditioning guidance needs (as SD was
 //! trained). SD 1.x, 2.x and SDXL (both encoders, the pooled embedding and size ids of the
 //! training size; see `sd_text`).
@@ -35,8 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tch::{nn, Device, Tensor};
 
-/// The text side: frozen encoders the family runs on captions, or (`train_text_encoder`) the
-/// config of the encoder the network holds and trains, which takes token ids.
+/// The text side: frozen encoders the family runs on captions, or (`train_text_encoder`,
+/// `lora.text_encoder`) the config of the encoder the network holds and trains (all of it or
+/// its adapters), which takes token ids.
 enum TextSide {
     Frozen(Mutex<TextEncoders>),
     Trained(ClipTextConfig),
@@ -66,10 +68,11 @@ fn frozen_text(base: &Path, config: &StableDiffusionConfig, device: Device) -> R
     Ok(TextSide::Frozen(Mutex::new(TextEncoders::load(base, config.clip_skip, config.image_size, device)?)))
 }
 
-/// The config of the base's text encoder, which the network will hold and train.
-fn trained_text_config(base: &Path, clip_skip: usize) -> Result<ClipTextConfig, ModelError> {
+/// The config of the base's text encoder, which the network will hold and train (all of it,
+/// or its LoRA adapters: `key` is the setting that asked, for errors).
+fn trained_text_config(base: &Path, clip_skip: usize, key: &str) -> Result<ClipTextConfig, ModelError> {
     if has_second_text_encoder(base)? {
-        return Err(ConfigError::new("model.train_text_encoder", true, "false for SDXL bases (training both text encoders is not implemented)").into());
+        return Err(ConfigError::new(key, true, "false for SDXL bases (training both text encoders is not implemented)").into());
     }
     let dir = base.join("text_encoder");
     let config: ClipTextConfig = read_config(&dir)?;
@@ -77,7 +80,7 @@ fn trained_text_config(base: &Path, clip_skip: usize) -> Result<ClipTextConfig, 
     if clip_skip as i64 >= config.num_hidden_layers {
         return Err(ConfigError::new("model.clip_skip", clip_skip, format!("less than the text encoder's {} layers", config.num_hidden_layers)).into());
     }
-    tracing::info!("the text encoder trains with the UNet: captions become token ids the network encodes");
+    tracing::info!("the text encoder ({key}) trains with the UNet: captions become token ids the network encodes");
     Ok(config)
 }
 
@@ -112,7 +115,16 @@ impl StableDiffusionFamily {
             Some(root) => Some(Arc::new(open_cache(root, &base.join("vae"))?)),
             None => None,
         };
-        let text = if config.train_text_encoder { TextSide::Trained(trained_text_config(base, config.clip_skip)?) } else { frozen_text(base, config, device)? };
+        // Adapters on the text encoder need its forward inside the trained network too, so
+        // that gradients reach them (the base weights stay frozen: only adapters train).
+        let text_key = match &run.lora {
+            Some(l) if l.text_encoder => Some("lora.text_encoder"),
+            _ => config.train_text_encoder.then_some("model.train_text_encoder"),
+        };
+        let text = match text_key {
+            Some(key) => TextSide::Trained(trained_text_config(base, config.clip_skip, key)?),
+            None => frozen_text(base, config, device)?,
+        };
         let tokenizer = Arc::new(ClipTokenizer::load(base.join("tokenizer"))?);
         Ok(StableDiffusionFamily { config: config.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer, size_step })
     }
@@ -208,18 +220,15 @@ fn shuffle_tags(caption: &str, keep: usize, rng: &mut StreamRng) -> String {
     tags.join(", ")
 }
 
-/// The targets the UNet's adapters can have, and no adapter dropout (the UNet's forward has no
-/// training flag yet).
+/// The targets the UNet's adapters can have: every one but "embedding" (the SD UNet's time
+/// embedding takes no adapters). Dropout needs nothing here: every adapted layer applies it.
 fn check_lora(l: &LoraConfig) -> Result<(), ConfigError> {
-    if let Some(t) = l.targets.iter().find(|t| **t != LoraTarget::Attention) {
+    if let Some(t) = l.targets.iter().find(|t| **t == LoraTarget::Embedding) {
         return Err(ConfigError::new(
             "lora.targets",
             t.name(),
-            "[\"attention\"] for stable-diffusion models (to_q, to_k, to_v, to_out.0 of every transformer)",
+            "some of \"attention\", \"projection\", \"feed_forward\", \"conv\" for stable-diffusion models",
         ));
-    }
-    if l.dropout != 0.0 {
-        return Err(ConfigError::new("lora.dropout", l.dropout, "0.0 for stable-diffusion models (adapter dropout is not implemented for their UNet)"));
     }
     Ok(())
 }
@@ -283,7 +292,8 @@ impl Family for StableDiffusionFamily {
         match &self.text {
             TextSide::Frozen(_) => Ok(Box::new(SdUnet(unet))),
             TextSide::Trained(config) => {
-                let text = ClipTextModel::new(&(p / TEXT_ENCODER_PREFIX.trim_end_matches('.')), config)?;
+                let text_lora = lora.filter(|l| l.config.text_encoder);
+                let text = ClipTextModel::with_lora(&(p / TEXT_ENCODER_PREFIX.trim_end_matches('.')), config, text_lora)?;
                 Ok(Box::new(SdTextUnet { text, unet, clip_skip: self.config.clip_skip }))
             }
         }
@@ -300,7 +310,7 @@ impl Family for StableDiffusionFamily {
             let mut tensors = read_tensors(&weight_files(&dir, "model", None)?)?;
             tensors.remove(POSITION_IDS);
             let prefixed = tensors.into_iter().map(|(name, t)| (format!("{TEXT_ENCODER_PREFIX}{name}"), t)).collect();
-            load_strict_except(vs, &prefixed, &dir, |name| !name.starts_with(TEXT_ENCODER_PREFIX))?;
+            load_strict_except(vs, &prefixed, &dir, |name| !name.starts_with(TEXT_ENCODER_PREFIX) || is_lora_variable(name))?;
         }
         Ok(())
     }
@@ -379,10 +389,15 @@ impl Family for StableDiffusionFamily {
 
     /// The UNet weight files' names and sizes and the SHA-256 of their first and last MiB: it
     /// catches a replaced or re-saved base without reading gigabytes at every load.
+    /// The text encoder's files count too when the network holds it (adapters on it, or all of
+    /// it trained).
     fn base_fingerprint(&self) -> Result<Option<String>, ModelError> {
-        let dir = self.config.base.join("unet");
+        let mut files = weight_files(&self.config.base.join("unet"), "diffusion_pytorch_model", None)?;
+        if let TextSide::Trained(_) = self.text {
+            files.extend(weight_files(&self.config.base.join("text_encoder"), "model", None)?);
+        }
         let mut parts = String::new();
-        for file in weight_files(&dir, "diffusion_pytorch_model", None)? {
+        for file in files {
             parts.push_str(&fingerprint_file(&file).map_err(|e| ModelError::io(&file, e))?);
         }
         Ok(Some(difforge_core::sha256_hex(parts.as_bytes())))
@@ -400,7 +415,11 @@ impl Family for StableDiffusionFamily {
         let Some(lora) = lora else {
             return Ok(vec![self.export_folder(trained, &dir.join("diffusers"))?]);
         };
-        let networks = [NetworkAdapters { part: Part::Unet, variables: trained }];
+        let (text, unet) = lora_export::split_prefixed(trained, TEXT_ENCODER_PREFIX);
+        let mut networks = vec![NetworkAdapters { part: Part::Unet, variables: &unet }];
+        if !text.is_empty() {
+            networks.push(NetworkAdapters { part: Part::TextEncoder, variables: &text });
+        }
         let base = self.config.base.display().to_string();
         let export = LoraExport {
             rank: lora.rank,

@@ -76,6 +76,22 @@ pub fn export(path: &Path, format: LoraFormat, adapters: &[NetworkAdapters], exp
     Ok(modules.len())
 }
 
+/// Named tensors, as training holds them.
+pub type Named = Vec<(String, Tensor)>;
+
+/// The variables named `<prefix><name>` (as `name`: a network trained beside another keeps its
+/// variables under a prefix) and the others, in their order.
+pub fn split_prefixed(variables: &[(String, Tensor)], prefix: &str) -> (Named, Named) {
+    let (mut prefixed, mut others) = (Vec::new(), Vec::new());
+    for (name, t) in variables {
+        match name.strip_prefix(prefix) {
+            Some(key) => prefixed.push((key.to_string(), t.shallow_clone())),
+            None => others.push((name.clone(), t.shallow_clone())),
+        }
+    }
+    (prefixed, others)
+}
+
 /// Rank and alpha as every loader needs them: alpha / rank is each module's scale.
 fn check_settings(export: &LoraExport) -> Result<(), ConfigError> {
     if export.rank < 1 {
@@ -269,6 +285,14 @@ mod tests {
         assert_eq!(prefix(LoraFormat::Kohya, Part::TextEncoder, true), Some("lora_te1_"));
         assert_eq!(prefix(LoraFormat::Diffusers, Part::TextEncoder2, true), Some("text_encoder_2."));
         assert_eq!(prefix(LoraFormat::Diffusers, Part::Vae, false), None);
+    }
+
+    #[test]
+    fn prefixed_variables_split_off_under_their_own_names() {
+        let vars = [var("text_encoder.a.lora_up.weight", &[1]), var("b.lora_up.weight", &[1]), var("text_encoder_2.c", &[1])];
+        let (text, rest) = split_prefixed(&vars, "text_encoder.");
+        assert_eq!(text.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a.lora_up.weight"]);
+        assert_eq!(rest.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["b.lora_up.weight", "text_encoder_2.c"]);
     }
 
     #[test]

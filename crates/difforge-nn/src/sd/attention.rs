@@ -33,8 +33,7 @@ impl Attention {
     }
 
     /// With LoRA adapters on the four projections when `lora` is given (kohya's and diffusers'
-    /// default targets for SD LoRA). Adapter dropout is not applied here: the UNet's forward
-    /// has no training flag, so the family refuses `lora.dropout > 0`.
+    /// default targets for SD LoRA).
     pub fn with_lora(p: &nn::Path, s: AttentionShape, lora: Option<&LoraSpec>) -> Attention {
         let inner = s.heads * s.dim_head;
         let qkv = nn::LinearConfig { bias: s.qkv_bias, ..Default::default() };
@@ -56,17 +55,22 @@ impl Attention {
 
     /// (B, N, query_dim) attending to `context` (B, M, context_dim), or to itself when None.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
+        self.forward_t(x, context, false)
+    }
+
+    /// [`Attention::forward`]; `train` turns the adapters' dropout on.
+    pub fn forward_t(&self, x: &Tensor, context: Option<&Tensor>, train: bool) -> Tensor {
         let split = |t: Tensor| {
             let (b, n, inner) = t.size3().expect("attention projections are (B, N, D)");
             t.view([b, n, self.heads, inner / self.heads]).transpose(1, 2)
         };
         let context = context.unwrap_or(x);
-        let q = split(self.to_q.forward(x, false));
-        let k = split(self.to_k.forward(context, false));
-        let v = split(self.to_v.forward(context, false));
+        let q = split(self.to_q.forward(x, train));
+        let k = split(self.to_k.forward(context, train));
+        let v = split(self.to_v.forward(context, train));
         let h = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         let (b, heads, n, d) = h.size4().expect("attention output is (B, heads, N, d)");
-        self.to_out.forward(&h.transpose(1, 2).reshape([b, n, heads * d]), false)
+        self.to_out.forward(&h.transpose(1, 2).reshape([b, n, heads * d]), train)
     }
 
     /// The spatial form: (B, C, H, W) in and out, normed first, input added back.

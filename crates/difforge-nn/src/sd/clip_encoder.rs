@@ -1,8 +1,11 @@
 //! transformers' `CLIPEncoderLayer`, shared by CLIP's text tower (causal self-attention) and its
 //! image tower (every patch sees every other): pre-norm attention and MLP, each with a residual,
 //! with transformers' tensor names (`layer_norm1`, `self_attn.q_proj`, ..., `mlp.fc1`, `mlp.fc2`).
+//! The attention projections can carry LoRA adapters (kohya's and diffusers' text-encoder LoRA
+//! targets).
 
 use super::clip_text::ClipActivation;
+use crate::lora::{Linear, LoraSpec};
 use tch::nn;
 use tch::Tensor;
 
@@ -27,18 +30,18 @@ impl LayerShape {
 
 #[derive(Debug)]
 struct SelfAttention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
     heads: i64,
     scale: f64,
     causal: bool,
 }
 
 impl SelfAttention {
-    fn new(p: &nn::Path, s: &LayerShape) -> SelfAttention {
-        let proj = |name: &str| nn::linear(p / name, s.hidden, s.hidden, Default::default());
+    fn new(p: &nn::Path, s: &LayerShape, lora: Option<&LoraSpec>) -> SelfAttention {
+        let proj = |name: &str| Linear::new(p / name, s.hidden, s.hidden, Default::default(), lora);
         SelfAttention {
             q_proj: proj("q_proj"),
             k_proj: proj("k_proj"),
@@ -55,10 +58,12 @@ impl SelfAttention {
         x.unflatten(-1, [self.heads, -1]).transpose(1, 2)
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (q, k, v) = (self.split_heads(&x.apply(&self.q_proj)), self.split_heads(&x.apply(&self.k_proj)), self.split_heads(&x.apply(&self.v_proj)));
+    /// `train`: adapter dropout on.
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let proj = |l: &Linear| self.split_heads(&l.forward(x, train));
+        let (q, k, v) = (proj(&self.q_proj), proj(&self.k_proj), proj(&self.v_proj));
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, self.causal, self.scale, false);
-        o.transpose(1, 2).flatten(2, 3).apply(&self.out_proj)
+        self.out_proj.forward(&o.transpose(1, 2).flatten(2, 3), train)
     }
 }
 
@@ -74,9 +79,14 @@ pub(crate) struct EncoderLayer {
 
 impl EncoderLayer {
     pub(crate) fn new(p: &nn::Path, s: &LayerShape) -> EncoderLayer {
+        EncoderLayer::with_lora(p, s, None)
+    }
+
+    /// With LoRA adapters on q_proj, k_proj, v_proj and out_proj when `lora` is given.
+    pub(crate) fn with_lora(p: &nn::Path, s: &LayerShape, lora: Option<&LoraSpec>) -> EncoderLayer {
         EncoderLayer {
             layer_norm1: s.layer_norm(p / "layer_norm1"),
-            self_attn: SelfAttention::new(&(p / "self_attn"), s),
+            self_attn: SelfAttention::new(&(p / "self_attn"), s, lora),
             layer_norm2: s.layer_norm(p / "layer_norm2"),
             fc1: nn::linear(p / "mlp" / "fc1", s.hidden, s.intermediate, Default::default()),
             fc2: nn::linear(p / "mlp" / "fc2", s.intermediate, s.hidden, Default::default()),
@@ -85,7 +95,12 @@ impl EncoderLayer {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x + self.self_attn.forward(&x.apply(&self.layer_norm1));
+        self.forward_t(x, false)
+    }
+
+    /// `train`: adapter dropout on.
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = x + self.self_attn.forward(&x.apply(&self.layer_norm1), train);
         let mlp = self.act.apply(&h.apply(&self.layer_norm2).apply(&self.fc1)).apply(&self.fc2);
         h + mlp
     }

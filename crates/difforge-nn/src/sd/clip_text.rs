@@ -12,6 +12,7 @@
 use super::clip_encoder::{EncoderLayer, LayerShape};
 use super::load;
 use crate::error::NnError;
+use crate::lora::LoraSpec;
 use difforge_core::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -179,11 +180,17 @@ impl ClipTextModel {
     /// Builds the network under `p`, which should be a VarStore's root for the variables to
     /// carry transformers' names (`text_model.…`, `text_projection.weight`).
     pub fn new(p: &nn::Path, config: &ClipTextConfig) -> Result<ClipTextModel, NnError> {
+        ClipTextModel::with_lora(p, config, None)
+    }
+
+    /// With LoRA adapters (`….self_attn.q_proj.lora_down.weight`, …) on the q, k, v and out
+    /// projections of every layer when `lora` is given.
+    pub fn with_lora(p: &nn::Path, config: &ClipTextConfig, lora: Option<&LoraSpec>) -> Result<ClipTextModel, NnError> {
         config.validate()?;
         let c = config;
         let tp = p / "text_model";
         let emb = &tp / "embeddings";
-        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::new(&(&tp / "encoder" / "layers" / i), &c.layer_shape())).collect();
+        let layers = (0..c.num_hidden_layers).map(|i| EncoderLayer::with_lora(&(&tp / "encoder" / "layers" / i), &c.layer_shape(), lora)).collect();
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         Ok(ClipTextModel {
             config: c.clone(),
@@ -217,13 +224,18 @@ impl ClipTextModel {
     /// Encodes token ids (B, L), integers with L <= max_position_embeddings, padded as the CLIP
     /// tokenizer pads (SD pads with the end token).
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput, NnError> {
+        self.forward_t(input_ids, false)
+    }
+
+    /// [`ClipTextModel::forward`]; `train` turns the adapters' dropout on.
+    pub fn forward_t(&self, input_ids: &Tensor, train: bool) -> Result<ClipTextOutput, NnError> {
         let (ids, batch, len) = self.checked_ids(input_ids)?;
         let positions = Tensor::arange(len, (Kind::Int64, self.device));
         let mut h = ids.apply(&self.token_embedding) + positions.apply(&self.position_embedding);
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(h.shallow_clone());
         for layer in &self.layers {
-            h = layer.forward(&h);
+            h = layer.forward_t(&h, train);
             hidden_states.push(h.shallow_clone());
         }
         let last_hidden_state = h.apply(&self.final_layer_norm);
@@ -277,5 +289,32 @@ impl ClipTextModel {
             return invalid(format!("ids span {lo}..={hi}, outside the vocabulary 0..{}", self.config.vocab_size));
         }
         Ok((input_ids.to_device(self.device).to_kind(Kind::Int64), batch, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::LoraConfig;
+
+    #[test]
+    fn text_adapters_sit_on_the_attention_projections_and_start_as_the_base() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/tiny-sd15/text_encoder");
+        let config: ClipTextConfig = load::read_config(&dir).unwrap();
+        let plain = ClipTextModel::load(&dir, Device::Cpu).unwrap();
+        let vs = VarStore::new(Device::Cpu);
+        let spec = LoraSpec { config: LoraConfig { rank: 2, dropout: 0.5, ..Default::default() }, scale: 1.0 };
+        let adapted = ClipTextModel::with_lora(&vs.root(), &config, Some(&spec)).unwrap();
+        let mut tensors = load::read_tensors(&load::weight_files(&dir, "model", None).unwrap()).unwrap();
+        tensors.remove(POSITION_IDS);
+        load::load_strict_except(&vs, &tensors, &dir, crate::lora::is_lora_variable).unwrap();
+        let mut downs: Vec<String> = vs.variables().into_keys().filter(|n| n.ends_with(".lora_down.weight")).collect();
+        downs.sort();
+        assert_eq!(downs.len(), 3 * 4, "q, k, v, out of each of the 3 layers");
+        assert_eq!(downs[0], "text_model.encoder.layers.0.self_attn.k_proj.lora_down.weight");
+        let ids = Tensor::from_slice(&[998i64, 5, 17, 999, 999]).unsqueeze(0);
+        let want = plain.forward(&ids).unwrap().last_hidden_state;
+        let got = tch::no_grad(|| adapted.forward_t(&ids, true).unwrap().last_hidden_state);
+        assert!(got.equal(&want), "up weights start at zero: the adapted encoder is its base, dropout or not");
     }
 }

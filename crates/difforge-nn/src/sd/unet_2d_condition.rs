@@ -45,8 +45,9 @@ impl UNet2DConditionModel {
         UNet2DConditionModel::with_lora(p, config, None)
     }
 
-    /// With LoRA adapters (`<module>.lora_down.weight`, `.lora_up.weight`) on every attention
-    /// projection of its transformers when `lora` is given.
+    /// With LoRA adapters (`<module>.lora_down.weight`, `.lora_up.weight`) when `lora` is given,
+    /// on the layers its `targets` name: the transformers' attention projections, their
+    /// `proj_in`/`proj_out`, their feed-forward layers, the resnets' 3x3 convolutions.
     pub fn with_lora(p: &nn::Path, config: &UNet2DConditionConfig, lora: Option<&LoraSpec>) -> Result<UNet2DConditionModel, NnError> {
         let levels = config.levels()?;
         let c0 = levels[0].channels;
@@ -122,16 +123,95 @@ impl UNet2DConditionModel {
     /// The prediction for latents `x` (B, C, H, W) at timesteps `t` (B,) given the text encoder's
     /// hidden states `context` (B, tokens, cross_attention_dim).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor, added: Option<&TextTimeInput>) -> Result<Tensor, NnError> {
+        self.forward_t(x, t, context, added, false)
+    }
+
+    /// [`UNet2DConditionModel::forward`]; `train` turns the adapters' dropout on.
+    pub fn forward_t(&self, x: &Tensor, t: &Tensor, context: &Tensor, added: Option<&TextTimeInput>, train: bool) -> Result<Tensor, NnError> {
         let emb = self.embedding(t, added)?.to_kind(x.kind());
         let mut h = x.apply(&self.conv_in);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {
-            h = block.forward(&h, &emb, context, &mut skips);
+            h = block.forward(&h, &emb, context, &mut skips, train);
         }
-        h = self.mid_block.forward(&h, &emb, context);
+        h = self.mid_block.forward(&h, &emb, context, train);
         for block in &self.up_blocks {
-            h = block.forward(&h, &emb, context, &mut skips);
+            h = block.forward(&h, &emb, context, &mut skips, train);
         }
         Ok(h.apply(&self.conv_norm_out).silu().apply(&self.conv_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::{LoraConfig, LoraTarget};
+    use tch::Kind;
+
+    fn tiny_sd15() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/tiny-sd15/unet")
+    }
+
+    fn spec(targets: Vec<LoraTarget>, dropout: f64) -> LoraSpec {
+        LoraSpec { config: LoraConfig { rank: 2, alpha: 2.0, dropout, targets, ..Default::default() }, scale: 1.0 }
+    }
+
+    /// The adapters' (down) variables of the tiny SD 1.5 UNet built with `targets`, by name.
+    fn adapters(targets: Vec<LoraTarget>) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let config: UNet2DConditionConfig = read_config(&tiny_sd15()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        UNet2DConditionModel::with_lora(&vs.root(), &config, Some(&spec(targets, 0.0))).unwrap();
+        vs.variables().into_iter().filter(|(n, _)| n.ends_with(".lora_down.weight")).map(|(n, t)| (n, t.size())).collect()
+    }
+
+    #[test]
+    fn each_target_adapts_its_layers_with_diffusers_names() {
+        let count = |targets| adapters(targets).len();
+        // 4 transformers (1 down, 1 mid, 2 up), each 2 attentions x 4 projections.
+        assert_eq!(count(vec![LoraTarget::Attention]), 32);
+        assert_eq!(count(vec![LoraTarget::Projection]), 8, "proj_in and proj_out of 4 transformers");
+        assert_eq!(count(vec![LoraTarget::FeedForward]), 8, "ff.net.0.proj and ff.net.2 of 4 transformers");
+        assert_eq!(count(vec![LoraTarget::Conv]), 2 * 8, "conv1 and conv2 of 8 resnets (2 down, 2 mid, 4 up)");
+        assert_eq!(count(vec![LoraTarget::Embedding]), 0, "the SD UNet's time embedding takes none");
+        let all = adapters(vec![LoraTarget::Projection, LoraTarget::FeedForward, LoraTarget::Conv]);
+        let t = "down_blocks.1.attentions.0";
+        assert_eq!(all[&format!("{t}.proj_in.lora_down.weight")], [2, 8, 1, 1], "a 1x1 conv in SD 1.x");
+        assert_eq!(all[&format!("{t}.transformer_blocks.0.ff.net.0.proj.lora_down.weight")], [2, 8]);
+        assert_eq!(all[&format!("{t}.transformer_blocks.0.ff.net.2.lora_down.weight")], [2, 32]);
+        assert_eq!(all["down_blocks.1.resnets.0.conv1.lora_down.weight"], [2, 4, 3, 3]);
+        assert_eq!(all["up_blocks.0.resnets.0.conv2.lora_down.weight"], [2, 8, 3, 3]);
+    }
+
+    #[test]
+    fn fresh_adapters_change_nothing_and_dropout_acts_in_training_only() {
+        let config: UNet2DConditionConfig = read_config(&tiny_sd15()).unwrap();
+        let all = vec![LoraTarget::Attention, LoraTarget::Projection, LoraTarget::FeedForward, LoraTarget::Conv];
+        let (plain_vs, adapted_vs) = (nn::VarStore::new(Device::Cpu), nn::VarStore::new(Device::Cpu));
+        let plain = UNet2DConditionModel::new(&plain_vs.root(), &config).unwrap();
+        let adapted = UNet2DConditionModel::with_lora(&adapted_vs.root(), &config, Some(&spec(all, 0.5))).unwrap();
+        let base = plain_vs.variables();
+        tch::no_grad(|| {
+            for (name, mut v) in adapted_vs.variables() {
+                match base.get(&name) {
+                    Some(b) => v.copy_(b),
+                    None => v.copy_(&(v.randn_like() * 0.1)),
+                }
+            }
+        });
+        tch::manual_seed(3);
+        let x = Tensor::randn([1, 4, 8, 8], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[10f32]);
+        let context = Tensor::randn([1, 5, 32], (Kind::Float, Device::Cpu));
+        let run = |unet: &UNet2DConditionModel, train| tch::no_grad(|| unet.forward_t(&x, &t, &context, None, train).unwrap());
+        assert!(!run(&adapted, false).equal(&run(&plain, false)), "trained adapters change the output");
+        assert!(run(&adapted, false).equal(&run(&adapted, false)), "no dropout outside training");
+        assert!(!run(&adapted, true).equal(&run(&adapted, false)), "dropout in training");
+        // Up weights zero: the adapted UNet is its base, in training too (the base never drops).
+        tch::no_grad(|| {
+            for (_, mut v) in adapted_vs.variables().into_iter().filter(|(n, _)| n.ends_with(".lora_up.weight")) {
+                let _ = v.zero_();
+            }
+        });
+        assert!(run(&adapted, true).equal(&run(&plain, false)));
     }
 }

@@ -6,7 +6,7 @@ use super::resample::{Downsample2D, Upsample2D};
 use super::resnet::{ResnetBlock2D, ResnetShape};
 use super::transformer_2d::{Transformer2DModel, TransformerShape};
 use super::unet_config::Level;
-use crate::lora::LoraSpec;
+use crate::lora::{LoraSpec, LoraTarget};
 use tch::{nn, Tensor};
 
 /// What every block of one UNet shares.
@@ -16,13 +16,14 @@ pub struct BlockContext {
     pub groups: i64,
     pub eps: f64,
     pub linear_projection: bool,
-    /// LoRA adapters for the transformers' attention projections.
+    /// LoRA adapters, on the layers its `targets` name.
     pub lora: Option<LoraSpec>,
 }
 
 impl BlockContext {
     fn resnet(&self, p: nn::Path, cin: i64, cout: i64) -> ResnetBlock2D {
-        ResnetBlock2D::new(&p, ResnetShape { cin, cout, temb: Some(self.temb), groups: self.groups, eps: self.eps })
+        let shape = ResnetShape { cin, cout, temb: Some(self.temb), groups: self.groups, eps: self.eps };
+        ResnetBlock2D::with_lora(&p, shape, LoraSpec::targeting(self.lora.as_ref(), LoraTarget::Conv))
     }
 
     fn transformer(&self, p: nn::Path, level: &Level) -> Transformer2DModel {
@@ -46,10 +47,10 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Tensor {
-        let h = self.resnet.forward(x, Some(temb));
+    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, train: bool) -> Tensor {
+        let h = self.resnet.forward_t(x, Some(temb), train);
         match &self.attention {
-            Some(a) => a.forward(&h, context),
+            Some(a) => a.forward(&h, context, train),
             None => h,
         }
     }
@@ -73,11 +74,12 @@ impl DownBlock {
         }
     }
 
-    /// The block's output and every intermediate the up path takes as a skip connection.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
+    /// The block's output and every intermediate the up path takes as a skip connection;
+    /// `train` turns the adapters' dropout on.
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.layers {
-            h = layer.forward(&h, temb, context);
+            h = layer.forward(&h, temb, context, train);
             skips.push(h.shallow_clone());
         }
         if let Some(down) = &self.downsampler {
@@ -100,10 +102,10 @@ impl MidBlock {
         MidBlock { first: ctx.resnet(p / "resnets" / 0, c, c), then: vec![(ctx.transformer(p / "attentions" / 0, level), ctx.resnet(p / "resnets" / 1, c, c))] }
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Tensor {
-        let mut h = self.first.forward(x, Some(temb));
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, train: bool) -> Tensor {
+        let mut h = self.first.forward_t(x, Some(temb), train);
         for (attention, resnet) in &self.then {
-            h = resnet.forward(&attention.forward(&h, context), Some(temb));
+            h = resnet.forward_t(&attention.forward(&h, context, train), Some(temb), train);
         }
         h
     }
@@ -137,11 +139,11 @@ impl UpBlock {
     }
 
     /// Takes its skips from the end of `skips`; `upsample_size` is the next skip's size.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>, train: bool) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.layers {
             let skip = skips.pop().expect("the down path leaves one skip per up-block layer");
-            h = layer.forward(&Tensor::cat(&[h, skip], 1), temb, context);
+            h = layer.forward(&Tensor::cat(&[h, skip], 1), temb, context, train);
         }
         match (&self.upsampler, skips.last()) {
             (Some(up), Some(next)) => up.forward(&h, Some((next.size()[2], next.size()[3]))),

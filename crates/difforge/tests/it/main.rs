@@ -21,6 +21,7 @@ mod reproducibility;
 mod run_folder;
 mod sd_buckets;
 mod sd_finetune;
+mod sd_lora_coverage;
 mod sd_masked_loss;
 mod sd_previews;
 mod sd_scratch;

@@ -391,8 +391,8 @@ fn bad_sd_fine_tune_settings_name_the_key() {
     std::fs::copy(data.join("001.png"), bare.join("001.png")).unwrap();
     let cases = [
         (good.replace("schedule = \"scaled_linear\"", "schedule = \"cosine\""), "beta_start = 0.00085"),
-        (good.replace("alpha = 4.0", "alpha = 4.0\ntargets = [\"conv\"]"), "lora.targets"),
-        (good.replace("alpha = 4.0", "alpha = 4.0\ndropout = 0.1"), "lora.dropout"),
+        (good.replace("alpha = 4.0", "alpha = 4.0\ntargets = [\"embedding\"]"), "lora.targets"),
+        (good.replace("alpha = 4.0", "alpha = 4.0\ndropout = 1.5"), "lora.dropout"),
         (good.replace(&base().display().to_string(), "/nonexistent/sd15"), "model.base"),
         (good.replace("image_size = 32", "image_size = 30"), "model.image_size"),
         (good.clone() + "[finetune]\nprior_preservation = true\n", "finetune.class_prompt"),
