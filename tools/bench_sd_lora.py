@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (times then wait for the GPU at each step's end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON report here")
     args = ap.parse_args()
@@ -108,6 +109,9 @@ def main():
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    device = torch.device(args.device)
+    for net in (text_encoder, vae, unet):
+        net.to(device)
     unet.requires_grad_(False)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
@@ -137,9 +141,11 @@ def main():
             idx += order[pos:pos + take]
             pos += take
         idx = torch.tensor(idx)
-        return pixels[idx], input_ids[idx]
+        return pixels[idx].to(device), input_ids[idx].to(device)
 
     unet.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     ema_steps = 0
     for step in range(args.warmup + args.steps):
@@ -165,6 +171,8 @@ def main():
             decay = min(args.ema_decay, (1 + ema_steps) / (10 + ema_steps))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in lora_layers], 1.0 - decay)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if step >= args.warmup:
             times.append(dt)
@@ -194,6 +202,8 @@ def main():
         "load_s": load_s,
         "final_loss": losses[-1],
         "peak_rss_bytes": rss,
+        "device": args.device,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
     }
     text = json.dumps(report, indent=2)
     print(text)

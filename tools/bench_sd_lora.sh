@@ -7,7 +7,7 @@
 #   tools/bench_sd_lora.sh --base SD_FOLDER --data IMAGE_FOLDER [--size 32] [--batch 4] [--rank 4]
 #                          [--alpha RANK] [--lr 1e-4] [--warmup 2] [--steps 10] [--repeat 1]
 #                          [--threads 2] [--kernels native|portable] [--no-ema] [--latents sample|mean]
-#                          [--bin target/release/difforge] [--out DIR]
+#                          [--device cpu|cuda] [--bin target/release/difforge] [--out DIR]
 #
 # What is timed, on both sides: the wall time of each optimiser step (batch assembly from images
 # already decoded in memory, VAE encode, noise and timesteps, CLIP text encoder, UNet forward,
@@ -40,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ./env.sh
 
-base="" data="" size=32 batch=4 rank=4 alpha="" lr=1e-4 warmup=2 steps=10 repeat=1 threads=2
+base="" data="" size=32 batch=4 rank=4 alpha="" lr=1e-4 warmup=2 steps=10 repeat=1 threads=2 device=cpu
 kernels=native ema=1 latents=sample bin=target/release/difforge out=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +55,7 @@ while [ $# -gt 0 ]; do
         --steps) steps="$2"; shift 2 ;;
         --repeat) repeat="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
         --kernels) kernels="$2"; shift 2 ;;
         --no-ema) ema=0; shift ;;
         --latents) latents="$2"; shift 2 ;;
@@ -125,7 +126,7 @@ sample_per_class = 1
 val_every = 0
 log_every = 1
 threads = $threads
-device = "cpu"
+device = "$device"
 cpu_kernels = "$kernels"
 
 [sample]
@@ -143,9 +144,9 @@ run_difforge() {
     rm -rf "$dir"
     /usr/bin/time -v "$bin" train --config "$config" --out "$dir" --json > "$work/difforge-$i.summary.json" 2> "$work/difforge-$i.stderr" \
         || { echo "bench_sd_lora.sh: difforge failed:" >&2; tail -n 20 "$work/difforge-$i.stderr" >&2; exit 1; }
-    "$py" - "$dir/metrics.jsonl" "$work/difforge-$i.stderr" "$warmup" "$batch" > "$work/difforge-$i.json" <<'PY'
+    "$py" - "$dir/metrics.jsonl" "$work/difforge-$i.stderr" "$warmup" "$batch" "$work/difforge-$i.summary.json" > "$work/difforge-$i.json" <<'PY'
 import json, re, statistics, sys
-metrics, stderr, warmup, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+metrics, stderr, warmup, batch, summary = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 recs = [json.loads(l) for l in open(metrics) if l.strip()]
 elapsed = {r["step"]: r["elapsed_s"] for r in recs}
 last = max(elapsed)
@@ -155,6 +156,7 @@ rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(stderr)
 med = statistics.median(times)
 print(json.dumps({"engine": "difforge", "step_s": times, "step_s_median": med, "step_s_min": min(times),
                   "step_s_max": max(times), "images_per_s": batch / med, "peak_rss_bytes": rss,
+                  "peak_gpu_bytes": json.load(open(summary)).get("peak_gpu_memory_bytes"),
                   "first_step_s": elapsed[1], "final_loss": recs[-1]["loss"]}))
 PY
 }
@@ -164,7 +166,7 @@ run_diffusers() {
     [ "$ema" = 1 ] || no_ema=--no-ema
     /usr/bin/time -v env PYTHONPATH="$sd_tools${PYTHONPATH:+:$PYTHONPATH}" "$py" tools/bench_sd_lora.py \
         --base "$base" --data "$data" --size "$size" --batch "$batch" --rank "$rank" --alpha "$alpha" --lr "$lr" \
-        --warmup "$warmup" --steps "$steps" --threads "$threads" --latents "$latents" $no_ema \
+        --warmup "$warmup" --steps "$steps" --threads "$threads" --device "$device" --latents "$latents" $no_ema \
         --out "$work/diffusers-$i.raw.json" > /dev/null 2> "$work/diffusers-$i.stderr" \
         || { echo "bench_sd_lora.sh: bench_sd_lora.py failed:" >&2; tail -n 20 "$work/diffusers-$i.stderr" >&2; exit 1; }
     "$py" - "$work/diffusers-$i.raw.json" "$work/diffusers-$i.stderr" > "$work/diffusers-$i.json" <<'PY'
@@ -185,16 +187,16 @@ for i in $(seq 1 "$repeat"); do
     fi
 done
 
-"$py" - "$work" "$repeat" "$size" "$batch" "$rank" "$alpha" "$warmup" "$steps" "$threads" "$kernels" "$ema" "$bin" "$latents" "$base" <<'PY'
+"$py" - "$work" "$repeat" "$size" "$batch" "$rank" "$alpha" "$warmup" "$steps" "$threads" "$kernels" "$ema" "$bin" "$latents" "$base" "$device" <<'PY'
 import json, statistics, sys
 work, repeat = sys.argv[1], int(sys.argv[2])
-size, batch, rank, alpha, warmup, steps, threads, kernels, ema, binary, latents, base = sys.argv[3:15]
-print(f"SD LoRA training, CPU, base {base}: {size}x{size}, batch {batch}, rank {rank}, alpha {alpha}, {threads} threads, "
+size, batch, rank, alpha, warmup, steps, threads, kernels, ema, binary, latents, base, device = sys.argv[3:16]
+print(f"SD LoRA training, {device}, base {base}: {size}x{size}, batch {batch}, rank {rank}, alpha {alpha}, {threads} threads, "
       f"{kernels} kernels, EMA {'on' if ema == '1' else 'off'}, diffusers latents {latents}; "
       f"{warmup} warm-up + {steps} timed steps, {repeat} repeat(s); difforge = {binary}")
 print()
-print("| engine | img/s | s/step median | s/step best run | s/step range | peak RSS |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| engine | img/s | s/step median | s/step best run | s/step range | peak RSS | peak GPU memory |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for engine in ("difforge", "diffusers"):
     runs = [json.load(open(f"{work}/{engine}-{i}.json")) for i in range(1, repeat + 1)]
     all_steps = [t for r in runs for t in r["step_s"]]
@@ -202,10 +204,13 @@ for engine in ("difforge", "diffusers"):
     best = min(r["step_s_median"] for r in runs)
     rss = max(r["peak_rss_bytes"] for r in runs)
     name = "difforge" if engine == "difforge" else "diffusers 0.35 + peft (train_text_to_image_lora loop)"
-    print(f"| {name} | {int(batch) / med:.2f} | {med:.4f} | {best:.4f} | {min(all_steps):.4f}-{max(all_steps):.4f} | {rss / 2**20:.0f} MiB |")
+    gpu = [r.get("peak_gpu_bytes") for r in runs if r.get("peak_gpu_bytes")]
+    gpu = f"{max(gpu) / 2**20:.0f} MiB" if gpu else "-"
+    print(f"| {name} | {int(batch) / med:.2f} | {med:.4f} | {best:.4f} | {min(all_steps):.4f}-{max(all_steps):.4f} | {rss / 2**20:.0f} MiB | {gpu} |")
 print()
 print("s/step median: over the timed steps of all runs pooled; img/s = batch / that. Best run: the lowest per-run median "
       "(on a busy machine the least disturbed run). Range: the fastest and slowest timed step. Peak RSS: the largest of "
-      "the runs (whole process, loading included).")
+      "the runs (whole process, loading included). Peak GPU memory: the CUDA caching allocator's peak of tensors "
+      "(torch.cuda.max_memory_allocated on both sides).")
 print(f"JSON per run: {work}")
 PY
