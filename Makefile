@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO_ENV := source ./env.sh &&
 
-.PHONY: setup build demo demo-t2i test lint clean
+.PHONY: setup build demo demo-t2i demo-finetune test lint clean
 
 setup:
 	bash tools/setup_venv.sh
@@ -16,6 +16,9 @@ demo: build
 
 demo-t2i: build
 	bash tools/demo_t2i.sh
+
+demo-finetune: build
+	bash tools/demo_finetune.sh
 
 test: setup
 	$(CARGO_ENV) cargo test --workspace --no-fail-fast
