@@ -11,6 +11,7 @@ use crate::trainer::{train, TrainOptions, TrainSummary};
 use crate::vae::{train_vae, VaeSummary, VaeTrainOptions};
 use difforge_config::{ModelConfig, NewSdModel, NewTokenizer, RunConfig, StableDiffusionConfig, VaeRunConfig};
 use difforge_core::ConfigError;
+use difforge_data::DataConfig;
 use difforge_diffusion::Prediction;
 use difforge_model::checkpoint;
 use difforge_model::stable_diffusion::scratch::{self, ScratchSpec};
@@ -116,7 +117,7 @@ pub fn train_new_model(config: Option<RunConfig>, mut opts: TrainOptions) -> Res
     }
 
     let (vae, vae_training) = if new.trains_vae() {
-        let (folder, summary) = vae_stage(&new.vae, &stages_dir.join(VAE_RUN), &opts)?;
+        let (folder, summary) = vae_stage(&new.vae, &stages_dir.join(VAE_RUN), &config.data, &opts)?;
         if let Some(s) = summary.as_ref().filter(|s| !s.completed()) {
             return Ok(NewModelRun::VaeStopped(s.clone()));
         }
@@ -170,7 +171,7 @@ fn start_fresh(run_dir: &Path, stages_dir: &Path, config: &RunConfig, overwrite:
 
 /// Trains the VAE of `vae_config` into `vae_run` (or continues it), unless it is already done;
 /// returns its exported `vae/` folder and, when it trained here, its summary.
-fn vae_stage(vae_config: &Path, vae_run: &Path, opts: &TrainOptions) -> Result<(PathBuf, Option<VaeSummary>), TrainError> {
+fn vae_stage(vae_config: &Path, vae_run: &Path, run_data: &DataConfig, opts: &TrainOptions) -> Result<(PathBuf, Option<VaeSummary>), TrainError> {
     let exported = vae_run.join(VAE_RUN);
     if crate::vae::completed_run(vae_run) {
         tracing::info!("the VAE stage is done: {}", exported.display());
@@ -179,6 +180,16 @@ fn vae_stage(vae_config: &Path, vae_run: &Path, opts: &TrainOptions) -> Result<(
     let resume = !checkpoint::list(vae_run)?.is_empty();
     let config = if resume { VaeRunConfig::load(&vae_run.join(checkpoint::CONFIG_FILE), &[])? } else { VaeRunConfig::load(vae_config, &[])? };
     tracing::info!("{} the VAE stage: {}", if resume { "continuing" } else { "starting" }, vae_run.display());
+    // The VAE stage reads its own config, which `--set data.…` on the run does not reach.
+    if config.data.path != run_data.path {
+        let shown = |p: &Option<PathBuf>| p.as_ref().map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
+        tracing::warn!(
+            "the VAE trains on data.path = {} (its config, {}), the UNet on {}; to train both on the same images, set data.path in that config too",
+            shown(&config.data.path),
+            vae_config.display(),
+            shown(&run_data.path)
+        );
+    }
     let vae_opts = VaeTrainOptions { out_dir: vae_run.to_path_buf(), resume, overwrite: !resume, stop: opts.stop.clone() };
     let summary = train_vae(config, vae_opts)?;
     Ok((exported, Some(summary)))
