@@ -191,6 +191,23 @@ pub enum LoraCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rewrite a Stable Diffusion LoRA file in kohya's layout (the webui, ComfyUI) or diffusers'
+    /// (`load_lora_weights`, PEFT), with the same updates.
+    Export {
+        /// The model the LoRA is for (a diffusers folder or a single .safetensors/.ckpt file):
+        /// its module names resolve kohya's keys.
+        #[arg(long)]
+        base: PathBuf,
+        /// The LoRA file (either layout).
+        #[arg(long)]
+        lora: PathBuf,
+        /// kohya, or diffusers (also called peft).
+        #[arg(long)]
+        format: String,
+        /// The file to write (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]

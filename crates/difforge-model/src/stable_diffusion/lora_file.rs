@@ -19,6 +19,7 @@
 //! skipped.
 
 use super::components::Part;
+use super::lora_export;
 use crate::error::ModelError;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -237,13 +238,27 @@ fn rank_if_fits(w: &[i64], down: &[i64], up: &[i64]) -> Option<i64> {
     (up_ok && down_ok && r > 0).then_some(r)
 }
 
-/// Merges the LoRA file at `path` into `networks` (each network's part and variables; the VAE
-/// is never a target), `multiplier` times the file's own scale. Nothing changes unless every
-/// key of the file is understood and fits.
-pub fn apply(path: &Path, multiplier: f64, networks: &[(Part, &VarStore)]) -> Result<LoraReport, ModelError> {
-    if !multiplier.is_finite() {
-        return Err(ModelError::Config(difforge_core::ConfigError::new("LoRA scale", multiplier, "a finite number")));
-    }
+/// A LoRA file read and checked against the networks it is for: every module's weight, halves,
+/// rank and scale (alpha / rank, or the file's adapter config's, or 1).
+struct Plan {
+    format: LoraFormat,
+    modules: Vec<PlannedModule>,
+}
+
+struct PlannedModule {
+    part: Part,
+    /// The variable the update adds to (`….to_q.weight`).
+    variable: String,
+    weight: Tensor,
+    down: Tensor,
+    up: Tensor,
+    rank: i64,
+    scale: f64,
+}
+
+/// Reads the LoRA file at `path` and fits every module to `networks` (the VAE is never a
+/// target); errors name the key.
+fn plan(path: &Path, networks: &[(Part, &VarStore)]) -> Result<Plan, ModelError> {
     let err = |reason: String| ModelError::checkpoint(path, reason);
     let metadata = read_metadata(path)?;
     let config = AdapterConfig::read(path, &metadata)?;
@@ -279,24 +294,23 @@ pub fn apply(path: &Path, multiplier: f64, networks: &[(Part, &VarStore)]) -> Re
     if modules.values().any(|m| m.format != format) {
         return Err(err("both kohya (`lora_unet_…`) and diffusers (`unet.…`) keys in one file".into()));
     }
-    // Check everything first: the model changes only when all of the file fits.
     let mut planned = Vec::with_capacity(modules.len());
-    for (stem, module) in &modules {
-        let (down, up) = match (&module.down, &module.up) {
+    for (stem, module) in modules {
+        let (down, up) = match (module.down, module.up) {
             (Some(d), Some(u)) => (d, u),
             (Some(_), None) => return Err(err(format!("`{stem}`: the file has its down weight but no up weight"))),
             (None, Some(_)) => return Err(err(format!("`{stem}`: the file has its up weight but no down weight"))),
             (None, None) => return Err(err(format!("`{stem}`: the file has only an alpha, no down and up weights"))),
         };
         let net = &nets[module.network];
-        let weight = &net.weights[&module.variable];
+        let weight = net.weights[&module.variable].shallow_clone();
         let rank = rank_if_fits(&weight.size(), &down.size(), &up.size()).ok_or_else(|| {
             err(format!(
                 "`{stem}`: LoRA down {} and up {} do not fit `{}` of shape {} in {}",
-                shape(down),
-                shape(up),
+                shape(&down),
+                shape(&up),
                 module.variable,
-                shape(weight),
+                shape(&weight),
                 net.part.folder()
             ))
         })?;
@@ -306,26 +320,83 @@ pub fn apply(path: &Path, multiplier: f64, networks: &[(Part, &VarStore)]) -> Re
             (None, LoraFormat::Diffusers) => config.scale(net.part, module_path, rank).unwrap_or(1.0),
             (None, LoraFormat::Kohya) => 1.0,
         };
-        planned.push((module, weight, down, up, rank, scale));
+        planned.push(PlannedModule { part: net.part, variable: module.variable, weight, down, up, rank, scale });
     }
+    Ok(Plan { format, modules: planned })
+}
+
+/// Merges the LoRA file at `path` into `networks` (each network's part and variables; the VAE
+/// is never a target), `multiplier` times the file's own scale. Nothing changes unless every
+/// key of the file is understood and fits.
+pub fn apply(path: &Path, multiplier: f64, networks: &[(Part, &VarStore)]) -> Result<LoraReport, ModelError> {
+    if !multiplier.is_finite() {
+        return Err(ModelError::Config(difforge_core::ConfigError::new("LoRA scale", multiplier, "a finite number")));
+    }
+    // Checked first: the model changes only when all of the file fits.
+    let plan = plan(path, networks)?;
     let mut patched = BTreeMap::new();
-    for (module, weight, down, up, rank, scale) in planned {
-        *patched.entry(nets[module.network].part.folder().to_string()).or_insert(0) += 1;
+    for m in &plan.modules {
+        *patched.entry(m.part.folder().to_string()).or_insert(0) += 1;
         if multiplier == 0.0 {
             continue;
         }
         tch::no_grad(|| {
-            let size = weight.size();
-            let up = up.to_device(weight.device()).to_kind(Kind::Float).reshape([size[0], rank]);
-            let down = down.to_device(weight.device()).to_kind(Kind::Float).reshape([rank, -1]);
-            let delta = up.matmul(&down).reshape(size.as_slice()) * (scale * multiplier);
-            let merged = weight.to_kind(Kind::Float) + delta;
-            let mut weight = weight.shallow_clone();
+            let size = m.weight.size();
+            let up = m.up.to_device(m.weight.device()).to_kind(Kind::Float).reshape([size[0], m.rank]);
+            let down = m.down.to_device(m.weight.device()).to_kind(Kind::Float).reshape([m.rank, -1]);
+            let delta = up.matmul(&down).reshape(size.as_slice()) * (m.scale * multiplier);
+            let merged = m.weight.to_kind(Kind::Float) + delta;
+            let mut weight = m.weight.shallow_clone();
             weight.copy_(&merged);
         });
     }
-    tracing::debug!(path = %path.display(), format = format.name(), modules = modules.len(), "merged a LoRA file");
-    Ok(LoraReport { path: path.to_path_buf(), format, multiplier, patched })
+    tracing::debug!(path = %path.display(), format = plan.format.name(), modules = plan.modules.len(), "merged a LoRA file");
+    Ok(LoraReport { path: path.to_path_buf(), format: plan.format, multiplier, patched })
+}
+
+/// Writes the LoRA file at `path` (either layout) to `out` in `format`: the same modules with
+/// the same updates. `networks` (the base the file is for) resolve kohya's underscore names.
+/// The file's modules must share one rank; a module whose alpha differs from the first's has
+/// its up weight scaled so that every update stays what it was. Returns the module count.
+pub fn convert(path: &Path, networks: &[(Part, &VarStore)], format: LoraFormat, out: &Path) -> Result<usize, ModelError> {
+    let plan = plan(path, networks)?;
+    let first = &plan.modules[0];
+    if let Some(m) = plan.modules.iter().find(|m| m.rank != first.rank) {
+        return Err(ModelError::checkpoint(
+            path,
+            format!("`{}` has rank {} and `{}` rank {}: only files of one rank convert", first.variable, first.rank, m.variable, m.rank),
+        ));
+    }
+    let (rank, scale) = (first.rank, first.scale);
+    let mut by_part: BTreeMap<&'static str, (Part, Vec<(String, Tensor)>)> = BTreeMap::new();
+    for m in &plan.modules {
+        let module = m.variable.strip_suffix(".weight").unwrap_or(&m.variable);
+        let (down, up) = halves_shaped_like(m);
+        let entry = by_part.entry(m.part.folder()).or_insert_with(|| (m.part, Vec::new()));
+        entry.1.push((format!("{module}.lora_down.weight"), down));
+        entry.1.push((format!("{module}.lora_up.weight"), up * (m.scale / scale)));
+    }
+    let adapters: Vec<lora_export::NetworkAdapters> =
+        by_part.values().map(|(part, variables)| lora_export::NetworkAdapters { part: *part, variables }).collect();
+    let from = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let export = lora_export::LoraExport {
+        rank,
+        alpha: scale * rank as f64,
+        metadata: vec![("ss_training_comment".into(), format!("converted by difforge from {from}"))],
+    };
+    lora_export::export(out, format, &adapters, &export)
+}
+
+/// A module's halves in float32, shaped as the layouts write them for its weight: (r, in) and
+/// (out, r) for a linear layer, (r, in, kh, kw) and (out, r, 1, 1) for a convolution.
+fn halves_shaped_like(m: &PlannedModule) -> (Tensor, Tensor) {
+    let size = m.weight.size();
+    let (down, up) = (m.down.to_kind(Kind::Float), m.up.to_kind(Kind::Float));
+    match size.as_slice() {
+        [out, cin, kh, kw] => (down.reshape([m.rank, *cin, *kh, *kw]), up.reshape([*out, m.rank, 1, 1])),
+        [out, cin] => (down.reshape([m.rank, *cin]), up.reshape([*out, m.rank])),
+        _ => (down, up),
+    }
 }
 
 /// The network, variable and layout of a key's module stem, or why there is none.

@@ -5,7 +5,7 @@
 //! VAE's decoder.
 
 use super::components::{Networks, Part};
-use super::lora_file::{self, LoraReport};
+use super::lora_file::{self, LoraFormat, LoraReport};
 use super::scheduler::{SchedulerConfig, Scheduling};
 use crate::error::ModelError;
 use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig, TrajectoryStep};
@@ -150,9 +150,21 @@ impl StableDiffusion {
     /// any weight changes: a key that matches no module, or a shape that does not fit, fails
     /// and leaves the model as it was. Several files merge in the order they are applied.
     pub fn apply_lora(&mut self, path: &Path, multiplier: f64) -> Result<LoraReport, ModelError> {
+        lora_file::apply(path, multiplier, &self.lora_targets())
+    }
+
+    /// The networks a LoRA file may patch, with their variables.
+    fn lora_targets(&self) -> Vec<(Part, &tch::nn::VarStore)> {
         let mut targets = vec![(Part::Unet, &self._unet_vars)];
         targets.extend([Part::TextEncoder, Part::TextEncoder2].into_iter().zip(&self.text_encoder_vars));
-        lora_file::apply(path, multiplier, &targets)
+        targets
+    }
+
+    /// Writes the LoRA file at `path` to `out` in `format` (kohya's or diffusers'), the same
+    /// updates; this model's names resolve the file's (see `lora_file::convert`). The model is
+    /// not changed. Returns the number of modules written.
+    pub fn convert_lora(&self, path: &Path, format: LoraFormat, out: &Path) -> Result<usize, ModelError> {
+        lora_file::convert(path, &self.lora_targets(), format, out)
     }
 
     /// Trainable scalars of the UNet.

@@ -126,3 +126,31 @@ fn keys_of_other_layouts_are_refused_by_name() {
     let err = sd.apply_lora(&path, 1.0).unwrap_err().to_string();
     assert!(err.contains(old) && err.contains("older attention-processor format"), "{err}");
 }
+
+#[test]
+fn a_file_converted_to_the_other_layout_still_gives_diffusers_outputs() {
+    let refs = read(&lora_fixture("reference.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let base = StableDiffusion::load(&sd15(), Device::Cpu).unwrap();
+    // kohya -> diffusers, diffusers (from its adapter metadata's alpha) -> kohya, and back.
+    let cases = [("kohya", LoraFormat::Diffusers), ("peft", LoraFormat::Kohya), ("peft-nometa", LoraFormat::Kohya)];
+    for (stem, to) in cases {
+        let converted = dir.path().join(format!("{stem}-as-{}.safetensors", to.name()));
+        assert_eq!(base.convert_lora(&lora_fixture(&format!("{stem}.safetensors")), to, &converted).unwrap(), 45, "{stem}");
+        let mut sd = StableDiffusion::load(&sd15(), Device::Cpu).unwrap();
+        assert_eq!(sd.apply_lora(&converted, 1.0).unwrap().format, to, "{stem}");
+        let (unet, text) = outputs(&sd);
+        let unet_err = relative_error(&unet, &refs[&format!("{stem}.unet.output")]);
+        let text_err = relative_error(&text, &refs[&format!("{stem}.text.last_hidden_state")]);
+        assert!(unet_err < 1e-4 && text_err < 1e-4, "{stem} as {}: UNet {unet_err:e}, text encoder {text_err:e}", to.name());
+    }
+    // Converting back gives the original layout's keys.
+    let there = dir.path().join("kohya-as-diffusers.safetensors");
+    let back = dir.path().join("back.safetensors");
+    base.convert_lora(&there, LoraFormat::Kohya, &back).unwrap();
+    let (mut original, mut again): (Vec<String>, Vec<String>) =
+        (read(&lora_fixture("kohya.safetensors")).into_keys().collect(), read(&back).into_keys().collect());
+    original.sort();
+    again.sort();
+    assert_eq!(original, again);
+}

@@ -10,6 +10,7 @@ mod explain;
 mod finetune;
 mod info;
 pub mod launch;
+mod lora;
 mod sample;
 mod sd_bench;
 pub mod sd_init;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => explain::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out } } => finetune::merge(&base, &lora, scale, &out),
+        Command::Lora { command: LoraCommand::Export { base, lora, format, out } } => lora::export(&base, &lora, &format, &out),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Vae { command } => vae::run(command),

@@ -204,3 +204,22 @@ fn adapter_dropout_changes_training_and_sdxl_text_encoder_lora_is_refused_by_key
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("lora.text_encoder") && stderr.contains("SDXL"), "{stderr}");
 }
+
+#[test]
+fn lora_export_rewrites_a_file_in_the_other_layout_and_names_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let kohya = Path::new(env!("CARGO_MANIFEST_DIR")).join("../difforge-model/tests/fixtures/sd-lora/kohya.safetensors");
+    let out = dir.path().join("peft.safetensors");
+    let run = |format: &str, out: &Path| {
+        difforge().args(["lora", "export", "--base"]).arg(base()).arg("--lora").arg(&kohya).args(["--format", format, "--out"]).arg(out).output().unwrap()
+    };
+    let done = run("peft", &out);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("45 modules"));
+    let keys: Vec<String> = Tensor::read_safetensors(&out).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().all(|k| k.starts_with("unet.") || k.starts_with("text_encoder.")), "{keys:?}");
+    for (format, out, flag) in [("onnx", out.clone(), "--format"), ("kohya", dir.path().join("x.bin"), "--out")] {
+        let refused = run(format, &out);
+        assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains(flag), "{flag}");
+    }
+}
