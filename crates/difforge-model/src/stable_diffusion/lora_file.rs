@@ -368,7 +368,7 @@ pub fn convert(path: &Path, networks: &[(Part, &VarStore)], format: LoraFormat, 
         ));
     }
     let (rank, scale) = (first.rank, first.scale);
-    let mut by_part: BTreeMap<&'static str, (Part, Vec<(String, Tensor)>)> = BTreeMap::new();
+    let mut by_part: BTreeMap<&'static str, (Part, lora_export::Named)> = BTreeMap::new();
     for m in &plan.modules {
         let module = m.variable.strip_suffix(".weight").unwrap_or(&m.variable);
         let (down, up) = halves_shaped_like(m);
