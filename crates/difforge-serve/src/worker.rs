@@ -136,14 +136,18 @@ impl Worker {
         for j in expired {
             let _ = j.reply.send(Err(JobError::TimedOut));
         }
-        let live = self.refuse_unservable(live);
+        // One lock for the check and the batch: a reload between them would hand the batch
+        // to a model its requests were not checked against.
+        let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.refuse_unservable(live, &loaded);
         if live.is_empty() {
             return;
         }
         for j in &live {
             self.shared.metrics.queue_wait.observe(now.duration_since(j.enqueued).as_secs_f64());
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live, &loaded)));
+        drop(loaded);
         match outcome {
             Ok(Ok(per_job)) => {
                 for (job, images) in live.into_iter().zip(per_job) {
@@ -167,14 +171,11 @@ impl Worker {
 
     /// Answers 409 to requests the current model cannot serve (validated against the model
     /// that was loaded when they arrived, which a reload has since replaced) and keeps the rest.
-    fn refuse_unservable(&self, jobs: Vec<Job>) -> Vec<Job> {
+    fn refuse_unservable(&self, jobs: Vec<Job>, loaded: &Loaded) -> Vec<Job> {
         if jobs.is_empty() {
             return jobs;
         }
-        let (kind, sizes) = {
-            let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
-            (loaded.info.kind, loaded.info.size_rule(self.cfg.max_side))
-        };
+        let (kind, sizes) = (loaded.info.kind, loaded.info.size_rule(self.cfg.max_side));
         // The field the new model cannot serve, if any.
         let unservable = |r: &Generate| -> Option<&'static str> {
             let field = match (&r.condition, &r.negative) {
@@ -197,8 +198,7 @@ impl Worker {
         ok
     }
 
-    fn compute(&self, jobs: &[Job]) -> Result<Vec<Images>, String> {
-        let loaded = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
+    fn compute(&self, jobs: &[Job], loaded: &Loaded) -> Result<Vec<Images>, String> {
         let mut conditions = Vec::new();
         let mut negatives = Vec::new();
         let mut seeds = Vec::new();
