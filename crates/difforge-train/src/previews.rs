@@ -146,7 +146,7 @@ impl Previews {
                 weights: Weights::Ema,
                 max_batch: 256,
                 fixed_batch: false,
-                negatives: line.negative.iter().map(|n| Condition::Text(n.clone())).cycle().take(per_class * usize::from(line.negative.is_some())).collect(),
+                negatives: line.negative.as_ref().map_or_else(Vec::new, |n| vec![Condition::Text(n.clone()); per_class]),
                 size: line.size,
             };
             let size = line.size.unwrap_or([own[1], own[2]]);

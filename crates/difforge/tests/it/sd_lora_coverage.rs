@@ -6,7 +6,7 @@
 //! and, merged into the base by `--lora`'s loader, give the trained network's prediction.
 
 use crate::common::difforge;
-use crate::sd_finetune::{base, train_and_check_resume, write_shapes};
+use crate::sd_finetune::{base, config as finetune_config, train_and_check_resume, write_shapes};
 use difforge_model::checkpoint;
 use difforge_model::stable_diffusion::StableDiffusion;
 use difforge_model::Weights;
@@ -16,47 +16,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// A 16-step LoRA run on `base` with `lora` as the rest of the `[lora]` section.
-fn config(data: &Path, base: &Path, lora: &str) -> String {
-    format!(
-        r#"seed = 3
-[data]
-source = "folder"
-path = "{}"
-image_size = 32
-channels = 3
-val_fraction = 0.2
-[model]
-family = "stable-diffusion"
-base = "{}"
-preview_prompts = ["a red square"]
-[diffusion]
-schedule = "scaled_linear"
-beta_start = 0.00085
-beta_end = 0.012
-prediction = "epsilon"
-class_dropout = 0.1
-[train]
-steps = 16
-batch_size = 4
-lr = 1e-2
-warmup_steps = 0
-ema_decay = 0.5
-checkpoint_every = 8
-val_every = 8
-log_every = 1
-threads = 1
-sample_per_class = 1
-[sample]
-steps = 2
-[lora]
-rank = 4
-alpha = 4.0
-{lora}
-"#,
-        data.display(),
-        base.display()
-    )
+/// sd_finetune's 16-step LoRA run on `base` with `lora` as the rest of the `[lora]` section.
+fn config(data: &Path, base_dir: &Path, lora: &str) -> String {
+    let text = finetune_config(data, 16, true).replace(&base().display().to_string(), &base_dir.display().to_string());
+    format!("{text}{lora}\n")
 }
 
 const EVERYTHING: &str = "targets = [\"attention\", \"projection\", \"feed_forward\", \"conv\"]\ntext_encoder = true\ndropout = 0.1";
