@@ -129,6 +129,7 @@ pub struct DataConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<SubsetConfig>,
     /// Masked loss with each image's alpha channel as its mask (kohya's `alpha_mask`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub alpha_mask: bool,
     /// Masked loss with masks from this folder: greyscale PNGs at the images' relative paths.
     #[serde(skip_serializing_if = "Option::is_none")]
