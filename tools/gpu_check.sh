@@ -3,7 +3,7 @@
 # with a prebuilt difforge binary carried to the device (it builds nothing there). For the 6 M
 # reference UNet (ref6m, 32x32, batch 128) and the 35 M UNet (big64, 64x64, batch 64) it runs,
 # one after the other on the same card:
-#   difforge bench            tf32, bf16 and bf16 channels_last
+#   difforge bench            tf32, bf16, bf16 channels_last and bf16 with CUDA graphs
 #   tools/bench_torch.py      eager tf32, eager bf16, eager bf16 channels_last, torch.compile bf16
 # and prints one Markdown table (train and sample images/s, MFU, peak memory, ratio to PyTorch
 # eager at the same precision). JSON reports and logs go to $OUT (default /tmp/gpu-check).
@@ -56,6 +56,7 @@ for spec in $MODELS; do
     run "$model-difforge-tf32" "$BIN" bench --model "$df_model" "${args[@]}" --precision tf32 --peak-tflops "$PEAK_TF32" --json
     run "$model-difforge-bf16" "$BIN" bench --model "$df_model" "${args[@]}" --precision bf16 --peak-tflops "$PEAK_BF16" --json
     run "$model-difforge-bf16-channels-last" "$BIN" bench --model "$df_model" "${args[@]}" --precision bf16 --channels-last --peak-tflops "$PEAK_BF16" --json
+    [ "$DEVICE" != cpu ] && run "$model-difforge-bf16-graphs" "$BIN" bench --model "$df_model" "${args[@]}" --precision bf16 --cuda-graphs --peak-tflops "$PEAK_BF16" --json
     run "$model-eager-tf32" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode tf32 --peak-tflops "$PEAK_TF32"
     run "$model-eager-bf16" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode bf16 --peak-tflops "$PEAK_BF16"
     run "$model-eager-bf16-channels-last" "$PYTHON" tools/bench_torch.py "${torch_model[@]}" "${args[@]}" --mode bf16 --channels-last --peak-tflops "$PEAK_BF16"
@@ -69,7 +70,7 @@ rows = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
 print("| model | engine | precision | train img/s | vs eager | sample img/s | vs eager | train MFU | peak memory |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 for model in ["ref6m", "big64"]:
-    for name in ["difforge-tf32", "eager-tf32", "difforge-bf16", "eager-bf16", "difforge-bf16-channels-last", "eager-bf16-channels-last", "compile-bf16"]:
+    for name in ["difforge-tf32", "eager-tf32", "difforge-bf16", "eager-bf16", "difforge-bf16-channels-last", "eager-bf16-channels-last", "difforge-bf16-graphs", "compile-bf16"]:
         r = rows.get(f"{model}-{name}")
         if r is None:
             print(f"| {model} | {name} | | no result (not run, or see {model}-{name}.log) | | | | | |")
@@ -79,6 +80,8 @@ for model in ["ref6m", "big64"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r.get("peak_memory_bytes") else "-"
         engine = {"difforge": "difforge"}.get(r["engine"], r["engine"]) + (" channels_last" if r.get("channels_last") else "")
+        if r.get("cuda_graphs", "off") != "off":
+            engine += " CUDA graphs" if r["cuda_graphs"] == "captured" else f" CUDA graphs {r['cuda_graphs']} (eager)"
         print(f"| {model} ({r['parameters'] / 1e6:.1f} M, {r['image_size']}px, batch {r['batch']}) | {engine} | {r['precision']} | "
               f"{r['train_images_per_s']:,.0f} | {ratio('train_images_per_s')} | {r['sample_images_per_s']:,.0f} | "
               f"{ratio('sample_images_per_s')} | {mfu} | {mem} |")

@@ -146,6 +146,12 @@ pub struct TrainConfig {
     /// Feed the network its images (and so its activations) in channels_last (NHWC) memory
     /// layout, which tensor-core convolutions prefer; the weights stay in their flat buffers.
     pub channels_last: bool,
+    /// CUDA only: capture a micro-batch's forward pass, loss and backward pass in a CUDA graph
+    /// once and replay it for every later micro-batch of the same shapes (one launch instead of
+    /// hundreds of kernel launches); a micro-batch the graph does not fit, or a capture that
+    /// fails or disagrees with the eager step, runs eagerly.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graphs: bool,
     /// Assemble the next batch of an in-memory set on a thread of its own while the step runs
     /// (the same batches: training is bit-identical either way).
     pub prefetch: bool,
@@ -229,6 +235,7 @@ impl Default for TrainConfig {
             threads: 0,
             precision: Precision::Tf32,
             channels_last: false,
+            cuda_graphs: false,
             prefetch: true,
             cpu_kernels: CpuKernels::Portable,
             dist_backend: DistBackend::Auto,
@@ -346,7 +353,10 @@ impl TrainConfig {
         if self.eval_every > 0 && self.eval_samples < 2 {
             return Err(ConfigError::new("train.eval_samples", self.eval_samples, "at least 2 (a covariance needs two samples)"));
         }
-        DeviceChoice::parse("train.device", &self.device)?;
+        let device = DeviceChoice::parse("train.device", &self.device)?;
+        if self.cuda_graphs && device == DeviceChoice::Cpu {
+            return Err(ConfigError::new("train.cuda_graphs", true, "false on train.device = \"cpu\" (CUDA graphs replay GPU kernels)"));
+        }
         Ok(())
     }
 

@@ -169,6 +169,11 @@ pub struct SamplerConfig {
     pub set_alpha_to_one: bool,
     /// Clamp the predicted clean image to [-1, 1] at every step.
     pub clip_x0: bool,
+    /// CUDA only: capture the network's forward pass in a CUDA graph at the first step of a
+    /// sampling run and replay it at every later one (checked against the eager pass first;
+    /// elsewhere, or when the capture fails, sampling runs eagerly with a warning).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graphs: bool,
 }
 
 impl Default for SamplerConfig {
@@ -184,6 +189,7 @@ impl Default for SamplerConfig {
             steps_offset: 0,
             set_alpha_to_one: true,
             clip_x0: true,
+            cuda_graphs: false,
         }
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::error::ModelError;
 use crate::family::{Condition, ConditionKind, Family};
+use crate::graphed_denoiser::GraphedDenoiser;
 use crate::model::{DiffusionModel, Weights};
-use difforge_diffusion::{sample, NoiseSource, SampleRequest, SamplerConfig};
+use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig};
 use tch::{Device, Tensor};
 
 pub struct GenerateSpec<'a> {
@@ -42,7 +43,12 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         None => model.latent_shape(),
         Some(size) => model.codec().latent_shape(checked_size(model, size)?),
     };
-    let denoiser = model.denoiser(spec.weights);
+    let plain = model.denoiser(spec.weights);
+    let graphed = if spec.sampler.cuda_graphs { GraphedDenoiser::new(model.denoiser(spec.weights), model.device()) } else { None };
+    let denoiser: &dyn Denoiser = match &graphed {
+        Some(g) => g,
+        None => &plain,
+    };
     let sampler = sampler_for(model, spec.sampler);
     let mut parts = Vec::new();
     let chunk = spec.max_batch.max(1);
@@ -67,7 +73,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         }
         let noise = NoiseSource::new(seeds, shape, model.device());
         let req = SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: &sampler, cond, null, noise: &noise };
-        let latents = sample(&denoiser, &req, None).narrow(0, 0, real as i64);
+        let latents = sample(denoiser, &req, None).narrow(0, 0, real as i64);
         parts.push(model.codec().decode(&latents).clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     if parts.is_empty() {

@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod family;
 pub mod generate;
+pub mod graphed_denoiser;
 pub mod images;
 pub mod model;
 pub mod stable_diffusion;

@@ -152,12 +152,15 @@ int dfn_cuda_reset_peak_memory(int64_t index) {
 #endif
 }
 
-// CUDA graphs. `dfn_graph_capture` runs `body(ctx)` on a side stream of device `index` while
-// capturing it (the body must launch the same kernels on every call and must not synchronise
-// with the host), and returns the graph in *out; `dfn_graph_replay` launches it again on the
-// current stream. Tensors the body reads and writes must stay alive (and in place) while the
-// graph exists: they are its static inputs and outputs.
-int dfn_graph_capture(int64_t index, int (*body)(void*), void* ctx, void** out) {
+// CUDA graphs. `dfn_graph_capture` runs `body(ctx)` `warmup` times on a side stream of device
+// `index` (cuDNN and cuBLAS pick their algorithms and allocate their workspaces there, and
+// autograd sets up what it keeps between backward passes, all outside the capture, as
+// torch.cuda.make_graphed_callables does), then once more while capturing it (the body must
+// launch the same kernels on every call and must not synchronise with the host), and returns
+// the graph in *out; `dfn_graph_replay` launches it again on the current stream. Tensors the
+// body reads and writes must stay alive (and in place) while the graph exists: they are its
+// static inputs and outputs.
+int dfn_graph_capture(int64_t index, int64_t warmup, int (*body)(void*), void* ctx, void** out) {
 #ifdef DIFFORGE_NATIVE_CUDA
   *out = nullptr;
   int body_rc = 0;
@@ -174,9 +177,13 @@ int dfn_graph_capture(int64_t index, int (*body)(void*), void* ctx, void** out) 
       // The generic guard (c10's registered CUDA guard at run time), not CUDAStreamGuard, whose
       // inline implementation would also need the CUDA runtime linked here.
       c10::StreamGuard guard(side.unwrap());
-      graph->capture_begin();
-      body_rc = body(ctx);
-      graph->capture_end();
+      for (int64_t i = 0; i < warmup && body_rc == 0; ++i) body_rc = body(ctx);
+      c10::cuda::device_synchronize();
+      if (body_rc == 0) {
+        graph->capture_begin();
+        body_rc = body(ctx);
+        graph->capture_end();
+      }
     }
     c10::cuda::device_synchronize();
     if (body_rc == 0) *out = graph.release();
@@ -184,6 +191,7 @@ int dfn_graph_capture(int64_t index, int (*body)(void*), void* ctx, void** out) 
   if (rc == 0 && body_rc != 0) return fail("the captured step failed (see the error it reported)");
   return rc;
 #else
+  (void)warmup;
   (void)body;
   (void)ctx;
   *out = nullptr;

@@ -34,7 +34,7 @@ extern "C" {
     ) -> c_int;
     pub fn dfn_cuda_peak_memory(index: i64, allocated: *mut u64, reserved: *mut u64) -> c_int;
     pub fn dfn_cuda_reset_peak_memory(index: i64) -> c_int;
-    pub fn dfn_graph_capture(index: i64, body: extern "C" fn(*mut c_void) -> c_int, ctx: *mut c_void, out: *mut *mut c_void) -> c_int;
+    pub fn dfn_graph_capture(index: i64, warmup: i64, body: extern "C" fn(*mut c_void) -> c_int, ctx: *mut c_void, out: *mut *mut c_void) -> c_int;
     pub fn dfn_graph_replay(graph: *mut c_void) -> c_int;
     pub fn dfn_graph_free(graph: *mut c_void);
     pub fn dfn_built_with_nccl() -> c_int;

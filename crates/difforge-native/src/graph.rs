@@ -33,14 +33,16 @@ extern "C" fn run_body(ctx: *mut c_void) -> c_int {
 }
 
 impl CudaGraph {
-    /// Captures what `body` launches on CUDA device `device`. Run the body a few times before
-    /// (warm-up: cuDNN and cuBLAS pick their algorithms and allocate workspaces outside the
-    /// capture). The body must not synchronise with the host.
-    pub fn capture(device: usize, mut body: impl FnMut() -> Result<(), String>) -> Result<CudaGraph, NativeError> {
+    /// Captures what `body` launches on CUDA device `device`, after running it `warmup` times on
+    /// the capture's stream (cuDNN and cuBLAS pick their algorithms and allocate workspaces
+    /// outside the capture; PyTorch warms up 3 times). The body must not synchronise with the
+    /// host. Everything the warm-up runs did happens for real; the capture itself computes
+    /// nothing until [`replay`](CudaGraph::replay).
+    pub fn capture(device: usize, warmup: usize, mut body: impl FnMut() -> Result<(), String>) -> Result<CudaGraph, NativeError> {
         let mut capture = Capture { body: &mut body, error: None };
         let mut raw = std::ptr::null_mut();
         // SAFETY: `capture` outlives the call, and run_body is the only user of the pointer.
-        let rc = unsafe { ffi::dfn_graph_capture(device as i64, run_body, &mut capture as *mut Capture<'_> as *mut c_void, &mut raw) };
+        let rc = unsafe { ffi::dfn_graph_capture(device as i64, warmup as i64, run_body, &mut capture as *mut Capture<'_> as *mut c_void, &mut raw) };
         if let Some(e) = capture.error {
             return Err(NativeError(format!("CUDA graph capture: {e}")));
         }

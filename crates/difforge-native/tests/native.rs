@@ -57,7 +57,7 @@ fn cuda_queries_fail_cleanly_without_a_gpu() {
     }
     assert!(cuda::device_properties(0).is_err());
     assert!(cuda::peak_memory(0).is_err());
-    let err = CudaGraph::capture(0, || Ok(())).err().expect("no graph without a GPU");
+    let err = CudaGraph::capture(0, 3, || Ok(())).err().expect("no graph without a GPU");
     assert!(!err.to_string().is_empty());
 }
 

@@ -73,6 +73,25 @@ impl Conditioning {
         }
     }
 
+    /// Every tensor it holds, in a fixed order (what a CUDA graph copies into its static inputs;
+    /// two conditionings of one kind and shape list tensors of the same shapes in the same order).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Conditioning::None => Vec::new(),
+            Conditioning::Class(c) => vec![c],
+            Conditioning::Tokens(ids) => vec![ids],
+            Conditioning::Text(t) => {
+                let optional = [&t.mask, &t.pooled, &t.time_ids];
+                std::iter::once(&t.hidden).chain(optional.into_iter().flatten()).collect()
+            }
+        }
+    }
+
+    /// A copy with tensors of its own.
+    pub fn copy(&self) -> Conditioning {
+        self.map(Tensor::copy)
+    }
+
     pub fn shallow_clone(&self) -> Conditioning {
         self.map(Tensor::shallow_clone)
     }

@@ -7,6 +7,7 @@
 //! field names, and `tools/bench.sh` puts the two side by side.
 
 use crate::error::TrainError;
+use crate::graph_step::StepGraphs;
 use crate::lr::learning_rate;
 use crate::step::{PhaseTimes, StepData, Stepper};
 use difforge_config::RunConfig;
@@ -53,6 +54,9 @@ pub struct BenchReport {
     pub autocast_bf16: bool,
     /// The network got channels_last (NHWC) images.
     pub channels_last: bool,
+    /// What became of the training step's CUDA graph: "off", "captured" or "failed" (then the
+    /// step ran eagerly; the log says why).
+    pub cuda_graphs: String,
     pub parameters: i64,
     pub image_size: i64,
     pub channels: i64,
@@ -139,7 +143,8 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
     let opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay })?;
     let ema_params = FlatBuffer::adopt(&ema_params)?;
     let fixed = synthetic_batch(&model, opts.batch);
-    let mut stepper = Stepper { model, opt, ema_params, phases: None };
+    let graphs = StepGraphs::for_run(&cfg, dev);
+    let mut stepper = Stepper { model, opt, ema_params, phases: None, graphs };
     // The trainer's own step on one fixed batch: no data loading, no prior images.
     let run = |stepper: &mut Stepper, step: u64| {
         let mut batch = |_draw: u64| Ok(fixed.clone());
@@ -234,6 +239,7 @@ pub fn bench(cfg: &RunConfig, opts: &BenchOptions) -> Result<BenchReport, TrainE
         precision: cfg.train.precision.name().into(),
         autocast_bf16: model.autocast(),
         channels_last: cfg.train.channels_last,
+        cuda_graphs: stepper.graphs.state().into(),
         parameters: model.parameter_count(),
         image_size: model.family().pixel_shape()[1],
         channels: model.family().pixel_shape()[0],

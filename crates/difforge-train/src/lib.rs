@@ -7,6 +7,7 @@ pub mod bench;
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod graph_step;
 pub mod logs;
 pub mod loss;
 pub mod lr;

@@ -10,11 +10,21 @@ use difforge_diffusion::noise::gaussian;
 use difforge_model::{DiffusionModel, Weights};
 use difforge_nn::Conditioning;
 use std::ops::Range;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// Draw indices of the offset noise live apart from the images' noise (and from the prior
 /// batches', `step::PRIOR_DRAWS`).
 const NOISE_OFFSET_DRAWS: u64 = 1 << 61;
+
+/// A host tensor on `dev`. On CUDA through page-locked memory and an asynchronous copy, so the
+/// host goes on launching the step's kernels while the batch travels (libtorch's host
+/// allocator does not reuse the pinned block before the copy has ended); elsewhere a plain copy.
+fn upload(t: &Tensor, dev: Device) -> Tensor {
+    match dev {
+        Device::Cuda(_) => t.pin_memory(dev).to_device_(dev, t.kind(), true, false),
+        _ => t.to_device(dev),
+    }
+}
 
 /// The tensors of one micro-batch.
 pub struct MicroBatch {
@@ -45,7 +55,7 @@ impl MicroBatch {
         let mut rng = rng_for(cfg.seed, Stream::Noise, draw_index);
         let ts: Vec<usize> = (0..n).map(|_| cfg.diffusion.draw_timestep(&mut rng)).collect();
         let cond = model.family().training_conditioning(batch, cfg.diffusion.class_dropout, &mut rng, dev);
-        let pixels = Tensor::from_slice(&batch.images).view(batch.shape()).narrow(0, start, len).to_device(dev);
+        let pixels = upload(&Tensor::from_slice(&batch.images).view(batch.shape()).narrow(0, start, len), dev);
         let x0 = model.codec().encode(&pixels);
         // A bucketed batch has its bucket's shape, not the model's.
         let [lc, lh, lw] = model.codec().latent_shape([batch.channels as i64, batch.height as i64, batch.width as i64]);
@@ -55,13 +65,13 @@ impl MicroBatch {
             let offset = gaussian(cfg.seed, Stream::Noise, draw_index | NOISE_OFFSET_DRAWS, (n * lc) as usize);
             eps += Tensor::from_slice(&offset).view([n, lc, 1, 1]) * cfg.diffusion.noise_offset;
         }
-        let eps = eps.narrow(0, start, len).to_device(dev);
+        let eps = upload(&eps.narrow(0, start, len), dev);
         let mask = (!batch.masks.is_empty()).then(|| {
             let m = Tensor::from_slice(&batch.masks).view([n, 1, batch.height as i64, batch.width as i64]).narrow(0, start, len);
             // At the network's resolution (the share of each latent's pixels that count), as a
             // square root: scaling prediction and target by it scales the squared error by the
             // mask itself.
-            m.adaptive_avg_pool2d([lh, lw]).sqrt().to_device(dev)
+            upload(&m.adaptive_avg_pool2d([lh, lw]).sqrt(), dev)
         });
         let (ts, cond) = if len == n { (ts, cond) } else { (ts[rows].to_vec(), cond.narrow(start, len)) };
         let noised = model.forward_process().noise(&x0, &eps, &ts, dev);
@@ -69,12 +79,27 @@ impl MicroBatch {
         let ts: Vec<i64> = ts.iter().map(|&t| t as i64).collect();
         MicroBatch {
             x_t: noised.x_t,
-            t: Tensor::from_slice(&ts).to_device(dev),
+            t: upload(&Tensor::from_slice(&ts), dev),
             cond,
             target: noised.target,
-            weights: Tensor::from_slice(&weights).to_device(dev),
+            weights: upload(&Tensor::from_slice(&weights), dev),
             mask,
         }
+    }
+
+    /// Every input tensor of [`loss`](MicroBatch::loss), in a fixed order: what a CUDA graph of
+    /// the loss reads, and copies new micro-batches into.
+    pub fn inputs(&self) -> Vec<&Tensor> {
+        let mut inputs = vec![&self.x_t, &self.t, &self.target, &self.weights];
+        inputs.extend(&self.mask);
+        inputs.extend(self.cond.tensors());
+        inputs
+    }
+
+    /// The shape and dtype of each input: two micro-batches with the same signature can share
+    /// one captured graph.
+    pub fn signature(&self) -> Vec<(Vec<i64>, Kind)> {
+        self.inputs().iter().map(|t| (t.size(), t.kind())).collect()
     }
 
     /// The weighted loss (`diffusion.loss`) of the raw network's prediction (dropout on); with

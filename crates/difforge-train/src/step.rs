@@ -6,6 +6,7 @@
 
 use crate::ema;
 use crate::error::TrainError;
+use crate::graph_step::StepGraphs;
 use crate::loss::MicroBatch;
 use crate::parallel::{DataParallel, Shard};
 use difforge_config::TrainConfig;
@@ -97,6 +98,8 @@ pub struct Stepper {
     pub ema_params: FlatBuffer,
     /// Per-phase timing (`difforge bench --profile`); None in training.
     pub phases: Option<PhaseTimes>,
+    /// The CUDA graph of the forward and backward pass (`train.cuda_graphs`).
+    pub graphs: StepGraphs,
 }
 
 /// Where a step's data comes from: the micro-batch of each draw index, and optionally a second
@@ -147,15 +150,31 @@ impl Stepper {
                 None => None,
             };
             ph.data_s += laps.lap();
-            let mut loss = main.loss(&self.model) / t.grad_accum as f64;
-            if let Some((pb, weight)) = extra {
-                loss += pb.loss(&self.model) * (weight / t.grad_accum as f64);
-            }
-            if inject_nan {
-                loss *= f64::NAN;
-            }
-            ph.forward_s += laps.lap();
-            loss.backward();
+            let accum = t.grad_accum as f64;
+            // The graph covers the plain case: one loss, nothing injected.
+            let graphed = match (&extra, inject_nan) {
+                (None, false) => self.graphs.forward_backward(&self.model, &mut self.opt, main, accum, micro == 0),
+                _ => Err(main),
+            };
+            let loss = match graphed {
+                Ok(loss) => {
+                    // Forward and backward are one launch: the lap counts as forward.
+                    ph.forward_s += laps.lap();
+                    loss
+                }
+                Err(main) => {
+                    let mut loss = main.loss(&self.model) / accum;
+                    if let Some((pb, weight)) = extra {
+                        loss += pb.loss(&self.model) * (weight / accum);
+                    }
+                    if inject_nan {
+                        loss *= f64::NAN;
+                    }
+                    ph.forward_s += laps.lap();
+                    loss.backward();
+                    loss
+                }
+            };
             loss_sum += loss.double_value(&[]);
             ph.backward_s += laps.lap();
         }

@@ -11,6 +11,7 @@
 
 use crate::data::TrainBatches;
 use crate::error::TrainError;
+use crate::graph_step::StepGraphs;
 use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
 use crate::parallel::{self, DataParallel, Shard};
@@ -448,9 +449,10 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         None => None,
     };
     let previews = Previews::new(&cfg, &model)?;
+    let graphs = StepGraphs::for_run(&cfg, device);
     let mut tr = Trainer {
         previews,
-        stepper: Stepper { model, opt, ema_params, phases: None },
+        stepper: Stepper { model, opt, ema_params, phases: None, graphs },
         prior,
         batches,
         validator,

@@ -384,6 +384,10 @@ pub struct SamplerArgs {
     /// DDIM eta.
     #[arg(long)]
     pub eta: Option<f64>,
+    /// CUDA only: replay the network's forward pass from a CUDA graph after the first step
+    /// (sample.cuda_graphs; elsewhere a warning and eager sampling).
+    #[arg(long)]
+    pub cuda_graphs: bool,
 }
 
 #[derive(Args, Clone)]

@@ -8,6 +8,7 @@ use super::components::{Networks, Part};
 use super::lora_file::{self, LoraFormat, LoraReport};
 use super::scheduler::{SchedulerConfig, Scheduling};
 use crate::error::ModelError;
+use crate::graphed_denoiser::GraphedDenoiser;
 use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig, TrajectoryStep};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::sd::presets::SdPreset;
@@ -280,8 +281,13 @@ impl StableDiffusion {
             null: Some(null),
             noise: req.noise,
         };
-        let denoiser = UNetDenoiser { unet: &self.unet };
-        Ok(sample(&denoiser, &request, observer))
+        let plain = UNetDenoiser { unet: &self.unet };
+        let graphed = if req.sampler.cuda_graphs { GraphedDenoiser::new(UNetDenoiser { unet: &self.unet }, self.device) } else { None };
+        let denoiser: &dyn Denoiser = match &graphed {
+            Some(g) => g,
+            None => &plain,
+        };
+        Ok(sample(denoiser, &request, observer))
     }
 
     /// Latents to images in [-1, 1], one at a time so that memory holds one decoded image.

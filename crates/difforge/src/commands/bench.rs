@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Feed the network channels_last (NHWC) images (train.channels_last).
     #[arg(long)]
     pub channels_last: bool,
+    /// CUDA only: replay the training step's forward and backward pass and the sampling
+    /// step's forward pass from CUDA graphs (train.cuda_graphs, sample.cuda_graphs).
+    #[arg(long)]
+    pub cuda_graphs: bool,
     /// libtorch CPU threads; 0 = one per core (default: the config's train.threads).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -108,6 +112,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         cfg.train.precision = p;
     }
     cfg.train.channels_last |= args.channels_last;
+    cfg.train.cuda_graphs |= args.cuda_graphs;
+    cfg.sample.cuda_graphs |= args.cuda_graphs;
     if let Some(d) = &args.device {
         difforge_config::DeviceChoice::parse("--device", d)?;
         cfg.train.device = d.clone();
@@ -133,6 +139,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let report = bench(&cfg, &opts).map_err(|e| match e {
         difforge_train::TrainError::Config(c) if args.device.is_some() && c.key == "train.device" => c.with_key("--device").into(),
+        difforge_train::TrainError::Config(c) if args.cuda_graphs && c.key == "train.cuda_graphs" => c.with_key("--cuda-graphs").into(),
         other => anyhow::Error::from(other),
     })?;
     if args.json {

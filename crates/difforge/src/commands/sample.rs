@@ -69,6 +69,7 @@ pub fn sampler_config(args: &SamplerArgs, cfg: &RunConfig) -> Result<SamplerConf
     if let Some(r) = args.guidance_rescale {
         sampler.guidance_rescale = r;
     }
+    sampler.cuda_graphs |= args.cuda_graphs;
     sampler.validate(cfg.diffusion.timesteps).map_err(|e| e.rename_key(sampler_flag))?;
     Ok(sampler)
 }

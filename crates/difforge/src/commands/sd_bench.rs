@@ -66,7 +66,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let build_s = start.elapsed().as_secs_f64();
     sd.check_size(width, height).map_err(|e| anyhow::anyhow!("{e}"))?;
     let unet_forward_s = tch::no_grad(|| time_unet(&sd, batch, args.warmup.min(1), args.steps))?;
-    let phases = tch::no_grad(|| time_generation(&sd, steps, width, height))?;
+    let phases = tch::no_grad(|| time_generation(&sd, steps, width, height, args.cuda_graphs))?;
     let report = SdBenchReport {
         model: args.model.clone(),
         device: format!("{device:?}"),
@@ -132,14 +132,14 @@ struct Phases {
 }
 
 /// Seconds of one guided generation from random prompt ids, by phase.
-fn time_generation(sd: &StableDiffusion, steps: usize, width: i64, height: i64) -> anyhow::Result<Phases> {
+fn time_generation(sd: &StableDiffusion, steps: usize, width: i64, height: i64, cuda_graphs: bool) -> anyhow::Result<Phases> {
     let ids = |seed: i64| {
         tch::manual_seed(seed);
         Tensor::randint_low(0, 49406, [1, 77], (Kind::Int64, sd.device()))
     };
     let count = sd.text_encoders.len();
     let prompt_ids = PromptIds { prompt: (0..count).map(|_| ids(1)).collect(), negative: (0..count).map(|_| ids(2)).collect(), negative_empty: vec![false] };
-    let sampler = SamplerConfig { steps, guidance: 7.5, ..sd.scheduling.sampler.clone() };
+    let sampler = SamplerConfig { steps, guidance: 7.5, cuda_graphs, ..sd.scheduling.sampler.clone() };
     let noise = NoiseSource::new(vec![0], sd.latent_shape(width, height), sd.device());
     let req = TextToImage { ids: &prompt_ids, width, height, sampler: &sampler, noise: &noise, clip_skip: 0 };
     let start = Instant::now();

@@ -173,6 +173,7 @@ fn sampler_config(args: &SamplerArgs, sd: &StableDiffusion) -> Result<SamplerCon
     s.guidance = args.guidance.unwrap_or(s.guidance);
     s.eta = args.eta.unwrap_or(s.eta);
     s.guidance_rescale = args.guidance_rescale.unwrap_or(s.guidance_rescale);
+    s.cuda_graphs |= args.cuda_graphs;
     if args.guidance_interval.is_some() {
         return Err(ConfigError::new("--guidance-interval", "(given)", "nothing: text-to-image guides at every step"));
     }

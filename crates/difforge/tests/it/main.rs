@@ -9,6 +9,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod convert;
+mod cuda_graphs;
 mod data_check;
 mod data_shard;
 mod distributed;
