@@ -163,13 +163,7 @@ impl Stepper {
                     loss
                 }
                 Err(main) => {
-                    let mut loss = main.loss(&self.model) / accum;
-                    if let Some((pb, weight)) = extra {
-                        loss += pb.loss(&self.model) * (weight / accum);
-                    }
-                    if inject_nan {
-                        loss *= f64::NAN;
-                    }
+                    let loss = eager_loss(&self.model, &main, extra.as_ref(), accum, inject_nan);
                     ph.forward_s += laps.lap();
                     loss.backward();
                     loss
@@ -198,4 +192,17 @@ impl Stepper {
         }
         Ok(StepOutcome { loss: loss_sum, grad_norm, lr, applied })
     }
+}
+
+/// The loss of a micro-batch computed eagerly (forward only): its own, plus the prior batch's
+/// at its weight, divided by the micro-batches per step; NaN when a fault is injected.
+fn eager_loss(model: &DiffusionModel, main: &MicroBatch, prior: Option<&(MicroBatch, f64)>, accum: f64, inject_nan: bool) -> tch::Tensor {
+    let mut loss = main.loss(model) / accum;
+    if let Some((pb, weight)) = prior {
+        loss += pb.loss(model) * (weight / accum);
+    }
+    if inject_nan {
+        loss *= f64::NAN;
+    }
+    loss
 }
