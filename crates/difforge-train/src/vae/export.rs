@@ -38,11 +38,18 @@ pub fn network_config(cfg: &VaeRunConfig, scaling_factor: f64) -> AutoencoderKlC
     }
 }
 
-/// Mean and standard deviation of the posterior means over the training images.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Mean and standard deviation of the posterior means over the training images, overall and
+/// per latent channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatentStats {
     pub mean: f64,
     pub std: f64,
+    /// Per latent channel: the mean of the posterior means.
+    #[serde(default)]
+    pub channel_mean: Vec<f64>,
+    /// Per latent channel: their standard deviation.
+    #[serde(default)]
+    pub channel_std: Vec<f64>,
     pub images: usize,
 }
 
@@ -62,16 +69,26 @@ impl LatentStats {
 pub fn latent_stats(vae: &AutoencoderKl, batches: impl Iterator<Item = Tensor>) -> Result<LatentStats, TrainError> {
     let _guard = tch::no_grad_guard();
     let (mut sum, mut sq, mut count, mut images) = (0.0, 0.0, 0.0, 0);
+    let (mut ch_sum, mut ch_sq) = (Vec::new(), Vec::new());
     for x in batches {
         let mean = vae.encode(&x)?.mean.to_kind(Kind::Double);
         sum += mean.sum(Kind::Double).double_value(&[]);
         sq += mean.square().sum(Kind::Double).double_value(&[]);
         count += mean.numel() as f64;
         images += x.size()[0] as usize;
+        let per_channel = |t: &Tensor| Vec::<f64>::try_from(t.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Double)).unwrap_or_default();
+        let (s, q) = (per_channel(&mean), per_channel(&mean.square()));
+        ch_sum.resize(s.len(), 0.0);
+        ch_sq.resize(q.len(), 0.0);
+        ch_sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        ch_sq.iter_mut().zip(&q).for_each(|(a, b)| *a += b);
     }
     let m = sum / count.max(1.0);
     let var = (sq / count.max(1.0) - m * m).max(0.0);
-    Ok(LatentStats { mean: m, std: var.sqrt(), images })
+    let per_channel_count = count / ch_sum.len().max(1) as f64;
+    let channel_mean: Vec<f64> = ch_sum.iter().map(|s| s / per_channel_count.max(1.0)).collect();
+    let channel_std = ch_sq.iter().zip(&channel_mean).map(|(q, m)| (q / per_channel_count.max(1.0) - m * m).max(0.0).sqrt()).collect();
+    Ok(LatentStats { mean: m, std: var.sqrt(), channel_mean, channel_std, images })
 }
 
 /// Writes `dir` as a diffusers `AutoencoderKL` folder (config.json and the weights, whose

@@ -7,8 +7,15 @@
 //! the posterior mean on held-out images) runs every `train.val_every` steps, keeps the best
 //! weights and drives early stopping; non-finite steps are skipped. At the end the best (or last)
 //! weights are exported as a diffusers `vae/` folder with the scaling factor measured on the
-//! training latents.
+//! training latents, and the summary reports the latents' statistics (overall and per channel)
+//! and FD-EffNet of the validation reconstructions against the validation images.
+//!
+//! Optional loss terms (both off by default, when a run is exactly what it was without them): a
+//! perceptual distance on a frozen EfficientNet-Lite0 (`vae.perceptual_weight`) and a patch
+//! discriminator from `vae.discriminator_start` on (`vae.discriminator_weight`), whose weights
+//! and optimiser state are checkpointed with the VAE's, so that `--resume` stays exact.
 
+pub mod discriminator;
 pub mod export;
 pub mod objective;
 mod state;
@@ -26,8 +33,9 @@ use difforge_model::device::{self, DeviceSettings};
 use difforge_model::model::sorted_variables;
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
 use difforge_nn::{AdamW, AdamWConfig};
+use discriminator::{discriminator_hinge, PatchDiscriminator};
 use export::LatentStats;
-use objective::{MetricSums, ReconstructionMetrics};
+use objective::{ExtraTerms, MetricSums, Perceptual, ReconstructionMetrics};
 use serde::Serialize;
 use state::{VaeBest, VaeState};
 use std::path::{Path, PathBuf};
@@ -39,6 +47,10 @@ use tch::{Device, Tensor};
 
 /// The VAE weights in a checkpoint folder.
 pub const VAE_FILE: &str = "vae.safetensors";
+/// The discriminator's weights and optimiser state in a checkpoint folder (with
+/// `vae.discriminator_weight` > 0 only).
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+pub const DISCRIMINATOR_OPTIMIZER_FILE: &str = "discriminator-optimizer.safetensors";
 /// The exported diffusers folder inside the run folder.
 pub const EXPORT_DIR: &str = "vae";
 /// Images shown in the reconstruction grid.
@@ -74,6 +86,10 @@ pub struct VaeSummary {
     pub best: Option<VaeBest>,
     pub latents: LatentStats,
     pub scaling_factor: f64,
+    /// Frechet distance of EfficientNet-Lite0 features (at 224 x 224, as `difforge eval`) of the
+    /// validation reconstructions (posterior means) to those of the validation images; absent
+    /// without validation images or without the weights.
+    pub fd_effnet: Option<f64>,
     /// Latents are this many times smaller than images per side.
     pub downscale: u32,
     pub exported: PathBuf,
@@ -122,6 +138,10 @@ pub fn train_vae(cfg: VaeRunConfig, opts: VaeTrainOptions) -> Result<VaeSummary,
         (false, true) => Use::Overwrite,
         (false, false) => Use::New,
     };
+    // The perceptual term's weights must be there before anything is written.
+    if cfg.vae.perceptual_weight > 0.0 {
+        objective::perceptual_weights(&cfg.vae)?;
+    }
     let folder = RunFolder::open(&opts.out_dir, how)?;
     let run_dir = folder.path().to_path_buf();
     let device = device::prepare(&DeviceSettings::of_run(&cfg.train))?;
@@ -141,21 +161,58 @@ pub fn train_vae(cfg: VaeRunConfig, opts: VaeTrainOptions) -> Result<VaeSummary,
         tracing::info!("resuming from {} (step {})", dir.display(), st.step);
     }
     let t = &cfg.train;
-    let mut opt = AdamW::new(sorted_variables(&vs), AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay })?;
+    let adamw = AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay };
+    let mut opt = AdamW::new(sorted_variables(&vs), adamw)?;
     if let Some((dir, st)) = &resume_from {
         let named = checkpoint::read_tensors(dir, OPTIMIZER_FILE, device)?;
         opt.load_state(&named, st.optimizer_steps).map_err(|e| difforge_model::ModelError::checkpoint(dir.join(OPTIMIZER_FILE), e))?;
     }
+    let perceptual = if cfg.vae.perceptual_weight > 0.0 { Some(Perceptual::load(&cfg.vae, device)?) } else { None };
+    let disc = if cfg.vae.discriminator_weight > 0.0 { Some(Discriminator::new(&cfg, device, adamw, resume_from.as_ref())?) } else { None };
+    let mut opts_all = Optimisers { vae: opt, disc };
     let started = Instant::now();
     let first_step = state.step;
     let stopped_because = {
-        let mut run = Run { cfg: &cfg, run_dir: &run_dir, vae: &vae, vs: &vs, device, logs: Logs::open(&run_dir, state.step)? };
-        run.train(&mut opt, &mut state, &data, &opts.stop)?
+        let mut run =
+            Run { cfg: &cfg, run_dir: &run_dir, vae: &vae, vs: &vs, perceptual: perceptual.as_ref(), device, logs: Logs::open(&run_dir, state.step)? };
+        run.train(&mut opts_all, &mut state, &data, &opts.stop)?
     };
     let trained_images = (state.step - first_step) * t.batch_size as u64;
     let images_per_s = trained_images as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let finished = Finished { state, stopped_because, images_per_s };
     finish(&cfg, &run_dir, &vae, &mut vs, &data, finished)
+}
+
+/// The patch discriminator with its variables and optimiser.
+struct Discriminator {
+    net: PatchDiscriminator,
+    vs: VarStore,
+    opt: AdamW,
+}
+
+impl Discriminator {
+    /// A new discriminator (its own seed, after the VAE's, so the VAE's initialisation does not
+    /// change), or the one of the checkpoint resumed from.
+    fn new(cfg: &VaeRunConfig, device: Device, adamw: AdamWConfig, resume_from: Option<&(PathBuf, VaeState)>) -> Result<Discriminator, TrainError> {
+        tch::manual_seed((derive_seed(cfg.seed, Stream::Init, 1) >> 1) as i64);
+        let mut vs = VarStore::new(device);
+        let net = PatchDiscriminator::new(&vs.root(), cfg.data.channels as i64);
+        if let Some((dir, _)) = resume_from {
+            difforge_nn::weights::load(&mut vs, &dir.join(DISCRIMINATOR_FILE))?;
+        }
+        let mut opt = AdamW::new(sorted_variables(&vs), adamw)?;
+        if let Some((dir, st)) = resume_from {
+            let named = checkpoint::read_tensors(dir, DISCRIMINATOR_OPTIMIZER_FILE, device)?;
+            opt.load_state(&named, st.discriminator_steps).map_err(|e| difforge_model::ModelError::checkpoint(dir.join(DISCRIMINATOR_OPTIMIZER_FILE), e))?;
+        }
+        Ok(Discriminator { net, vs, opt })
+    }
+}
+
+/// The VAE's optimiser and the discriminator (with its own), when there is one.
+struct Optimisers {
+    vae: AdamW,
+    disc: Option<Discriminator>,
 }
 
 /// The newest complete checkpoint of the run in `run_dir`, after checking that `cfg` only
@@ -253,6 +310,10 @@ struct StepDone {
     grad_norm: f64,
     /// False when the step was skipped (non-finite loss or gradient).
     applied: bool,
+    perceptual: Option<f64>,
+    adversarial: Option<f64>,
+    /// The discriminator's hinge loss, and whether its update was applied.
+    discriminator: Option<(f64, bool)>,
 }
 
 #[derive(Serialize)]
@@ -264,6 +325,15 @@ struct StepRecord {
     lr: f64,
     grad_norm: f64,
     elapsed_s: f64,
+    /// The unweighted perceptual distance (with `vae.perceptual_weight` > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    perceptual: Option<f64>,
+    /// The generator's unweighted hinge term (from `vae.discriminator_start` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adversarial: Option<f64>,
+    /// The discriminator's hinge loss (from `vae.discriminator_start` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discriminator: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -280,13 +350,14 @@ struct Run<'a> {
     run_dir: &'a Path,
     vae: &'a AutoencoderKl,
     vs: &'a VarStore,
+    perceptual: Option<&'a Perceptual>,
     device: Device,
     logs: Logs,
 }
 
 impl Run<'_> {
     /// Steps until `train.steps`, early stopping or a stop request; returns why it stopped.
-    fn train(&mut self, opt: &mut AdamW, state: &mut VaeState, data: &VaeData, stop: &AtomicBool) -> Result<String, TrainError> {
+    fn train(&mut self, opt: &mut Optimisers, state: &mut VaeState, data: &VaeData, stop: &AtomicBool) -> Result<String, TrainError> {
         let t = &self.cfg.train;
         let mut loader = data.train.clone();
         let mut bad_in_a_row = 0u32;
@@ -298,6 +369,9 @@ impl Run<'_> {
             let done = self.step(opt, &mut loader, step, lr)?;
             state.step += 1;
             state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
+            if let Some((_, true)) = done.discriminator {
+                state.discriminator_steps += 1;
+            }
             if done.applied {
                 state.optimizer_steps += 1;
                 state.last_loss = done.loss;
@@ -321,9 +395,19 @@ impl Run<'_> {
                     lr,
                     grad_norm: done.grad_norm,
                     elapsed_s: state.elapsed_s,
+                    perceptual: done.perceptual,
+                    adversarial: done.adversarial,
+                    discriminator: done.discriminator.map(|(l, _)| l),
                 };
                 Logs::write(&mut self.logs.metrics, &record)?;
-                tracing::info!("step {} loss {:.5} (reconstruction {:.5}, kl {:.3}) lr {lr:.2e}", state.step, done.loss, done.reconstruction, done.kl);
+                let mut extra = String::new();
+                if let Some(p) = done.perceptual {
+                    extra += &format!(", perceptual {p:.4}");
+                }
+                if let (Some(g), Some((d, _))) = (done.adversarial, done.discriminator) {
+                    extra += &format!(", generator {g:.4}, discriminator {d:.4}");
+                }
+                tracing::info!("step {} loss {:.5} (reconstruction {:.5}, kl {:.3}{extra}) lr {lr:.2e}", state.step, done.loss, done.reconstruction, done.kl);
             }
             let mut early_stop = false;
             if let Some(val) = data.val.as_ref().filter(|_| t.val_every > 0 && state.step.is_multiple_of(t.val_every)) {
@@ -342,26 +426,49 @@ impl Run<'_> {
         Ok("reached train.steps".into())
     }
 
-    /// One optimiser step.
-    fn step(&self, opt: &mut AdamW, loader: &mut Loader, step: u64, lr: f64) -> Result<StepDone, TrainError> {
+    /// One optimiser step (and, from `vae.discriminator_start` on, one of the discriminator on
+    /// the same reconstructions).
+    fn step(&self, opts: &mut Optimisers, loader: &mut Loader, step: u64, lr: f64) -> Result<StepDone, TrainError> {
         let t = &self.cfg.train;
+        let v = &self.cfg.vae;
+        let adversarial_on = step >= v.discriminator_start;
+        let disc = opts.disc.as_ref().filter(|_| adversarial_on).map(|d| &d.net);
+        let opt = &mut opts.vae;
         opt.zero_grad();
         let (mut reconstruction, mut kl) = (0.0, 0.0);
+        let (mut perceptual, mut adversarial) = (None::<f64>, None::<f64>);
+        let mut fakes = Vec::new();
+        let scale = 1.0 / t.grad_accum as f64;
         for micro in 0..t.grad_accum as u64 {
             let draw = step * t.grad_accum as u64 + micro;
             let batch = loader.train_batch(draw, t.batch_size);
             let x = pixels(&batch, self.device);
-            let f = self.cfg.vae.downscale() as i64;
-            let shape = [batch.size as i64, self.cfg.vae.latent_channels, batch.height as i64 / f, batch.width as i64 / f];
+            let f = v.downscale() as i64;
+            let shape = [batch.size as i64, v.latent_channels, batch.height as i64 / f, batch.width as i64 / f];
             let noise = gaussian(self.cfg.seed, Stream::Noise, draw, shape.iter().product::<i64>() as usize);
             let noise = Tensor::from_slice(&noise).view(shape).to_device(self.device);
-            let terms = objective::training_loss(self.vae, &self.cfg.vae, &x, &noise)?;
-            let scale = 1.0 / t.grad_accum as f64;
+            let extra = ExtraTerms { perceptual: self.perceptual, discriminator: disc };
+            let terms = objective::training_loss(self.vae, v, &x, &noise, extra)?;
             (terms.total * scale).backward();
             reconstruction += terms.reconstruction * scale;
             kl += terms.kl * scale;
+            if let Some(p) = terms.perceptual {
+                perceptual = Some(perceptual.unwrap_or(0.0) + p * scale);
+            }
+            if let Some(g) = terms.adversarial {
+                adversarial = Some(adversarial.unwrap_or(0.0) + g * scale);
+            }
+            if disc.is_some() {
+                fakes.push((x, terms.output));
+            }
         }
-        let loss = reconstruction + self.cfg.vae.kl_weight * kl;
+        let mut loss = reconstruction + v.kl_weight * kl;
+        if let Some(p) = perceptual {
+            loss += v.perceptual_weight * p;
+        }
+        if let Some(g) = adversarial {
+            loss += v.discriminator_weight * g;
+        }
         let grad_norm = opt.grad_norm();
         let applied = loss.is_finite() && grad_norm.is_finite();
         if applied {
@@ -370,11 +477,32 @@ impl Run<'_> {
             }
             opt.step(lr)?;
         }
-        Ok(StepDone { loss, reconstruction, kl, grad_norm, applied })
+        // The discriminator learns on the reconstructions the VAE was just trained on (its
+        // gradients from the generator's term above are discarded first).
+        let mut discriminator = None;
+        if let Some(d) = opts.disc.as_mut().filter(|_| adversarial_on) {
+            d.opt.zero_grad();
+            let mut d_loss = 0.0;
+            for (real, fake) in &fakes {
+                let l = discriminator_hinge(&d.net.forward(real), &d.net.forward(fake)) * scale;
+                l.backward();
+                d_loss += l.double_value(&[]);
+            }
+            let d_norm = d.opt.grad_norm();
+            let d_applied = d_loss.is_finite() && d_norm.is_finite();
+            if d_applied {
+                if t.grad_clip > 0.0 && d_norm > t.grad_clip {
+                    d.opt.scale_grads(t.grad_clip / (d_norm + 1e-6));
+                }
+                d.opt.step(lr)?;
+            }
+            discriminator = Some((d_loss, d_applied));
+        }
+        Ok(StepDone { loss, reconstruction, kl, grad_norm, applied, perceptual, adversarial, discriminator })
     }
 
     /// Validates, keeps the best checkpoint; returns true when early stopping should stop.
-    fn validate(&mut self, opt: &AdamW, state: &mut VaeState, val: &Batch) -> Result<bool, TrainError> {
+    fn validate(&mut self, opt: &Optimisers, state: &mut VaeState, val: &Batch) -> Result<bool, TrainError> {
         let t = &self.cfg.train;
         let metrics = measure(self.cfg, self.vae, val)?;
         let improved = state.best.as_ref().is_none_or(|b| metrics.loss < b.val_loss - t.early_stop_min_delta);
@@ -398,23 +526,25 @@ impl Run<'_> {
         Ok(patience > 0 && state.validations_without_improvement >= patience && state.step >= t.early_stop_min_steps)
     }
 
-    fn checkpoint(&self, opt: &AdamW, state: &VaeState) -> Result<PathBuf, TrainError> {
+    fn checkpoint(&self, opt: &Optimisers, state: &VaeState) -> Result<PathBuf, TrainError> {
         let dir = self.write_checkpoint(opt, state, &checkpoint::step_dir_name(state.step))?;
         checkpoint::prune(&self.run_dir.join("checkpoints"), self.cfg.train.keep_checkpoints)?;
         Ok(dir)
     }
 
-    fn write_checkpoint(&self, opt: &AdamW, state: &VaeState, name: &str) -> Result<PathBuf, TrainError> {
+    fn write_checkpoint(&self, opt: &Optimisers, state: &VaeState, name: &str) -> Result<PathBuf, TrainError> {
         let to_cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> { v.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect() };
         let weights = to_cpu(sorted_variables(self.vs));
-        let optimizer = to_cpu(opt.state());
+        let optimizer = to_cpu(opt.vae.state());
+        let disc = opt.disc.as_ref().map(|d| (to_cpu(sorted_variables(&d.vs)), to_cpu(d.opt.state())));
         let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Other(e.to_string()))?;
-        let files = [
-            CheckpointFile::Tensors(VAE_FILE, &weights),
-            CheckpointFile::Tensors(OPTIMIZER_FILE, &optimizer),
-            CheckpointFile::Bytes(STATE_FILE, state_json),
-            CheckpointFile::Bytes(CONFIG_FILE, self.cfg.to_toml().into_bytes()),
-        ];
+        let mut files = vec![CheckpointFile::Tensors(VAE_FILE, &weights), CheckpointFile::Tensors(OPTIMIZER_FILE, &optimizer)];
+        if let Some((weights, optimizer)) = &disc {
+            files.push(CheckpointFile::Tensors(DISCRIMINATOR_FILE, weights));
+            files.push(CheckpointFile::Tensors(DISCRIMINATOR_OPTIMIZER_FILE, optimizer));
+        }
+        files.push(CheckpointFile::Bytes(STATE_FILE, state_json));
+        files.push(CheckpointFile::Bytes(CONFIG_FILE, self.cfg.to_toml().into_bytes()));
         Ok(checkpoint::write_checkpoint_folder(&self.run_dir.join("checkpoints").join(name), &files, state.step)?)
     }
 }
@@ -462,6 +592,15 @@ fn finish(cfg: &VaeRunConfig, run_dir: &Path, vae: &AutoencoderKl, vs: &mut VarS
         }
         None => (None, None),
     };
+    let fd_effnet = data.val.as_ref().and_then(|val| fd_effnet(cfg, vae, val));
+    tracing::info!(
+        "latents: mean {:.4}, std {:.4} (per channel: means {}, stds {}) -> scaling factor {scaling_factor:.5}{}",
+        latents.mean,
+        latents.std,
+        list(&latents.channel_mean),
+        list(&latents.channel_std),
+        fd_effnet.map_or(String::new(), |fd| format!("; FD-EffNet of the validation reconstructions {fd:.4}")),
+    );
     let summary = VaeSummary {
         run_dir: run_dir.to_path_buf(),
         final_step: state.step,
@@ -473,6 +612,7 @@ fn finish(cfg: &VaeRunConfig, run_dir: &Path, vae: &AutoencoderKl, vs: &mut VarS
         best: state.best,
         latents,
         scaling_factor,
+        fd_effnet,
         downscale: cfg.vae.downscale(),
         exported,
         reconstructions,
@@ -488,4 +628,63 @@ fn finish(cfg: &VaeRunConfig, run_dir: &Path, vae: &AutoencoderKl, vs: &mut VarS
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?;
     difforge_core::write_atomic(&path, &json).map_err(|e| TrainError::io(&path, e))?;
     Ok(summary)
+}
+
+fn list(values: &[f64]) -> String {
+    let parts: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// FD-EffNet of the reconstructions (posterior means, clamped to [-1, 1]) of `val` against
+/// `val`, with difforge-eval's feature network and Frechet distance (as `difforge eval`); None,
+/// with a warning, when it cannot be computed (no weights, fewer than 2 images).
+fn fd_effnet(cfg: &VaeRunConfig, vae: &AutoencoderKl, val: &Batch) -> Option<f64> {
+    let compute = || -> Result<f64, String> {
+        let path = objective::perceptual_weights(&cfg.vae).map_err(|e| e.to_string())?;
+        let net = difforge_eval::features::FeatureNet::efficientnet(Some(&path), vae.device()).map_err(|e| e.to_string())?;
+        let x = pixels(val, vae.device());
+        let recon = reconstruct(vae, &x, cfg.train.batch_size).map_err(|e| e.to_string())?;
+        let batch = cfg.train.batch_size.max(1);
+        let real = net.extract(&x, batch, |_| {}).map_err(|e| e.to_string())?;
+        let fake = net.extract(&recon, batch, |_| {}).map_err(|e| e.to_string())?;
+        let fit = |f: &Tensor| difforge_eval::metrics::Gaussian::fit(f).map_err(|e| e.to_string());
+        difforge_eval::metrics::frechet_distance(&fit(&fake)?, &fit(&real)?).map_err(|e| e.to_string())
+    };
+    compute().map_err(|e| tracing::warn!("FD-EffNet of the validation reconstructions not computed: {e}")).ok()
+}
+
+/// Writes the reconstructions (posterior means, decoded by the exported `vae/` folder) of the
+/// first `count` validation images of the finished VAE run in `run_dir` (its config's split) to
+/// `out` as `recon-NNNNN.png`, with the original's caption beside each as `recon-NNNNN.txt`:
+/// what `difforge data judge` reads (tools/judge_vae_reconstructions.sh). Returns how many.
+pub fn write_validation_reconstructions(run_dir: &Path, out: &Path, count: usize) -> Result<usize, TrainError> {
+    let mut cfg = VaeRunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
+    cfg.train.val_images = count;
+    cfg.train.val_every = cfg.train.val_every.max(1);
+    let data = load_data(&cfg)?;
+    let Some(val) = data.val else {
+        return Err(ConfigError::new("data.val_fraction", cfg.data.val_fraction, "a fraction that leaves validation images").into());
+    };
+    let vae = AutoencoderKl::load(&run_dir.join(EXPORT_DIR), Device::Cpu)?;
+    let x = pixels(&val, Device::Cpu);
+    let recon = reconstruct(&vae, &x, cfg.train.batch_size)?;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let paths = difforge_model::images::save_each(&recon, out, "recon-").map_err(|e| TrainError::io(out, e))?;
+    for (path, caption) in paths.iter().zip(&val.captions) {
+        if let Some(caption) = caption {
+            let txt = path.with_extension("txt");
+            std::fs::write(&txt, caption).map_err(|e| TrainError::io(&txt, e))?;
+        }
+    }
+    Ok(paths.len())
+}
+
+/// The decoded posterior means of `x`, clamped to [-1, 1], `batch` images at a time.
+fn reconstruct(vae: &AutoencoderKl, x: &Tensor, batch: usize) -> Result<Tensor, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let mut parts = Vec::new();
+    for chunk in x.split(batch.max(1) as i64, 0) {
+        parts.push(vae.decode(&vae.encode(&chunk)?.mean)?.clamp(-1.0, 1.0));
+    }
+    Ok(Tensor::cat(&parts, 0))
 }

@@ -21,6 +21,14 @@ pub struct VaeState {
     pub best: Option<VaeBest>,
     /// Validations since the best one.
     pub validations_without_improvement: u32,
+    /// Discriminator updates applied (only written when `vae.discriminator_weight` > 0, so a
+    /// run without the discriminator writes the state it always did).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub discriminator_steps: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The best validation: its step, reconstruction loss, PSNR (dB) and SSIM.

@@ -1,8 +1,9 @@
-//! `difforge vae train`: the first stage of a text-to-image model trained from scratch.
+//! `difforge vae train`: the first stage of a text-to-image model trained from scratch; `difforge
+//! vae reconstruct`: what a trained one keeps of its validation images.
 
 use difforge_config::VaeRunConfig;
 use difforge_core::ConfigError;
-use difforge_train::vae::{train_vae, VaeSummary, VaeTrainOptions};
+use difforge_train::vae::{train_vae, write_validation_reconstructions, VaeSummary, VaeTrainOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -10,6 +11,23 @@ pub enum VaeCommand {
     /// Train an AutoencoderKL on a dataset ([data], [train] and [vae] of --config) and export it
     /// as a diffusers `vae/` folder with its scaling factor.
     Train(VaeTrainArgs),
+    /// Write the reconstructions (posterior means, through the exported vae/ folder) of a
+    /// finished run's validation images as PNG files, each with its original's caption beside
+    /// it: what `difforge data judge` reads to tell what survives the VAE.
+    Reconstruct(VaeReconstructArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VaeReconstructArgs {
+    /// A finished `difforge vae train` run folder (it has vae/ and config.toml).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The folder to write recon-NNNNN.png (and .txt) into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// At most this many validation images, in the run's split order.
+    #[arg(long, default_value_t = 200)]
+    pub n: usize,
 }
 
 #[derive(clap::Args)]
@@ -37,6 +55,7 @@ pub struct VaeTrainArgs {
 pub fn run(command: VaeCommand) -> anyhow::Result<()> {
     match command {
         VaeCommand::Train(args) => train(args),
+        VaeCommand::Reconstruct(args) => reconstruct(args),
     }
 }
 
@@ -69,6 +88,18 @@ fn train(args: VaeTrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn reconstruct(args: VaeReconstructArgs) -> anyhow::Result<()> {
+    if !args.run.join("vae/config.json").is_file() {
+        return Err(ConfigError::new("--run", args.run.display(), "a finished VAE run folder (it has no vae/config.json)").into());
+    }
+    if args.n == 0 {
+        return Err(ConfigError::new("--n", 0, "at least 1").into());
+    }
+    let written = write_validation_reconstructions(&args.run, &args.out, args.n)?;
+    println!("{written} reconstructions in {}", args.out.display());
+    Ok(())
+}
+
 pub(crate) fn print_summary(s: &VaeSummary) {
     println!("{}: step {}/{}, {}", s.run_dir.display(), s.final_step, s.steps_planned, s.stopped_because);
     println!("  loss (last step)               {:.5}", s.final_loss);
@@ -81,6 +112,9 @@ pub(crate) fn print_summary(s: &VaeSummary) {
         println!("  best validation                step {} (loss {:.5})", b.step, b.val_loss);
     }
     println!("  latents                        mean {:.4}, std {:.4} -> scaling_factor {:.5}", s.latents.mean, s.latents.std, s.scaling_factor);
+    if let Some(fd) = s.fd_effnet {
+        println!("  FD-EffNet (reconstructions)    {fd:.2}");
+    }
     println!("  diffusers VAE                  {}", s.exported.display());
     if let Some(r) = &s.reconstructions {
         println!("  reconstructions                {}", r.display());

@@ -72,6 +72,16 @@ fn vae_training_learns_and_exports_a_diffusers_vae_with_its_scaling_factor() {
     assert!(mean.allclose(&get("latents"), 1e-5, 1e-6, false), "the exported VAE encodes differently");
     let grid = image::open(run.join("reconstructions.png")).unwrap();
     assert_eq!(grid.height(), 2 * 16 + 3 * 2, "originals above reconstructions");
+
+    // `vae reconstruct` writes what `data judge` reads: one image per validation image asked for.
+    let recon = dir.path().join("recon");
+    let out = difforge().args(["vae", "reconstruct", "--run"]).arg(&run).arg("--out").arg(&recon).args(["--n", "5"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pngs = std::fs::read_dir(&recon).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png")).count();
+    assert_eq!(pngs, 5);
+    assert_eq!(image::open(recon.join("recon-00000.png")).unwrap().width(), 16);
+    let out = difforge().args(["vae", "reconstruct", "--run"]).arg(dir.path()).arg("--out").arg(&recon).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--run"), "a folder without vae/ must be refused by flag");
 }
 
 /// Kills a run once it has checkpointed step 10 and logged step 12, then resumes it.
@@ -97,6 +107,69 @@ fn vae_training_resumes_bit_identically_after_sigkill() {
         text.lines().map(String::from).collect()
     };
     assert_eq!(records(&whole), records(&killed), "validation records differ");
+}
+
+/// The perceptual and adversarial terms (discriminator from step 2), on a shorter run.
+const WITH_EXTRA_TERMS: &str = "perceptual_weight = 0.5\nperceptual_size = 32\ndiscriminator_weight = 0.1\ndiscriminator_start = 2\n";
+
+#[test]
+fn vae_training_with_perceptual_and_discriminator_terms_resumes_bit_identically_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), WITH_EXTRA_TERMS);
+    let text = std::fs::read_to_string(&config).unwrap().replace("steps = 40\n", "steps = 20\n");
+    std::fs::write(&config, text).unwrap();
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    let summary = vae_train(&config, &whole);
+    kill_and_resume(&config, &killed);
+    for file in [
+        "vae/diffusion_pytorch_model.safetensors",
+        "checkpoints/step-00000020/optimizer.safetensors",
+        "checkpoints/step-00000020/discriminator.safetensors",
+        "checkpoints/step-00000020/discriminator-optimizer.safetensors",
+        "checkpoints/best/vae.safetensors",
+    ] {
+        assert!(read(&whole.join(file)) == read(&killed.join(file)), "{file} differs after the resume");
+    }
+    let lines = |run: &Path, name: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(run.join(name)).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(lines(&whole, "validation.jsonl"), lines(&killed, "validation.jsonl"), "validation records differ");
+    // The terms are in the loss: the perceptual one from the start, the adversarial ones from step 2.
+    let metrics = lines(&whole, "metrics.jsonl");
+    assert!(metrics[0]["perceptual"].as_f64().is_some_and(|p| p > 0.0), "{}", metrics[0]);
+    assert!(metrics[0].get("discriminator").is_none() && metrics[1].get("discriminator").is_none(), "the discriminator started before step 2");
+    assert!(metrics[2]["discriminator"].as_f64().is_some() && metrics[2]["adversarial"].as_f64().is_some(), "{}", metrics[2]);
+    for run in [&whole, &killed] {
+        let state: serde_json::Value = serde_json::from_slice(&read(&run.join("checkpoints/step-00000020/state.json"))).unwrap();
+        assert_eq!(state["discriminator_steps"], 18, "discriminator updates in steps 2..20");
+    }
+    // The report: FD-EffNet of the reconstructions and per-channel latent statistics.
+    assert!(summary["fd_effnet"].as_f64().is_some_and(|fd| fd.is_finite() && fd > 0.0), "{}", summary["fd_effnet"]);
+    assert_eq!(summary["latents"]["channel_std"].as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn bad_vae_loss_keys_are_refused_before_a_run_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = write_config(dir.path(), "");
+    for (set, key, says) in [
+        ("vae.perceptual_weight=-0.5", "vae.perceptual_weight", "0 <= perceptual_weight <= 100"),
+        ("vae.discriminator_weight=20.0", "vae.discriminator_weight", "0 <= discriminator_weight <= 10"),
+        ("vae.perceptual_stages=9", "vae.perceptual_stages", "1..=7"),
+    ] {
+        let out = difforge().args(["vae", "train", "--config"]).arg(&config).args(["--set", set, "--out"]).arg(&run).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key) && err.contains(says), "{set}: {err}");
+    }
+    // A missing weights file is named with its key before anything is written.
+    let missing = dir.path().join("no-such-effnet.pth");
+    let config = write_config(dir.path(), &format!("perceptual_weight = 0.5\nperceptual_weights_path = \"{}\"\n", missing.display()));
+    let out = difforge().args(["vae", "train", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("vae.perceptual_weights_path") && err.contains("no-such-effnet.pth"), "{err}");
+    assert!(!run.exists(), "a refused config wrote a run folder");
 }
 
 #[test]
