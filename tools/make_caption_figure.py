@@ -40,21 +40,30 @@ def main():
     if len(samples) < len(prompts) * args.per_prompt:
         raise SystemExit(f"{args.samples}: {len(samples)} PNG files for {len(prompts)} prompts x {args.per_prompt}")
     size = Image.open(samples[0]).width
-    side = size * SCALE
-    rows = 1 + args.per_prompt
-    grid = Image.new("RGB", (len(prompts) * (side + PAD) + PAD, rows * (side + PAD) + PAD), (40, 40, 40))
+    columns = []
     for x, prompt in enumerate(prompts):
         real = by_caption.get(prompt)
         # The real image at the model's resolution, as training saw it.
         column = [flatten(Image.open(real)).resize((size, size), Image.BOX) if real else None]
         column += [Image.open(samples[args.per_prompt * x + k]).convert("RGB") for k in range(args.per_prompt)]
-        for y, im in enumerate(column):
-            if im is not None:
-                grid.paste(im.resize((side, side), Image.NEAREST), (PAD + x * (side + PAD), PAD + y * (side + PAD)))
+        columns.append(column)
+    grid = grid_of(columns, size * SCALE)
     grid.save(args.out, optimize=True)
     print(f"{args.out}: {len(prompts)} prompts")
     for j, p in enumerate(prompts):
         print(f"  {j + 1}. {p}{'' if by_caption.get(p) else ' (no image with this exact caption)'}")
+
+
+def grid_of(columns, side: int) -> Image.Image:
+    """Columns of images (None: left empty), each scaled to side x side without smoothing, on a
+    dark background."""
+    rows = max(len(c) for c in columns)
+    grid = Image.new("RGB", (len(columns) * (side + PAD) + PAD, rows * (side + PAD) + PAD), (40, 40, 40))
+    for x, column in enumerate(columns):
+        for y, im in enumerate(column):
+            if im is not None:
+                grid.paste(im.resize((side, side), Image.NEAREST), (PAD + x * (side + PAD), PAD + y * (side + PAD)))
+    return grid
 
 
 def flatten(im: Image.Image) -> Image.Image:

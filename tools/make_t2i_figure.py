@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-SCALE, PAD = 4, 2
+from make_caption_figure import SCALE, grid_of
 
 
 def main():
@@ -33,12 +33,7 @@ def main():
         column = [Image.open(args.data / real).convert("RGB") if real else None]
         column += [Image.open(samples[2 * j + k]).convert("RGB") for k in range(2)]
         columns.append(column)
-    side = columns[0][1].width * SCALE
-    grid = Image.new("RGB", (len(columns) * (side + PAD) + PAD, 3 * (side + PAD) + PAD), (40, 40, 40))
-    for x, column in enumerate(columns):
-        for y, im in enumerate(column):
-            if im is not None:
-                grid.paste(im.resize((side, side), Image.NEAREST), (PAD + x * (side + PAD), PAD + y * (side + PAD)))
+    grid = grid_of(columns, columns[0][1].width * SCALE)
     grid.save(args.out, optimize=True)
     print(f"{args.out}: {len(columns)} prompts")
     for j, p in enumerate(prompts):
