@@ -551,12 +551,13 @@ impl Run<'_> {
 
 /// Reconstruction metrics of the posterior means of `val`, in batches of `train.batch_size`.
 fn measure(cfg: &VaeRunConfig, vae: &AutoencoderKl, val: &Batch) -> Result<ReconstructionMetrics, TrainError> {
-    let _guard = tch::no_grad_guard();
     let x = pixels(val, vae.device());
+    let batch = cfg.train.batch_size.max(1) as i64;
+    let out = decoded_means(vae, &x, cfg.train.batch_size)?;
     let mut sums = MetricSums::default();
-    for chunk in x.split(cfg.train.batch_size as i64, 0) {
-        let out = vae.decode(&vae.encode(&chunk)?.mean)?;
-        sums.add(cfg.vae.reconstruction_loss, &out, &chunk);
+    // Added batch by batch, as the sums were always formed.
+    for (out, chunk) in out.split(batch, 0).iter().zip(x.split(batch, 0).iter()) {
+        sums.add(cfg.vae.reconstruction_loss, out, chunk);
     }
     Ok(sums.mean())
 }
@@ -681,10 +682,15 @@ pub fn write_validation_reconstructions(run_dir: &Path, out: &Path, count: usize
 
 /// The decoded posterior means of `x`, clamped to [-1, 1], `batch` images at a time.
 fn reconstruct(vae: &AutoencoderKl, x: &Tensor, batch: usize) -> Result<Tensor, TrainError> {
+    Ok(decoded_means(vae, x, batch)?.clamp(-1.0, 1.0))
+}
+
+/// The decoded posterior means of `x` (not clamped), `batch` images at a time.
+fn decoded_means(vae: &AutoencoderKl, x: &Tensor, batch: usize) -> Result<Tensor, TrainError> {
     let _guard = tch::no_grad_guard();
     let mut parts = Vec::new();
     for chunk in x.split(batch.max(1) as i64, 0) {
-        parts.push(vae.decode(&vae.encode(&chunk)?.mean)?.clamp(-1.0, 1.0));
+        parts.push(vae.decode(&vae.encode(&chunk)?.mean)?);
     }
     Ok(Tensor::cat(&parts, 0))
 }
