@@ -25,14 +25,15 @@ pub const SEEN_PROMPTS_FILE: &str = "prompts-seen.txt";
 pub const WITHHELD_PROMPTS_FILE: &str = "prompts-withheld.txt";
 pub const GENERATOR: &str = "difforge shapes";
 /// Bumped whenever the same settings would draw different pixels or captions.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Image sides accepted. Below 24 pixels a small shape spans about five pixels, and once blurred
 /// its kind is a guess, for a model as for the judge.
 pub const SIZES: std::ops::RangeInclusive<usize> = 24..=256;
 pub const MAX_IMAGES: usize = 1_000_000;
 /// How far a shape's centre may move from its position's anchor, as a fraction of the image side.
-const CENTRE_JITTER: f64 = 0.02;
+/// With the largest half-extent (0.23) and the edge anchors (0.25) it keeps a shape inside.
+const CENTRE_JITTER: f64 = 0.01;
 /// Evaluation prompts per seen combo and per withheld combo.
 const SEEN_PROMPTS_PER_COMBO: usize = 4;
 const WITHHELD_PROMPTS_PER_COMBO: usize = 12;
