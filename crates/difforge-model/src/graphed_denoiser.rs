@@ -14,7 +14,7 @@
 use difforge_diffusion::Denoiser;
 use difforge_native::CudaGraph;
 use difforge_nn::Conditioning;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use tch::{Device, Kind, Tensor};
 
 /// Input shapes captured per call, at most: a sampling run meets one or two.
@@ -58,14 +58,14 @@ pub struct GraphedDenoiser<D: Denoiser> {
     device: usize,
     graphs: RefCell<Vec<Captured>>,
     /// Set when a capture failed or disagreed: eager from then on.
-    off: RefCell<bool>,
+    off: Cell<bool>,
 }
 
 impl<D: Denoiser> GraphedDenoiser<D> {
     /// Graphs over `inner` on `device`; None (with a warning) when the device is not CUDA.
     pub fn new(inner: D, device: Device) -> Option<GraphedDenoiser<D>> {
         match device {
-            Device::Cuda(n) => Some(GraphedDenoiser { inner, device: n, graphs: RefCell::new(Vec::new()), off: RefCell::new(false) }),
+            Device::Cuda(n) => Some(GraphedDenoiser { inner, device: n, graphs: RefCell::new(Vec::new()), off: Cell::new(false) }),
             other => {
                 tracing::warn!("sample.cuda_graphs: sampling on {other:?}, not a CUDA device; running eagerly");
                 None
@@ -99,7 +99,7 @@ impl<D: Denoiser> GraphedDenoiser<D> {
 
 impl<D: Denoiser> Denoiser for GraphedDenoiser<D> {
     fn predict(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Tensor {
-        if *self.off.borrow() {
+        if self.off.get() {
             return self.inner.predict(x, t, cond);
         }
         if let Some(g) = self.graphs.borrow().iter().find(|g| g.fits(x, t, cond)) {
@@ -107,7 +107,7 @@ impl<D: Denoiser> Denoiser for GraphedDenoiser<D> {
                 Ok(out) => return out,
                 Err(e) => tracing::warn!("sample.cuda_graphs: a replay failed ({e}); running eagerly"),
             }
-            *self.off.borrow_mut() = true;
+            self.off.set(true);
             return self.inner.predict(x, t, cond);
         }
         if self.graphs.borrow().len() >= MAX_GRAPHS {
@@ -120,7 +120,7 @@ impl<D: Denoiser> Denoiser for GraphedDenoiser<D> {
             }
             Err(e) => {
                 tracing::warn!("sample.cuda_graphs: {e}; running eagerly");
-                *self.off.borrow_mut() = true;
+                self.off.set(true);
                 self.inner.predict(x, t, cond)
             }
         }
