@@ -25,8 +25,8 @@
 set -euo pipefail
 BIN=${BIN:-target/release/difforge}
 RUNS=${RUNS:-runs}
-BASE_STEPS=${BASE_STEPS:-2000}
-VAE_STEPS=${VAE_STEPS:-800}
+BASE_STEPS=${BASE_STEPS:-4000} # the steps of configs/shapes-t2i.toml
+VAE_STEPS=${VAE_STEPS:-1600} # the steps of configs/shapes-vae.toml
 FT_STEPS=${FT_STEPS:-400}
 REPLAY=${REPLAY:-1}
 FROZEN=${FROZEN:-1}
