@@ -27,7 +27,7 @@ pub const GENERATOR: &str = "difforge shapes";
 /// Bumped whenever the same settings would draw different pixels or captions.
 pub const VERSION: u32 = 2;
 
-/// Image sides accepted. Below 24 pixels a small shape spans about five pixels, and once blurred
+/// Image sides accepted. Below 24 pixels a small shape spans under seven pixels, and once blurred
 /// its kind is a guess, for a model as for the judge.
 pub const SIZES: std::ops::RangeInclusive<usize> = 24..=256;
 pub const MAX_IMAGES: usize = 1_000_000;
