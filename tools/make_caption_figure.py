@@ -35,21 +35,27 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     prompts = [p for p in args.prompts.read_text().splitlines() if p.strip()]
-    by_caption = captions(args.data)
-    samples = sorted(args.samples.glob("*.png"))
-    if len(samples) < len(prompts) * args.per_prompt:
-        raise SystemExit(f"{args.samples}: {len(samples)} PNG files for {len(prompts)} prompts x {args.per_prompt}")
+    figure(args.data, prompts, args.samples, args.per_prompt, args.out)
+
+
+def figure(data: Path, prompts, samples_dir: Path, per_prompt: int, out: Path):
+    """Writes the figure of `prompts` to `out`: per prompt, the image of `data` captioned exactly
+    so (if any) above the `per_prompt` samples of it in `samples_dir`."""
+    by_caption = captions(data)
+    samples = sorted(samples_dir.glob("*.png"))
+    if len(samples) < len(prompts) * per_prompt:
+        raise SystemExit(f"{samples_dir}: {len(samples)} PNG files for {len(prompts)} prompts x {per_prompt}")
     size = Image.open(samples[0]).width
     columns = []
     for x, prompt in enumerate(prompts):
         real = by_caption.get(prompt)
         # The real image at the model's resolution, as training saw it.
         column = [flatten(Image.open(real)).resize((size, size), Image.BOX) if real else None]
-        column += [Image.open(samples[args.per_prompt * x + k]).convert("RGB") for k in range(args.per_prompt)]
+        column += [Image.open(samples[per_prompt * x + k]).convert("RGB") for k in range(per_prompt)]
         columns.append(column)
     grid = grid_of(columns, size * SCALE)
-    grid.save(args.out, optimize=True)
-    print(f"{args.out}: {len(prompts)} prompts")
+    grid.save(out, optimize=True)
+    print(f"{out}: {len(prompts)} prompts")
     for j, p in enumerate(prompts):
         print(f"  {j + 1}. {p}{'' if by_caption.get(p) else ' (no image with this exact caption)'}")
 
