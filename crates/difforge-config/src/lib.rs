@@ -10,6 +10,7 @@ pub mod new_sd_model;
 pub mod overrides;
 pub mod run;
 pub mod stable_diffusion;
+pub mod suggest;
 pub mod train;
 pub mod vae;
 
@@ -18,8 +19,8 @@ pub use difforge_core::ConfigError;
 pub use finetune::FinetuneConfig;
 pub use model::{ModelConfig, ModelFamily};
 pub use new_sd_model::{NewSdModel, NewTokenizer};
-pub use overrides::{apply_set, deep_merge};
-pub use run::{RunConfig, DEFAULT_CONFIG};
+pub use overrides::{apply_set, deep_merge, fill_missing, GivenOverDefault};
+pub use run::{no_model_defaults, FindDefaults, ModelDefaults, RunConfig, DEFAULT_CONFIG};
 pub use stable_diffusion::StableDiffusionConfig;
 pub use train::{eval_metric, CpuKernels, DistBackend, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};
 pub use vae::{ReconstructionLoss, VaeConfig, VaeRunConfig};

@@ -41,6 +41,36 @@ pub fn deep_merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// A key a config gave where `fill_missing` had a default of its own, with both values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GivenOverDefault {
+    /// The dotted key, e.g. `sample.spacing`.
+    pub key: String,
+    pub given: toml::Value,
+    pub default: toml::Value,
+}
+
+/// Copies into `table` the keys of `defaults` (one level of sections, e.g. `[sample]`) that
+/// `table` lacks; returns the keys `table` gives with another value than the default's. A
+/// section that `table` has as a plain value is left alone, for the config's reader to refuse.
+pub fn fill_missing(table: &mut toml::Table, defaults: toml::Table) -> Vec<GivenOverDefault> {
+    let mut differing = Vec::new();
+    for (section, keys) in defaults {
+        let toml::Value::Table(keys) = keys else { continue };
+        let Some(given) = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut() else { continue };
+        for (key, default) in keys {
+            match given.get(&key) {
+                None => {
+                    given.insert(key, default);
+                }
+                Some(value) if *value != default => differing.push(GivenOverDefault { key: format!("{section}.{key}"), given: value.clone(), default }),
+                Some(_) => {}
+            }
+        }
+    }
+    differing
+}
+
 /// One `--grid key=v1,v2,...`: commas inside brackets or quotes do not split.
 pub fn parse_grid(spec: &str) -> Result<(String, Vec<String>), ConfigError> {
     let (key, values) = spec.split_once('=').ok_or_else(|| ConfigError::new("--grid", spec, "key=v1,v2,... e.g. train.lr=1e-3,3e-4"))?;
@@ -77,6 +107,16 @@ pub fn combinations(grid: &[(String, Vec<String>)]) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_fill_only_what_a_config_leaves_out() {
+        let mut table: toml::Table = "[sample]\nsteps = 30\nspacing = \"trailing\"\n".parse().unwrap();
+        let defaults: toml::Table = "[sample]\nsteps = 30\nspacing = \"leading\"\nsteps_offset = 1\n[diffusion]\nbeta_end = 0.012\n".parse().unwrap();
+        let differing = fill_missing(&mut table, defaults);
+        let expected: toml::Table = "[sample]\nsteps = 30\nspacing = \"trailing\"\nsteps_offset = 1\n[diffusion]\nbeta_end = 0.012\n".parse().unwrap();
+        assert_eq!(table, expected);
+        assert_eq!(differing, vec![GivenOverDefault { key: "sample.spacing".into(), given: "trailing".into(), default: "leading".into() }]);
+    }
     #[test]
     fn grid_values_split_outside_brackets() {
         let (k, v) = parse_grid("model.channel_mult=[1,2],[1,2,2]").unwrap();

@@ -3,7 +3,7 @@
 
 use crate::finetune::FinetuneConfig;
 use crate::model::ModelConfig;
-use crate::overrides::apply_set;
+use crate::overrides::{apply_set, fill_missing, GivenOverDefault};
 use crate::train::TrainConfig;
 use difforge_core::ConfigError;
 use difforge_data::DataConfig;
@@ -15,6 +15,27 @@ use std::path::Path;
 
 /// The built-in default: the digits demo.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/digits.toml");
+
+/// What a run's model says its config holds where the config is silent (a Stable Diffusion
+/// base's scheduler gives `[diffusion]` and `[sample]`): the sections to fill, and where they come
+/// from. Reading them needs the model's files, which this crate does not read: the loaders of
+/// users' configs (difforge-model's `run_defaults`) pass a function that does.
+pub struct ModelDefaults {
+    /// Sections with the keys the model sets, e.g. `{ sample = { spacing = "leading" } }`.
+    pub sections: toml::Table,
+    /// Called with the keys the config gives otherwise (after `--set`), to warn or refuse.
+    pub check_given: fn(&[GivenOverDefault], &str) -> Result<(), ConfigError>,
+    /// Where the defaults come from, for messages: e.g. "the base's scheduler (PATH)".
+    pub source: String,
+}
+
+/// Finds the model's defaults for a run's `[model]` settings (None: it has none).
+pub type FindDefaults<'a> = &'a dyn Fn(&ModelConfig) -> Result<Option<ModelDefaults>, ConfigError>;
+
+/// For configs that take nothing from their model: built-in defaults, saved run configs.
+pub fn no_model_defaults(_: &ModelConfig) -> Result<Option<ModelDefaults>, ConfigError> {
+    Ok(None)
+}
 
 /// The whole run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -40,6 +61,11 @@ impl RunConfig {
     /// Reads a config (the built-in default when `path` is None), applies `--set` overrides,
     /// resolves derived fields and validates.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<RunConfig, ConfigError> {
+        RunConfig::load_with(path, sets, &no_model_defaults)
+    }
+
+    /// [`RunConfig::load`], filling what the config leaves out from its model (`defaults`).
+    pub fn load_with(path: Option<&Path>, sets: &[String], defaults: FindDefaults) -> Result<RunConfig, ConfigError> {
         let (text, origin) = match path {
             Some(p) => (
                 std::fs::read_to_string(p).map_err(|e| ConfigError::new("--config", p.display(), format!("a readable TOML file ({e})")))?,
@@ -47,28 +73,44 @@ impl RunConfig {
             ),
             None => (DEFAULT_CONFIG.to_string(), "the built-in digits config".to_string()),
         };
-        RunConfig::from_toml(&text, sets, &origin)
+        RunConfig::from_toml_with(&text, sets, &origin, defaults)
     }
 
     /// Parses TOML text, applies `--set` overrides, resolves and validates. Errors carry
     /// `origin` (a file name or a description).
     pub fn from_toml(text: &str, sets: &[String], origin: &str) -> Result<RunConfig, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::problem("", e.message().trim().to_string()).with_origin(origin))?;
+        RunConfig::from_toml_with(text, sets, origin, &no_model_defaults)
+    }
+
+    /// [`RunConfig::from_toml`], filling what the config leaves out from its model (`defaults`).
+    /// An error is blamed on the `--set` that gave its key, else on `origin`, and an unknown key
+    /// gets a "did you mean".
+    pub fn from_toml_with(text: &str, sets: &[String], origin: &str, defaults: FindDefaults) -> Result<RunConfig, ConfigError> {
+        RunConfig::parse(text, sets, defaults).map_err(|e| blame(with_suggestion(e), sets, origin))
+    }
+
+    fn parse(text: &str, sets: &[String], defaults: FindDefaults) -> Result<RunConfig, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::problem("", e.message().trim().to_string()))?;
         for s in sets {
             apply_set(&mut table, s)?;
         }
         let model = match table.remove("model") {
             None => toml::Table::new(),
             Some(toml::Value::Table(t)) => t,
-            Some(other) => return Err(ConfigError::new("model", other, "a [model] section").with_origin(origin)),
+            Some(other) => return Err(ConfigError::new("model", other, "a [model] section")),
         };
+        let model = ModelConfig::from_table(model)?;
+        if let Some(d) = defaults(&model)? {
+            let differing = fill_missing(&mut table, d.sections);
+            (d.check_given)(&differing, &d.source)?;
+        }
         let mut cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::problem(if key == "." { String::new() } else { key }, e.into_inner().message().trim().to_string()).with_origin(origin)
+            ConfigError::problem(if key == "." { String::new() } else { key }, e.into_inner().message().trim().to_string())
         })?;
-        cfg.model = ModelConfig::from_table(model).map_err(|e| e.with_origin(origin))?;
+        cfg.model = model;
         cfg.resolve();
-        cfg.validate().map_err(|e| e.with_origin(origin))?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -112,6 +154,27 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
     }
+}
+
+/// The error with where its key was given: the last `--set` of that key (or of a section
+/// holding it), else `origin`.
+fn blame(err: ConfigError, sets: &[String], origin: &str) -> ConfigError {
+    let set_key = |s: &&String| s.split_once('=').map(|(k, _)| k.trim().to_string());
+    let given = sets.iter().rev().find(|s| set_key(s).is_some_and(|k| !err.key.is_empty() && (k == err.key || k.starts_with(&format!("{}.", err.key)))));
+    match given {
+        Some(s) => err.with_origin(format!("--set {s}")),
+        None => err.with_origin(origin),
+    }
+}
+
+/// An "unknown field" error with a suggestion: another tool's name for the key, or a near miss.
+fn with_suggestion(mut err: ConfigError) -> ConfigError {
+    let Some(field) = err.expected.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()).map(str::to_string) else { return err };
+    let section = err.key.strip_suffix(&format!(".{field}")).or_else(|| err.key.strip_suffix(field.as_str())).unwrap_or(&err.key).to_string();
+    if let Some(hint) = crate::suggest::suggestion(&section, &field, &crate::suggest::expected_fields(&err.expected)) {
+        err.expected = format!("{}; {hint}", err.expected);
+    }
+    err
 }
 
 #[cfg(test)]
@@ -161,5 +224,19 @@ mod tests {
         // What only Stable Diffusion's adapters can do.
         assert_eq!(key("[lora]\ntext_encoder = true\n", &[]).key, "lora.text_encoder");
         assert_eq!(key("[lora]\ntargets = [\"feed_forward\"]\n", &[]).key, "lora.targets");
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_and_set_errors_name_the_set() {
+        let err = load("[train]\nlearning_rate = 1e-4\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("did you mean train.lr?"), "{err}");
+        let err = load("[train]\nstpes = 3\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("test: ") && err.contains("did you mean train.steps?"), "{err}");
+        let err = load("", &["lora.network_dim=8"]).unwrap_err().to_string();
+        assert!(err.starts_with("--set lora.network_dim=8: ") && err.contains("lora.rank"), "{err}");
+        let err = load("[train]\nsteps = 3\n", &["train.lr=-1"]).unwrap_err();
+        assert_eq!((err.key.as_str(), err.origin.as_deref()), ("train.lr", Some("--set train.lr=-1")));
+        // A key the file gives keeps the file as its origin.
+        assert_eq!(load("[train]\nlr = -1\n", &["train.steps=4"]).unwrap_err().origin.as_deref(), Some("test"));
     }
 }

@@ -12,10 +12,18 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StableDiffusionConfig {
-    /// The diffusers folder the run starts from (`model_index.json`, `unet/`, `vae/`,
-    /// `text_encoder/`, `tokenizer/`, `scheduler/`). Empty with `[model.new]`.
+    /// The model the run starts from: a diffusers folder (`model_index.json`, `unet/`, `vae/`,
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`), or a single .safetensors/.ckpt file (SD 1.x,
+    /// 2.x, XL; converted once into a diffusers folder in difforge's cache). Empty with
+    /// `[model.new]`.
     #[serde(default, skip_serializing_if = "is_empty")]
     pub base: PathBuf,
+    /// With a single-file `base` (.safetensors or .ckpt): a diffusers folder of its architecture
+    /// whose configs, tokenizers and scheduler go with its weights. Absent: the published
+    /// architecture the file's keys show (SD 1.x, 2.x, XL), CLIP's built-in tokenizer and SD's
+    /// DDIM schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_config: Option<PathBuf>,
     /// A new model instead of `base`: the VAE trained first (or given), then a fresh UNet and text
     /// encoder of these sizes (see `NewSdModel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +63,11 @@ fn is_empty(path: &std::path::Path) -> bool {
     path.as_os_str().is_empty()
 }
 
+/// A single-file checkpoint's name (.safetensors or .ckpt), as opposed to a diffusers folder.
+pub fn is_single_file(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors") || e.eq_ignore_ascii_case("ckpt"))
+}
+
 impl StableDiffusionConfig {
     pub fn resolve(&mut self, data: &DataConfig) {
         if self.image_size == 0 {
@@ -78,6 +91,9 @@ impl StableDiffusionConfig {
                 }
             }
             (None, false) => {}
+        }
+        if let Some(dir) = self.base_config.as_ref().filter(|_| !is_single_file(&self.base)) {
+            return Err(ConfigError::new("model.base_config", dir.display(), "absent unless model.base is a single .safetensors or .ckpt file"));
         }
         if data.channels != 3 {
             return Err(ConfigError::new("data.channels", data.channels, "3: Stable Diffusion's VAE takes RGB images"));

@@ -1,6 +1,7 @@
 //! The `[diffusion]` and `[sample]` sections.
 
 use crate::loss::{Loss, LossKind};
+use crate::noise::StartNoise;
 use crate::prediction::Prediction;
 use crate::sampler::SamplerKind;
 use crate::schedule::ScheduleKind;
@@ -174,6 +175,11 @@ pub struct SamplerConfig {
     /// elsewhere, or when the capture fails, sampling runs eagerly with a warning).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cuda_graphs: bool,
+    /// Where the starting noise comes from: "portable" (difforge's own per-image generator) or
+    /// "torch" (per image `torch.Generator("cpu").manual_seed(seed)`, as diffusers and kohya
+    /// draw it: the seed gives their image). Runs on a Stable Diffusion base default to "torch".
+    #[serde(skip_serializing_if = "StartNoise::is_portable")]
+    pub noise: StartNoise,
 }
 
 impl Default for SamplerConfig {
@@ -190,6 +196,7 @@ impl Default for SamplerConfig {
             set_alpha_to_one: true,
             clip_x0: true,
             cuda_graphs: false,
+            noise: StartNoise::Portable,
         }
     }
 }

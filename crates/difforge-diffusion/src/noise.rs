@@ -16,12 +16,21 @@ pub fn gaussian(seed: u64, stream: Stream, index: u64, count: usize) -> Vec<f32>
 
 difforge_core::choice! {
     /// Where the starting noise comes from.
+    #[derive(Default)]
     pub enum StartNoise {
         /// difforge's portable per-image generator.
+        #[default]
         Portable = "portable",
         /// libtorch's CPU generator, per image `manual_seed(seed)` then `randn` (diffusers with one
         /// `torch.Generator("cpu")` per image). The steps' fresh noise stays portable.
         Torch = "torch",
+    }
+}
+
+impl StartNoise {
+    /// The default, left out of saved configs so that they read as before the choice existed.
+    pub fn is_portable(&self) -> bool {
+        *self == StartNoise::Portable
     }
 }
 

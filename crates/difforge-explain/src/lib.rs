@@ -30,8 +30,10 @@ impl Subject<'_> {
         self.model.latent_shape()
     }
 
+    /// The starting noise `generate` gives the same seeds (the sampler's `noise` source), so an
+    /// explained image is the one `difforge sample` makes.
     pub fn noise(&self) -> NoiseSource {
-        NoiseSource::new(self.seeds.clone(), self.shape(), self.model.device())
+        NoiseSource::new(self.seeds.clone(), self.shape(), self.model.device()).with_start(self.sampler.noise)
     }
 
     /// The sampling request for this subject (with `condition` instead of the subject's own when

@@ -71,7 +71,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
             // A negative is encoded as a condition; an unconditional one is the family's null.
             null = Some(model.encode(negatives)?.0);
         }
-        let noise = NoiseSource::new(seeds, shape, model.device());
+        let noise = NoiseSource::new(seeds, shape, model.device()).with_start(spec.sampler.noise);
         let req = SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: &sampler, cond, null, noise: &noise };
         let latents = sample(denoiser, &req, None).narrow(0, 0, real as i64);
         parts.push(model.codec().decode(&latents).clamp(-1.0, 1.0).to_device(Device::Cpu));

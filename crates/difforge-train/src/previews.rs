@@ -127,6 +127,8 @@ impl Previews {
             };
             let images = generate(model, &spec)?;
             save_grid(&images, preview_columns(model.family().condition_kind(), per_class), &path).map_err(|e| TrainError::io(&path, e))?;
+            // The seeds, so that `difforge sample` (or diffusers, with torch's noise) can redraw an image.
+            tracing::info!("step {step}: previews {} (row r, image c: seed {first_seed} + r x {per_class} + c)", path.display());
             return Ok(path);
         };
         // One grid per image size (in the order sizes first appear), a row per prompt line.

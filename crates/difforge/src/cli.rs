@@ -18,6 +18,13 @@ pub enum Command {
         json: bool,
     },
     /// Train a diffusion model (with no config: the embedded digits default).
+    ///
+    /// The config's `[model] family` picks what trains: "pixel-unet" (a model of its own, the
+    /// default) or "stable-diffusion" (a LoRA, DreamBooth or full fine-tune of an SD 1.x/2.x/XL
+    /// diffusers folder given as `model.base`; its schedule and sampler come from the base; start
+    /// from configs/sd15-lora.toml, or `difforge finetune --from FOLDER --data IMAGES`).
+    /// `difforge config show --config C` prints every key with its effective value; the README's
+    /// "Config reference" explains each.
     Train(TrainArgs),
     /// Generate images from a checkpoint.
     Sample(SampleArgs),
@@ -26,7 +33,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Fine-tune a trained model on a folder of images: all weights, or LoRA adapters.
+    /// Fine-tune a trained model, or a Stable Diffusion diffusers folder, on a folder of images:
+    /// all weights, or LoRA adapters.
     Finetune(FinetuneArgs),
     /// LoRA adapters.
     Lora {
@@ -102,11 +110,13 @@ pub struct TrainArgs {
 
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// The base: a checkpoint folder or a run folder (its best, else newest good checkpoint).
+    /// The base: a checkpoint folder or a run folder (its best, else newest good checkpoint), or a
+    /// Stable Diffusion diffusers folder (model_index.json, unet/, ...).
     #[arg(long)]
     pub from: PathBuf,
-    /// A folder of images (class = first-level subfolder; names matching the base's classes
-    /// keep their labels, new names become new classes).
+    /// A folder of images: for a class-conditional base, class = first-level subfolder (names
+    /// matching the base's classes keep their labels, new names become new classes); for Stable
+    /// Diffusion, captioned images (a.png + a.txt, or metadata.jsonl).
     #[arg(long)]
     pub data: PathBuf,
     /// lora (train adapters, base frozen) or full (train every weight).
@@ -179,17 +189,25 @@ pub struct ExplainArgs {
 
 #[derive(Subcommand)]
 pub enum LoraCommand {
-    /// Fold an adapter into its base's weights and write a new checkpoint folder.
+    /// Fold an adapter into its base's weights for good: a difforge run's adapter into its base
+    /// checkpoint (a new checkpoint folder), or a Stable Diffusion LoRA file (kohya's or diffusers'
+    /// layout) into a diffusers folder or single file (kohya's merge_lora.py).
     Merge {
+        /// A difforge checkpoint or run folder, or a Stable Diffusion diffusers folder or
+        /// single .safetensors/.ckpt file.
         #[arg(long)]
         base: PathBuf,
         #[arg(long)]
         lora: PathBuf,
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        /// The new checkpoint folder.
+        /// What to write (it must not exist): a checkpoint folder; for Stable Diffusion a
+        /// diffusers folder, or a single file when it ends in .safetensors.
         #[arg(long)]
         out: PathBuf,
+        /// Stable Diffusion single-file --out in float16 (default float32).
+        #[arg(long)]
+        half: bool,
     },
     /// Rewrite a Stable Diffusion LoRA file in kohya's layout (the webui, ComfyUI) or diffusers'
     /// (`load_lora_weights`, PEFT), with the same updates.
@@ -457,10 +475,11 @@ pub struct TextPromptArgs {
     /// Condition on the output of the text encoder's layer this many from the last (diffusers' clip_skip).
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
-    /// Starting noise: portable (difforge's own, the same on every device) or torch (per image
-    /// torch.Generator("cpu").manual_seed(seed), as diffusers draws it: the same seed gives the same image).
-    #[arg(long, default_value = "portable", value_parser = ["portable", "torch"])]
-    pub noise: String,
+    /// Starting noise: torch (per image torch.Generator("cpu").manual_seed(seed), as diffusers draws
+    /// it: the same seed gives the same image) or portable (difforge's own per-image generator).
+    /// Default: torch for Stable Diffusion folders and files, the run's `sample.noise` for a run.
+    #[arg(long, value_parser = ["portable", "torch"])]
+    pub noise: Option<String>,
     /// A single-file checkpoint's configs, tokenizers and scheduler: a diffusers folder of the same
     /// architecture (default: the published architecture its keys show, with CLIP's built-in tokenizer).
     #[arg(long, value_name = "DIR")]

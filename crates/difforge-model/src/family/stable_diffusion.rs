@@ -15,6 +15,7 @@ use crate::codec::Codec;
 use crate::error::ModelError;
 use crate::stable_diffusion::components::{has_second_text_encoder, Networks, Part};
 use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
+use crate::stable_diffusion::single_file_base::base_folder;
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
 use difforge_config::{RunConfig, StableDiffusionConfig};
 use difforge_core::{ConfigError, StreamRng};
@@ -46,6 +47,9 @@ enum TextSide {
 
 pub struct StableDiffusionFamily {
     config: StableDiffusionConfig,
+    /// The diffusers folder the base is read from: `config.base`, or its conversion when that is
+    /// a single file (see `single_file_base`).
+    base: PathBuf,
     unet: UNet2DConditionConfig,
     text: TextSide,
     vae: Arc<Mutex<AutoencoderKl>>,
@@ -64,7 +68,7 @@ fn base_err(base: &Path, reason: impl Into<String>) -> ModelError {
 fn frozen_text(base: &Path, config: &StableDiffusionConfig, device: Device) -> Result<TextSide, ModelError> {
     // Dropout and shuffling change captions from step to step; encoding each step's captions
     // keeps every variant exact (no text cache to go stale).
-    tracing::info!("captions are encoded by the frozen text encoder at each step{}", if config.shuffle_caption { ", after shuffling their tags" } else { "" });
+    tracing::debug!("captions are encoded by the frozen text encoder at each step{}", if config.shuffle_caption { ", after shuffling their tags" } else { "" });
     Ok(TextSide::Frozen(Mutex::new(TextEncoders::load(base, config.clip_skip, config.image_size, device)?)))
 }
 
@@ -88,13 +92,14 @@ impl StableDiffusionFamily {
     /// Loads the base's text encoder, tokenizer and VAE onto `device` and checks the run's
     /// `[diffusion]` section and image size against the base.
     pub fn load(run: &RunConfig, config: &StableDiffusionConfig, device: Device) -> Result<StableDiffusionFamily, ModelError> {
-        let base = &config.base;
-        if config.new.is_some() && base.as_os_str().is_empty() {
+        if config.new.is_some() && config.base.as_os_str().is_empty() {
             let made_by = "a base written first: `difforge train` makes a [model.new] model (VAE, then UNet and text encoder)";
             return Err(ConfigError::problem("model.new", made_by).into());
         }
+        let base = &base_folder(config)?;
         if !is_diffusers_folder(base) {
-            return Err(base_err(base, "a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)"));
+            let expected = "a diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a single .safetensors/.ckpt file";
+            return Err(base_err(base, expected));
         }
         check_schedule(base, &run.diffusion)?;
         let unet: UNet2DConditionConfig = read_config(&base.join("unet"))?;
@@ -126,7 +131,7 @@ impl StableDiffusionFamily {
             None => frozen_text(base, config, device)?,
         };
         let tokenizer = Arc::new(ClipTokenizer::load(base.join("tokenizer"))?);
-        Ok(StableDiffusionFamily { config: config.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer, size_step })
+        Ok(StableDiffusionFamily { config: config.clone(), base: base.clone(), unet, text, vae: Arc::new(Mutex::new(vae)), cache, tokenizer, size_step })
     }
 
     fn encode_texts(&self, texts: &[&str], device: Device) -> Result<Conditioning, ModelError> {
@@ -153,7 +158,7 @@ impl StableDiffusionFamily {
     /// (and text encoder's, `text_encoder.`-prefixed) (replacing what an earlier end of the same
     /// run wrote).
     fn export_folder(&self, trained: &[(String, Tensor)], out: &Path) -> Result<PathBuf, ModelError> {
-        let networks = Networks::load_diffusers(&self.config.base, Device::Cpu)?;
+        let networks = Networks::load_diffusers(&self.base, Device::Cpu)?;
         let unet_vars = networks.unet.vars.variables();
         let text_vars = networks.text_encoders[0].vars.variables();
         tch::no_grad(|| {
@@ -170,13 +175,13 @@ impl StableDiffusionFamily {
         if out.exists() {
             std::fs::remove_dir_all(out).map_err(|e| ModelError::io(out, e))?;
         }
-        networks.write_diffusers(&self.config.base, out)?;
+        networks.write_diffusers(&self.base, out)?;
         Ok(out.to_path_buf())
     }
 }
 
 /// A file's name, size and the SHA-256 of its first and last MiB.
-fn fingerprint_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn fingerprint_file(path: &Path) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     const MIB: u64 = 1 << 20;
     let mut file = std::fs::File::open(path)?;
@@ -302,11 +307,11 @@ impl Family for StableDiffusionFamily {
     /// The base's UNet weights (and text encoder's, when it trains too); the adapters keep their
     /// initialisation (up = 0: the adapted network starts as the base).
     fn init_network(&self, vs: &nn::VarStore) -> Result<(), ModelError> {
-        let dir = self.config.base.join("unet");
+        let dir = self.base.join("unet");
         let tensors = read_tensors(&weight_files(&dir, "diffusion_pytorch_model", None)?)?;
         load_strict_except(vs, &tensors, &dir, |name| is_lora_variable(name) || name.starts_with(TEXT_ENCODER_PREFIX))?;
         if let TextSide::Trained(_) = self.text {
-            let dir = self.config.base.join("text_encoder");
+            let dir = self.base.join("text_encoder");
             let mut tensors = read_tensors(&weight_files(&dir, "model", None)?)?;
             tensors.remove(POSITION_IDS);
             let prefixed = tensors.into_iter().map(|(name, t)| (format!("{TEXT_ENCODER_PREFIX}{name}"), t)).collect();
@@ -384,7 +389,7 @@ impl Family for StableDiffusionFamily {
     }
 
     fn base_folder(&self) -> Option<PathBuf> {
-        Some(self.config.base.clone())
+        Some(self.base.clone())
     }
 
     /// The UNet weight files' names and sizes and the SHA-256 of their first and last MiB: it
@@ -392,9 +397,9 @@ impl Family for StableDiffusionFamily {
     /// The text encoder's files count too when the network holds it (adapters on it, or all of
     /// it trained).
     fn base_fingerprint(&self) -> Result<Option<String>, ModelError> {
-        let mut files = weight_files(&self.config.base.join("unet"), "diffusion_pytorch_model", None)?;
+        let mut files = weight_files(&self.base.join("unet"), "diffusion_pytorch_model", None)?;
         if let TextSide::Trained(_) = self.text {
-            files.extend(weight_files(&self.config.base.join("text_encoder"), "model", None)?);
+            files.extend(weight_files(&self.base.join("text_encoder"), "model", None)?);
         }
         let mut parts = String::new();
         for file in files {
@@ -420,6 +425,7 @@ impl Family for StableDiffusionFamily {
         if !text.is_empty() {
             networks.push(NetworkAdapters { part: Part::TextEncoder, variables: &text });
         }
+        // The model as the user named it (a single file's name, not its cached conversion).
         let base = self.config.base.display().to_string();
         let export = LoraExport {
             rank: lora.rank,

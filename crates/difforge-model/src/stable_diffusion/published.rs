@@ -1,11 +1,13 @@
 //! A published diffusers folder used as it is, through the same model as a trained run (what
 //! `difforge serve` loads): the run config that describes it. Its `[diffusion]` is the folder's
 //! scheduler, its `[sample]` the scheduler's sampler with diffusers' pipeline defaults (50 steps,
-//! guidance 7.5, or 5 for SDXL), its image size the UNet's `sample_size` times the VAE's scale.
+//! guidance 7.5, or 5 for SDXL, and diffusers' starting noise), its image size the UNet's
+//! `sample_size` times the VAE's scale.
 
 use super::scheduler::SchedulerConfig;
 use crate::error::ModelError;
 use difforge_config::RunConfig;
+use difforge_diffusion::{DiffusionConfig, SamplerConfig, StartNoise};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKlConfig;
 use difforge_nn::sd::load::read_config;
 use difforge_nn::sd::unet_config::UNet2DConditionConfig;
@@ -17,8 +19,10 @@ const GUIDANCE: f64 = 7.5;
 /// diffusers' StableDiffusionXLPipeline default.
 const GUIDANCE_XL: f64 = 5.0;
 
-/// The run config of `folder` (a diffusers Stable Diffusion folder), checked as any run's is.
-pub fn run_config(folder: &Path) -> Result<RunConfig, ModelError> {
+/// The folder's `[diffusion]` (its scheduler's betas and prediction) and `[sample]` (the
+/// scheduler's sampler with diffusers' pipeline defaults, and diffusers' starting noise), from
+/// `scheduler/scheduler_config.json`.
+pub fn scheduler_settings(folder: &Path) -> Result<(DiffusionConfig, SamplerConfig), ModelError> {
     let scheduler_dir = folder.join("scheduler");
     let scheduler_file = scheduler_dir.join("scheduler_config.json");
     let scheduler = SchedulerConfig::read(&scheduler_dir)?;
@@ -26,6 +30,16 @@ pub fn run_config(folder: &Path) -> Result<RunConfig, ModelError> {
     if let Some(note) = &scheduling.substitute {
         tracing::warn!("{note}");
     }
+    let mut sample = scheduling.sampler;
+    sample.steps = STEPS;
+    sample.guidance = if folder.join("text_encoder_2").is_dir() { GUIDANCE_XL } else { GUIDANCE };
+    sample.noise = StartNoise::Torch;
+    Ok((scheduler.diffusion_config(&scheduler_file)?, sample))
+}
+
+/// The run config of `folder` (a diffusers Stable Diffusion folder), checked as any run's is.
+pub fn run_config(folder: &Path) -> Result<RunConfig, ModelError> {
+    let (diffusion, sample) = scheduler_settings(folder)?;
     let unet: UNet2DConditionConfig = read_config(&folder.join("unet"))?;
     let vae: AutoencoderKlConfig = read_config(&folder.join("vae"))?;
     let size = unet.sample_size.unwrap_or(64) * vae.downscale();
@@ -38,10 +52,7 @@ pub fn run_config(folder: &Path) -> Result<RunConfig, ModelError> {
     cfg.model = difforge_config::ModelConfig::from_table(model)?;
     cfg.data.image_size = u32::try_from(size).map_err(|_| ModelError::Other(format!("{}: image size {size} is out of range", folder.display())))?;
     cfg.data.channels = 3;
-    cfg.diffusion = scheduler.diffusion_config(&scheduler_file)?;
-    let mut sample = scheduling.sampler;
-    sample.steps = STEPS;
-    sample.guidance = if folder.join("text_encoder_2").is_dir() { GUIDANCE_XL } else { GUIDANCE };
+    cfg.diffusion = diffusion;
     cfg.sample = sample;
     cfg.resolve();
     cfg.validate()?;
@@ -65,6 +76,7 @@ mod tests {
         // tools/make_sd_fixtures.py: SD's DDIM (leading spacing, offset 1, final alpha_bar of t = 0).
         assert_eq!((s.sampler.name(), s.spacing, s.steps_offset, s.set_alpha_to_one, s.steps), ("ddim", Spacing::Leading, 1, false, 50));
         assert_eq!((s.guidance, cfg.diffusion.prediction, cfg.diffusion.beta_end), (7.5, Prediction::Epsilon, 0.012));
+        assert_eq!(s.noise, difforge_diffusion::StartNoise::Torch);
         assert!(matches!(&cfg.model, difforge_config::ModelConfig::StableDiffusion(sd) if sd.base == fixture("tiny-sd15")));
         let xl = run_config(&fixture("tiny-sdxl")).unwrap();
         assert_eq!(xl.sample.guidance, 5.0);

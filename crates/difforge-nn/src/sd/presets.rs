@@ -86,6 +86,28 @@ impl SdPreset {
     }
 }
 
+/// The `config.json` texts a preset is made of, as its diffusers folder has them (reduced to
+/// the fields difforge reads): for writing the preset out as a folder.
+pub struct PresetJson {
+    pub unet: &'static str,
+    pub vae: serde_json::Value,
+    pub text_encoders: Vec<&'static str>,
+}
+
+impl SdPreset {
+    /// This preset's config texts.
+    pub fn json(&self) -> PresetJson {
+        let (unet, text_encoders) = match self.name {
+            "sd21" => (SD21_UNET, vec![OPENCLIP_H]),
+            "sdxl" => (SDXL_UNET, vec![CLIP_L, OPENCLIP_BIGG]),
+            _ => (SD15_UNET, vec![CLIP_L]),
+        };
+        let mut vae: serde_json::Value = parse("VAE", SD_VAE);
+        vae["scaling_factor"] = serde_json::json!(self.vae.scaling_factor);
+        PresetJson { unet, vae, text_encoders }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +124,19 @@ mod tests {
         // Building them allocates gigabytes; `difforge bench --model sd15` builds one and prints
         // its parameter count beside diffusers' (tools/bench_sd.py).
         assert!(SdPreset::named("sd3").unwrap_err().to_string().contains("\"sd15\""));
+    }
+
+    #[test]
+    fn a_presets_json_reads_back_as_the_preset() {
+        for name in NAMES {
+            let preset = SdPreset::named(name).unwrap();
+            let json = preset.json();
+            let vae: AutoencoderKlConfig = serde_json::from_value(json.vae).unwrap();
+            assert_eq!(vae.scaling_factor, preset.vae.scaling_factor, "{name}");
+            let encoders: Vec<ClipTextConfig> = json.text_encoders.iter().map(|t| parse("text encoder", t)).collect();
+            assert_eq!(encoders, preset.text_encoders, "{name}");
+            let unet: UNet2DConditionConfig = parse("UNet", json.unet);
+            assert_eq!(unet.block_out_channels, preset.unet.block_out_channels, "{name}");
+        }
     }
 }

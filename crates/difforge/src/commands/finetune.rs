@@ -37,7 +37,84 @@ fn subfolders(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A published Stable Diffusion model (a diffusers folder or a single file) rather than a
+/// difforge checkpoint or run folder.
+fn is_stable_diffusion(path: &Path) -> bool {
+    difforge_model::stable_diffusion::is_diffusers_folder(path) || path.is_file()
+}
+
+/// The run config of `difforge finetune --from <SD folder>`: captioned images of `data` at the
+/// base's own size, its scheduler for `[diffusion]` and `[sample]` (filled by `run_defaults`),
+/// and kohya's usual LoRA steps (batch 1, lr 1e-4; 1e-5 for every weight), before the user's
+/// `--config` and `--set`.
+fn stable_diffusion_table(base: &Path, data: &Path, lora: bool) -> anyhow::Result<toml::Table> {
+    if !difforge_model::stable_diffusion::is_diffusers_folder(base) {
+        let hint = "a diffusers folder (convert a single file first: difforge convert --from FILE --to diffusers --config DIR --out FOLDER)";
+        return Err(ConfigError::new("--from", base.display(), hint).into());
+    }
+    let published = difforge_model::stable_diffusion::published::run_config(base)?;
+    let text = format!(
+        "[data]\nsource = \"folder\"\nimage_size = {size}\nchannels = 3\nval_fraction = 0.05\n\
+         [model]\nfamily = \"stable-diffusion\"\n\
+         [train]\nsteps = 1000\nbatch_size = 1\nlr = {lr}\nwarmup_steps = 0\ncheckpoint_every = 250\nval_every = 250\nsample_every = 250\nsample_per_class = 2\n",
+        size = published.data.image_size,
+        lr = if lora { 1e-4 } else { 1e-5 },
+    );
+    let mut table: toml::Table = text.parse()?;
+    for (key, value) in [("data.path", data.display().to_string()), ("model.base", base.display().to_string())] {
+        difforge_config::apply_set(&mut table, &format!("{key}={}", toml::Value::String(value)))?;
+    }
+    if lora {
+        table.insert("lora".into(), toml::Value::Table(Default::default()));
+    }
+    Ok(table)
+}
+
+/// `difforge finetune --from <SD folder>`: LoRA (or, with `--method full`, every UNet weight) on
+/// a folder of captioned images.
+fn finetune_stable_diffusion(args: &FinetuneArgs) -> anyhow::Result<RunConfig> {
+    let mut table = stable_diffusion_table(&args.from, &args.data, args.method == FinetuneMethod::Lora)?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("--config", path.display(), format!("a readable TOML file ({e})")))?;
+        deep_merge(&mut table, text.parse().map_err(|e: toml::de::Error| ConfigError::new("--config", path.display(), format!("TOML ({})", e.message())))?);
+    }
+    let text = toml::to_string(&table)?;
+    Ok(RunConfig::from_toml_with(&text, &args.sets, "the fine-tune config", &difforge_model::stable_diffusion::run_defaults)?)
+}
+
 pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
+    let cfg = if is_stable_diffusion(&args.from) { finetune_stable_diffusion(&args)? } else { checkpoint_finetune_config(&args)? };
+    let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune"));
+    let stop = super::stop_on_signals()?;
+    let opts = TrainOptions {
+        out_dir: out_dir.clone(),
+        resume: false,
+        overwrite: args.overwrite,
+        resume_sets: Vec::new(),
+        stop,
+        evaluator: Some(super::train::sample_evaluation()),
+    };
+    let summary = train(cfg, opts)?;
+    if args.json {
+        return super::print_json(&summary);
+    }
+    println!("{}: step {}/{}, {}", out_dir.display(), summary.final_step, summary.steps_planned, summary.stopped_because);
+    if let Some(a) = &summary.adapter {
+        let size = std::fs::metadata(a).map(|m| m.len()).unwrap_or(0);
+        println!("  adapter     {} ({size} bytes)", a.display());
+    }
+    for path in summary.exported.iter().filter(|p| Some(*p) != summary.adapter.as_ref()) {
+        println!("  exported    {}", path.display());
+    }
+    if let Some(c) = &summary.checkpoint {
+        println!("  checkpoint  {}", c.display());
+    }
+    Ok(())
+}
+
+/// The config of a fine-tune of a difforge checkpoint: the base's own config with the new data
+/// (new class folders become new classes), the user's `--config` and `--set` over it.
+fn checkpoint_finetune_config(args: &FinetuneArgs) -> anyhow::Result<RunConfig> {
     let base_dir = checkpoint::resolve(&args.from)?;
     let base = checkpoint::read_config(&base_dir)?;
     let mut table: toml::Table = base.to_toml().parse()?;
@@ -78,35 +155,18 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     }
     sets.extend(args.sets.iter().cloned());
     let text = toml::to_string(&table)?;
-    let cfg = RunConfig::from_toml(&text, &sets, "the fine-tune config")?;
-    let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/finetune"));
-    let stop = super::stop_on_signals()?;
-    let opts = TrainOptions {
-        out_dir: out_dir.clone(),
-        resume: false,
-        overwrite: args.overwrite,
-        resume_sets: Vec::new(),
-        stop,
-        evaluator: Some(super::train::sample_evaluation()),
-    };
-    let summary = train(cfg, opts)?;
-    if args.json {
-        return super::print_json(&summary);
-    }
-    println!("{}: step {}/{}, {}", out_dir.display(), summary.final_step, summary.steps_planned, summary.stopped_because);
-    if let Some(a) = &summary.adapter {
-        let size = std::fs::metadata(a).map(|m| m.len()).unwrap_or(0);
-        println!("  adapter     {} ({size} bytes)", a.display());
-    }
-    if let Some(c) = &summary.checkpoint {
-        println!("  checkpoint  {}", c.display());
-    }
-    Ok(())
+    Ok(RunConfig::from_toml(&text, &sets, "the fine-tune config")?)
 }
 
-pub fn merge(base: &Path, lora: &Path, scale: f64, out: &Path) -> anyhow::Result<()> {
+pub fn merge(base: &Path, lora: &Path, scale: f64, out: &Path, half: bool) -> anyhow::Result<()> {
     if !(scale.is_finite() && (-10.0..=10.0).contains(&scale)) {
         return Err(ConfigError::new("--scale", scale, "a number in -10..=10").into());
+    }
+    if is_stable_diffusion(base) {
+        return super::lora::merge_into_stable_diffusion(base, lora, scale, out, half);
+    }
+    if half {
+        return Err(ConfigError::problem("--half", "only for a Stable Diffusion --base written to a single .safetensors file").into());
     }
     let base_dir = checkpoint::resolve(base)?;
     let model = adapter::load_with_adapter(&base_dir, lora, 1.0, tch::Device::Cpu)?;

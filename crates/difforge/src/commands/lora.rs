@@ -1,10 +1,26 @@
 //! `difforge lora export`: a Stable Diffusion LoRA file rewritten in the other layout (kohya's
 //! `lora_unet_…` for the webui and ComfyUI, diffusers' `unet.….lora_A` for `load_lora_weights`),
-//! with the same updates; the base model resolves kohya's underscore names to modules.
+//! with the same updates; the base model resolves kohya's underscore names to modules. And
+//! `difforge lora merge` of such a file into its base.
 
 use difforge_core::ConfigError;
+use difforge_model::stable_diffusion::lora_merge::{merge_into_base, MergedLayout};
 use difforge_model::stable_diffusion::{LoraFormat, StableDiffusion};
 use std::path::Path;
+
+/// `difforge lora merge --base <SD folder or file>`: the merged model as a diffusers folder, or a
+/// single file when `out` ends in .safetensors.
+pub fn merge_into_stable_diffusion(base: &Path, lora: &Path, scale: f64, out: &Path, half: bool) -> anyhow::Result<()> {
+    let layout = MergedLayout::of(out, half)?;
+    let report = merge_into_base(base, lora, scale, out, layout)?;
+    let written = match layout {
+        MergedLayout::Folder => "a diffusers folder",
+        MergedLayout::SingleFile(tch::Kind::Half) => "a single file, float16",
+        MergedLayout::SingleFile(_) => "a single file",
+    };
+    println!("merged {report} into {} -> {} ({written})", base.display(), out.display());
+    Ok(())
+}
 
 pub fn export(base: &Path, lora: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
     let format = match format {

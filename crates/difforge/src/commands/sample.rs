@@ -1,11 +1,11 @@
 //! `difforge sample`, and the checkpoint loading and sampler overrides it shares with other
 //! commands.
 
-use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs};
+use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs, TextPromptArgs};
 use anyhow::Context;
 use difforge_config::RunConfig;
 use difforge_core::ConfigError;
-use difforge_diffusion::{SamplerConfig, SamplerKind};
+use difforge_diffusion::{SamplerConfig, SamplerKind, StartNoise};
 use difforge_model::generate::classes_in_turn;
 use difforge_model::images::{save_each, save_grid};
 use difforge_model::{checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
@@ -74,6 +74,29 @@ pub fn sampler_config(args: &SamplerArgs, cfg: &RunConfig) -> Result<SamplerConf
     Ok(sampler)
 }
 
+/// The starting noise `--noise` asks for, if given (clap has checked the name).
+pub fn start_noise(text: &TextPromptArgs) -> Option<StartNoise> {
+    text.noise.as_deref().and_then(<StartNoise as difforge_core::Choice>::parse)
+}
+
+/// The text flags only a published Stable Diffusion model takes: a run has its own (its config's
+/// `model.clip_skip`, scheduler and prediction, its training size).
+fn refuse_published_only_flags(text: &TextPromptArgs) -> Result<(), ConfigError> {
+    let given = [
+        ("--prompts", text.prompts.is_some()),
+        ("--size", text.size.is_some()),
+        ("--clip-skip", text.clip_skip != 0),
+        ("--config", text.config.is_some()),
+        ("--prediction", text.prediction.is_some()),
+    ];
+    match given.iter().find(|(_, g)| *g) {
+        Some((flag, _)) => {
+            Err(ConfigError::new(*flag, "(given)", "nothing: this checkpoint is a difforge run, which has its own (use --prompt, at its training size)"))
+        }
+        None => Ok(()),
+    }
+}
+
 /// `LO,HI` or `all`.
 fn parse_interval(s: &str) -> Result<Option<[f64; 2]>, ConfigError> {
     if s == "all" {
@@ -102,15 +125,24 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if difforge_model::stable_diffusion::is_diffusers_folder(&args.sampling.checkpoint) || args.sampling.checkpoint.is_file() {
         return super::text_to_image::run(&args);
     }
-    if args.text.prompts.is_some() || args.text.size.is_some() {
-        return Err(ConfigError::new("--prompts/--size", "(given)", "nothing: this checkpoint is a difforge run (use --prompt, at its training size)").into());
-    }
+    refuse_published_only_flags(&args.text)?;
     let n = args.n.unwrap_or(16);
     if !(1..=4096).contains(&n) {
         return Err(ConfigError::new("--n", n, "1..=4096").into());
     }
-    let (model, sampler, dir) = load(&args.sampling)?;
+    let (model, mut sampler, dir) = load(&args.sampling)?;
+    if let Some(noise) = start_noise(&args.text) {
+        sampler.noise = noise;
+    }
     let kind = model.family().condition_kind();
+    let negatives = match &args.text.negative_prompt {
+        Some(negative) => {
+            let condition = Condition::Text(negative.clone());
+            kind.check("--negative-prompt", &condition)?;
+            vec![condition; n]
+        }
+        None => Vec::new(),
+    };
     let conditions = match (args.class, &args.text.prompt) {
         (Some(c), _) => {
             kind.check("--class", &Condition::Class(c))?;
@@ -132,7 +164,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         weights: Weights::ema(!args.sampling.raw),
         max_batch: 256,
         fixed_batch: false,
-        negatives: Vec::new(),
+        negatives,
         size: None,
     };
     let images = generate(&model, &spec)?;

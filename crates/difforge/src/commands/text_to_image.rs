@@ -23,10 +23,8 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
     if !(1..=MAX_PER_PROMPT).contains(&per_prompt) {
         return Err(ConfigError::new("--n", per_prompt, format!("1..={MAX_PER_PROMPT} images per prompt")).into());
     }
-    let noise = match args.text.noise.as_str() {
-        "torch" => StartNoise::Torch,
-        _ => StartNoise::Portable,
-    };
+    // diffusers' noise unless asked otherwise: a seed gives the image it gives there.
+    let noise = super::sample::start_noise(&args.text).unwrap_or(StartNoise::Torch);
     let loras = lora_choices(&args.sampling)?;
     let device = super::sample::device(&args.sampling.device, &difforge_config::TrainConfig::default())?;
     let mut sd = load(args, device).with_context(|| format!("loading {}", dir.display()))?;
@@ -68,7 +66,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
                 height,
                 sampler: &sampler,
                 clip_skip: args.text.clip_skip,
-                noise: &args.text.noise,
+                noise: noise.name(),
                 model: dir,
                 loras: &loras,
             };

@@ -1,10 +1,13 @@
-//! Preview prompts from a file in kohya's format (the tiny SD 1.5 fixture): each line with its
-//! own seed, size, steps, guidance and negative prompt, one grid per size; previews leave the
-//! training's weights byte-identical; a bad line is refused before training, named by file
-//! and line.
+//! Previews of Stable Diffusion runs (the tiny SD 1.5 fixture). A run without a schedule or
+//! sampler in its config takes the base's, so its previews, `difforge sample` and `serve` of the
+//! run render what the base with the run's exported LoRA file renders (as diffusers does).
+//! Preview prompts from a file in kohya's format: each line with its own seed, size, steps,
+//! guidance and negative prompt, one grid per size; previews leave the training's weights
+//! byte-identical; a bad line is refused before training, named by file and line.
 
-use super::sd_finetune::{config, train, write_config, write_shapes};
+use super::sd_finetune::{base, config, train, write_config, write_shapes};
 use crate::common::difforge;
+use crate::serve::{call, start, KEY};
 use std::path::Path;
 
 fn with_prompt_file(data: &Path, file: &Path, sample_every: u64) -> String {
@@ -38,4 +41,94 @@ fn a_prompt_file_previews_each_line_with_its_settings_and_leaves_training_untouc
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("model.preview_prompt_file") && stderr.contains("prompt 2"), "{stderr}");
     assert!(!dir.path().join("bad/checkpoints").exists());
+}
+
+/// Max |a - b| over the bytes of two RGB images of the same size.
+fn max_difference(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
+}
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+/// Tile `i` of a preview grid of 32x32 images in `columns` columns (2-pixel borders).
+fn tile(grid: &image::RgbImage, columns: u32, i: u32) -> image::RgbImage {
+    let (x, y) = ((i % columns) * 34 + 2, (i / columns) * 34 + 2);
+    image::imageops::crop_imm(grid, x, y, 32, 32).to_image()
+}
+
+#[test]
+fn a_lora_runs_previews_samples_and_server_render_what_its_file_renders_on_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    write_shapes(&data);
+    // No schedule and no sampler in the config: both come from the base's scheduler.
+    let text = config(&data, 8, true).replace("schedule = \"scaled_linear\"\nbeta_start = 0.00085\nbeta_end = 0.012\nprediction = \"epsilon\"\n", "");
+    assert!(!text.contains("beta_end"));
+    let run = dir.path().join("run");
+    train(&write_config(dir.path(), "run.toml", &text), &run);
+    let saved: toml::Table = std::fs::read_to_string(run.join("config.toml")).unwrap().parse().unwrap();
+    let (diffusion, sample) = (&saved["diffusion"], &saved["sample"]);
+    assert_eq!((diffusion["schedule"].as_str(), diffusion["beta_end"].as_float()), (Some("scaled_linear"), Some(0.012)), "{diffusion}");
+    // tools/make_sd_fixtures.py: SD's DDIM, leading spacing with offset 1, final alpha of t = 0.
+    let base_sampling = (sample["sampler"].as_str(), sample["spacing"].as_str(), sample["steps_offset"].as_integer(), sample["set_alpha_to_one"].as_bool());
+    assert_eq!(base_sampling, (Some("ddim"), Some("leading"), Some(1), Some(false)), "{sample}");
+    assert_eq!((sample["noise"].as_str(), sample["steps"].as_integer(), sample["guidance"].as_float()), (Some("torch"), Some(4), Some(3.0)), "{sample}");
+
+    // The blue circle's row of the last preview grid (2 per prompt: seeds first + 2, first + 3).
+    let first = difforge_core::derive_seed(3, difforge_core::Stream::Sample, 0) >> 16;
+    let grid = rgb(&run.join("samples/step-00000008.png"));
+    let previews = [tile(&grid, 2, 2), tile(&grid, 2, 3)];
+    let seed = (first + 2).to_string();
+    let prompt = ["--prompt", "a blue circle", "--seed", seed.as_str()];
+
+    // `difforge sample` of the run.
+    let each = dir.path().join("each");
+    difforge()
+        .args(["sample", "--checkpoint"])
+        .arg(&run)
+        .args(prompt)
+        .args(["--n", "2", "--out"])
+        .arg(dir.path().join("run.png"))
+        .arg("--out-dir")
+        .arg(&each)
+        .assert()
+        .success();
+    for (k, preview) in previews.iter().enumerate() {
+        let sampled = rgb(&each.join(format!("sample-{k:05}.png")));
+        assert!(max_difference(&sampled, preview) <= 2, "sample --checkpoint RUN, image {k}: {} from the preview", max_difference(&sampled, preview));
+    }
+    // The base with the exported file in either layout, as diffusers renders it (the pipeline
+    // and LoRA parity tests of difforge-model hold these to diffusers' outputs).
+    for file in ["lora.safetensors", "pytorch_lora_weights.safetensors"] {
+        let out = dir.path().join(format!("{file}.png"));
+        let lora = run.join(file);
+        difforge()
+            .args(["sample", "--checkpoint"])
+            .arg(base())
+            .arg("--lora")
+            .arg(&lora)
+            .args(prompt)
+            .args(["--n", "2", "--steps", "4", "--guidance", "3"])
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        for (k, preview) in previews.iter().enumerate() {
+            let sampled = rgb(&dir.path().join(format!("{file}-{k:04}.png")));
+            assert!(max_difference(&sampled, preview) <= 2, "base + {file}, image {k}: {} from the preview", max_difference(&sampled, preview));
+        }
+    }
+    // The server of the run.
+    let (serve_config, keys) = (dir.path().join("serve.toml"), dir.path().join("keys.txt"));
+    std::fs::write(&serve_config, "max_batch = 2\nmax_wait_ms = 20\n").unwrap();
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let server = start(&run, &serve_config, &keys);
+    let body = format!(r#"{{"prompt": "a blue circle", "seed": {seed}}}"#);
+    let served = call("POST", &format!("{}/v1/generate", server.base), Some(KEY), Some(&body));
+    assert_eq!(served.status, 200, "{}", String::from_utf8_lossy(&served.body));
+    let served = image::load_from_memory(&served.body).unwrap().to_rgb8();
+    assert!(max_difference(&served, &previews[0]) <= 2, "serve: {} from the preview", max_difference(&served, &previews[0]));
 }
