@@ -8,6 +8,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/empty_strided.h>
 
 #include "guard.h"
 
@@ -24,6 +25,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -66,6 +68,25 @@ int dfn_normal_seeded(at::Tensor* out, uint64_t seed) {
     }
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     out->normal_(0.0, 1.0, gen);
+  });
+}
+
+// `*out` = `src` copied into page-locked host memory for the current accelerator:
+// Tensor.pin_memory() without a device. (tch's pin_memory passes one, which libtorch 2.11
+// deprecates with a warning at every call.)
+int dfn_pin_memory(at::Tensor* src, at::Tensor** out) {
+  *out = nullptr;
+  return guarded([&] { *out = new at::Tensor(src->pin_memory()); });
+}
+
+// Test support: makes `t` a meta tensor (shape and dtype, no data) in place, so that every
+// handle to it (a VarStore's variable and the layer holding it) follows, as set_data would if
+// it allowed a change of backend. Meta tensors let a CPU-only test find tensors that a forward
+// pass makes on the host: an op mixing them with meta tensors fails.
+int dfn_move_to_meta(at::Tensor* t) {
+  return guarded([&] {
+    at::Tensor meta = at::empty_strided(t->sizes(), t->strides(), t->options().device(at::kMeta));
+    t->unsafeGetTensorImpl()->shallow_copy_from(meta.getIntrusivePtr());
   });
 }
 
@@ -166,6 +187,11 @@ int dfn_graph_capture(int64_t index, int64_t warmup, int (*body)(void*), void* c
   int body_rc = 0;
   int rc = guarded([&] {
     auto device = static_cast<c10::DeviceIndex>(index);
+    // device_synchronize() waits for the *current* device: make it device `index` for the whole
+    // capture (restored on return), or a rank whose current device is another GPU would wait
+    // for the wrong one and start capturing while its own work is still queued. (The generic
+    // guard again: it reaches CUDA through c10's registered guard, like the StreamGuard below.)
+    c10::DeviceGuard device_guard(c10::Device(c10::kCUDA, device));
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, device);
     // The capture starts after all work already queued, and what follows it waits for the
     // capture: a whole-device synchronisation on each side, paid once per capture. (Stream
