@@ -19,6 +19,8 @@ extern "C" {
         eps: f64,
     ) -> c_int;
     pub fn dfn_normal_seeded(out: *mut C_tensor, seed: u64) -> c_int;
+    pub fn dfn_pin_memory(src: *mut C_tensor, out: *mut *mut C_tensor) -> c_int;
+    pub fn dfn_move_to_meta(t: *mut C_tensor) -> c_int;
     pub fn dfn_autocast_enter(cuda: c_int, enabled: c_int, prev_enabled: *mut c_int, prev_dtype: *mut c_int) -> c_int;
     pub fn dfn_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
     pub fn dfn_set_tf32(matmul: c_int, cudnn: c_int) -> c_int;

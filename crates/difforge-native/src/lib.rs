@@ -7,7 +7,9 @@
 //! - [`CudaGraph`]: capture a sequence of CUDA kernels once and replay it;
 //! - [`randn_seeded`]: noise from a private seeded CPU generator, as torch.Generator gives it;
 //! - [`dist`]: c10d process groups (Gloo, NCCL) for data-parallel training;
-//! - [`MappedFile`]: a file mapped read-only into memory (weights read tensor by tensor).
+//! - [`MappedFile`]: a file mapped read-only into memory (weights read tensor by tensor);
+//! - [`pin_memory`]: page-locked host copies for asynchronous uploads; [`move_to_meta`]: meta
+//!   tensors for the device tests.
 //!
 //! This is the one crate with `unsafe` code: each block passes tch's own tensor handles or plain
 //! numbers to a C function that catches every C++ exception, or (`MappedFile`) maps a file.
@@ -19,12 +21,14 @@ pub mod dist;
 mod ffi;
 mod graph;
 mod mapped_file;
+mod memory;
 mod optim;
 mod random;
 
 pub use autocast::{autocast_bf16, AutocastBf16};
 pub use graph::CudaGraph;
 pub use mapped_file::MappedFile;
+pub use memory::{move_to_meta, pin_memory};
 pub use optim::{fused_adamw, AdamWStep};
 pub use random::randn_seeded;
 

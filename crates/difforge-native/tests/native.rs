@@ -75,3 +75,27 @@ fn nccl_process_group_is_built_with_the_cuda_half() {
     // the CUDA half does (its run needs a GPU, which the data-parallel docs cover).
     assert_eq!(difforge_native::dist::built_with_nccl(), difforge_native::built_with_cuda());
 }
+
+#[test]
+fn pin_memory_gives_a_pinned_copy_or_a_clear_error() {
+    let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    match difforge_native::pin_memory(&t) {
+        Ok(pinned) => {
+            assert!(tch::Cuda::is_available(), "pinned memory without a GPU");
+            assert!(pinned.is_pinned(Device::Cuda(0)) && pinned.equal(&t));
+        }
+        Err(e) => assert!(!tch::Cuda::is_available(), "pinning failed with a GPU present: {e}"),
+    }
+}
+
+#[test]
+fn move_to_meta_moves_every_handle_of_the_tensor() {
+    let mut t = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+    let other_handle = t.shallow_clone();
+    difforge_native::move_to_meta(&mut t).unwrap();
+    assert_eq!(other_handle.size(), [2, 3]);
+    assert_eq!(other_handle.kind(), Kind::Float);
+    // A meta tensor mixed with a host tensor: libtorch names both devices.
+    let err = other_handle.f_add(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu))).unwrap_err().to_string();
+    assert!(err.contains("meta and cpu"), "{err}");
+}
