@@ -99,8 +99,11 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// The embedding of timesteps `t` (B,) (and SDXL's added conditioning), which every resnet adds.
-    fn embedding(&self, t: &Tensor, added: Option<&TextTimeInput>) -> Result<Tensor, NnError> {
+    /// The embedding of timesteps `t` (B,) (and SDXL's added conditioning), which every resnet
+    /// adds. Public so that the device tests can run it alone on meta tensors: it is where the
+    /// forward pass makes tensors of its own, and libtorch has no meta kernels for the
+    /// convolutions, norms and attention of the rest.
+    pub fn embedding(&self, t: &Tensor, added: Option<&TextTimeInput>) -> Result<Tensor, NnError> {
         let c0 = self.config.block_out_channels[0];
         let features = timestep_features(t, c0, self.config.flip_sin_to_cos, self.config.freq_shift);
         let emb = self.time_embedding.forward(&features);

@@ -7,6 +7,7 @@ mod efficientnet_lite;
 mod inception_parity;
 mod sd_bin;
 mod sd_clip;
+mod sd_device;
 mod sd_reference;
 mod sd_tokenizer;
 mod sd_unet;
