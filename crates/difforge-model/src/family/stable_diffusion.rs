@@ -140,7 +140,12 @@ impl StableDiffusionFamily {
                 let encoders = encoders.lock().unwrap_or_else(|p| p.into_inner());
                 Ok(Conditioning::Text(encoders.encode(texts, device)?))
             }
-            TextSide::Trained(_) => Ok(Conditioning::Tokens(self.tokenizer.encode_batch(texts)?.to_device(device))),
+            TextSide::Trained(config) => {
+                // Checked here, on the host, because the encoder does not read ids already on a GPU.
+                let ids = self.tokenizer.encode_batch(texts)?;
+                config.check_token_ids(&ids)?;
+                Ok(Conditioning::Tokens(ids.to_device(device)))
+            }
         }
     }
 

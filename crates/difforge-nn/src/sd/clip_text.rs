@@ -133,6 +133,23 @@ impl ClipTextConfig {
         }
         Ok(())
     }
+
+    /// Ok when every token id is in the vocabulary (0..vocab_size), or an error naming the span
+    /// found: an id outside it would make libtorch fail (on CUDA: a device-side assert that
+    /// ends the process). Reads the ids on the host, so call it where they are made, on the CPU:
+    /// [`ClipTextModel::forward`] checks ids it is given there, and ids given on a GPU are the
+    /// caller's to have checked, since reading them back would wait for the GPU (and break CUDA
+    /// graph capture).
+    pub fn check_token_ids(&self, ids: &Tensor) -> Result<(), NnError> {
+        if ids.numel() == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        if lo < 0 || hi >= self.vocab_size {
+            return Err(NnError::Invalid(format!("CLIP text encoder input_ids: ids span {lo}..={hi}, outside the vocabulary 0..{}", self.vocab_size)));
+        }
+        Ok(())
+    }
 }
 
 /// What [`ClipTextModel::forward`] returns.
@@ -159,7 +176,6 @@ pub struct ClipTextModel {
     layers: Vec<EncoderLayer>,
     final_layer_norm: nn::LayerNorm,
     text_projection: Option<nn::Linear>,
-    device: Device,
 }
 
 /// A buffer (0..max_position_embeddings) that transformers before 4.31 saved with the weights
@@ -199,7 +215,6 @@ impl ClipTextModel {
             layers,
             final_layer_norm: c.layer_shape().layer_norm(&tp / "final_layer_norm"),
             text_projection: c.with_projection().then(|| nn::linear(p / "text_projection", c.hidden_size, c.projection_dim, no_bias)),
-            device: p.device(),
         })
     }
 
@@ -222,7 +237,9 @@ impl ClipTextModel {
     }
 
     /// Encodes token ids (B, L), integers with L <= max_position_embeddings, padded as the CLIP
-    /// tokenizer pads (SD pads with the end token).
+    /// tokenizer pads (SD pads with the end token). Ids on the CPU are checked against the
+    /// vocabulary here; ids already on a GPU must have been checked where they were made
+    /// ([`ClipTextConfig::check_token_ids`]), as the forward pass never reads them back.
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput, NnError> {
         self.forward_t(input_ids, false)
     }
@@ -230,7 +247,8 @@ impl ClipTextModel {
     /// [`ClipTextModel::forward`]; `train` turns the adapters' dropout on.
     pub fn forward_t(&self, input_ids: &Tensor, train: bool) -> Result<ClipTextOutput, NnError> {
         let (ids, batch, len) = self.checked_ids(input_ids)?;
-        let positions = Tensor::arange(len, (Kind::Int64, self.device));
+        let device = self.device();
+        let positions = Tensor::arange(len, (Kind::Int64, device));
         let mut h = ids.apply(&self.token_embedding) + positions.apply(&self.position_embedding);
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(h.shallow_clone());
@@ -239,7 +257,7 @@ impl ClipTextModel {
             hidden_states.push(h.shallow_clone());
         }
         let last_hidden_state = h.apply(&self.final_layer_norm);
-        let rows = Tensor::arange(batch, (Kind::Int64, self.device));
+        let rows = Tensor::arange(batch, (Kind::Int64, device));
         let pooled = last_hidden_state.index(&[Some(rows), Some(self.eos_positions(&ids))]);
         let pooled = match &self.text_projection {
             Some(proj) => pooled.apply(proj),
@@ -270,8 +288,15 @@ impl ClipTextModel {
         }
     }
 
+    /// Where the weights are: read from them at every call rather than kept, so that the model
+    /// follows its VarStore when that moves (models are built on the CPU and then moved).
+    fn device(&self) -> Device {
+        self.token_embedding.ws.device()
+    }
+
     /// The ids as Int64 on the model's device with (batch, length), or why they cannot be
-    /// encoded; checked here so that libtorch never sees an index it would fail on.
+    /// encoded; checked here so that libtorch never sees an index it would fail on (the range on
+    /// the host only: see [`ClipTextModel::forward`]).
     fn checked_ids(&self, input_ids: &Tensor) -> Result<(Tensor, i64, i64), NnError> {
         let invalid = |what: String| Err(NnError::Invalid(format!("CLIP text encoder input_ids: {what}")));
         let Ok((batch, len)) = input_ids.size2() else {
@@ -284,11 +309,10 @@ impl ClipTextModel {
         if batch < 1 || !(1..=max_len).contains(&len) {
             return invalid(format!("shape {:?}: need at least one row and 1..={max_len} tokens", input_ids.size()));
         }
-        let (lo, hi) = (input_ids.min().int64_value(&[]), input_ids.max().int64_value(&[]));
-        if lo < 0 || hi >= self.config.vocab_size {
-            return invalid(format!("ids span {lo}..={hi}, outside the vocabulary 0..{}", self.config.vocab_size));
+        if input_ids.device() == Device::Cpu {
+            self.config.check_token_ids(input_ids)?;
         }
-        Ok((input_ids.to_device(self.device).to_kind(Kind::Int64), batch, len))
+        Ok((input_ids.to_device(self.device()).to_kind(Kind::Int64), batch, len))
     }
 }
 
