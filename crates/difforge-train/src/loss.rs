@@ -18,12 +18,27 @@ const NOISE_OFFSET_DRAWS: u64 = 1 << 61;
 
 /// A host tensor on `dev`. On CUDA through page-locked memory and an asynchronous copy, so the
 /// host goes on launching the step's kernels while the batch travels (libtorch's host
-/// allocator does not reuse the pinned block before the copy has ended); elsewhere a plain copy.
+/// allocator does not reuse the pinned block before the copy has ended); elsewhere, or if the
+/// memory cannot be pinned, a plain copy. Pinned through the native layer: tch's
+/// `pin_memory(device)` passes the device argument libtorch deprecates, with a warning at every
+/// call.
 fn upload(t: &Tensor, dev: Device) -> Tensor {
     match dev {
-        Device::Cuda(_) => t.pin_memory(dev).to_device_(dev, t.kind(), true, false),
+        Device::Cuda(_) => match difforge_native::pin_memory(t) {
+            Ok(pinned) => pinned.to_device_(dev, t.kind(), true, false),
+            Err(e) => {
+                warn_unpinned(&e);
+                t.to_device(dev)
+            }
+        },
         _ => t.to_device(dev),
     }
+}
+
+/// Says once per process that uploads are synchronous (a failure to pin repeats at every batch).
+fn warn_unpinned(e: &difforge_native::NativeError) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::warn!("batches are uploaded without pinned memory (synchronous copies): {e}"));
 }
 
 /// The tensors of one micro-batch.
