@@ -17,6 +17,7 @@ pub mod parallel;
 mod prefetch;
 pub mod previews;
 pub mod prior;
+pub mod rank_gpu;
 pub mod run_folder;
 pub mod step;
 pub mod sweep;

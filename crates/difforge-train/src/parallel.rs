@@ -57,7 +57,7 @@ pub struct DataParallel {
 }
 
 /// The backend a config asks for on `device`.
-fn backend_for(t: &TrainConfig, device: Device) -> Backend {
+pub(crate) fn backend_for(t: &TrainConfig, device: Device) -> Backend {
     match (t.dist_backend, device) {
         (DistBackend::Gloo, _) | (DistBackend::Auto, Device::Cpu) => Backend::Gloo,
         _ => Backend::Nccl,

@@ -16,9 +16,10 @@ use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
 use crate::parallel::{self, DataParallel, Shard};
 use crate::previews::Previews;
+use crate::rank_gpu::{gpus_per_task_from_env, rank_gpu, GpuPlacement};
 use crate::run_folder::{RunFolder, Use};
 use crate::step::{StepData, StepOutcome, Stepper};
-use crate::world::World;
+use crate::world::{Launcher, World};
 use difforge_config::{eval_metric, RunConfig};
 use difforge_core::Progress;
 use difforge_model::checkpoint::{self, BestMetric, TrainState, OPTIMIZER_FILE};
@@ -336,9 +337,10 @@ impl Trainer {
     }
 }
 
-/// The run's device. The ranks of a data-parallel run on CUDA each take the GPU of their local
-/// rank (unless the config names one), and on the CPU share the cores (unless train.threads
-/// says how many), as torchrun's one-thread default would not.
+/// The run's device. The ranks of a data-parallel run on CUDA each take a GPU of their own
+/// ([`rank_gpu`]: the GPU of their local rank, or the one the launcher bound to their task), and
+/// on the CPU share the cores (unless train.threads says how many), as torchrun's one-thread
+/// default would not.
 fn prepare_device(cfg: &RunConfig, world: &World) -> Result<Device, TrainError> {
     let mut settings = device::DeviceSettings::of_run(&cfg.train);
     if world.is_distributed() && settings.threads == 0 {
@@ -346,17 +348,16 @@ fn prepare_device(cfg: &RunConfig, world: &World) -> Result<Device, TrainError> 
     }
     let device = device::prepare(&settings)?;
     match device {
-        Device::Cuda(_) if world.is_distributed() && !cfg.train.device.contains(':') => {
-            let count = tch::Cuda::device_count() as usize;
-            if world.local_rank >= count {
-                return Err(difforge_core::ConfigError::new(
-                    "train.device",
-                    format!("\"{}\"", cfg.train.device),
-                    format!("one GPU per process: local rank {} needs {} GPU(s), this machine has {count}", world.local_rank, world.local_rank + 1),
-                )
-                .into());
-            }
-            Ok(Device::Cuda(world.local_rank))
+        Device::Cuda(n) if world.is_distributed() => {
+            let placement = GpuPlacement {
+                device_count: tch::Cuda::device_count().max(0) as usize,
+                local_size: world.local_size,
+                local_rank: world.local_rank,
+                requested: cfg.train.device.contains(':').then_some(n),
+                backend: parallel::backend_for(&cfg.train, device),
+                gpus_per_task: world.launcher == Launcher::Slurm && gpus_per_task_from_env(&|v| std::env::var(v).ok()),
+            };
+            Ok(Device::Cuda(rank_gpu(&placement, &cfg.train.device)?))
         }
         d => Ok(d),
     }
