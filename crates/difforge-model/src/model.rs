@@ -62,6 +62,24 @@ fn share_frozen(vs: &VarStore, ema_vs: &VarStore, trains: impl Fn(&str) -> bool)
     }
 }
 
+/// Moves every variable of `vs` to `device` in place (the networks built over them hold the same
+/// tensors, so they follow), or says why it cannot: tch's `VarStore::set_device` would panic.
+fn move_to(vs: &mut VarStore, device: Device) -> Result<(), ModelError> {
+    if device == vs.device() {
+        return Ok(());
+    }
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (name, mut var) in vs.variables() {
+            let moved = var.f_to_device(device).map_err(|e| ModelError::Other(format!("cannot move the model's {name} to {device:?}: {e}")))?;
+            var.set_data(&moved);
+        }
+        Ok(())
+    })?;
+    // Every variable is there already: this only records the device for variables made later.
+    vs.set_device(device);
+    Ok(())
+}
+
 /// `x` (N, C, H, W) with NHWC strides (PyTorch's `x.contiguous(memory_format=torch.channels_last)`;
 /// tch has no memory formats): convolutions given such an input return the same layout.
 fn channels_last(x: &Tensor) -> Tensor {
@@ -74,17 +92,22 @@ impl DiffusionModel {
         DiffusionModel::with_lora_scale(config, device, 1.0)
     }
 
-    /// A model whose LoRA adapters (if the config has `[lora]`) act at `scale`.
+    /// A model whose LoRA adapters (if the config has `[lora]`) act at `scale`. Built and
+    /// initialised on the CPU, then moved to `device`: the CPU generator draws the initial
+    /// weights, so that a GPU run starts from the weights a CPU run with the same seed starts
+    /// from (the CUDA generator would draw others).
     pub fn with_lora_scale(config: &RunConfig, device: Device, scale: f64) -> Result<DiffusionModel, ModelError> {
         tch::manual_seed(derive_seed(config.seed, Stream::Init, 0) as i64 >> 1);
         let family = family_of(config, device)?;
         let spec = config.lora.clone().map(|c| LoraSpec { config: c, scale });
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(Device::Cpu);
         let net = family.build_network(&vs.root(), spec.as_ref())?;
         family.init_network(&vs)?;
-        let mut ema_vs = VarStore::new(device);
+        let mut ema_vs = VarStore::new(Device::Cpu);
         let ema = family.build_network(&ema_vs.root(), spec.as_ref())?;
         ema_vs.copy(&vs)?;
+        move_to(&mut vs, device)?;
+        move_to(&mut ema_vs, device)?;
         ema_vs.freeze();
         if let Some(lora) = &config.lora {
             share_frozen(&vs, &ema_vs, |name| family.adapter_carries(lora, name));

@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod generate;
+mod init_device;
 mod sd_lora;
 mod sd_lora_export;
 mod single_file;
