@@ -270,6 +270,10 @@ impl Trainer {
         };
         let rec = ValidationRecord { step, val_loss: raw.loss, val_loss_ema: ema.loss, bands: &raw.bands, bands_ema: &ema.bands, pairs: raw.pairs, improved };
         self.logs.validation(&rec)?;
+        if self.writes() {
+            let best = if improved { " (best so far)" } else { "" };
+            tracing::info!("step {step}: validation loss {:.4}, EMA {:.4}{best}", raw.loss, ema.loss);
+        }
         self.last_validation = Some(ValidationSummary { step, val_loss: raw.loss, val_loss_ema: ema.loss });
         Ok(stop)
     }

@@ -8,10 +8,24 @@
 
 use difforge_core::hash::{sha256_file, sha256_hex};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tch::{Kind, Tensor};
 
 pub struct LatentCache {
     dir: PathBuf,
+    /// Latents read back and latents encoded and stored, reported when the cache is dropped.
+    read: AtomicU64,
+    stored: AtomicU64,
+}
+
+impl Drop for LatentCache {
+    /// Says what the cache did for the job that used it (a run's training and validation).
+    fn drop(&mut self) {
+        let (read, stored) = (self.read.load(Ordering::Relaxed), self.stored.load(Ordering::Relaxed));
+        if read + stored > 0 {
+            tracing::info!("latent cache {}: {stored} latents encoded and stored, {read} read back", self.dir.display());
+        }
+    }
 }
 
 impl LatentCache {
@@ -23,7 +37,7 @@ impl LatentCache {
         }
         let dir = root.join(format!("vae-{}", &sha256_hex(ids.as_bytes())[..16]));
         std::fs::create_dir_all(&dir)?;
-        Ok(LatentCache { dir })
+        Ok(LatentCache { dir, read: AtomicU64::new(0), stored: AtomicU64::new(0) })
     }
 
     /// The latents of each image (N, C, H, W) in `pixels`: read where cached, else encoded one
@@ -39,10 +53,14 @@ impl LatentCache {
         for (i, image) in flat.chunks_exact(per_image).enumerate() {
             let path = self.path_of(&size[1..], image);
             match self.read(&path, numel) {
-                Some(values) => out.extend_from_slice(&values),
+                Some(values) => {
+                    self.read.fetch_add(1, Ordering::Relaxed);
+                    out.extend_from_slice(&values);
+                }
                 None => {
                     let latents = f32s(&encode(&pixels.get(i as i64).unsqueeze(0)));
                     self.write(&path, &latents);
+                    self.stored.fetch_add(1, Ordering::Relaxed);
                     out.extend_from_slice(&latents);
                 }
             }
