@@ -291,6 +291,9 @@ pub struct EvalArgs {
     /// Where real-image features are cached (default: ~/.cache/difforge/features).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// CPU threads (default: the run's train.threads; 0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Write report.html, eval.json and the figures into this folder.
     #[arg(long)]
     pub report: Option<PathBuf>,

@@ -18,7 +18,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let checkpoints = checkpoints(&args)?;
     let (first_dir, _) = checkpoints.last().context("no checkpoint to evaluate")?;
     let cfg = checkpoint::read_config(first_dir)?;
-    let device = super::sample::device(&args.device, &cfg.train)?;
+    let threads = args.threads.unwrap_or(cfg.train.threads);
+    let device = super::sample::device(&args.device, &difforge_config::TrainConfig { threads, ..cfg.train.clone() })?;
     let opts = options(&args, &cfg)?;
     let mut nets = vec![FeatureNet::efficientnet(args.effnet_weights.as_deref(), device)?];
     if let Some(weights) = &args.inception_weights {
@@ -27,6 +28,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let cache = FeatureCache::new(args.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir));
     // The checkpoints of one run share their data: load it once.
     let data = EvalData::load(&cfg, &opts)?;
+    check_counts(&args, &data)?;
     let mut history: Vec<EvalReport> = Vec::new();
     let mut last: Option<(EvalReport, EvalExtras)> = None;
     for (dir, step) in &checkpoints {
@@ -48,6 +50,29 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         return if history.len() > 1 { super::print_json(&serde_json::json!({ "checkpoints": history })) } else { super::print_json(&report) };
     }
     print_text(&history, &extras);
+    Ok(())
+}
+
+/// Refuses, before any sample is generated, too few real images or samples for the metrics: a
+/// covariance (Frechet distance) needs 2 rows, precision and recall's k nearest neighbours k + 1.
+fn check_counts(args: &EvalArgs, data: &EvalData) -> Result<(), ConfigError> {
+    let need = (args.k + 1).max(2);
+    let why = format!("2 for a covariance, --k + 1 = {} for precision and recall", args.k + 1);
+    let real = data.real.images.size()[0] as usize;
+    if real < need {
+        let hint = match (&args.data, args.split.as_str()) {
+            (None, "val") => "; the run's validation split is that small: use --split all (or train), or --data FOLDER",
+            _ => "; use another --split or --data",
+        };
+        return Err(ConfigError::new(
+            "--split",
+            format!("{} ({real} images: {})", args.split, data.real.description),
+            format!("at least {need} real images ({why}){hint}"),
+        ));
+    }
+    if args.samples.is_none() && args.n < need {
+        return Err(ConfigError::new("--n", args.n, format!("at least {need} samples ({why})")));
+    }
     Ok(())
 }
 

@@ -177,6 +177,21 @@ fn eval_names_what_is_wrong() {
     let junk = tmp.path().join("junk.pth");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
     fails(&["--checkpoint", ck, "--inception-weights", junk.to_str().unwrap()], "junk.pth");
+    // Too few real images or samples for the metrics: refused before any sample is generated.
+    let digits = tmp.path().join("digits");
+    write_digit_folder(&digits, 1);
+    let few = tmp.path().join("few");
+    for class in ["0", "1"] {
+        std::fs::create_dir_all(few.join(class)).unwrap();
+        for entry in std::fs::read_dir(digits.join(class)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), few.join(class).join(entry.file_name())).unwrap();
+        }
+    }
+    let start = std::time::Instant::now();
+    fails(&["--checkpoint", ck, "--data", few.to_str().unwrap(), "--split", "all", "--n", "2000"], "at least 4 real images");
+    fails(&["--checkpoint", ck, "--n", "3"], "--n 3: expected at least 4 samples");
+    assert!(start.elapsed().as_secs() < 60, "refused before sampling");
 }
 
 #[test]
