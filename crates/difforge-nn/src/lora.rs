@@ -39,11 +39,30 @@ pub struct LoraConfig {
     /// Also adapt the text encoder(s): q, k, v and out projections of every CLIP layer (Stable
     /// Diffusion), trained with the UNet's adapters while the encoder's own weights stay frozen.
     pub text_encoder: bool,
+    /// Stable Diffusion: the name of the kohya-layout file a run writes (`RUN/<name>.safetensors`,
+    /// kohya's `--output_name`), which is what the webui's `<lora:name:weight>` tag says.
+    #[serde(skip_serializing_if = "is_default_name")]
+    pub output_name: String,
+}
+
+/// The kohya file's name when `lora.output_name` is not set.
+pub const DEFAULT_OUTPUT_NAME: &str = "lora";
+
+fn is_default_name(name: &str) -> bool {
+    name == DEFAULT_OUTPUT_NAME
 }
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { rank: 8, alpha: 8.0, dropout: 0.0, targets: vec![LoraTarget::Attention], train_class_embedding: false, text_encoder: false }
+        LoraConfig {
+            rank: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec![LoraTarget::Attention],
+            train_class_embedding: false,
+            text_encoder: false,
+            output_name: DEFAULT_OUTPUT_NAME.to_string(),
+        }
     }
 }
 
@@ -63,6 +82,16 @@ impl LoraConfig {
         }
         if self.targets.is_empty() {
             return Err(ConfigError::new("lora.targets", "[]", format!("some of {}", LoraTarget::expected())));
+        }
+        // A file name: no folders, nothing hidden, not diffusers' own file's name.
+        let plain = |c: char| c.is_alphanumeric() || "-_.+() ".contains(c);
+        if self.output_name.is_empty()
+            || self.output_name.starts_with('.')
+            || !self.output_name.chars().all(plain)
+            || self.output_name == "pytorch_lora_weights"
+        {
+            let expected = "a file name without its extension: letters, digits, - _ . + ( ) and spaces, not starting with a dot (and not pytorch_lora_weights, diffusers' file)";
+            return Err(ConfigError::new("lora.output_name", format!("{:?}", self.output_name), expected));
         }
         Ok(())
     }
@@ -164,6 +193,15 @@ pub fn merged_delta(down: &Tensor, up: &Tensor, factor: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_name_is_a_plain_file_name() {
+        let named = |name: &str| LoraConfig { output_name: name.into(), ..LoraConfig::default() }.validate();
+        assert!(named("my-style_v2 (final)").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "pytorch_lora_weights"] {
+            assert_eq!(named(bad).unwrap_err().key, "lora.output_name", "{bad:?}");
+        }
+    }
     use tch::{Device, Kind};
 
     #[test]

@@ -119,6 +119,33 @@ fn load_optimizer(dir: &Path, opt: &mut AdamW, steps: u64, device: Device) -> Re
     opt.load_state(&named, steps).map_err(|e| difforge_model::ModelError::checkpoint(dir.join(OPTIMIZER_FILE), e).into())
 }
 
+/// How the run trained, in kohya's `ss_*` metadata keys (what the webui and Civitai show of a
+/// LoRA file).
+fn training_record(cfg: &RunConfig, steps: u64) -> Vec<(String, String)> {
+    let t = &cfg.train;
+    let size = cfg.data.buckets.as_ref().map_or(i64::from(cfg.data.image_size), |b| i64::from(b.resolution));
+    [
+        ("ss_steps", steps.to_string()),
+        ("ss_max_train_steps", t.steps.to_string()),
+        ("ss_learning_rate", t.lr.to_string()),
+        ("ss_lr_scheduler", t.lr_schedule.name().to_string()),
+        ("ss_lr_warmup_steps", t.warmup_steps.to_string()),
+        ("ss_batch_size_per_device", t.batch_size.to_string()),
+        ("ss_gradient_accumulation_steps", t.grad_accum.to_string()),
+        ("ss_max_grad_norm", t.grad_clip.to_string()),
+        ("ss_seed", cfg.seed.to_string()),
+        ("ss_resolution", format!("({size}, {size})")),
+        ("ss_min_snr_gamma", cfg.diffusion.min_snr_gamma.to_string()),
+        ("ss_noise_offset", cfg.diffusion.noise_offset.to_string()),
+        ("ss_caption_dropout_rate", cfg.diffusion.class_dropout.to_string()),
+        ("ss_network_dropout", cfg.lora.as_ref().map_or(0.0, |l| l.dropout).to_string()),
+        ("ss_mixed_precision", t.precision.name().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 struct Trainer {
     cfg: RunConfig,
     run_dir: PathBuf,
@@ -565,7 +592,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             let lora = tr.cfg.lora.as_ref();
             let trained: Vec<_> =
                 model.variables(Weights::Ema).into_iter().filter(|(n, _)| lora.is_none_or(|l| model.family().adapter_carries(l, n))).collect();
-            let files = model.family().export_trained(&trained, lora, &run_dir)?;
+            let files = model.family().export_trained(&trained, lora, &training_record(&tr.cfg, tr.state.step), &run_dir)?;
             for f in &files {
                 tracing::info!("wrote {}", f.display());
             }

@@ -151,9 +151,16 @@ pub trait Family: Send + Sync {
 
     /// Writes what a run trained (variable name, tensor: the LoRA adapters with `lora`, else
     /// every weight) into `dir` as the files the family's ecosystem loads; returns them, the
-    /// main one first. Families without such a format write none (difforge's checkpoints and
-    /// adapter files are theirs).
-    fn export_trained(&self, _trained: &[(String, Tensor)], _lora: Option<&LoraConfig>, _dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    /// main one first. `record` is how the run trained (kohya's `ss_*` metadata: steps, learning
+    /// rate, seed, ...), for files that carry it. Families without such a format write none
+    /// (difforge's checkpoints and adapter files are theirs).
+    fn export_trained(
+        &self,
+        _trained: &[(String, Tensor)],
+        _lora: Option<&LoraConfig>,
+        _record: &[(String, String)],
+        _dir: &Path,
+    ) -> Result<Vec<PathBuf>, ModelError> {
         Ok(Vec::new())
     }
 }

@@ -28,7 +28,7 @@ use difforge_nn::sd::clip_text::POSITION_IDS;
 use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
 use difforge_nn::sd::tokenizer::ClipTokenizer;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
-use difforge_nn::sd::unet_config::UNet2DConditionConfig;
+use difforge_nn::sd::unet_config::{PerLevel, UNet2DConditionConfig};
 use difforge_nn::sd::{ClipTextConfig, ClipTextModel};
 use difforge_nn::{Conditioning, DenoiserNet, LoraConfig, LoraSpec};
 use rand::seq::SliceRandom;
@@ -159,6 +159,18 @@ impl StableDiffusionFamily {
 }
 
 impl StableDiffusionFamily {
+    /// kohya's `ss_base_model_version` of the base: SDXL by its added conditioning, SD 2.x by its
+    /// 1024-wide text states (OpenCLIP ViT-H), else SD 1.x.
+    fn base_model_version(&self) -> &'static str {
+        if self.unet.addition_embed_type.is_some() {
+            "sdxl_base_v1-0"
+        } else if matches!(&self.unet.cross_attention_dim, PerLevel::One(1024)) {
+            "sd_v2"
+        } else {
+            "sd_v1"
+        }
+    }
+
     /// The base as a diffusers folder at `out` with the trained weights in place of its UNet's
     /// (and text encoder's, `text_encoder.`-prefixed) (replacing what an earlier end of the same
     /// run wrote).
@@ -421,7 +433,13 @@ impl Family for StableDiffusionFamily {
     /// LoRA adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)
     /// and diffusers' (`pytorch_lora_weights.safetensors`, `load_lora_weights`' default name);
     /// a full fine-tune as a diffusers folder (`diffusers/`: the base with the trained UNet).
-    fn export_trained(&self, trained: &[(String, Tensor)], lora: Option<&LoraConfig>, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    fn export_trained(
+        &self,
+        trained: &[(String, Tensor)],
+        lora: Option<&LoraConfig>,
+        record: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, ModelError> {
         let Some(lora) = lora else {
             return Ok(vec![self.export_folder(trained, &dir.join("diffusers"))?]);
         };
@@ -432,13 +450,17 @@ impl Family for StableDiffusionFamily {
         }
         // The model as the user named it (a single file's name, not its cached conversion).
         let base = self.config.base.display().to_string();
-        let export = LoraExport {
-            rank: lora.rank,
-            alpha: lora.alpha,
-            metadata: vec![("ss_sd_model_name".into(), base), ("ss_training_comment".into(), "difforge".into())],
-        };
+        let mut metadata = vec![
+            ("ss_sd_model_name".into(), base),
+            ("ss_base_model_version".into(), self.base_model_version().into()),
+            ("ss_output_name".into(), lora.output_name.clone()),
+            ("ss_training_comment".into(), "difforge".into()),
+        ];
+        metadata.extend(record.iter().cloned());
+        let export = LoraExport { rank: lora.rank, alpha: lora.alpha, metadata };
+        let kohya = format!("{}.safetensors", lora.output_name);
         let mut written = Vec::new();
-        for (format, name) in [(LoraFormat::Kohya, "lora.safetensors"), (LoraFormat::Diffusers, "pytorch_lora_weights.safetensors")] {
+        for (format, name) in [(LoraFormat::Kohya, kohya.as_str()), (LoraFormat::Diffusers, "pytorch_lora_weights.safetensors")] {
             let path = dir.join(name);
             lora_export::export(&path, format, &networks, &export)?;
             written.push(path);

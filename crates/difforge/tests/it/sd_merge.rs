@@ -1,6 +1,6 @@
 //! Stable Diffusion folders as `difforge finetune --from` and `lora merge --base` take them (the
-//! tiny SD 1.5 fixture): a LoRA fine-tune straight from the folder with the base's scheduler,
-//! then its file merged for good into a diffusers folder and into a single file, each of which
+//! tiny SD 1.5 fixture): a LoRA fine-tune straight from the folder with the base's scheduler
+//! (its kohya file named by `lora.output_name`, with sd-scripts' metadata), then its file merged for good into a diffusers folder and into a single file, each of which
 //! renders what the base with the file renders; what cannot be written is refused before any
 //! work, naming the flag.
 
@@ -30,7 +30,8 @@ fn a_folder_fine_tunes_straight_from_finetune_and_its_lora_merges_into_a_folder_
     let data = dir.path().join("shapes");
     write_shapes(&data);
     let run = dir.path().join("run");
-    let sets = ["train.steps=6", "train.lr=1e-2", "train.threads=1", "train.batch_size=2", "sample.steps=2", "data.val_fraction=0.2"];
+    let sets =
+        ["train.steps=6", "train.lr=1e-2", "train.threads=1", "train.batch_size=2", "sample.steps=2", "data.val_fraction=0.2", "lora.output_name=shapes-style"];
     let mut cmd = difforge();
     cmd.arg("finetune").arg("--from").arg(base()).arg("--data").arg(&data).arg("--out").arg(&run).arg("--json");
     for s in sets {
@@ -38,8 +39,14 @@ fn a_folder_fine_tunes_straight_from_finetune_and_its_lora_merges_into_a_folder_
     }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "finetune failed: {}", String::from_utf8_lossy(&out.stderr));
-    let lora = run.join("lora.safetensors");
-    assert!(lora.is_file() && run.join("pytorch_lora_weights.safetensors").is_file());
+    // kohya's file under lora.output_name (the webui's <lora:shapes-style:1> tag), with sd-scripts'
+    // training metadata.
+    let lora = run.join("shapes-style.safetensors");
+    assert!(lora.is_file() && run.join("pytorch_lora_weights.safetensors").is_file() && !run.join("lora.safetensors").exists());
+    let header = String::from_utf8_lossy(&std::fs::read(&lora).unwrap()[..4096]).into_owned();
+    for entry in [r#""ss_base_model_version":"sd_v1""#, r#""ss_output_name":"shapes-style""#, r#""ss_max_train_steps":"6""#, r#""ss_resolution":"(32, 32)""#] {
+        assert!(header.contains(entry), "{entry} in {header}");
+    }
     let saved: toml::Table = std::fs::read_to_string(run.join("config.toml")).unwrap().parse().unwrap();
     assert_eq!((saved["sample"]["spacing"].as_str(), saved["sample"]["noise"].as_str()), (Some("leading"), Some("torch")), "the base's scheduler");
 
