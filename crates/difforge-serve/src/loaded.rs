@@ -3,8 +3,11 @@
 
 use crate::drift::Reference;
 use crate::request::SizeRule;
+use difforge_config::stable_diffusion::is_single_file;
 use difforge_model::generate::classes_in_turn;
 use difforge_model::stable_diffusion::is_diffusers_folder;
+use difforge_model::stable_diffusion::lora_merge::{merge_into_base, MergedLayout};
+use difforge_model::stable_diffusion::single_file_base::folder_of;
 use difforge_model::{checkpoint, generate, ConditionKind, DiffusionModel, GenerateSpec, RunConfig, Weights};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ pub struct Loaded {
     /// Whether the model has training data (in its config) that outputs can be compared with:
     /// a published folder served as it is has none.
     pub training_data: bool,
+    /// The merged copy of a published model served with a LoRA file, kept while it is served.
+    _merged: Option<tempfile::TempDir>,
 }
 
 impl ModelInfo {
@@ -87,15 +92,8 @@ pub struct AdapterChoice {
 /// adapter, or a published diffusers Stable Diffusion folder as it is; then warms it up with one
 /// small generation so the first request does not pay for lazy initialisation.
 pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
-    if is_diffusers_folder(path) {
+    if is_diffusers_folder(path) || (path.is_file() && is_single_file(path)) {
         return load_published(path, adapter, device);
-    }
-    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors" || e == "ckpt") {
-        return Err(format!(
-            "{}: a single-file checkpoint is served as a diffusers folder: `difforge convert --from {} --to diffusers --out FOLDER`, then serve FOLDER",
-            path.display(),
-            path.display()
-        ));
     }
     let dir = checkpoint::resolve(path).map_err(|e| e.to_string())?;
     let state = checkpoint::read_state(&dir).map_err(|e| e.to_string())?;
@@ -115,26 +113,44 @@ pub fn load(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Res
         step: state.step,
         ..describe(&model, dir, device)
     };
-    Ok(Loaded { model, info, reference, training_data: true })
+    Ok(Loaded { model, info, reference, training_data: true, _merged: None })
 }
 
-/// A published diffusers folder served as it is (its scheduler's sampler and diffusers'
-/// defaults); identified by its UNet weights' fingerprint, with no training data to measure
-/// drift against.
-fn load_published(folder: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
-    if let Some(a) = adapter {
-        return Err(format!(
-            "--lora {}: a LoRA on a published folder is not served yet (serve a fine-tuned run, or use `difforge sample --checkpoint {} --lora ...`)",
-            a.path.display(),
-            folder.display()
-        ));
-    }
-    let cfg = difforge_model::stable_diffusion::published::run_config(folder).map_err(|e| e.to_string())?;
+/// A published Stable Diffusion model served as it is (its scheduler's sampler and diffusers'
+/// defaults): a diffusers folder, or a single file (its cached conversion, as a run's
+/// `model.base`), with a LoRA file merged in when `adapter` names one; identified by its UNet
+/// weights' fingerprint, with no training data to measure drift against.
+fn load_published(path: &Path, adapter: Option<&AdapterChoice>, device: Device) -> Result<Loaded, String> {
+    let mut folder = folder_of(path, None).map_err(|e| e.to_string())?;
+    let merged = match adapter {
+        Some(a) => {
+            let dir = merge_adapter(&folder, a)?;
+            folder = dir.path().join("merged");
+            Some(dir)
+        }
+        None => None,
+    };
+    let cfg = difforge_model::stable_diffusion::published::run_config(&folder).map_err(|e| e.to_string())?;
     let model = DiffusionModel::for_generation(&cfg, device).map_err(|e| e.to_string())?;
     let fingerprint = model.family().base_fingerprint().map_err(|e| e.to_string())?.unwrap_or_default();
     warm_up(&model)?;
-    let info = ModelInfo { checkpoint_hash: fingerprint, ..describe(&model, folder.to_path_buf(), device) };
-    Ok(Loaded { model, info, reference: None, training_data: false })
+    let info = ModelInfo { checkpoint_hash: fingerprint, adapter: adapter.map(|a| (a.path.clone(), a.scale)), ..describe(&model, path.to_path_buf(), device) };
+    Ok(Loaded { model, info, reference: None, training_data: false, _merged: merged })
+}
+
+/// The LoRA file merged into a copy of `folder` (as `difforge lora merge` writes it) in a
+/// temporary folder beside difforge's cache, removed when the loaded model goes. The model's
+/// own loading then needs no LoRA path of its own; the copy costs the model's size on disk.
+fn merge_adapter(folder: &Path, adapter: &AdapterChoice) -> Result<tempfile::TempDir, String> {
+    let root = std::env::var_os("DIFFORGE_CACHE_DIR")
+        .map_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/difforge"), PathBuf::from);
+    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let dir = tempfile::Builder::new().prefix("served-lora-").tempdir_in(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let out = dir.path().join("merged");
+    let report =
+        merge_into_base(folder, &adapter.path, adapter.scale, &out, MergedLayout::Folder).map_err(|e| format!("--lora {}: {e}", adapter.path.display()))?;
+    tracing::info!("serving {} with the LoRA {report} merged", folder.display());
+    Ok(dir)
 }
 
 /// One one-step image, so that the first request does not pay for lazy initialisation.

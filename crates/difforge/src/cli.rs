@@ -307,7 +307,8 @@ pub struct EvalArgs {
 #[derive(Args)]
 pub struct ServeArgs {
     /// A checkpoint folder, a run folder (its best, else newest good checkpoint), or a published
-    /// diffusers Stable Diffusion folder served as it is.
+    /// Stable Diffusion model served as it is (a diffusers folder, or a single .safetensors/.ckpt
+    /// file of a published architecture).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Address to listen on (overrides serve.toml's `bind`); port 0 picks a free port.
@@ -329,7 +330,9 @@ pub struct ServeArgs {
     /// cpu, cuda, cuda:N or auto (overrides serve.toml's `device`).
     #[arg(long)]
     pub device: Option<String>,
-    /// A LoRA adapter trained on the checkpoint, applied unmerged (also after reloads).
+    /// A LoRA adapter trained on the checkpoint, applied unmerged (also after reloads); for a
+    /// published Stable Diffusion model, a LoRA file (kohya's or diffusers' layout) merged into a
+    /// temporary copy of it.
     #[arg(long)]
     pub lora: Option<PathBuf>,
     /// Strength of the adapter.

@@ -23,18 +23,23 @@ use tch::Device;
 /// The diffusers folder a run's base is read from: `model.base` itself when it is a folder, its
 /// cached conversion when it is a single file (converted now if the cache lacks it).
 pub fn base_folder(config: &StableDiffusionConfig) -> Result<PathBuf, ModelError> {
-    let base = &config.base;
-    if !base.is_file() {
-        return Ok(base.clone());
+    folder_of(&config.base, config.base_config.as_deref())
+}
+
+/// The diffusers folder of `model`: itself when it is a folder, the cached conversion of a single
+/// file (with `config`'s configs, else the published architecture's).
+pub fn folder_of(model: &Path, config: Option<&Path>) -> Result<PathBuf, ModelError> {
+    if !model.is_file() {
+        return Ok(model.to_path_buf());
     }
-    if let Some(dir) = config.base_config.as_ref().filter(|d| !is_diffusers_folder(d)) {
+    if let Some(dir) = config.filter(|d| !is_diffusers_folder(d)) {
         return Err(ConfigError::new("model.base_config", dir.display(), "a diffusers folder (model_index.json, unet/, ...) of the file's architecture").into());
     }
-    let folder = cache_root().join(cache_name(base, config.base_config.as_deref())?);
+    let folder = cache_root().join(cache_name(model, config)?);
     if is_diffusers_folder(&folder) {
         return Ok(folder);
     }
-    convert(base, config.base_config.as_deref(), &folder)?;
+    convert(model, config, &folder)?;
     Ok(folder)
 }
 
@@ -79,7 +84,7 @@ fn convert(file: &Path, config: Option<&Path>, out: &Path) -> Result<(), ModelEr
     let (family, networks) = Networks::load_single_file(file, config_dir, Device::Cpu).map_err(|e| match config {
         Some(_) => e,
         None => ModelError::Other(format!(
-            "{e} (the file was read as the published architecture its keys show; for another one set model.base_config to a diffusers folder of it)"
+            "{e} (the file was read as the published architecture its keys show; for another one set model.base_config to a diffusers folder of it, or convert the file: difforge convert --from FILE --to diffusers --config DIR --out FOLDER)"
         )),
     })?;
     match networks.write_diffusers(config_dir, out) {

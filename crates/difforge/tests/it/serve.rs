@@ -20,6 +20,11 @@ impl Drop for Server {
 }
 
 pub(crate) fn start(run: &Path, config: &Path, keys: &Path) -> Server {
+    start_with(run, config, keys, &[])
+}
+
+/// `start` with more flags for `difforge serve`.
+pub(crate) fn start_with(run: &Path, config: &Path, keys: &Path, extra: &[&std::ffi::OsStr]) -> Server {
     // Features of real images (the feature drift monitor) are cached beside the config.
     let cache = config.parent().unwrap_or(Path::new(".")).join("cache");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("difforge"))
@@ -30,6 +35,7 @@ pub(crate) fn start(run: &Path, config: &Path, keys: &Path) -> Server {
         .arg(config)
         .arg("--api-keys-file")
         .arg(keys)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
