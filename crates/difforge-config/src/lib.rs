@@ -22,5 +22,5 @@ pub use new_sd_model::{NewSdModel, NewTokenizer};
 pub use overrides::{apply_set, deep_merge, fill_missing, GivenOverDefault};
 pub use run::{no_model_defaults, FindDefaults, ModelDefaults, RunConfig, DEFAULT_CONFIG};
 pub use stable_diffusion::StableDiffusionConfig;
-pub use train::{eval_metric, CpuKernels, DistBackend, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};
+pub use train::{eval_metric, CpuKernels, DistBackend, ExportFormat, LogTarget, LrSchedule, MetricMode, Precision, TrainConfig, EVAL_METRICS};
 pub use vae::{ReconstructionLoss, VaeConfig, VaeRunConfig};

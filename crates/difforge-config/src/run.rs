@@ -218,6 +218,8 @@ mod tests {
         assert_eq!(key("", &["model.channels=0"]).key, "model.channels");
         assert_eq!(key("", &["train.sample_per_class=0"]).key, "train.sample_per_class");
         assert_eq!(key("", &["sample.sampler=heun"]).key, "sample.sampler");
+        assert_eq!(key("", &["train.export=[]"]).key, "train.export");
+        assert_eq!(key("", &["train.export=[\"diffusers\", \"diffusers\"]"]).key, "train.export");
         assert!(key("", &["model.schedule=cosine"]).to_string().contains("schedule"));
         assert!(key("", &["nokey"]).to_string().contains("key=value"));
         assert_eq!(key("", &["model.in_channels=3"]).key, "model.in_channels");

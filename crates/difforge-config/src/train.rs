@@ -208,6 +208,23 @@ pub struct TrainConfig {
     /// Where metrics go besides the console: "jsonl" (metrics.jsonl, validation.jsonl and
     /// eval.jsonl, always written) and "tensorboard" (event files for `tensorboard --logdir`).
     pub log: Vec<LogTarget>,
+    /// Stable Diffusion full fine-tunes: how the trained model is written at the end: "diffusers"
+    /// (`RUN/diffusers/`, the base folder with the trained UNet) and/or "single-file"
+    /// (`RUN/model.safetensors`, the original layout the webui and ComfyUI load).
+    #[serde(skip_serializing_if = "is_default_export")]
+    pub export: Vec<ExportFormat>,
+}
+
+difforge_core::choice! {
+    /// A format a full fine-tune of Stable Diffusion is written in.
+    pub enum ExportFormat {
+        Diffusers = "diffusers",
+        SingleFile = "single-file",
+    }
+}
+
+fn is_default_export(formats: &[ExportFormat]) -> bool {
+    formats == [ExportFormat::Diffusers]
 }
 
 impl Default for TrainConfig {
@@ -259,6 +276,7 @@ impl Default for TrainConfig {
             spike_zscore: 6.0,
             debug_nan_steps: Vec::new(),
             log: vec![LogTarget::Jsonl],
+            export: vec![ExportFormat::Diffusers],
         }
     }
 }
@@ -343,6 +361,10 @@ impl TrainConfig {
             return Err(ConfigError::new("train.adam_eps", self.adam_eps, "0 < eps < 1"));
         }
         check_range("train.weight_decay", self.weight_decay, 0.0, 1.0)?;
+        let formats: Vec<&str> = self.export.iter().map(|f| f.name()).collect();
+        if self.export.is_empty() || (1..self.export.len()).any(|i| self.export[..i].contains(&self.export[i])) {
+            return Err(ConfigError::new("train.export", format!("{formats:?}"), "one or both of \"diffusers\", \"single-file\", each once"));
+        }
         check_range("train.grad_clip", self.grad_clip, 0.0, 1e9)?;
         check_range("train.spike_zscore", self.spike_zscore, 0.0, 1e9)?;
         check_range("train.early_stop_min_delta", self.early_stop_min_delta, 0.0, 1e9)?;

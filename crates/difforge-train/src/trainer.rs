@@ -592,7 +592,9 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             let lora = tr.cfg.lora.as_ref();
             let trained: Vec<_> =
                 model.variables(Weights::Ema).into_iter().filter(|(n, _)| lora.is_none_or(|l| model.family().adapter_carries(l, n))).collect();
-            let files = model.family().export_trained(&trained, lora, &training_record(&tr.cfg, tr.state.step), &run_dir)?;
+            let record = training_record(&tr.cfg, tr.state.step);
+            let export = difforge_model::family::Export { lora, record: &record, formats: &tr.cfg.train.export };
+            let files = model.family().export_trained(&trained, &export, &run_dir)?;
             for f in &files {
                 tracing::info!("wrote {}", f.display());
             }

@@ -71,6 +71,17 @@ impl ConditionKind {
     }
 }
 
+/// What a run's end asks its family to export.
+pub struct Export<'a> {
+    /// The adapters' settings of a LoRA run; None: every weight trained.
+    pub lora: Option<&'a LoraConfig>,
+    /// How the run trained, as kohya's `ss_*` metadata (steps, learning rate, seed, ...), for
+    /// files that carry it.
+    pub record: &'a [(String, String)],
+    /// The formats of a full fine-tune (`train.export`).
+    pub formats: &'a [difforge_config::ExportFormat],
+}
+
 pub trait Family: Send + Sync {
     fn name(&self) -> &'static str;
 
@@ -150,17 +161,10 @@ pub trait Family: Send + Sync {
     }
 
     /// Writes what a run trained (variable name, tensor: the LoRA adapters with `lora`, else
-    /// every weight) into `dir` as the files the family's ecosystem loads; returns them, the
-    /// main one first. `record` is how the run trained (kohya's `ss_*` metadata: steps, learning
-    /// rate, seed, ...), for files that carry it. Families without such a format write none
-    /// (difforge's checkpoints and adapter files are theirs).
-    fn export_trained(
-        &self,
-        _trained: &[(String, Tensor)],
-        _lora: Option<&LoraConfig>,
-        _record: &[(String, String)],
-        _dir: &Path,
-    ) -> Result<Vec<PathBuf>, ModelError> {
+    /// every weight) into `dir` as the files the family's ecosystem loads, as `export` asks;
+    /// returns them, the main one first. Families without such a format write none (difforge's
+    /// checkpoints and adapter files are theirs).
+    fn export_trained(&self, _trained: &[(String, Tensor)], _export: &Export, _dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         Ok(Vec::new())
     }
 }

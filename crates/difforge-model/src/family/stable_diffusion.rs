@@ -10,14 +10,15 @@ use super::latent_cache::LatentCache;
 use super::sd_text::TextEncoders;
 use super::sd_unet::{SdTextUnet, SdUnet, TEXT_ENCODER_PREFIX};
 use super::vae_codec::VaeCodec;
-use super::{Condition, ConditionKind, Family};
+use super::{Condition, ConditionKind, Export, Family};
 use crate::codec::Codec;
 use crate::error::ModelError;
 use crate::stable_diffusion::components::{has_second_text_encoder, Networks, Part};
 use crate::stable_diffusion::lora_export::{self, LoraExport, NetworkAdapters};
+use crate::stable_diffusion::single_file::Family as SingleFileFamily;
 use crate::stable_diffusion::single_file_base::base_folder;
 use crate::stable_diffusion::{is_diffusers_folder, LoraFormat, SchedulerConfig};
-use difforge_config::{RunConfig, StableDiffusionConfig};
+use difforge_config::{ExportFormat, RunConfig, StableDiffusionConfig};
 use difforge_core::{ConfigError, StreamRng};
 use difforge_data::check::TokenCounter;
 use difforge_data::{Batch, ImageSet, Placement};
@@ -171,10 +172,35 @@ impl StableDiffusionFamily {
         }
     }
 
-    /// The base as a diffusers folder at `out` with the trained weights in place of its UNet's
-    /// (and text encoder's, `text_encoder.`-prefixed) (replacing what an earlier end of the same
-    /// run wrote).
-    fn export_folder(&self, trained: &[(String, Tensor)], out: &Path) -> Result<PathBuf, ModelError> {
+    /// A full fine-tune written in `formats`: the base as a diffusers folder (`dir/diffusers`)
+    /// and/or one single file (`dir/model.safetensors`, float32), with the trained weights in
+    /// place of its UNet's (and text encoder's); each replaces what an earlier end of the same
+    /// run wrote.
+    fn export_model(&self, trained: &[(String, Tensor)], formats: &[ExportFormat], dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        let networks = self.trained_networks(trained)?;
+        let mut written = Vec::new();
+        for format in formats {
+            let out = match format {
+                ExportFormat::Diffusers => dir.join("diffusers"),
+                ExportFormat::SingleFile => dir.join("model.safetensors"),
+            };
+            if out.is_dir() {
+                std::fs::remove_dir_all(&out).map_err(|e| ModelError::io(&out, e))?;
+            } else if out.exists() {
+                std::fs::remove_file(&out).map_err(|e| ModelError::io(&out, e))?;
+            }
+            match format {
+                ExportFormat::Diffusers => networks.write_diffusers(&self.base, &out)?,
+                ExportFormat::SingleFile => networks.write_single_file(SingleFileFamily::of(&networks), &out, tch::Kind::Float)?,
+            }
+            written.push(out);
+        }
+        Ok(written)
+    }
+
+    /// The base's networks with the trained weights in place of its UNet's (and text
+    /// encoder's, `text_encoder.`-prefixed), on the CPU.
+    fn trained_networks(&self, trained: &[(String, Tensor)]) -> Result<Networks, ModelError> {
         let networks = Networks::load_diffusers(&self.base, Device::Cpu)?;
         let unet_vars = networks.unet.vars.variables();
         let text_vars = networks.text_encoders[0].vars.variables();
@@ -189,11 +215,7 @@ impl StableDiffusionFamily {
             }
             Ok::<(), ModelError>(())
         })?;
-        if out.exists() {
-            std::fs::remove_dir_all(out).map_err(|e| ModelError::io(out, e))?;
-        }
-        networks.write_diffusers(&self.base, out)?;
-        Ok(out.to_path_buf())
+        Ok(networks)
     }
 }
 
@@ -433,16 +455,11 @@ impl Family for StableDiffusionFamily {
     /// LoRA adapters as kohya's layout (`lora.safetensors`, what the webui and ComfyUI load)
     /// and diffusers' (`pytorch_lora_weights.safetensors`, `load_lora_weights`' default name);
     /// a full fine-tune as a diffusers folder (`diffusers/`: the base with the trained UNet).
-    fn export_trained(
-        &self,
-        trained: &[(String, Tensor)],
-        lora: Option<&LoraConfig>,
-        record: &[(String, String)],
-        dir: &Path,
-    ) -> Result<Vec<PathBuf>, ModelError> {
-        let Some(lora) = lora else {
-            return Ok(vec![self.export_folder(trained, &dir.join("diffusers"))?]);
+    fn export_trained(&self, trained: &[(String, Tensor)], export: &Export, dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+        let Some(lora) = export.lora else {
+            return self.export_model(trained, export.formats, dir);
         };
+        let record = export.record;
         let (text, unet) = lora_export::split_prefixed(trained, TEXT_ENCODER_PREFIX);
         let mut networks = vec![NetworkAdapters { part: Part::Unet, variables: &unet }];
         if !text.is_empty() {

@@ -122,7 +122,7 @@ fn assert_same_end(a: &Path, b: &Path, step: u64) {
     for name in ["model.safetensors", "ema.safetensors", "optimizer.safetensors"] {
         assert!(read(&a.join(&ckpt).join(name)) == read(&b.join(&ckpt).join(name)), "{name} differs between {} and {}", a.display(), b.display());
     }
-    let exported = ["lora.safetensors", "pytorch_lora_weights.safetensors", "diffusers/unet/diffusion_pytorch_model.safetensors"];
+    let exported = ["lora.safetensors", "pytorch_lora_weights.safetensors", "diffusers/unet/diffusion_pytorch_model.safetensors", "model.safetensors"];
     let present: Vec<&str> = exported.into_iter().filter(|f| a.join(f).is_file()).collect();
     assert!(!present.is_empty(), "{} exported nothing", a.display());
     for file in present {
@@ -311,14 +311,27 @@ fn cached_latents_are_reused_across_runs_and_a_damaged_one_is_encoded_again() {
 }
 
 #[test]
-fn a_full_sd_fine_tune_trains_every_unet_weight_resumes_exactly_and_exports_a_diffusers_folder() {
+fn a_full_sd_fine_tune_trains_every_unet_weight_resumes_exactly_and_exports_a_diffusers_folder_and_a_single_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     write_shapes(&data);
-    let (run, summary) = train_and_check_resume(dir.path(), "full", &config(&data, 16, false));
+    let text = config(&data, 16, false).replace("threads = 1\n", "threads = 1\nexport = [\"diffusers\", \"single-file\"]\n");
+    let (run, summary) = train_and_check_resume(dir.path(), "full", &text);
     assert!(summary["adapter"].is_null());
     let folder = run.join("diffusers");
     assert_eq!(summary["exported"][0].as_str(), folder.to_str());
+    let file = run.join("model.safetensors");
+    assert_eq!(summary["exported"][1].as_str(), file.to_str());
+    // The single file (read with the base's configs) renders what the folder renders.
+    let render = |checkpoint: &Path, extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let args = ["--prompt", "a red square", "--seed", "2", "--steps", "3", "--out"];
+        difforge().arg("sample").arg("--checkpoint").arg(checkpoint).args(extra).args(args).arg(&out).assert().success();
+        read(&out)
+    };
+    let from_file = image::load_from_memory(&render(&file, &["--config", base().to_str().unwrap()], "file.png")).unwrap().to_rgb8();
+    let from_folder = image::load_from_memory(&render(&folder, &[], "folder.png")).unwrap().to_rgb8();
+    assert!(from_file == from_folder, "the single file is the exported folder's model");
     let ckpt = run.join("checkpoints/step-00000016");
     let model = checkpoint::load_model(&ckpt, &checkpoint::read_config(&ckpt).unwrap(), Device::Cpu).unwrap();
     let base_unet: std::collections::HashMap<String, Tensor> =
