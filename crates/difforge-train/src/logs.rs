@@ -12,6 +12,12 @@ use std::path::Path;
 pub struct StepRecord {
     pub step: u64,
     pub loss: f64,
+    /// Prior preservation (DreamBooth): the instance images' part of `loss` and the prior
+    /// images' own loss (weighted by `finetune.prior_weight` in `loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_instance: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_prior: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     pub images_per_s: f64,

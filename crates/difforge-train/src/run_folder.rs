@@ -32,6 +32,7 @@ const RUN_FILES: &[&str] = &[
     "eval.jsonl",
     "data-check.json",
     "lora.safetensors",
+    "class_images",
     "checkpoints",
     "samples",
     "vae",

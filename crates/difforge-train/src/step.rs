@@ -84,6 +84,10 @@ impl Laps {
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutcome {
     pub loss: f64,
+    /// Prior preservation: the prior images' own loss (unweighted, summed over the step's
+    /// micro-batches as `loss` is; this rank's in a data-parallel run), part of `loss` at
+    /// `finetune.prior_weight`.
+    pub prior_loss: Option<f64>,
     pub grad_norm: f64,
     pub lr: f64,
     /// False when the step was skipped (non-finite loss or gradient; nothing was updated).
@@ -138,6 +142,7 @@ impl Stepper {
         let mut ph = PhaseTimes { steps: 1, ..PhaseTimes::default() };
         self.opt.zero_grad();
         let mut loss_sum = 0.0;
+        let mut prior_sum = prior.is_some().then_some(0.0);
         for micro in 0..t.grad_accum as u64 {
             let draw = step * t.grad_accum as u64 + micro;
             let micro_batch = |b: &Batch, draw: u64| {
@@ -163,9 +168,12 @@ impl Stepper {
                     loss
                 }
                 Err(main) => {
-                    let loss = eager_loss(&self.model, &main, extra.as_ref(), accum, inject_nan);
+                    let (loss, prior_loss) = eager_loss(&self.model, &main, extra.as_ref(), accum, inject_nan);
                     ph.forward_s += laps.lap();
                     loss.backward();
+                    if let (Some(sum), Some(p)) = (prior_sum.as_mut(), prior_loss) {
+                        *sum += p.double_value(&[]) / accum;
+                    }
                     loss
                 }
             };
@@ -190,19 +198,29 @@ impl Stepper {
         if let Some(total) = self.phases.as_mut() {
             total.add(&ph);
         }
-        Ok(StepOutcome { loss: loss_sum, grad_norm, lr, applied })
+        Ok(StepOutcome { loss: loss_sum, prior_loss: prior_sum, grad_norm, lr, applied })
     }
 }
 
 /// The loss of a micro-batch computed eagerly (forward only): its own, plus the prior batch's
-/// at its weight, divided by the micro-batches per step; NaN when a fault is injected.
-fn eager_loss(model: &DiffusionModel, main: &MicroBatch, prior: Option<&(MicroBatch, f64)>, accum: f64, inject_nan: bool) -> tch::Tensor {
+/// at its weight, divided by the micro-batches per step; NaN when a fault is injected. Also the
+/// prior batch's own (unweighted) loss, for the log.
+fn eager_loss(
+    model: &DiffusionModel,
+    main: &MicroBatch,
+    prior: Option<&(MicroBatch, f64)>,
+    accum: f64,
+    inject_nan: bool,
+) -> (tch::Tensor, Option<tch::Tensor>) {
     let mut loss = main.loss(model) / accum;
+    let mut prior_loss = None;
     if let Some((pb, weight)) = prior {
-        loss += pb.loss(model) * (weight / accum);
+        let own = pb.loss(model);
+        loss += &own * (weight / accum);
+        prior_loss = Some(own.detach());
     }
     if inject_nan {
         loss *= f64::NAN;
     }
-    loss
+    (loss, prior_loss)
 }

@@ -465,7 +465,9 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let (trainable, ema_params) = model.trainable();
     let mut opt = AdamW::new(trainable, AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay })?;
     let ema_params = FlatBuffer::adopt(&ema_params)?;
-    let prior = crate::prior::prior_loader(&cfg, device)?;
+    // Rank 0 keeps the class images in the run folder; the other ranks make the same ones.
+    let class_dir = data_parallel.as_ref().is_none_or(|p| p.rank() == 0).then_some(run_dir.as_path());
+    let prior = crate::prior::prior_loader(&cfg, class_dir, device)?;
     if let Some((dir, st)) = &resume_from {
         load_optimizer(dir, &mut opt, st.optimizer_steps, device)?;
         tracing::info!("resuming from {} (step {})", dir.display(), st.step);
@@ -524,8 +526,23 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         let step = tr.state.step;
         let rate = (step.saturating_sub(first_step) * per_step) as f64 / start.elapsed().as_secs_f64().max(1e-9);
         if step.is_multiple_of(t.log_every) || step == t.steps {
-            tr.logs.step(&StepRecord { step, loss: out.loss, lr: out.lr, grad_norm: out.grad_norm, images_per_s: rate, elapsed_s: tr.state.elapsed_s })?;
-            progress.update(step, &format!("loss {:.4} lr {:.2e} {rate:.0} img/s", out.loss, out.lr));
+            let loss_instance = out.prior_loss.map(|p| out.loss - tr.cfg.finetune.prior_weight * p);
+            let record = StepRecord {
+                step,
+                loss: out.loss,
+                loss_instance,
+                loss_prior: out.prior_loss,
+                lr: out.lr,
+                grad_norm: out.grad_norm,
+                images_per_s: rate,
+                elapsed_s: tr.state.elapsed_s,
+            };
+            tr.logs.step(&record)?;
+            let split = match (loss_instance, out.prior_loss) {
+                (Some(i), Some(p)) => format!(" (instance {i:.4}, prior {p:.4})"),
+                _ => String::new(),
+            };
+            progress.update(step, &format!("loss {:.4}{split} lr {:.2e} {rate:.0} img/s", out.loss, out.lr));
         }
         let mut interrupted = opts.stop.load(Ordering::SeqCst);
         if let Some(p) = &tr.parallel {

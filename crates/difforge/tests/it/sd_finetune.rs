@@ -226,6 +226,19 @@ fn sd_dreambooth_with_prior_preservation_trains_and_resumes_exactly() {
     let text = config(&data, 16, true).replace("channels = 3\n", "channels = 3\ninstance_prompt = \"a photo of sks shape\"\n")
         + "[finetune]\nprior_preservation = true\nclass_prompt = \"a photo of a shape\"\nprior_per_class = 4\nprior_weight = 1.0\n";
     let (run, _) = train_and_check_resume(dir.path(), "dreambooth", &text);
+    // The class images are kept in the run (diffusers' class_data_dir), with their captions; the
+    // killed run's resume read them back (and ended with the same bytes).
+    let classes = run.join("class_images");
+    for i in 0..4 {
+        let png = classes.join(format!("{i:05}.png"));
+        assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (32, 32), "{}", png.display());
+        assert_eq!(std::fs::read_to_string(png.with_extension("txt")).unwrap(), "a photo of a shape");
+        assert!(read(&png) == read(&dir.path().join("dreambooth-killed/class_images").join(format!("{i:05}.png"))));
+    }
+    // The loss is logged with its instance and prior parts (prior weight 1).
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let (loss, instance, prior) = (first["loss"].as_f64().unwrap(), first["loss_instance"].as_f64().unwrap(), first["loss_prior"].as_f64().unwrap());
+    assert!(prior > 0.0 && instance > 0.0 && (instance + prior - loss).abs() < 1e-9, "{first}");
     let log = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(log.contains("instance_prompt = \"a photo of sks shape\"") && log.contains("class_prompt = \"a photo of a shape\""), "{log}");
     // The prior images move the result: the same run without them ends elsewhere.
