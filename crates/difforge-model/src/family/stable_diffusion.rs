@@ -25,7 +25,6 @@ use difforge_data::{Batch, ImageSet, Placement};
 use difforge_diffusion::{DiffusionConfig, NoiseSchedule};
 use difforge_nn::lora::{is_lora_variable, LoraTarget};
 use difforge_nn::sd::autoencoder_kl::AutoencoderKl;
-use difforge_nn::sd::clip_text::POSITION_IDS;
 use difforge_nn::sd::load::{load_strict_except, read_config, read_tensors, weight_files};
 use difforge_nn::sd::tokenizer::ClipTokenizer;
 use difforge_nn::sd::unet_2d_condition::UNet2DConditionModel;
@@ -351,8 +350,7 @@ impl Family for StableDiffusionFamily {
         load_strict_except(vs, &tensors, &dir, |name| is_lora_variable(name) || name.starts_with(TEXT_ENCODER_PREFIX))?;
         if let TextSide::Trained(_) = self.text {
             let dir = self.base.join("text_encoder");
-            let mut tensors = read_tensors(&weight_files(&dir, "model", None)?)?;
-            tensors.remove(POSITION_IDS);
+            let tensors = difforge_nn::sd::clip_text::read_weights(&dir, None)?;
             let prefixed = tensors.into_iter().map(|(name, t)| (format!("{TEXT_ENCODER_PREFIX}{name}"), t)).collect();
             load_strict_except(vs, &prefixed, &dir, |name| !name.starts_with(TEXT_ENCODER_PREFIX) || is_lora_variable(name))?;
         }

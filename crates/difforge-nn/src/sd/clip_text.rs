@@ -10,12 +10,14 @@
 //! with the end token instead, which the causal mask keeps from changing the prompt's tokens.
 
 use super::clip_encoder::{EncoderLayer, LayerShape};
+use super::lazy_tensor::LazyTensor;
 use super::load;
 use crate::error::NnError;
 use crate::lora::LoraSpec;
 use difforge_core::ConfigError;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -186,10 +188,18 @@ pub const POSITION_IDS: &str = "text_model.embeddings.position_ids";
 /// Loads a text encoder's weights from `dir` (`model.safetensors`, its `variant`, or shards)
 /// into `vs`, strictly as [`load::load_strict`] does, ignoring only [`POSITION_IDS`].
 pub fn load_weights(vs: &VarStore, dir: &Path, variant: Option<&str>) -> Result<(), NnError> {
+    load::load_strict(vs, &read_weights(dir, variant)?, dir)
+}
+
+/// A text encoder folder's tensors under transformers 4's names (`text_model.…`), without
+/// [`POSITION_IDS`]. transformers 5 made `CLIPTextModel` flat: a model created in it saves its
+/// weights without the `text_model.` prefix (`embeddings.…`, `encoder.…`, `final_layer_norm.…`);
+/// `CLIPTextModelWithProjection` and every 4.x folder keep it. Both load the same.
+pub fn read_weights(dir: &Path, variant: Option<&str>) -> Result<HashMap<String, (LazyTensor, PathBuf)>, NnError> {
     let files = load::weight_files(dir, "model", variant)?;
-    let mut tensors = load::read_tensors(&files)?;
+    let mut tensors = load::prefixed_if_flat(load::read_tensors(&files)?, "text_model.", "embeddings.token_embedding.weight");
     tensors.remove(POSITION_IDS);
-    load::load_strict(vs, &tensors, dir)
+    Ok(tensors)
 }
 
 impl ClipTextModel {

@@ -189,7 +189,7 @@ impl ClipVisionModel {
     }
 
     /// Reads a transformers `CLIPVisionModel` or `CLIPVisionModelWithProjection` folder
-    /// (`config.json` and `model.safetensors`) onto `device`, strictly (only
+    /// (`config.json` and `model.safetensors`; saved by transformers 4 or 5) onto `device`, strictly (only
     /// [`VISION_POSITION_IDS`] may be left over), the variables frozen. For a whole `CLIPModel`
     /// folder use [`super::clip_model::ClipModel::load`].
     pub fn load(dir: &Path, device: Device) -> Result<ClipVisionModel, NnError> {
@@ -198,7 +198,8 @@ impl ClipVisionModel {
         let mut vs = VarStore::new(device);
         let model = ClipVisionModel::new(&vs.root(), &config, config.with_projection())?;
         let files = load::weight_files(dir, "model", None)?;
-        let mut tensors = load::read_tensors(&files)?;
+        // transformers 5 saves a `CLIPVisionModel` made in it without `vision_model.`.
+        let mut tensors = load::prefixed_if_flat(load::read_tensors(&files)?, "vision_model.", "embeddings.patch_embedding.weight");
         tensors.remove(VISION_POSITION_IDS);
         load::load_strict(&vs, &tensors, dir)?;
         vs.freeze();

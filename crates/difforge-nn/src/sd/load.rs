@@ -143,6 +143,17 @@ pub fn load_strict_except(vs: &VarStore, tensors: &HashMap<String, (LazyTensor, 
     })
 }
 
+/// `tensors` with `prefix` in front of every key when none has it and `marker` (a key only the
+/// flat form has) is there. transformers 5 made `CLIPTextModel` and `CLIPVisionModel` flat: one
+/// created in it saves `embeddings.…` where 4.x (and the `…WithProjection` classes) save
+/// `text_model.embeddings.…` / `vision_model.embeddings.…`.
+pub fn prefixed_if_flat<T>(tensors: HashMap<String, T>, prefix: &str, marker: &str) -> HashMap<String, T> {
+    if tensors.keys().any(|k| k.starts_with(prefix)) || !tensors.contains_key(marker) {
+        return tensors;
+    }
+    tensors.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+}
+
 /// Loads a component's weights from `dir` (see [`weight_files`]) into `vs`.
 pub fn load_component(vs: &VarStore, dir: &Path, stem: &str, variant: Option<&str>) -> Result<(), NnError> {
     let files = weight_files(dir, stem, variant)?;
@@ -153,6 +164,24 @@ pub fn load_component(vs: &VarStore, dir: &Path, stem: &str, variant: Option<&st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_keys_get_the_prefix_and_prefixed_ones_stay() {
+        let map = |keys: &[&str]| keys.iter().map(|k| (k.to_string(), 0)).collect::<HashMap<String, i32>>();
+        let mut flat: Vec<String> = prefixed_if_flat(
+            map(&["embeddings.token_embedding.weight", "encoder.layers.0.mlp.fc1.weight"]),
+            "text_model.",
+            "embeddings.token_embedding.weight",
+        )
+        .into_keys()
+        .collect();
+        flat.sort();
+        assert_eq!(flat, ["text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.0.mlp.fc1.weight"]);
+        let kept = map(&["text_model.embeddings.token_embedding.weight", "text_projection.weight"]);
+        assert_eq!(prefixed_if_flat(kept.clone(), "text_model.", "embeddings.token_embedding.weight"), kept);
+        let other = map(&["conv_in.weight"]);
+        assert_eq!(prefixed_if_flat(other.clone(), "text_model.", "embeddings.token_embedding.weight"), other);
+    }
     use tch::{nn, Device, Kind};
 
     fn store() -> VarStore {

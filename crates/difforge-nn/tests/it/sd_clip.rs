@@ -1,5 +1,6 @@
 //! The CLIP text encoders against transformers 4.57.1 on the tiny fixtures: `CLIPTextModel`
-//! (quick_gelu, SD 1.x) and `CLIPTextModelWithProjection` (gelu, SDXL's second encoder).
+//! (quick_gelu, SD 1.x) and `CLIPTextModelWithProjection` (gelu, SDXL's second encoder), as
+//! transformers 4 and 5 save them.
 
 use crate::sd_reference::{assert_close, fixture, References};
 use difforge_nn::sd::clip_text::{load_weights, POSITION_IDS};
@@ -9,8 +10,13 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 /// Encodes the fixture's reference ids and compares every reference under `prefix`; `pooled`
 /// names the pooled output's key (`pooler_output` or `text_embeds`).
 fn check(fixture_name: &str, component: &str, prefix: &str, pooled: &str) {
+    check_folder(fixture_name, &fixture(fixture_name).join(component), prefix, pooled);
+}
+
+/// [`check`] of the encoder in `dir` against `fixture_name`'s references.
+fn check_folder(fixture_name: &str, dir: &std::path::Path, prefix: &str, pooled: &str) {
     let refs = References::of(fixture_name);
-    let model = ClipTextModel::load(&fixture(fixture_name).join(component), Device::Cpu).unwrap();
+    let model = ClipTextModel::load(dir, Device::Cpu).unwrap();
     let out = tch::no_grad(|| model.forward(refs.get(&format!("{prefix}.input_ids")))).unwrap();
     let key = |k: &str| format!("{prefix}.{k}");
     assert_eq!(out.hidden_states.len(), 4, "embeddings and three layers");
@@ -30,6 +36,17 @@ fn clip_text_model_matches_transformers() {
 #[test]
 fn clip_text_model_with_projection_matches_transformers() {
     check("tiny-sdxl", "text_encoder_2", "text2", "text_embeds");
+}
+
+/// tools/make_transformers5_fixtures.py: the same encoders saved by transformers 5.25, whose
+/// `CLIPTextModel` has no `text_model.` prefix (its `CLIPTextModelWithProjection` keeps it).
+#[test]
+fn text_encoders_saved_by_transformers_5_match_transformers_4s_outputs() {
+    let tf5 = fixture("transformers5");
+    let keys: Vec<String> = Tensor::read_safetensors(tf5.join("tiny-sd15/text_encoder/model.safetensors")).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().all(|k| !k.starts_with("text_model.")) && keys.contains(&"embeddings.token_embedding.weight".to_string()), "{keys:?}");
+    check_folder("tiny-sd15", &tf5.join("tiny-sd15/text_encoder"), "text", "pooler_output");
+    check_folder("tiny-sdxl", &tf5.join("tiny-sdxl/text_encoder_2"), "text2", "text_embeds");
 }
 
 #[test]

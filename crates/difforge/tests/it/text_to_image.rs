@@ -143,3 +143,26 @@ fn a_lora_file_at_a_scale_changes_the_image_and_is_recorded_in_it() {
     let json: serde_json::Value = serde_json::from_str(&chunks.iter().find(|(k, _)| k == "difforge").unwrap().1).unwrap();
     assert_eq!((json["prompt"].as_str(), json["loras"][0]["name"].as_str(), json["loras"][0]["scale"].as_f64()), (Some("a red fox"), Some("kohya"), Some(0.5)));
 }
+
+/// A diffusers folder whose text encoders transformers 5 saved (tools/make_transformers5_fixtures.py:
+/// `CLIPTextModel` without the `text_model.` prefix) generates the transformers-4 folder's image,
+/// which difforge-model's pipeline tests hold to diffusers'.
+#[test]
+fn folders_saved_by_transformers_5_generate_the_transformers_4_folders_image() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, encoders) in [("tiny-sd15", &["text_encoder"][..]), ("tiny-sdxl", &["text_encoder", "text_encoder_2"][..])] {
+        let tf5 = dir.path().join(model);
+        crate::sd_finetune::copy_dir(&fixture(model), &tf5);
+        for encoder in encoders {
+            std::fs::remove_dir_all(tf5.join(encoder)).unwrap();
+            crate::sd_finetune::copy_dir(&fixture("transformers5").join(model).join(encoder), &tf5.join(encoder));
+        }
+        let render = |folder: &Path, name: &str| {
+            let out = dir.path().join(format!("{model}-{name}.png"));
+            let args = ["--prompt", "a red fox in the snow", "--seed", "7", "--steps", "3", "--out"];
+            difforge().arg("sample").arg("--checkpoint").arg(folder).args(args).arg(&out).assert().success();
+            image::open(&out).unwrap().to_rgb8().into_raw()
+        };
+        assert!(render(&tf5, "tf5") == render(&fixture(model), "tf4"), "{model}: a transformers-5 folder gives the transformers-4 folder's image");
+    }
+}
