@@ -229,6 +229,11 @@ mod tests {
     }
 
     #[test]
+    fn text_models_may_say_sample_per_prompt() {
+        assert_eq!(load("[train]\nsample_per_prompt = 3\n", &[]).unwrap().train.sample_per_class, 3);
+    }
+
+    #[test]
     fn unknown_keys_get_a_suggestion_and_set_errors_name_the_set() {
         let err = load("[train]\nlearning_rate = 1e-4\n", &[]).unwrap_err().to_string();
         assert!(err.contains("did you mean train.lr?"), "{err}");

@@ -132,7 +132,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Write a sample grid every N steps (and at the end); 0: only at the end.
     pub sample_every: u64,
-    /// Images per class in the sample grids (or images in all, for unconditional models).
+    /// Images per class in the sample grids (per preview prompt for text models, which may call
+    /// it `sample_per_prompt`; times 8 for unconditional models).
+    #[serde(alias = "sample_per_prompt")]
     pub sample_per_class: usize,
     /// Append a metrics record every N steps.
     pub log_every: u64,

@@ -82,6 +82,50 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
     Ok(Tensor::cat(&parts, 0))
 }
 
+/// What a grid of generated images shows, as the JSON of its `difforge` PNG text chunk: the
+/// sampler settings (`noise` says how the starting noise of each seed was drawn), `about` (the
+/// caller's fields: checkpoint, step, ...) and each tile in order with its seed and prompt or
+/// class, so any tile can be drawn again.
+pub fn grid_metadata(spec: &GenerateSpec, columns: usize, about: serde_json::Value) -> String {
+    images_metadata(&spec.conditions, &spec.seeds, &spec.negatives, spec.sampler, columns, about)
+}
+
+/// [`grid_metadata`] of images generated outside a [`GenerateSpec`] (a published model's).
+pub fn images_metadata(
+    conditions: &[Condition],
+    seeds: &[u64],
+    negatives: &[Condition],
+    s: &SamplerConfig,
+    columns: usize,
+    about: serde_json::Value,
+) -> String {
+    let tiles: Vec<serde_json::Value> = conditions
+        .iter()
+        .zip(seeds)
+        .enumerate()
+        .map(|(i, (condition, seed))| {
+            let mut tile = serde_json::json!({ "seed": seed });
+            match condition {
+                Condition::Text(prompt) => tile["prompt"] = prompt.clone().into(),
+                Condition::Class(k) => tile["class"] = (*k).into(),
+                Condition::Unconditional => {}
+            }
+            if let Some(Condition::Text(negative)) = negatives.get(i) {
+                tile["negative_prompt"] = negative.clone().into();
+            }
+            tile
+        })
+        .collect();
+    let mut meta = serde_json::json!({
+        "sampler": s.sampler.name(), "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
+        "spacing": s.spacing.name(), "noise": s.noise.name(), "columns": columns, "images": tiles,
+    });
+    if let (Some(map), serde_json::Value::Object(about)) = (meta.as_object_mut(), about) {
+        map.extend(about);
+    }
+    meta.to_string()
+}
+
 /// The pixel shape of an image of `size` (height, width), which must be the model's own or
 /// multiples of its family's size step.
 pub fn checked_size(model: &DiffusionModel, [h, w]: [i64; 2]) -> Result<[i64; 3], ModelError> {

@@ -45,18 +45,32 @@ pub fn save_png_with_text(images: &Tensor, i: i64, text: &[(&str, String)], path
     }
     let pixels = ((image.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
     let bytes = Vec::<u8>::try_from(&pixels.view([-1])).map_err(std::io::Error::other)?;
+    difforge_core::write_atomic(path, &encode_rgb_with_text(w as u32, h as u32, &bytes, text)?)
+}
+
+/// A grid of (N, C, H, W) images as [`save_grid`] draws it, with UTF-8 text chunks: what the
+/// tiles are (prompts or classes, seeds, sampler settings), as a generated image carries them.
+pub fn save_grid_with_text(images: &Tensor, columns: usize, text: &[(&str, String)], path: &Path) -> std::io::Result<()> {
+    let (data, [count, channels, height, width]) = planar_parts(images)?;
+    let planar = PlanarImages { data: &data, count, channels, height, width };
+    let grid = planar.grid(columns).to_rgb8();
+    difforge_core::write_atomic(path, &encode_rgb_with_text(grid.width(), grid.height(), grid.as_raw(), text)?)
+}
+
+/// An 8-bit RGB PNG with iTXt chunks (keyword, text).
+fn encode_rgb_with_text(width: u32, height: u32, rgb: &[u8], text: &[(&str, String)]) -> std::io::Result<Vec<u8>> {
     let mut encoded = Vec::new();
     {
-        let mut encoder = png::Encoder::new(&mut encoded, w as u32, h as u32);
+        let mut encoder = png::Encoder::new(&mut encoded, width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         for (key, value) in text {
             encoder.add_itxt_chunk(key.to_string(), value.clone()).map_err(std::io::Error::other)?;
         }
         let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
-        writer.write_image_data(&bytes).map_err(std::io::Error::other)?;
+        writer.write_image_data(rgb).map_err(std::io::Error::other)?;
     }
-    difforge_core::write_atomic(path, &encoded)
+    Ok(encoded)
 }
 
 /// The prompt `difforge sample` wrote into a generated PNG (its `difforge` text chunk), if the

@@ -13,8 +13,8 @@
 use crate::error::TrainError;
 use difforge_config::{ModelConfig, RunConfig};
 use difforge_core::{derive_seed, ConfigError, Stream};
-use difforge_model::generate::{checked_size, generate, preview_columns, preview_conditions, GenerateSpec};
-use difforge_model::images::save_grid;
+use difforge_model::generate::{checked_size, generate, grid_metadata, preview_columns, preview_conditions, GenerateSpec};
+use difforge_model::images::save_grid_with_text;
 use difforge_model::{Condition, DiffusionModel, Weights};
 use std::path::{Path, PathBuf};
 
@@ -126,14 +126,16 @@ impl Previews {
                 size: None,
             };
             let images = generate(model, &spec)?;
-            save_grid(&images, preview_columns(model.family().condition_kind(), per_class), &path).map_err(|e| TrainError::io(&path, e))?;
+            let columns = preview_columns(model.family().condition_kind(), per_class);
+            let meta = grid_metadata(&spec, columns, serde_json::json!({ "step": step, "weights": "ema" }));
+            save_grid_with_text(&images, columns, &[("difforge", meta)], &path).map_err(|e| TrainError::io(&path, e))?;
             // The seeds, so that `difforge sample` (or diffusers, with torch's noise) can redraw an image.
             tracing::info!("step {step}: previews {} (row r, image c: seed {first_seed} + r x {per_class} + c)", path.display());
             return Ok(path);
         };
         // One grid per image size (in the order sizes first appear), a row per prompt line.
         let own = model.family().pixel_shape();
-        let mut grids: Vec<([i64; 2], Vec<tch::Tensor>)> = Vec::new();
+        let mut grids: Vec<([i64; 2], Vec<tch::Tensor>, Vec<serde_json::Value>)> = Vec::new();
         for (i, line) in lines.iter().enumerate() {
             let seed = line.seed.unwrap_or(first_seed + (i * per_class) as u64);
             let sampler = difforge_diffusion::SamplerConfig {
@@ -153,14 +155,19 @@ impl Previews {
             };
             let size = line.size.unwrap_or([own[1], own[2]]);
             let images = generate(model, &spec)?;
-            match grids.iter_mut().find(|(s, _)| *s == size) {
-                Some((_, rows)) => rows.push(images),
-                None => grids.push((size, vec![images])),
+            let row = serde_json::from_str(&grid_metadata(&spec, per_class, serde_json::json!({}))).unwrap_or_default();
+            match grids.iter_mut().find(|(s, _, _)| *s == size) {
+                Some((_, rows, meta)) => {
+                    rows.push(images);
+                    meta.push(row);
+                }
+                None => grids.push((size, vec![images], vec![row])),
             }
         }
-        for (k, ([h, w], rows)) in grids.iter().enumerate() {
+        for (k, ([h, w], rows, meta)) in grids.iter().enumerate() {
             let file = if k == 0 { path.clone() } else { run_dir.join("samples").join(format!("step-{step:08}-{w}x{h}.png")) };
-            save_grid(&tch::Tensor::cat(rows, 0), per_class, &file).map_err(|e| TrainError::io(&file, e))?;
+            let meta = serde_json::json!({ "step": step, "weights": "ema", "rows": meta }).to_string();
+            save_grid_with_text(&tch::Tensor::cat(rows, 0), per_class, &[("difforge", meta)], &file).map_err(|e| TrainError::io(&file, e))?;
         }
         Ok(path)
     }

@@ -70,14 +70,20 @@ pub struct FolderCaptions {
     pub metadata: Option<PathBuf>,
     /// Images with a metadata row whose sidecar file was therefore not read.
     pub sidecars_ignored: usize,
+    /// Captions read from sidecar files (images without a metadata row).
+    pub from_sidecars: usize,
 }
 
 impl FolderCaptions {
-    /// Where the captions came from, for reports: the metadata file's name, or the sidecar files.
+    /// Where the captions came from, for reports: the metadata file's name, the sidecar files,
+    /// or both with how many each gave.
     pub fn source_name(&self, source: &CaptionSource) -> String {
-        match &self.metadata {
-            Some(file) => file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            None => format!("{} files", source.extension),
+        let sidecars = format!("{} files", source.extension);
+        let Some(file) = &self.metadata else { return sidecars };
+        let name = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        match self.from_sidecars {
+            0 => name,
+            n => format!("{name} ({} captions) and {sidecars} ({n})", self.captions.iter().flatten().count() - n),
         }
     }
 }
@@ -91,18 +97,24 @@ fn normalized(path: &Path) -> PathBuf {
 /// row for the image, else from the image's sidecar file.
 pub fn folder_captions(root: &Path, files: &[PathBuf], source: &CaptionSource) -> Result<FolderCaptions, DataError> {
     let metadata = read_metadata(root, &source.column)?;
-    let captions: Vec<(Option<String>, bool)> = files
+    // (caption, its sidecar was ignored, it came from the sidecar)
+    let captions: Vec<(Option<String>, bool, bool)> = files
         .par_iter()
         .map(|file| {
             let sidecar = source.sidecar(file);
             match metadata.as_ref().and_then(|m| m.captions.get(&normalized(file))) {
-                Some(caption) => (caption.clone(), sidecar.is_file()),
-                None => (std::fs::read_to_string(sidecar).ok().map(|s| s.trim().to_string()), false),
+                Some(caption) => (caption.clone(), sidecar.is_file(), false),
+                None => {
+                    let caption = std::fs::read_to_string(sidecar).ok().map(|s| s.trim().to_string());
+                    let read = caption.is_some();
+                    (caption, false, read)
+                }
             }
         })
         .collect();
-    let sidecars_ignored = captions.iter().filter(|(_, ignored)| *ignored).count();
-    Ok(FolderCaptions { captions: captions.into_iter().map(|(c, _)| c).collect(), metadata: metadata.map(|m| m.file), sidecars_ignored })
+    let sidecars_ignored = captions.iter().filter(|(_, ignored, _)| *ignored).count();
+    let from_sidecars = captions.iter().filter(|(_, _, sidecar)| *sidecar).count();
+    Ok(FolderCaptions { captions: captions.into_iter().map(|(c, _, _)| c).collect(), metadata: metadata.map(|m| m.file), sidecars_ignored, from_sidecars })
 }
 
 /// The metadata file at `root`, if there is one (both kinds at once is an error).
@@ -309,6 +321,22 @@ mod tests {
         );
         assert_eq!(fields("a,b\n"), vec![vec!["a", "b"]]);
         assert_eq!(fields("a,\"\"\n"), vec![vec!["a", ""]]);
+    }
+
+    #[test]
+    fn captions_from_a_metadata_file_and_sidecars_say_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+        for image in [&a, &b] {
+            std::fs::write(image, b"png").unwrap();
+        }
+        std::fs::write(dir.path().join("metadata.jsonl"), "{\"file_name\": \"a.png\", \"text\": \"a cat\"}\n").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "a dog\n").unwrap();
+        let source = CaptionSource::default();
+        let both = folder_captions(dir.path(), &[a.clone(), b], &source).unwrap();
+        assert_eq!(both.captions, [Some("a cat".to_string()), Some("a dog".to_string())]);
+        assert_eq!(both.source_name(&source), "metadata.jsonl (1 captions) and .txt files (1)");
+        assert_eq!(folder_captions(dir.path(), &[a], &source).unwrap().source_name(&source), "metadata.jsonl");
     }
 
     #[test]

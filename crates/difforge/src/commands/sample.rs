@@ -6,8 +6,8 @@ use anyhow::Context;
 use difforge_config::RunConfig;
 use difforge_core::ConfigError;
 use difforge_diffusion::{SamplerConfig, SamplerKind, StartNoise};
-use difforge_model::generate::classes_in_turn;
-use difforge_model::images::{save_each, save_grid};
+use difforge_model::generate::{classes_in_turn, grid_metadata};
+use difforge_model::images::{save_each, save_grid_with_text};
 use difforge_model::{checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
 use serde::Serialize;
 
@@ -170,7 +170,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let images = generate(&model, &spec)?;
     let seconds = start.elapsed().as_secs_f64();
     let columns = (n as f64).sqrt().ceil() as usize;
-    save_grid(&images, columns, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    // The model by its training step, not its path: a run folder and its checkpoint folder give
+    // the same bytes.
+    let step = checkpoint::read_state(&dir)?.step;
+    let about = serde_json::json!({ "step": step, "weights": if args.sampling.raw { "raw" } else { "ema" } });
+    let meta = grid_metadata(&spec, columns, about);
+    save_grid_with_text(&images, columns, &[("difforge", meta)], &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     let files = match &args.out_dir {
         Some(d) => save_each(&images, d, "sample-").with_context(|| format!("writing into {}", d.display()))?,
         None => Vec::new(),

@@ -6,14 +6,18 @@ use crate::cli::{SampleArgs, SamplerArgs, SamplingArgs, TextPromptArgs};
 use anyhow::Context;
 use difforge_core::ConfigError;
 use difforge_diffusion::{NoiseSource, SamplerConfig, SamplerKind, StartNoise, TrajectoryStep};
-use difforge_model::images::save_png_with_text;
+use difforge_model::generate::images_metadata;
+use difforge_model::images::{save_grid_with_text, save_png_with_text};
 use difforge_model::stable_diffusion::{Generation, LoraReport, StableDiffusion, TextToImage};
+use difforge_model::Condition;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// At most this many prompts per run, and images per prompt.
 const MAX_PROMPTS: usize = 10_000;
 const MAX_PER_PROMPT: usize = 64;
+/// Up to this many images are also drawn on one contact sheet at `--out`.
+const MAX_SHEET: usize = 64;
 
 pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
     refuse_pixel_flags(args)?;
@@ -43,6 +47,8 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
     let negative = args.text.negative_prompt.as_deref();
     let start = std::time::Instant::now();
     let mut files = Vec::new();
+    let mut all_images = Vec::new();
+    let mut all_seeds = Vec::new();
     let total = prompts.len() * per_prompt;
     let mut progress = difforge_core::progress::Progress::new("generating", (total * sampler.steps) as u64, 0);
     for (j, prompt) in prompts.iter().enumerate() {
@@ -73,8 +79,23 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
             save_png_with_text(&images, k as i64, &settings.chunks(), &path).with_context(|| format!("writing {}", path.display()))?;
             files.push(path);
         }
+        if total <= MAX_SHEET {
+            all_images.push(images);
+            all_seeds.extend(seeds);
+        }
     }
     progress.finish();
+    let sheet = (1 < total && total <= MAX_SHEET).then(|| args.out.clone());
+    if sheet.is_some() {
+        // Several images: each in its own file, and all of them on one sheet at --out.
+        let conditions: Vec<Condition> = prompts.iter().flat_map(|p| std::iter::repeat_n(Condition::Text(p.clone()), per_prompt)).collect();
+        let negatives = negative.map_or_else(Vec::new, |n| vec![Condition::Text(n.to_string()); total]);
+        let columns = if prompts.len() > 1 { per_prompt } else { (total as f64).sqrt().ceil() as usize };
+        let about = serde_json::json!({ "checkpoint": dir, "width": width, "height": height, "clip_skip": args.text.clip_skip });
+        let meta = images_metadata(&conditions, &all_seeds, &negatives, &sampler, columns, about);
+        let sheet = tch::Tensor::cat(&all_images, 0);
+        save_grid_with_text(&sheet, columns, &[("difforge", meta)], &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    }
     let report = Report {
         checkpoint: dir.clone(),
         images: files.len(),
@@ -86,6 +107,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<()> {
         seed: args.sampling.seed,
         seconds: start.elapsed().as_secs_f64(),
         files,
+        sheet,
         loras: merged,
     };
     if args.json {
@@ -257,6 +279,8 @@ struct Report<'a> {
     seed: u64,
     seconds: f64,
     files: Vec<PathBuf>,
+    /// `--out`: every image on one sheet, when there are several (at most 64).
+    sheet: Option<PathBuf>,
     loras: Vec<LoraReport>,
 }
 

@@ -79,7 +79,17 @@ fn a_lora_runs_previews_samples_and_server_render_what_its_file_renders_on_the_b
 
     // The blue circle's row of the last preview grid (2 per prompt: seeds first + 2, first + 3).
     let first = difforge_core::derive_seed(3, difforge_core::Stream::Sample, 0) >> 16;
-    let grid = rgb(&run.join("samples/step-00000008.png"));
+    let grid_file = run.join("samples/step-00000008.png");
+    let grid = rgb(&grid_file);
+    // The grid says what each tile is.
+    let png = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&grid_file).unwrap())).read_info().unwrap();
+    let chunk = png.info().utf8_text.iter().find(|c| c.keyword == "difforge").map(|c| c.get_text().unwrap()).expect("a difforge text chunk");
+    let meta: serde_json::Value = serde_json::from_str(&chunk).unwrap();
+    assert_eq!(
+        (meta["images"][2]["prompt"].as_str(), meta["images"][2]["seed"].as_u64(), meta["noise"].as_str()),
+        (Some("a blue circle"), Some(first + 2), Some("torch")),
+        "{meta}"
+    );
     let previews = [tile(&grid, 2, 2), tile(&grid, 2, 3)];
     let seed = (first + 2).to_string();
     let prompt = ["--prompt", "a blue circle", "--seed", seed.as_str()];

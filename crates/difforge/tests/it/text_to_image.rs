@@ -41,7 +41,7 @@ fn an_sd15_folder_generates_from_a_prompt_with_its_settings_in_the_png() {
 }
 
 #[test]
-fn several_prompts_and_images_are_numbered_beside_out_with_one_seed_each() {
+fn several_prompts_and_images_are_numbered_beside_out_with_one_seed_each_and_drawn_on_a_sheet_at_out() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = dir.path().join("prompts.txt");
     std::fs::write(&prompts, "a cat\n\n  a dog on a skateboard \n").unwrap();
@@ -65,7 +65,16 @@ fn several_prompts_and_images_are_numbered_beside_out_with_one_seed_each() {
         let parameters = text_chunks(&path).into_iter().find(|(key, _)| key == "parameters").unwrap().1;
         assert!(parameters.starts_with(&format!("{prompt}\n")) && parameters.contains(&format!("Seed: {seed},")), "{parameters}");
     }
-    assert!(!out.exists(), "several images are numbered, not written to --out itself");
+    // --out is the sheet of all four, a row per prompt, saying what each tile is.
+    let sheet = image::open(&out).unwrap();
+    assert_eq!((sheet.width(), sheet.height()), (2 * 34 + 2, 2 * 50 + 2));
+    assert_eq!(report["sheet"].as_str(), out.to_str());
+    let meta: serde_json::Value = serde_json::from_str(&text_chunks(&out).into_iter().find(|(key, _)| key == "difforge").unwrap().1).unwrap();
+    assert_eq!(
+        (meta["images"][2]["prompt"].as_str(), meta["images"][2]["seed"].as_u64(), meta["columns"].as_u64()),
+        (Some("a dog on a skateboard"), Some(9), Some(2)),
+        "{meta}"
+    );
 }
 
 #[test]
