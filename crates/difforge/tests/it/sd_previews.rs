@@ -142,3 +142,35 @@ fn a_lora_runs_previews_samples_and_server_render_what_its_file_renders_on_the_b
     let served = image::load_from_memory(&served.body).unwrap().to_rgb8();
     assert!(max_difference(&served, &previews[0]) <= 2, "serve: {} from the preview", max_difference(&served, &previews[0]));
 }
+
+/// A LoRA file a difforge run trained and exported (tools/make_sd_lora_run_fixture.py, kohya's
+/// layout) on the tiny SD 1.5 base renders in difforge what diffusers 0.35.2 renders with
+/// `load_lora_weights` for the same prompt and seed (the fixture's reference image), to 2/255. With
+/// the test above (a run's previews, `sample` and `serve` give the base-plus-file image), a run's
+/// previews are diffusers' image of its exported file.
+#[test]
+fn a_trained_loras_file_renders_in_difforge_as_in_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-lora-run");
+    let refs: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(fixtures.join("reference.safetensors")).unwrap().into_iter().collect();
+    let to_bytes = |t: &tch::Tensor| -> Vec<u8> {
+        let hwc = (t.get(0).permute([1, 2, 0]) * 255.0).round().clamp(0.0, 255.0).to_kind(tch::Kind::Uint8).contiguous();
+        Vec::<u8>::try_from(hwc.view([-1])).unwrap()
+    };
+    let args = ["--prompt", "a small blue circle at the center on a white background", "--seed", "42", "--steps", "4", "--guidance", "3"];
+    for (lora, key) in [(Some(fixtures.join("lora.safetensors")), "image"), (None, "base_image")] {
+        let out = dir.path().join(format!("{key}.png"));
+        let mut cmd = difforge();
+        cmd.args(["sample", "--checkpoint"]).arg(base()).args(args).arg("--out").arg(&out);
+        if let Some(file) = &lora {
+            cmd.arg("--lora").arg(file);
+        }
+        cmd.assert().success();
+        let ours = rgb(&out).into_raw();
+        let theirs = to_bytes(&refs[key]);
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 2, "{key}: {worst}/255 from diffusers");
+    }
+    assert!(to_bytes(&refs["image"]) != to_bytes(&refs["base_image"]), "the LoRA changes diffusers' image");
+}
