@@ -5,7 +5,7 @@
 use crate::codec::Codec;
 use crate::error::ModelError;
 use crate::family::{family_of, Condition, Family};
-use difforge_config::{Precision, RunConfig};
+use difforge_config::{ModelConfig, Precision, RunConfig};
 use difforge_core::{derive_seed, Stream};
 use difforge_diffusion::{Denoiser, ForwardProcess, NoiseSchedule};
 use difforge_nn::{Conditioning, DenoiserNet, LoraSpec};
@@ -97,6 +97,14 @@ impl DiffusionModel {
     /// weights, so that a GPU run starts from the weights a CPU run with the same seed starts
     /// from (the CUDA generator would draw others).
     pub fn with_lora_scale(config: &RunConfig, device: Device, scale: f64) -> Result<DiffusionModel, ModelError> {
+        // A single-file Stable Diffusion base is converted (once; then cached) before the seed
+        // is set: the conversion builds networks, whose initialisation draws from libtorch's
+        // generator, and would leave other draws to the adapters of the run that converted it.
+        if let ModelConfig::StableDiffusion(sd) = &config.model {
+            if sd.new.is_none() {
+                crate::stable_diffusion::single_file_base::base_folder(sd)?;
+            }
+        }
         tch::manual_seed(derive_seed(config.seed, Stream::Init, 0) as i64 >> 1);
         let family = family_of(config, device)?;
         let spec = config.lora.clone().map(|c| LoraSpec { config: c, scale });

@@ -24,17 +24,22 @@ const GUIDANCE_XL: f64 = 5.0;
 /// `scheduler/scheduler_config.json`.
 pub fn scheduler_settings(folder: &Path) -> Result<(DiffusionConfig, SamplerConfig), ModelError> {
     let scheduler_dir = folder.join("scheduler");
-    let scheduler_file = scheduler_dir.join("scheduler_config.json");
     let scheduler = SchedulerConfig::read(&scheduler_dir)?;
-    let scheduling = scheduler.scheduling(&scheduler_file)?;
+    settings_of(&scheduler, &scheduler_dir.join("scheduler_config.json"), folder.join("text_encoder_2").is_dir())
+}
+
+/// [`scheduler_settings`] of a scheduler config (read from `file`, for errors) of an SDXL model
+/// (`xl`) or another.
+pub fn settings_of(scheduler: &SchedulerConfig, file: &Path, xl: bool) -> Result<(DiffusionConfig, SamplerConfig), ModelError> {
+    let scheduling = scheduler.scheduling(file)?;
     if let Some(note) = &scheduling.substitute {
         tracing::warn!("{note}");
     }
     let mut sample = scheduling.sampler;
     sample.steps = STEPS;
-    sample.guidance = if folder.join("text_encoder_2").is_dir() { GUIDANCE_XL } else { GUIDANCE };
+    sample.guidance = if xl { GUIDANCE_XL } else { GUIDANCE };
     sample.noise = StartNoise::Torch;
-    Ok((scheduler.diffusion_config(&scheduler_file)?, sample))
+    Ok((scheduler.diffusion_config(file)?, sample))
 }
 
 /// The run config of `folder` (a diffusers Stable Diffusion folder), checked as any run's is.

@@ -10,7 +10,7 @@
 
 use super::pipeline::is_diffusers_folder;
 use super::published::scheduler_settings;
-use super::single_file_base::base_folder;
+use super::single_file_base::settings_before_conversion;
 use crate::error::ModelError;
 use difforge_config::{GivenOverDefault, ModelConfig, ModelDefaults};
 use difforge_core::ConfigError;
@@ -33,15 +33,18 @@ pub fn run_defaults(model: &ModelConfig) -> Result<Option<ModelDefaults>, Config
         return Ok(None);
     }
     let unreadable = |e: ModelError| ConfigError::new("model.base", sd.base.display(), format!("a base whose scheduler config difforge reads ({e})"));
-    let folder = base_folder(sd).map_err(unreadable)?;
-    if !is_diffusers_folder(&folder) {
-        return Ok(None);
-    }
-    let (diffusion, sample) = scheduler_settings(&folder).map_err(unreadable)?;
+    let settings = if sd.base.is_file() {
+        settings_before_conversion(sd).map_err(unreadable)?
+    } else if is_diffusers_folder(&sd.base) {
+        Some(scheduler_settings(&sd.base).map_err(unreadable)?)
+    } else {
+        None
+    };
+    let Some((diffusion, sample)) = settings else { return Ok(None) };
     let mut sections = toml::Table::new();
     sections.insert("diffusion".into(), diffusion_section(&diffusion)?.into());
     sections.insert("sample".into(), sample_section(&sample)?.into());
-    let source = format!("the base's scheduler ({})", folder.join("scheduler").join("scheduler_config.json").display());
+    let source = format!("the scheduler of the base {}", sd.base.display());
     Ok(Some(ModelDefaults { sections, check_given: warn_on_other_sampling, source }))
 }
 

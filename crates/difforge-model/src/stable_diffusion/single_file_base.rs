@@ -10,10 +10,13 @@
 
 use super::components::Networks;
 use super::pipeline::is_diffusers_folder;
+use super::published::{scheduler_settings, settings_of};
+use super::scheduler::SchedulerConfig;
 use super::single_file::{read_checkpoint_lazy, Family};
 use crate::error::ModelError;
 use difforge_config::StableDiffusionConfig;
 use difforge_core::ConfigError;
+use difforge_diffusion::{DiffusionConfig, SamplerConfig};
 use difforge_nn::sd::presets::SdPreset;
 use difforge_nn::sd::tokenizer::ClipTokenizer;
 use serde_json::{json, Value};
@@ -46,6 +49,28 @@ pub fn folder_of(model: &Path, config: Option<&Path>) -> Result<PathBuf, ModelEr
 /// The version of the conversion, part of every cached folder's name: a change to what a
 /// converted folder holds bumps it, so no folder written by older code is reused.
 const CONVERSION: u32 = 1;
+
+/// The `[diffusion]` and `[sample]` settings a single-file base has once converted, without
+/// converting it: no tensor may be made while a run's config is read, because the run pins its
+/// CPU kernels only afterwards and libtorch fixes them at its first computation. They are the
+/// cached folder's, `model.base_config`'s, or (a `.safetensors` of a published architecture)
+/// SD's DDIM with the preset's prediction, read from the file's header alone. None for a `.ckpt`
+/// with neither (its keys need its pickle read): the family's loading then names the values.
+pub fn settings_before_conversion(config: &StableDiffusionConfig) -> Result<Option<(DiffusionConfig, SamplerConfig)>, ModelError> {
+    let base = &config.base;
+    let cached = cache_root().join(cache_name(base, config.base_config.as_deref())?);
+    if let Some(folder) = [Some(cached.as_path()), config.base_config.as_deref()].into_iter().flatten().find(|d| is_diffusers_folder(d)) {
+        return scheduler_settings(folder).map(Some);
+    }
+    if config.base_config.is_some() || !base.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors")) {
+        return Ok(None);
+    }
+    let keys: Vec<String> = read_checkpoint_lazy(base)?.into_keys().collect();
+    let family = Family::detect(base, keys.iter())?;
+    let preset = SdPreset::named(family.preset())?;
+    let scheduler = SchedulerConfig::stable_diffusion(preset.prediction_type);
+    settings_of(&scheduler, base, family == Family::Sdxl).map(Some)
+}
 
 /// `$DIFFORGE_CACHE_DIR/sd-bases`, else `~/.cache/difforge/sd-bases`.
 fn cache_root() -> PathBuf {
