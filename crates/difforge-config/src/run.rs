@@ -126,9 +126,26 @@ impl RunConfig {
         self.train.validate()?;
         self.sample.validate(self.diffusion.timesteps)?;
         self.finetune.validate(self.model.has_base())?;
+        let stable_diffusion = matches!(&self.model, ModelConfig::StableDiffusion(_));
+        // Keys only a full fine-tune of Stable Diffusion reads: refused where they would do nothing.
+        if self.train.export != [crate::train::ExportFormat::Diffusers] && !(stable_diffusion && self.lora.is_none()) {
+            let formats: Vec<&str> = self.train.export.iter().map(|f| f.name()).collect();
+            return Err(ConfigError::new(
+                "train.export",
+                format!("{formats:?}"),
+                "[\"diffusers\"] (the default) unless every weight of a Stable Diffusion model trains: LoRA runs write their LoRA files, other models their checkpoints",
+            ));
+        }
         if let Some(l) = &self.lora {
             l.validate()?;
-            if !matches!(&self.model, ModelConfig::StableDiffusion(_)) {
+            if !stable_diffusion && l.output_name != difforge_nn::lora::DEFAULT_OUTPUT_NAME {
+                return Err(ConfigError::new(
+                    "lora.output_name",
+                    format!("{:?}", l.output_name),
+                    "\"lora\" for pixel models (it names Stable Diffusion's kohya file)",
+                ));
+            }
+            if !stable_diffusion {
                 if l.text_encoder {
                     return Err(ConfigError::new("lora.text_encoder", true, "false for pixel models (they have no text encoder)"));
                 }
@@ -219,6 +236,9 @@ mod tests {
         assert_eq!(key("", &["train.sample_per_class=0"]).key, "train.sample_per_class");
         assert_eq!(key("", &["sample.sampler=heun"]).key, "sample.sampler");
         assert_eq!(key("", &["train.export=[]"]).key, "train.export");
+        // Keys a pixel model would ignore are refused.
+        assert_eq!(key("", &["train.export=[\"single-file\"]"]).key, "train.export");
+        assert_eq!(key("[lora]\noutput_name = \"style\"\n[finetune]\nfrom = \"x\"\n", &[]).key, "lora.output_name");
         assert_eq!(key("", &["train.export=[\"diffusers\", \"diffusers\"]"]).key, "train.export");
         assert!(key("", &["model.schedule=cosine"]).to_string().contains("schedule"));
         assert!(key("", &["nokey"]).to_string().contains("key=value"));
