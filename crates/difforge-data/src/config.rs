@@ -198,6 +198,13 @@ impl DataConfig {
             self.validate_subsets()?;
         } else if self.source != SourceKind::Digits && self.path.is_none() {
             return Err(ConfigError::problem("data.path", format!("required for data.source = \"{}\"", self.source.name())));
+        } else if let (SourceKind::Digits, Some(path)) = (self.source, &self.path) {
+            // The embedded digits would train while the user believes their folder does.
+            return Err(ConfigError::new(
+                "data.path",
+                path.display(),
+                "absent with data.source = \"digits\" (the embedded digits); for this folder set data.source = \"folder\"",
+            ));
         }
         if self.pad > 1024 {
             return Err(ConfigError::new("data.pad", self.pad, "0..=1024 pixels"));
@@ -296,5 +303,19 @@ impl DataConfig {
             return Err(ConfigError::new("data.balance", "\"class\"", "\"none\" with [data.buckets] (batches come whole from one bucket)"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_with_the_embedded_digits_is_refused_rather_than_ignored() {
+        let data = DataConfig { path: Some("/my/images".into()), ..DataConfig::default() };
+        assert_eq!(data.source, SourceKind::Digits);
+        let err = data.validate().unwrap_err().to_string();
+        assert!(err.contains("data.path") && err.contains("/my/images") && err.contains("data.source = \"folder\""), "{err}");
+        DataConfig { source: SourceKind::Folder, ..data }.validate().unwrap();
     }
 }

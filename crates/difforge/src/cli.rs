@@ -243,9 +243,10 @@ pub struct EvalArgs {
     /// Which split of the real data: val (held out from training), train or all.
     #[arg(long, default_value = "val", value_parser = ["val", "train", "all"])]
     pub split: String,
-    /// Samples to generate.
-    #[arg(long, default_value_t = 1000)]
-    pub n: usize,
+    /// Samples to generate (default: 1,000, or 10 per image of the model's dataset when that is
+    /// fewer, as for a fine-tune on a small folder).
+    #[arg(long)]
+    pub n: Option<usize>,
     /// Evaluate the images of this folder instead of generating samples.
     #[arg(long, value_name = "DIR")]
     pub samples: Option<PathBuf>,
@@ -281,9 +282,10 @@ pub struct EvalArgs {
     pub kid_subsets: usize,
     #[arg(long, default_value_t = 1000)]
     pub kid_subset_size: usize,
-    /// Sample sets with different seeds over which the Frechet distance's spread is reported.
-    #[arg(long, default_value_t = 3)]
-    pub consistency_sets: usize,
+    /// Sample sets with different seeds over which the Frechet distance's spread is reported
+    /// (default: 3, or 1 when --n was scaled down to a small dataset).
+    #[arg(long)]
+    pub consistency_sets: Option<usize>,
     /// A sample counts as memorised below this fraction of the training set's median
     /// nearest-neighbour distance.
     #[arg(long, default_value_t = 0.5)]

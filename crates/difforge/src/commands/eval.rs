@@ -20,7 +20,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let cfg = checkpoint::read_config(first_dir)?;
     let threads = args.threads.unwrap_or(cfg.train.threads);
     let device = super::sample::device(&args.device, &difforge_config::TrainConfig { threads, ..cfg.train.clone() })?;
-    let opts = options(&args, &cfg)?;
+    let mut opts = options(&args, &cfg)?;
     let mut nets = vec![FeatureNet::efficientnet(args.effnet_weights.as_deref(), device)?];
     if let Some(weights) = &args.inception_weights {
         nets.push(FeatureNet::inception(weights, device)?);
@@ -28,7 +28,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let cache = FeatureCache::new(args.cache_dir.clone().unwrap_or_else(FeatureCache::default_dir));
     // The checkpoints of one run share their data: load it once.
     let data = EvalData::load(&cfg, &opts)?;
-    check_counts(&args, &data)?;
+    scale_to_data(&args, &data, &mut opts);
+    check_counts(&args, &opts, &data)?;
     let mut history: Vec<EvalReport> = Vec::new();
     let mut last: Option<(EvalReport, EvalExtras)> = None;
     for (dir, step) in &checkpoints {
@@ -55,7 +56,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 /// Refuses, before any sample is generated, too few real images or samples for the metrics: a
 /// covariance (Frechet distance) needs 2 rows, precision and recall's k nearest neighbours k + 1.
-fn check_counts(args: &EvalArgs, data: &EvalData) -> Result<(), ConfigError> {
+fn check_counts(args: &EvalArgs, opts: &EvalOptions, data: &EvalData) -> Result<(), ConfigError> {
     let need = (args.k + 1).max(2);
     let why = format!("2 for a covariance, --k + 1 = {} for precision and recall", args.k + 1);
     let real = data.real.images.size()[0] as usize;
@@ -70,8 +71,8 @@ fn check_counts(args: &EvalArgs, data: &EvalData) -> Result<(), ConfigError> {
             format!("at least {need} real images ({why}){hint}"),
         ));
     }
-    if args.samples.is_none() && args.n < need {
-        return Err(ConfigError::new("--n", args.n, format!("at least {need} samples ({why})")));
+    if args.samples.is_none() && opts.n < need {
+        return Err(ConfigError::new("--n", opts.n, format!("at least {need} samples ({why})")));
     }
     Ok(())
 }
@@ -110,9 +111,42 @@ fn run_of(checkpoint: &Option<PathBuf>) -> Option<&Path> {
     run.join("metrics.jsonl").is_file().then_some(run)
 }
 
+/// Samples an evaluation generates unless `--n` says, and seed sets unless
+/// `--consistency-sets` says, for a dataset of at least `SAMPLES_PER_IMAGE * DEFAULT_SAMPLES`
+/// images.
+const DEFAULT_SAMPLES: usize = 1000;
+const DEFAULT_SEED_SETS: usize = 3;
+/// On a smaller dataset (a fine-tune's folder) the default is this many samples per image:
+/// more would not sharpen metrics measured against so few real images, and an SD sample costs
+/// a full denoising each.
+const SAMPLES_PER_IMAGE: usize = 10;
+
+/// Scales the defaults of `--n` and `--consistency-sets` to the model's dataset (training and
+/// held-out images together), and says so when it did.
+fn scale_to_data(args: &EvalArgs, data: &EvalData, opts: &mut EvalOptions) {
+    if args.samples.is_some() || args.n.is_some() {
+        return;
+    }
+    let images = data.train.images.size()[0] as usize + data.heldout.as_ref().map_or(0, |h| h.size()[0] as usize);
+    let scaled = images.saturating_mul(SAMPLES_PER_IMAGE).max(2);
+    if scaled >= DEFAULT_SAMPLES {
+        return;
+    }
+    opts.n = scaled;
+    if args.consistency_sets.is_none() {
+        opts.consistency_sets = 1;
+    }
+    tracing::info!(
+        "eval: {scaled} samples ({SAMPLES_PER_IMAGE} per image of the model's {images}; --n to choose) in {} seed set{} (--consistency-sets for the spread)",
+        opts.consistency_sets,
+        if opts.consistency_sets == 1 { "" } else { "s" }
+    );
+}
+
 fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
-    if args.samples.is_none() && !(2..=50_000).contains(&args.n) {
-        return Err(ConfigError::new("--n", args.n, "2..=50000 (at least 2 samples are needed for a covariance)").into());
+    let n = args.n.unwrap_or(DEFAULT_SAMPLES);
+    if args.samples.is_none() && !(2..=50_000).contains(&n) {
+        return Err(ConfigError::new("--n", n, "2..=50000 (at least 2 samples are needed for a covariance)").into());
     }
     let real_data = match &args.data {
         Some(spec) => resolve_dataset(spec, &cfg.data)?,
@@ -139,7 +173,7 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
         }
     }
     Ok(EvalOptions {
-        n: args.n,
+        n,
         seed: args.seed,
         sampler: super::sample::sampler_config(&args.sampler, cfg)?,
         use_ema: !args.raw,
@@ -147,7 +181,7 @@ fn options(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<EvalOptions> {
         feature_batch: 50,
         k: args.k,
         kid: KidConfig { subsets: args.kid_subsets, subset_size: args.kid_subset_size, seed: args.seed, ..KidConfig::default() },
-        consistency_sets: args.consistency_sets.max(1),
+        consistency_sets: args.consistency_sets.unwrap_or(DEFAULT_SEED_SETS).max(1),
         memorisation_threshold: args.memorisation_threshold,
         show_pairs: 10,
         real_data,

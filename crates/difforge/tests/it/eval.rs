@@ -2,7 +2,7 @@
 //! the same command giving the same JSON, real features served from the cache the second time,
 //! the report with its images, a folder of samples, a whole run, and clear errors.
 
-use crate::common::{difforge, tiny_args, train_tiny, write_digit_folder};
+use crate::common::{data_path, difforge, tiny_args, train_tiny, write_digit_folder};
 use serde_json::Value;
 use std::path::Path;
 
@@ -155,6 +155,36 @@ fn eval_of_a_run_scores_every_kept_checkpoint() {
     for file in ["fd-over-steps.png", "fractions-over-steps.png", "loss.png"] {
         image::open(report.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
+}
+
+/// On a fine-tune's small folder the defaults shrink to 10 samples per image in one seed set
+/// (1,000 x 3 would cost a fine-tune more than its training); memorisation with `--split all`
+/// compares with the training split and takes the held-out images as its baseline.
+#[test]
+fn eval_scales_its_defaults_to_a_small_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (folder, run) = (tmp.path().join("few"), tmp.path().join("run"));
+    write_digit_folder(&folder, 2);
+    train_tiny(&run, &["train.steps=2", "data.source=\"folder\"", "data.val_fraction=0.2", &data_path(&folder)]);
+    let out =
+        difforge().args(["eval", "--checkpoint", run.to_str().unwrap(), "--split", "all", "--steps", "2", "--kid-subsets", "2", "--json"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("200 samples (10 per image of the model's 20; --n to choose) in 1 seed set"), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["samples"]["count"], 200, "{v}");
+    assert!(v["consistency"]["per_set"].as_array().is_some_and(|sets| sets.len() == 1), "{v}");
+    assert_eq!(v["real"]["count"], 20, "{v}");
+    let memo = &v["memorisation"];
+    assert_eq!(memo["train_images"], 16, "{memo}");
+    assert_eq!(memo["heldout_images"], 4, "the validation split, not the training images: {memo}");
+    // Chosen by hand, the counts are kept.
+    let (chosen, _) = eval_json(
+        &["--checkpoint", run.to_str().unwrap(), "--split", "all", "--n", "12", "--consistency-sets", "2", "--steps", "2", "--kid-subsets", "2"],
+        &[],
+    );
+    assert_eq!(chosen["samples"]["count"], 12);
+    assert_eq!(chosen["consistency"]["per_set"].as_array().map(Vec::len), Some(2));
 }
 
 #[test]
