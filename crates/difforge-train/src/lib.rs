@@ -8,6 +8,7 @@ pub mod data;
 pub mod ema;
 pub mod error;
 pub mod graph_step;
+mod kohya_record;
 pub mod logs;
 pub mod loss;
 pub mod lr;

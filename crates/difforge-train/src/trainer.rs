@@ -12,6 +12,7 @@
 use crate::data::TrainBatches;
 use crate::error::TrainError;
 use crate::graph_step::StepGraphs;
+use crate::kohya_record::{training_record, DatasetRecord};
 use crate::logs::{EventRecord, RunLogs, StepRecord, ValidationRecord};
 use crate::lr::learning_rate;
 use crate::parallel::{self, DataParallel, Shard};
@@ -119,33 +120,6 @@ fn load_optimizer(dir: &Path, opt: &mut AdamW, steps: u64, device: Device) -> Re
     opt.load_state(&named, steps).map_err(|e| difforge_model::ModelError::checkpoint(dir.join(OPTIMIZER_FILE), e).into())
 }
 
-/// How the run trained, in kohya's `ss_*` metadata keys (what the webui and Civitai show of a
-/// LoRA file).
-fn training_record(cfg: &RunConfig, steps: u64) -> Vec<(String, String)> {
-    let t = &cfg.train;
-    let size = cfg.data.buckets.as_ref().map_or(i64::from(cfg.data.image_size), |b| i64::from(b.resolution));
-    [
-        ("ss_steps", steps.to_string()),
-        ("ss_max_train_steps", t.steps.to_string()),
-        ("ss_learning_rate", t.lr.to_string()),
-        ("ss_lr_scheduler", t.lr_schedule.name().to_string()),
-        ("ss_lr_warmup_steps", t.warmup_steps.to_string()),
-        ("ss_batch_size_per_device", t.batch_size.to_string()),
-        ("ss_gradient_accumulation_steps", t.grad_accum.to_string()),
-        ("ss_max_grad_norm", t.grad_clip.to_string()),
-        ("ss_seed", cfg.seed.to_string()),
-        ("ss_resolution", format!("({size}, {size})")),
-        ("ss_min_snr_gamma", cfg.diffusion.min_snr_gamma.to_string()),
-        ("ss_noise_offset", cfg.diffusion.noise_offset.to_string()),
-        ("ss_caption_dropout_rate", cfg.diffusion.class_dropout.to_string()),
-        ("ss_network_dropout", cfg.lora.as_ref().map_or(0.0, |l| l.dropout).to_string()),
-        ("ss_mixed_precision", t.precision.name().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 struct Trainer {
     cfg: RunConfig,
     run_dir: PathBuf,
@@ -156,6 +130,8 @@ struct Trainer {
     validator: Option<Validator>,
     logs: RunLogs,
     state: TrainState,
+    /// The training images as an exported LoRA's metadata describes them.
+    dataset_record: DatasetRecord,
     recent: VecDeque<f64>,
     bad_streak: u32,
     injected: HashSet<u64>,
@@ -453,6 +429,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     let (set, split) = crate::data::load(&data_cfg, model.family(), &run_dir)?;
     state.data_pixels = checkpoint::PixelStats::of(&set, &split.train);
     let batches = TrainBatches::new(&cfg, &set, &split, &world)?;
+    let dataset_record = DatasetRecord::of(&cfg.data, &set, &split.train);
     let t = cfg.train.clone();
     if t.eval_every > 0 && opts.evaluator.is_none() {
         return Err(difforge_core::ConfigError::new(
@@ -489,6 +466,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
         stepper: Stepper { model, opt, ema_params, phases: None, graphs },
         prior,
         batches,
+        dataset_record,
         validator,
         logs,
         state,
@@ -609,7 +587,7 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
             let lora = tr.cfg.lora.as_ref();
             let trained: Vec<_> =
                 model.variables(Weights::Ema).into_iter().filter(|(n, _)| lora.is_none_or(|l| model.family().adapter_carries(l, n))).collect();
-            let record = training_record(&tr.cfg, tr.state.step);
+            let record = training_record(&tr.cfg, tr.state.step, &tr.dataset_record);
             let export = difforge_model::family::Export { lora, record: &record, formats: &tr.cfg.train.export };
             let files = model.family().export_trained(&trained, &export, &run_dir)?;
             for f in &files {

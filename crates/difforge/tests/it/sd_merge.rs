@@ -47,6 +47,17 @@ fn a_folder_fine_tunes_straight_from_finetune_and_its_lora_merges_into_a_folder_
     for entry in [r#""ss_base_model_version":"sd_v1""#, r#""ss_output_name":"shapes-style""#, r#""ss_max_train_steps":"6""#, r#""ss_resolution":"(32, 32)""#] {
         assert!(header.contains(entry), "{entry} in {header}");
     }
+    // sd-scripts' dataset record: the training images of the "shapes" folder and their caption tags.
+    let size = u64::from_le_bytes(std::fs::read(&lora).unwrap()[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&std::fs::read(&lora).unwrap()[8..8 + size]).unwrap();
+    let meta = &header["__metadata__"];
+    let field = |key: &str| -> serde_json::Value { serde_json::from_str(meta[key].as_str().unwrap_or_else(|| panic!("{key} in {meta}"))).unwrap() };
+    let images = field("ss_num_train_images").as_u64().unwrap();
+    assert!((12..18).contains(&images), "the training split of 18 images: {meta}");
+    assert_eq!(field("ss_dataset_dirs")["shapes"]["img_count"].as_u64(), Some(images), "{meta}");
+    let tags = field("ss_tag_frequency")["shapes"].as_object().cloned().unwrap();
+    assert!(tags.keys().all(|t| t.starts_with("a ") && (t.ends_with(" square") || t.ends_with(" circle"))), "{tags:?}");
+    assert_eq!(tags.values().map(|c| c.as_u64().unwrap()).sum::<u64>(), images, "one tag per caption: {tags:?}");
     let saved: toml::Table = std::fs::read_to_string(run.join("config.toml")).unwrap().parse().unwrap();
     assert_eq!((saved["sample"]["spacing"].as_str(), saved["sample"]["noise"].as_str()), (Some("leading"), Some("torch")), "the base's scheduler");
 
