@@ -99,31 +99,54 @@ pub fn images_metadata(
     columns: usize,
     about: serde_json::Value,
 ) -> String {
-    let tiles: Vec<serde_json::Value> = conditions
-        .iter()
-        .zip(seeds)
-        .enumerate()
-        .map(|(i, (condition, seed))| {
-            let mut tile = serde_json::json!({ "seed": seed });
-            match condition {
-                Condition::Text(prompt) => tile["prompt"] = prompt.clone().into(),
-                Condition::Class(k) => tile["class"] = (*k).into(),
-                Condition::Unconditional => {}
-            }
-            if let Some(Condition::Text(negative)) = negatives.get(i) {
-                tile["negative_prompt"] = negative.clone().into();
-            }
-            tile
-        })
-        .collect();
-    let mut meta = serde_json::json!({
-        "sampler": s.sampler.name(), "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
-        "spacing": s.spacing.name(), "noise": s.noise.name(), "columns": columns, "images": tiles,
-    });
-    if let (Some(map), serde_json::Value::Object(about)) = (meta.as_object_mut(), about) {
-        map.extend(about);
-    }
+    let tiles: Vec<serde_json::Value> =
+        conditions.iter().zip(seeds).enumerate().map(|(i, (condition, &seed))| tile(condition, seed, negatives.get(i))).collect();
+    let mut meta = sampler_fields(s);
+    meta["columns"] = columns.into();
+    meta["images"] = tiles.into();
+    merge(&mut meta, about);
     meta.to_string()
+}
+
+/// The `difforge` chunk of image `i` of `spec` saved on its own: the grid's fields with the
+/// tile's seed and prompt or class at the top level (where `data judge` reads a prompt).
+pub fn image_metadata(spec: &GenerateSpec, i: usize, about: serde_json::Value) -> String {
+    let mut meta = sampler_fields(spec.sampler);
+    if let (Some(condition), Some(&seed)) = (spec.conditions.get(i), spec.seeds.get(i)) {
+        merge(&mut meta, tile(condition, seed, spec.negatives.get(i)));
+    }
+    merge(&mut meta, about);
+    meta.to_string()
+}
+
+/// One image's seed, prompt or class, and negative prompt.
+fn tile(condition: &Condition, seed: u64, negative: Option<&Condition>) -> serde_json::Value {
+    let mut tile = serde_json::json!({ "seed": seed });
+    match condition {
+        Condition::Text(prompt) => tile["prompt"] = prompt.clone().into(),
+        Condition::Class(k) => tile["class"] = (*k).into(),
+        Condition::Unconditional => {}
+    }
+    if let Some(Condition::Text(negative)) = negative {
+        tile["negative_prompt"] = negative.clone().into();
+    }
+    tile
+}
+
+/// The sampler settings every generated image's metadata carries (`noise`: how the starting
+/// noise of each seed was drawn).
+fn sampler_fields(s: &SamplerConfig) -> serde_json::Value {
+    serde_json::json!({
+        "sampler": s.sampler.name(), "steps": s.steps, "guidance": s.guidance, "eta": s.eta,
+        "spacing": s.spacing.name(), "noise": s.noise.name(),
+    })
+}
+
+/// Adds the fields of `extra` (an object) to `meta`.
+fn merge(meta: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(map), serde_json::Value::Object(extra)) = (meta.as_object_mut(), extra) {
+        map.extend(extra);
+    }
 }
 
 /// The pixel shape of an image of `size` (height, width), which must be the model's own or

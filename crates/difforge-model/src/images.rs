@@ -34,6 +34,19 @@ pub fn save_each(images: &Tensor, dir: &Path, prefix: &str) -> std::io::Result<V
         .collect()
 }
 
+/// [`save_each`] with UTF-8 text chunks per image (`text(i)`), as RGB PNGs.
+pub fn save_each_with_text(images: &Tensor, dir: &Path, prefix: &str, text: impl Fn(usize) -> Vec<(&'static str, String)>) -> std::io::Result<Vec<PathBuf>> {
+    let (data, [count, channels, height, width]) = planar_parts(images)?;
+    let planar = PlanarImages { data: &data, count, channels, height, width };
+    (0..count)
+        .map(|i| {
+            let path = dir.join(format!("{prefix}{i:05}.png"));
+            let rgb = planar.image(i).to_rgb8();
+            difforge_core::write_atomic(&path, &encode_rgb_with_text(rgb.width(), rgb.height(), rgb.as_raw(), &text(i))?).map(|_| path)
+        })
+        .collect()
+}
+
 /// Writes image `i` of `images` (N, 3, H, W) in [-1, 1] as an RGB PNG with UTF-8 text chunks
 /// (iTXt, keyword then text), atomically. Text-to-image outputs carry their prompt and
 /// settings this way, as the webui's `parameters` chunk does.

@@ -6,8 +6,8 @@ use anyhow::Context;
 use difforge_config::RunConfig;
 use difforge_core::ConfigError;
 use difforge_diffusion::{SamplerConfig, SamplerKind, StartNoise};
-use difforge_model::generate::{classes_in_turn, grid_metadata};
-use difforge_model::images::{save_each, save_grid_with_text};
+use difforge_model::generate::{classes_in_turn, grid_metadata, image_metadata};
+use difforge_model::images::{save_each_with_text, save_grid_with_text};
 use difforge_model::{checkpoint, generate, Condition, DiffusionModel, GenerateSpec, Weights};
 use serde::Serialize;
 
@@ -174,10 +174,11 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     // the same bytes.
     let step = checkpoint::read_state(&dir)?.step;
     let about = serde_json::json!({ "step": step, "weights": if args.sampling.raw { "raw" } else { "ema" } });
-    let meta = grid_metadata(&spec, columns, about);
+    let meta = grid_metadata(&spec, columns, about.clone());
     save_grid_with_text(&images, columns, &[("difforge", meta)], &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     let files = match &args.out_dir {
-        Some(d) => save_each(&images, d, "sample-").with_context(|| format!("writing into {}", d.display()))?,
+        Some(d) => save_each_with_text(&images, d, "sample-", |i| vec![("difforge", image_metadata(&spec, i, about.clone()))])
+            .with_context(|| format!("writing into {}", d.display()))?,
         None => Vec::new(),
     };
     let report = SampleReport {

@@ -106,6 +106,9 @@ fn a_lora_runs_previews_samples_and_server_render_what_its_file_renders_on_the_b
         .arg(&each)
         .assert()
         .success();
+    // Each file carries its own prompt and seed (what `data judge` reads back).
+    let first = each.join("sample-00000.png");
+    assert_eq!(difforge_model::images::generated_prompt(&first).as_deref(), Some("a blue circle"));
     for (k, preview) in previews.iter().enumerate() {
         let sampled = rgb(&each.join(format!("sample-{k:05}.png")));
         assert!(max_difference(&sampled, preview) <= 2, "sample --checkpoint RUN, image {k}: {} from the preview", max_difference(&sampled, preview));
