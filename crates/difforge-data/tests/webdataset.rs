@@ -193,22 +193,40 @@ fn bad_input_is_named() {
     assert!(err.contains("not empty"), "{err}");
 }
 
-#[test]
-fn a_bad_class_entry_names_shard_and_key() {
-    let dir = tempfile::tempdir().unwrap();
+/// One shard in `dir` with one 8x8 image `sample7` and its `.cls` entry.
+fn one_sample_shard(dir: &Path, class: &[u8]) {
     let mut png = Vec::new();
     image::GrayImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    let mut tar = tar::Builder::new(std::fs::File::create(dir.path().join("000000.tar")).unwrap());
-    for (name, data) in [("sample7.png", png.as_slice()), ("sample7.cls", b"seven".as_slice())] {
+    let mut tar = tar::Builder::new(std::fs::File::create(dir.join("000000.tar")).unwrap());
+    for (name, data) in [("sample7.png", png.as_slice()), ("sample7.cls", class)] {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         tar.append_data(&mut header, name, data).unwrap();
     }
     tar.finish().unwrap();
+}
+
+#[test]
+fn a_bad_class_entry_names_shard_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    one_sample_shard(dir.path(), b"seven");
     let mut stream = ShardStream::open(&stream_config(dir.path()), SEED, 0, 1).unwrap();
     let err = stream.batch(0, 1).unwrap_err().to_string();
     assert!(err.contains("000000.tar") && err.contains("sample7") && err.contains("seven"), "{err}");
+}
+
+/// A label past the model's classes is an error naming the sample (it indexed past the class
+/// embedding and panicked), not only past the shards' class names.
+#[test]
+fn a_class_the_model_does_not_have_is_refused_by_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    one_sample_shard(dir.path(), b"999999999");
+    let mut stream = ShardStream::open(&stream_config(dir.path()), SEED, 0, 1).unwrap().for_model_classes(Some(2));
+    let err = stream.batch(0, 1).unwrap_err().to_string();
+    assert!(err.contains("000000.tar") && err.contains("sample7") && err.contains("class 999999999") && err.contains("2 classes"), "{err}");
+    let mut unbounded = ShardStream::open(&stream_config(dir.path()), SEED, 0, 1).unwrap();
+    assert_eq!(unbounded.batch(0, 1).unwrap().labels, vec![999_999_999]);
 }
 
 #[test]

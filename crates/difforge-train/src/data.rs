@@ -27,7 +27,9 @@ pub enum TrainBatches {
 
 impl TrainBatches {
     /// The batches of a run: the in-memory loader of the training split, or this rank's stream.
-    pub fn new(cfg: &RunConfig, set: &Arc<ImageSet>, split: &Split, world: &World) -> Result<TrainBatches, TrainError> {
+    /// `classes`: the model's class count (None: not class-conditioned), which streamed labels
+    /// are checked against as they are read.
+    pub fn new(cfg: &RunConfig, set: &Arc<ImageSet>, split: &Split, world: &World, classes: Option<usize>) -> Result<TrainBatches, TrainError> {
         if cfg.data.source == SourceKind::Webdataset {
             if cfg.data.balance == Balance::Class {
                 return Err(difforge_core::ConfigError::new(
@@ -37,7 +39,8 @@ impl TrainBatches {
                 )
                 .into());
             }
-            return Ok(TrainBatches::Stream(Box::new(ShardStream::open(&cfg.data, cfg.seed, world.rank, world.size)?)));
+            let stream = ShardStream::open(&cfg.data, cfg.seed, world.rank, world.size)?.for_model_classes(classes);
+            return Ok(TrainBatches::Stream(Box::new(stream)));
         }
         if set.is_bucketed() && world.size > 1 {
             // Bucket batches vary in size, and the ranks share each batch's rows equally.

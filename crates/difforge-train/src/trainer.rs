@@ -428,7 +428,8 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     data_cfg.data.check &= writes; // the data check's report is rank 0's to write
     let (set, split) = crate::data::load(&data_cfg, model.family(), &run_dir)?;
     state.data_pixels = checkpoint::PixelStats::of(&set, &split.train);
-    let batches = TrainBatches::new(&cfg, &set, &split, &world)?;
+    let classes = model.family().condition_kind().classes().map(|k| k as usize);
+    let batches = TrainBatches::new(&cfg, &set, &split, &world, classes)?;
     let dataset_record = DatasetRecord::of(&cfg.data, &set, &split.train);
     let t = cfg.train.clone();
     if t.eval_every > 0 && opts.evaluator.is_none() {

@@ -33,6 +33,8 @@ use std::sync::Arc;
 pub struct ShardStream {
     shards: Arc<[PathBuf]>,
     class_names: Vec<String>,
+    /// The model's class count, when it is told (labels at or past it are refused).
+    model_classes: Option<usize>,
     reading: Reading,
     recipe: Recipe,
     /// Samples per shard, counted from the headers on the first non-sequential draw.
@@ -78,7 +80,14 @@ impl ShardStream {
             augment: cfg.augment.clone(),
         };
         let epoch = Epoch::new(shards.clone(), reading, 0, 0);
-        Ok(ShardStream { shards, class_names, reading, recipe, counts: None, epoch, skipped: 0 })
+        Ok(ShardStream { shards, class_names, model_classes: None, reading, recipe, counts: None, epoch, skipped: 0 })
+    }
+
+    /// Refuses, naming the shard and sample, labels the model has no class for (a stream's labels
+    /// are only seen as it is read, after every setup check).
+    pub fn for_model_classes(mut self, classes: Option<usize>) -> ShardStream {
+        self.model_classes = classes;
+        self
     }
 
     /// The shard files, in name (or pattern) order.
@@ -208,8 +217,14 @@ impl ShardStream {
     fn label_of(&self, s: &RawSample) -> Result<i64, DataError> {
         match s.label {
             None => Ok(-1),
-            Some(l) if self.class_names.is_empty() || l < self.class_names.len() => Ok(l as i64),
-            Some(l) => Err(DataError::shard(&*s.shard, format!("sample `{}`: class {l}, but there are {} class names", s.key, self.class_names.len()))),
+            Some(l) if !self.class_names.is_empty() && l >= self.class_names.len() => {
+                Err(DataError::shard(&*s.shard, format!("sample `{}`: class {l}, but there are {} class names", s.key, self.class_names.len())))
+            }
+            Some(l) if self.model_classes.is_some_and(|k| l >= k) => Err(DataError::shard(
+                &*s.shard,
+                format!("sample `{}`: class {l}, but the model has {} classes (model.num_classes)", s.key, self.model_classes.unwrap_or(0)),
+            )),
+            Some(l) => Ok(l as i64),
         }
     }
 }
