@@ -112,6 +112,18 @@ fn sidecars_with_another_extension() {
     let map = captions(&source::load(&folder(root)).unwrap());
     assert_eq!((caption(&map, "x.png"), caption(&map, "y.webp")), (None, Some("not read")));
 
+    // A sidecar that is not UTF-8 is an error naming it, as in metadata.jsonl (it trained as
+    // "no caption"); a byte-order mark is not part of the caption.
+    std::fs::write(root.join("x.caption"), b"caf\xe9 au lait").unwrap();
+    let err = load_error(&cfg);
+    assert!(err.contains("x.caption") && err.contains("byte 3 is not valid UTF-8"), "{err}");
+    std::fs::write(root.join("x.caption"), "\u{feff}with a mark").unwrap();
+    assert_eq!(caption(&captions(&source::load(&cfg).unwrap()), "x.png"), Some("with a mark"));
+    std::fs::write(root.join("metadata.jsonl"), b"{\"file_name\": \"x.png\", \"text\": \"caf\xe9\"}\n").unwrap();
+    let err = load_error(&cfg);
+    assert!(err.contains("metadata.jsonl") && err.contains("not valid UTF-8"), "{err}");
+    std::fs::remove_file(root.join("metadata.jsonl")).unwrap();
+
     for bad in ["txt", ".", "./x", ""] {
         let err = DataConfig { caption_extension: bad.into(), ..folder(root) }.validate().unwrap_err().to_string();
         assert!(err.contains("data.caption_extension"), "{bad}: {err}");

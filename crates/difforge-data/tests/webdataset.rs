@@ -195,10 +195,15 @@ fn bad_input_is_named() {
 
 /// One shard in `dir` with one 8x8 image `sample7` and its `.cls` entry.
 fn one_sample_shard(dir: &Path, class: &[u8]) {
+    one_sample_shard_with(dir, &[("sample7.cls", class)]);
+}
+
+/// One shard in `dir` with one 8x8 image `sample7` and `entries` beside it.
+fn one_sample_shard_with(dir: &Path, entries: &[(&str, &[u8])]) {
     let mut png = Vec::new();
     image::GrayImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     let mut tar = tar::Builder::new(std::fs::File::create(dir.join("000000.tar")).unwrap());
-    for (name, data) in [("sample7.png", png.as_slice()), ("sample7.cls", class)] {
+    for &(name, data) in [("sample7.png", png.as_slice())].iter().chain(entries) {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
@@ -214,6 +219,14 @@ fn a_bad_class_entry_names_shard_and_key() {
     let mut stream = ShardStream::open(&stream_config(dir.path()), SEED, 0, 1).unwrap();
     let err = stream.batch(0, 1).unwrap_err().to_string();
     assert!(err.contains("000000.tar") && err.contains("sample7") && err.contains("seven"), "{err}");
+}
+
+#[test]
+fn a_caption_that_is_not_utf8_names_shard_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    one_sample_shard_with(dir.path(), &[("sample7.txt", b"caf\xe9")]);
+    let err = ShardStream::open(&stream_config(dir.path()), SEED, 0, 1).unwrap().batch(0, 1).unwrap_err().to_string();
+    assert!(err.contains("000000.tar") && err.contains("sample7") && err.contains("byte 3 is not valid UTF-8"), "{err}");
 }
 
 /// A label past the model's classes is an error naming the sample (it indexed past the class

@@ -102,19 +102,30 @@ pub fn folder_captions(root: &Path, files: &[PathBuf], source: &CaptionSource) -
         .par_iter()
         .map(|file| {
             let sidecar = source.sidecar(file);
-            match metadata.as_ref().and_then(|m| m.captions.get(&normalized(file))) {
+            Ok(match metadata.as_ref().and_then(|m| m.captions.get(&normalized(file))) {
                 Some(caption) => (caption.clone(), sidecar.is_file(), false),
                 None => {
-                    let caption = std::fs::read_to_string(sidecar).ok().map(|s| s.trim().to_string());
+                    let caption = sidecar.is_file().then(|| read_text(&sidecar)).transpose()?.map(|s| s.trim().to_string());
                     let read = caption.is_some();
                     (caption, false, read)
                 }
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, DataError>>()?;
     let sidecars_ignored = captions.iter().filter(|(_, ignored, _)| *ignored).count();
     let from_sidecars = captions.iter().filter(|(_, _, sidecar)| *sidecar).count();
     Ok(FolderCaptions { captions: captions.into_iter().map(|(c, _, _)| c).collect(), metadata: metadata.map(|m| m.file), sidecars_ignored, from_sidecars })
+}
+
+/// A caption or metadata file as UTF-8 text without a byte-order mark; other bytes are an error
+/// naming the file and where (a caption read as none would train silently without it).
+fn read_text(path: &Path) -> Result<String, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        DataError::metadata(path, format!("not UTF-8 text (byte {at} is not valid UTF-8): save it as UTF-8"))
+    })?;
+    Ok(text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text))
 }
 
 /// The metadata file at `root`, if there is one (both kinds at once is an error).
@@ -125,8 +136,8 @@ pub fn read_metadata(root: &Path, caption_column: &str) -> Result<Option<Metadat
         [one] => one.clone(),
         _ => return Err(DataError::metadata(root, "has both metadata.jsonl and metadata.csv: keep one")),
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| DataError::io(&file, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let text = read_text(&file)?;
+    let text = text.as_str();
     let rows = if file.extension().is_some_and(|e| e == "csv") { csv_rows(text, caption_column) } else { jsonl_rows(text, caption_column) };
     let rows = rows.map_err(|reason| DataError::metadata(&file, reason))?;
     let captions = resolve(root, rows).map_err(|reason| DataError::metadata(&file, reason))?;

@@ -80,7 +80,7 @@ impl ShardReader {
             let Some(data) = entry.data else { continue };
             match entry.ext.as_str() {
                 "cls" => sample.label = Some(self.parse_label(&sample.key, &data)?),
-                "txt" => sample.caption = String::from_utf8(data).ok().map(|s| s.trim().to_string()),
+                "txt" => sample.caption = Some(self.parse_caption(&sample.key, data)?),
                 ext if is_image(ext) && !has_image => {
                     has_image = true;
                     sample.image_ext = entry.ext;
@@ -94,6 +94,16 @@ impl ShardReader {
             return Ok(None);
         }
         Ok(Some(sample))
+    }
+
+    /// A `.txt` entry as its caption; bytes that are not UTF-8 are an error, as for a folder's
+    /// caption files (read as "no caption", they trained silently without it).
+    fn parse_caption(&self, key: &str, data: Vec<u8>) -> Result<String, DataError> {
+        let text = String::from_utf8(data).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            DataError::shard(&*self.path, format!("sample `{key}`: its .txt entry is not UTF-8 text (byte {at} is not valid UTF-8)"))
+        })?;
+        Ok(text.strip_prefix('\u{feff}').unwrap_or(&text).trim().to_string())
     }
 
     fn parse_label(&self, key: &str, data: &[u8]) -> Result<usize, DataError> {
