@@ -222,9 +222,12 @@ pub enum LoraCommand {
         /// kohya, or diffusers (also called peft).
         #[arg(long)]
         format: String,
-        /// The file to write (.safetensors).
+        /// The file to write (.safetensors); an existing file is refused unless --overwrite.
         #[arg(long)]
         out: PathBuf,
+        /// Replace --out if it exists (the new file is written beside it, then renamed).
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 

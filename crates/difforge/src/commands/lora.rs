@@ -22,7 +22,7 @@ pub fn merge_into_stable_diffusion(base: &Path, lora: &Path, scale: f64, out: &P
     Ok(())
 }
 
-pub fn export(base: &Path, lora: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
+pub fn export(base: &Path, lora: &Path, format: &str, out: &Path, overwrite: bool) -> anyhow::Result<()> {
     let format = match format {
         "kohya" => LoraFormat::Kohya,
         "diffusers" | "peft" => LoraFormat::Diffusers,
@@ -33,6 +33,9 @@ pub fn export(base: &Path, lora: &Path, format: &str, out: &Path) -> anyhow::Res
     }
     if out == lora {
         return Err(ConfigError::new("--out", out.display(), "another file than --lora (the input is read while the output is written)").into());
+    }
+    if out.exists() && !overwrite {
+        return Err(ConfigError::new("--out", out.display(), "a file that does not exist yet (or pass --overwrite to replace it)").into());
     }
     let model =
         if base.is_dir() { StableDiffusion::load(base, tch::Device::Cpu)? } else { StableDiffusion::load_single_file_preset(base, None, tch::Device::Cpu)? };

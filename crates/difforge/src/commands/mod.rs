@@ -35,7 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => explain::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Lora { command: LoraCommand::Merge { base, lora, scale, out, half } } => finetune::merge(&base, &lora, scale, &out, half),
-        Command::Lora { command: LoraCommand::Export { base, lora, format, out } } => lora::export(&base, &lora, &format, &out),
+        Command::Lora { command: LoraCommand::Export { base, lora, format, out, overwrite } } => lora::export(&base, &lora, &format, &out, overwrite),
         Command::Bench(args) => bench::run(args),
         Command::Convert(args) => convert::run(&args),
         Command::Vae { command } => vae::run(command),

@@ -185,4 +185,21 @@ fn lora_export_rewrites_a_file_in_the_other_layout_and_names_bad_flags() {
         let refused = run(format, &out);
         assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains(flag), "{flag}");
     }
+    // An existing --out is kept unless --overwrite says to replace it.
+    let before = std::fs::read(&out).unwrap();
+    let refused = run("kohya", &out);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--out") && stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the refused export left the file as it was");
+    let replaced = difforge()
+        .args(["lora", "export", "--overwrite", "--base"])
+        .arg(base())
+        .arg("--lora")
+        .arg(&kohya)
+        .args(["--format", "kohya", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert!(Tensor::read_safetensors(&out).unwrap().iter().all(|(k, _)| k.starts_with("lora_")), "now in kohya's layout");
 }
