@@ -63,18 +63,42 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Checks that a float is finite and within `lo..=hi`, naming the key.
+/// Checks that a float is finite and within `lo..=hi`, naming the key. A `lo` of
+/// `f64::MIN_POSITIVE` means "above zero", and is said so.
 pub fn check_range(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
-        Ok(())
+        return Ok(());
+    }
+    let expected = if lo == f64::MIN_POSITIVE {
+        format!("a number above 0, at most {}", short_number(hi))
     } else {
-        Err(ConfigError::new(key, value, format!("a number in {lo}..={hi}")))
+        format!("a number in {}..={}", short_number(lo), short_number(hi))
+    };
+    Err(ConfigError::new(key, short_number(value), expected))
+}
+
+/// A number as people write it: plain in the usual range, in exponent form when it is very
+/// small or large (`{}` would print hundreds of digits for 1e-300).
+pub fn short_number(x: f64) -> String {
+    let magnitude = x.abs();
+    if magnitude != 0.0 && magnitude.is_finite() && !(1e-4..1e15).contains(&magnitude) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_print_short() {
+        let err = check_range("diffusion.huber_c", 0.0, f64::MIN_POSITIVE, 1e3).unwrap_err().to_string();
+        assert_eq!(err, "diffusion.huber_c = 0: expected a number above 0, at most 1000");
+        let err = check_range("k", 1e-300, 1e-6, 1e20).unwrap_err().to_string();
+        assert_eq!(err, "k = 1e-300: expected a number in 1e-6..=1e20");
+    }
 
     #[test]
     fn renders_key_value_and_expectation() {

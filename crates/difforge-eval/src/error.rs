@@ -36,7 +36,8 @@ impl EvalError {
     /// The bad input behind this error, if that is what it is.
     pub fn config_error(&self) -> Option<&difforge_core::ConfigError> {
         match self {
-            EvalError::Config(e) | EvalError::Model(difforge_model::ModelError::Config(e)) | EvalError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            EvalError::Config(e) | EvalError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            EvalError::Model(e) => e.config_error(),
             _ => None,
         }
     }

@@ -27,4 +27,13 @@ impl ModelError {
     pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         ModelError::Checkpoint { path: path.into(), reason: reason.into() }
     }
+
+    /// The bad input at the heart of this error, from whichever crate found it (a config
+    /// file's field out of range is the networks' finding, wrapped here).
+    pub fn config_error(&self) -> Option<&ConfigError> {
+        match self {
+            ModelError::Config(e) | ModelError::Nn(difforge_nn::NnError::Config(e)) | ModelError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            _ => None,
+        }
+    }
 }

@@ -28,7 +28,8 @@ impl TrainError {
     /// The bad input behind this error, if that is what it is.
     pub fn config_error(&self) -> Option<&ConfigError> {
         match self {
-            TrainError::Config(e) | TrainError::Model(ModelError::Config(e)) | TrainError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            TrainError::Config(e) | TrainError::Data(difforge_data::DataError::Config(e)) => Some(e),
+            TrainError::Model(e) => e.config_error(),
             _ => None,
         }
     }

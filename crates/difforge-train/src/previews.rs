@@ -36,7 +36,7 @@ pub struct PreviewLine {
 /// height), `--s` (steps), `--l` (guidance). Errors name the file, line and option.
 pub fn parse_prompt_file(path: &Path) -> Result<Vec<PreviewLine>, ConfigError> {
     let key = "model.preview_prompt_file";
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(key, path.display(), format!("a readable prompt file ({e})")))?;
+    let text = difforge_core::read_text_capped(path, 16 << 20).map_err(|why| ConfigError::new(key, path.display(), why))?;
     let mut lines = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let raw = raw.trim();

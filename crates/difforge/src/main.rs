@@ -47,9 +47,9 @@ fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
     e.is::<ConfigError>()
         || e.downcast_ref::<difforge_train::TrainError>().is_some_and(|t| t.config_error().is_some())
         || e.downcast_ref::<difforge_eval::EvalError>().is_some_and(|t| t.config_error().is_some())
-        || matches!(e.downcast_ref::<difforge_model::ModelError>(), Some(difforge_model::ModelError::Config(_)))
+        || e.downcast_ref::<difforge_model::ModelError>().is_some_and(|m| m.config_error().is_some())
         || matches!(e.downcast_ref::<difforge_data::DataError>(), Some(difforge_data::DataError::Config(_)))
         || matches!(e.downcast_ref::<difforge_nn::NnError>(), Some(difforge_nn::NnError::Config(_)))
-        || matches!(e.downcast_ref::<difforge_explain::ExplainError>(), Some(difforge_explain::ExplainError::Model(difforge_model::ModelError::Config(_))))
+        || matches!(e.downcast_ref::<difforge_explain::ExplainError>(), Some(difforge_explain::ExplainError::Model(m)) if m.config_error().is_some())
         || matches!(e.downcast_ref::<difforge_serve::ServeError>(), Some(difforge_serve::ServeError::Config(_)))
 }

@@ -4,6 +4,7 @@
 //! `set_alpha_to_one`, `clip_sample`, and the sampler its class names.
 
 use crate::error::ModelError;
+use difforge_core::{short_number, ConfigError};
 use difforge_diffusion::{DiffusionConfig, NoiseSchedule, Prediction, SamplerConfig, SamplerKind, ScheduleKind, Spacing};
 use serde::Deserialize;
 use std::path::Path;
@@ -40,6 +41,9 @@ pub struct SchedulerConfig {
     pub algorithm_type: Option<String>,
     pub solver_order: Option<usize>,
 }
+
+/// diffusers' schedulers use 1,000; our own configs allow up to this many.
+const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 fn default_train_timesteps() -> usize {
     1000
@@ -105,7 +109,30 @@ impl SchedulerConfig {
     pub fn read(dir: &Path) -> Result<SchedulerConfig, ModelError> {
         let path = dir.join("scheduler_config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::checkpoint(&path, e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::checkpoint(&path, format!("not a valid scheduler config: {e}")))
+        let config: SchedulerConfig = serde_json::from_str(&text).map_err(|e| ModelError::checkpoint(&path, format!("not a valid scheduler config: {e}")))?;
+        config.check().map_err(|e| ModelError::Config(e.with_origin(path.display().to_string())))?;
+        Ok(config)
+    }
+
+    /// Refuses, before a schedule is built, more timesteps than any model uses (each holds a
+    /// tensor row) and betas a diffusion cannot have: outside (0, 1), or not increasing
+    /// (`beta_start 0.5, beta_end 2.0` sampled an all-black image).
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&self.num_train_timesteps) {
+            return Err(ConfigError::new("num_train_timesteps", self.num_train_timesteps, format!("2..={MAX_TRAIN_TIMESTEPS}")));
+        }
+        if self.steps_offset >= self.num_train_timesteps {
+            return Err(ConfigError::new("steps_offset", self.steps_offset, format!("below num_train_timesteps ({})", self.num_train_timesteps)));
+        }
+        for (field, beta) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(beta.is_finite() && beta > 0.0 && beta < 1.0) {
+                return Err(ConfigError::new(field, short_number(beta), "a number between 0 and 1 (exclusive)"));
+            }
+        }
+        if self.beta_start >= self.beta_end {
+            return Err(ConfigError::new("beta_end", self.beta_end, format!("more than beta_start ({}): betas increase", self.beta_start)));
+        }
+        Ok(())
     }
 
     /// The schedule, prediction and sampler; `path` names the file in errors.

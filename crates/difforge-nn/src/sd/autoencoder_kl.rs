@@ -3,9 +3,11 @@
 //! (`decode_sliced`) or in overlapping, blended tiles (`decode_tiled`) as diffusers'
 //! `enable_slicing` and `enable_tiling` do. Loads a diffusers `vae/` folder as it is.
 
+use super::config_bounds::{each_within, fits_in_memory, within, ComponentConfig};
 use super::load::{load_component, read_config};
 use super::vae_blocks::{Decoder, Encoder, VaeShape};
 use crate::error::NnError;
+use difforge_core::ConfigError;
 use serde::Deserialize;
 use std::path::Path;
 use tch::nn::{self, VarStore};
@@ -58,6 +60,27 @@ impl Default for AutoencoderKlConfig {
 /// More levels would overflow the downscale factor long before any real VAE needs them.
 const MAX_LEVELS: usize = 16;
 
+impl ComponentConfig for AutoencoderKlConfig {
+    /// Upper bounds far above any VAE (SD's: 4 levels up to 512 channels), and the memory the
+    /// resnets alone would need.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        within("block_out_channels (its length)", self.block_out_channels.len() as i64, 1, MAX_LEVELS as i64)?;
+        each_within("block_out_channels", &self.block_out_channels, 1, 8192)?;
+        for (field, value, most) in [
+            ("in_channels", self.in_channels, 64),
+            ("out_channels", self.out_channels, 64),
+            ("latent_channels", self.latent_channels, 256),
+            ("layers_per_block", self.layers_per_block, 32),
+            ("norm_num_groups", self.norm_num_groups, 8192),
+        ] {
+            within(field, value, 1, most)?;
+        }
+        // Encoder and decoder: `layers` and `layers + 1` resnets of two 3x3 convolutions a level.
+        let per_level = 18.0 * (2.0 * self.layers_per_block as f64 + 1.0);
+        fits_in_memory(self.block_out_channels.iter().map(|&c| (c as f64).powi(2) * per_level).sum())
+    }
+}
+
 impl AutoencoderKlConfig {
     /// How many pixels one latent spans per side: 2 per level after the first (8 for SD).
     pub fn downscale(&self) -> i64 {
@@ -67,6 +90,7 @@ impl AutoencoderKlConfig {
     /// Refuses what this implementation does not build (another activation or block type) and
     /// shapes libtorch would fail on mid-forward; the error names the field.
     pub fn validate(&self) -> Result<(), NnError> {
+        self.check_sizes()?;
         let bad = |field: &str, why: String| Err(NnError::Invalid(format!("config field `{field}`: {why}")));
         if self.act_fn != "silu" {
             return bad("act_fn", format!("`{}` is not supported, only `silu`", self.act_fn));

@@ -10,6 +10,7 @@
 //! with the end token instead, which the causal mask keeps from changing the prompt's tokens.
 
 use super::clip_encoder::{EncoderLayer, LayerShape};
+use super::config_bounds::{fits_in_memory, within};
 use super::lazy_tensor::LazyTensor;
 use super::load;
 use crate::error::NnError;
@@ -90,6 +91,12 @@ impl Default for ClipTextConfig {
 /// The `architectures` entry that makes a folder a projection model.
 pub const WITH_PROJECTION: &str = "CLIPTextModelWithProjection";
 
+impl super::config_bounds::ComponentConfig for ClipTextConfig {
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
 impl ClipTextConfig {
     /// Whether the network has `text_projection`. Chosen from `architectures`, which
     /// transformers writes on every save, rather than from `projection_dim`, which a plain
@@ -115,17 +122,18 @@ impl ClipTextConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Upper bounds far above any CLIP (OpenCLIP bigG: 1,280 wide, 32 layers, 77 positions).
         let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("projection_dim", self.projection_dim),
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("hidden_size", self.hidden_size, 16384),
+            ("intermediate_size", self.intermediate_size, 65536),
+            ("num_hidden_layers", self.num_hidden_layers, 256),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("max_position_embeddings", self.max_position_embeddings, 65536),
+            ("projection_dim", self.projection_dim, 16384),
         ];
-        if let Some((key, v)) = sizes.into_iter().find(|(_, v)| *v < 1) {
-            return Err(ConfigError::new(key, v, "a positive integer"));
+        for (key, value, most) in sizes {
+            within(key, value, 1, most)?;
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(ConfigError::new("hidden_size", self.hidden_size, format!("a multiple of num_attention_heads ({})", self.num_attention_heads)));
@@ -133,7 +141,9 @@ impl ClipTextConfig {
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(ConfigError::new("layer_norm_eps", self.layer_norm_eps, "a positive number"));
         }
-        Ok(())
+        let (h, layers) = (self.hidden_size as f64, self.num_hidden_layers as f64);
+        let embeddings = (self.vocab_size + self.max_position_embeddings) as f64 * h;
+        fits_in_memory(embeddings + layers * (4.0 * h * h + 2.0 * h * self.intermediate_size as f64))
     }
 
     /// Ok when every token id is in the vocabulary (0..vocab_size), or an error naming the span

@@ -12,6 +12,7 @@
 
 use super::clip_encoder::{EncoderLayer, LayerShape};
 use super::clip_text::ClipActivation;
+use super::config_bounds::{within, ComponentConfig};
 use super::load;
 use crate::error::NnError;
 use difforge_core::ConfigError;
@@ -76,6 +77,12 @@ pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// OpenAI CLIP's per-channel image standard deviation (`image_std`, `OPENAI_CLIP_STD`).
 pub const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
+impl ComponentConfig for ClipVisionConfig {
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}
+
 impl ClipVisionConfig {
     pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads
@@ -110,18 +117,19 @@ impl ClipVisionConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Upper bounds far above any CLIP (ViT-bigG: 1,664 wide, 48 layers, 224 pixels).
         let sizes = [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_channels", self.num_channels),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("projection_dim", self.projection_dim),
+            ("hidden_size", self.hidden_size, 16384),
+            ("intermediate_size", self.intermediate_size, 65536),
+            ("num_hidden_layers", self.num_hidden_layers, 256),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("num_channels", self.num_channels, 64),
+            ("image_size", self.image_size, 4096),
+            ("patch_size", self.patch_size, 4096),
+            ("projection_dim", self.projection_dim, 16384),
         ];
-        if let Some((key, v)) = sizes.into_iter().find(|(_, v)| *v < 1) {
-            return Err(ConfigError::new(key, v, "a positive integer"));
+        for (key, value, most) in sizes {
+            within(key, value, 1, most)?;
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(ConfigError::new("hidden_size", self.hidden_size, format!("a multiple of num_attention_heads ({})", self.num_attention_heads)));

@@ -4,6 +4,7 @@
 //! network's variables, strictly: every variable present with its shape, no tensor left over,
 //! or nothing is loaded at all.
 
+use super::config_bounds::ComponentConfig;
 use super::lazy_tensor::LazyTensor;
 use crate::error::NnError;
 use serde::de::DeserializeOwned;
@@ -15,12 +16,15 @@ use tch::Tensor;
 /// How many names an error lists before it says "and N more".
 const NAMES_SHOWN: usize = 8;
 
-/// Reads `dir/config.json` into `T`; the error names the file and serde's line, column and field.
-pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, NnError> {
+/// Reads `dir/config.json` into `T` and checks its sizes before anything is built from them;
+/// the error names the file and serde's line, column and field, or the field out of range.
+pub fn read_config<T: DeserializeOwned + ComponentConfig>(dir: &Path) -> Result<T, NnError> {
     let path = dir.join("config.json");
     let err = |reason: String| NnError::Load { path: path.clone(), reason };
     let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| err(format!("not a valid config: {e}")))
+    let config: T = serde_json::from_str(&text).map_err(|e| err(format!("not a valid config: {e}")))?;
+    config.check_sizes().map_err(|e| NnError::Config(e.with_origin(path.display().to_string())))?;
+    Ok(config)
 }
 
 /// The weight files of a component folder, given the file stem diffusers or transformers uses

@@ -9,6 +9,7 @@ mod clip_encoder;
 pub mod clip_model;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod config_bounds;
 pub mod lazy_tensor;
 pub mod load;
 pub mod presets;

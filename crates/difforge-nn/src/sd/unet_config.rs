@@ -2,7 +2,9 @@
 //! resolved into one value per level, with every option difforge does not implement refused by
 //! name rather than silently ignored.
 
+use super::config_bounds::{each_within, fits_in_memory, positive_eps, within, ComponentConfig};
 use crate::error::NnError;
+use difforge_core::ConfigError;
 use serde::Deserialize;
 
 /// A config value diffusers accepts as one number for every level or as one per level.
@@ -14,6 +16,14 @@ pub enum PerLevel {
 }
 
 impl PerLevel {
+    /// The values given, one or one per level.
+    fn values(&self) -> Vec<i64> {
+        match self {
+            PerLevel::One(v) => vec![*v],
+            PerLevel::Each(v) => v.clone(),
+        }
+    }
+
     fn resolve(&self, field: &str, levels: usize) -> Result<Vec<i64>, NnError> {
         match self {
             PerLevel::One(v) => Ok(vec![*v; levels]),
@@ -179,6 +189,7 @@ pub struct TextTimeShape {
 impl UNet2DConditionConfig {
     /// The levels from the highest resolution down, after checking the config.
     pub fn levels(&self) -> Result<Vec<Level>, NnError> {
+        self.check_sizes()?;
         self.unsupported.check()?;
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
@@ -238,5 +249,53 @@ fn block_has_attention(kind: &str, side: &str) -> Result<bool, NnError> {
         ("CrossAttnDownBlock2D", "Down") | ("CrossAttnUpBlock2D", "Up") => Ok(true),
         ("DownBlock2D", "Down") | ("UpBlock2D", "Up") => Ok(false),
         _ => Err(refuse(&format!("{}_block_types", side.to_lowercase()), &kind, &format!("CrossAttn{side}Block2D or {side}Block2D"))),
+    }
+}
+
+/// Far above any published UNet (SDXL: 3 levels of up to 1,280 channels).
+const MAX_LEVELS: i64 = 8;
+const MAX_CHANNELS: i64 = 8192;
+
+impl ComponentConfig for UNet2DConditionConfig {
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        within("block_out_channels (its length)", self.block_out_channels.len() as i64, 1, MAX_LEVELS)?;
+        each_within("block_out_channels", &self.block_out_channels, 1, MAX_CHANNELS)?;
+        within("in_channels", self.in_channels, 1, 64)?;
+        within("out_channels", self.out_channels, 1, 64)?;
+        within("norm_num_groups", self.norm_num_groups, 1, MAX_CHANNELS)?;
+        positive_eps("norm_eps", self.norm_eps)?;
+        within("downsample_padding", self.downsample_padding, 0, 8)?;
+        let per_level = [
+            ("layers_per_block", Some(&self.layers_per_block), 1, 32),
+            ("transformer_layers_per_block", Some(&self.transformer_layers_per_block), 0, 64),
+            ("attention_head_dim", Some(&self.attention_head_dim), 1, 1024),
+            ("num_attention_heads", self.num_attention_heads.as_ref(), 1, 1024),
+            ("cross_attention_dim", Some(&self.cross_attention_dim), 1, 16384),
+        ];
+        for (field, values, lo, hi) in per_level {
+            if let Some(values) = values {
+                each_within(field, &values.values(), lo, hi)?;
+            }
+        }
+        for (field, value, hi) in [
+            ("sample_size", self.sample_size, 4096),
+            ("addition_time_embed_dim", self.addition_time_embed_dim, 8192),
+            ("projection_class_embeddings_input_dim", self.projection_class_embeddings_input_dim, 65536),
+        ] {
+            if let Some(v) = value {
+                within(field, v, 1, hi)?;
+            }
+        }
+        fits_in_memory(self.parameters_lower_bound())
+    }
+}
+
+impl UNet2DConditionConfig {
+    /// Fewer weights than the network has: only its resnets' two 3x3 convolutions (per level,
+    /// `layers` resnets down and `layers + 1` up), enough to refuse a config no machine can hold.
+    fn parameters_lower_bound(&self) -> f64 {
+        let n = self.block_out_channels.len();
+        let layers = self.layers_per_block.resolve("layers_per_block", n).unwrap_or_else(|_| vec![1; n]);
+        self.block_out_channels.iter().zip(layers).map(|(&c, l)| (c as f64).powi(2) * 18.0 * (2.0 * l as f64 + 1.0)).sum()
     }
 }

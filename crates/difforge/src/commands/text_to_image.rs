@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// At most this many prompts per run, and images per prompt.
 const MAX_PROMPTS: usize = 10_000;
+/// A prompt file is read up to this size (10,000 long prompts), never a whole stream.
+const MAX_PROMPT_FILE_BYTES: u64 = 16 << 20;
 const MAX_PER_PROMPT: usize = 64;
 /// Up to this many images are also drawn on one contact sheet at `--out`.
 const MAX_SHEET: usize = 64;
@@ -156,19 +158,19 @@ fn refuse_pixel_flags(args: &SampleArgs) -> Result<(), ConfigError> {
 
 /// `--prompt`, or the non-blank lines of `--prompts FILE`.
 fn prompts(text: &TextPromptArgs) -> Result<Vec<String>, ConfigError> {
-    let prompts = match (&text.prompt, &text.prompts) {
-        (Some(p), _) => vec![p.clone()],
+    match (&text.prompt, &text.prompts) {
+        (Some(p), _) => Ok(vec![p.clone()]),
         (None, Some(file)) => {
-            let content =
-                std::fs::read_to_string(file).map_err(|e| ConfigError::new("--prompts", file.display(), format!("a readable UTF-8 text file ({e})")))?;
-            content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+            let content = difforge_core::read_text_capped(file, MAX_PROMPT_FILE_BYTES).map_err(|why| ConfigError::new("--prompts", file.display(), why))?;
+            let prompts: Vec<String> = content.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+                let why = format!("a file with 1..={MAX_PROMPTS} non-blank lines (it has {})", prompts.len());
+                return Err(ConfigError::new("--prompts", file.display(), why));
+            }
+            Ok(prompts)
         }
-        (None, None) => return Err(ConfigError::new("--prompt", "(missing)", "a prompt (or --prompts FILE): this checkpoint is a text-to-image model")),
-    };
-    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
-        return Err(ConfigError::new("--prompts", prompts.len(), format!("a file with 1..={MAX_PROMPTS} non-blank lines")));
+        (None, None) => Err(ConfigError::new("--prompt", "(missing)", "a prompt (or --prompts FILE): this checkpoint is a text-to-image model")),
     }
-    Ok(prompts)
 }
 
 /// `WxH`, or the model's square default.

@@ -16,6 +16,7 @@ mod distributed;
 mod eval;
 mod explain;
 mod finetune;
+mod hostile_files;
 mod launch;
 mod precision;
 mod reproducibility;
