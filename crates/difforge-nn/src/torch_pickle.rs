@@ -85,26 +85,37 @@ fn read_legacy(bytes: &[u8]) -> Result<(Value, Storages), String> {
     Ok((object, storages))
 }
 
+/// The most `data.pkl` may inflate to: the object tree of SDXL's checkpoint is a few MB.
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 fn read_zip(bytes: &[u8]) -> Result<(Value, Storages), String> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("zip: {e}"))?;
     let names: Vec<String> = archive.file_names().map(str::to_string).collect();
     let pickle_name = names.iter().find(|n| n.ends_with("/data.pkl") || *n == "data.pkl").ok_or("the archive has no data.pkl")?;
     let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
-    let pickle = read_entry(&mut archive, pickle_name)?;
+    let pickle = read_entry(&mut archive, pickle_name, MAX_PICKLE_BYTES)?;
     let mut pos = 0;
     let object = Unpickler::new(&pickle, &mut pos).run()?;
+    // torch.save stores members uncompressed, so all of them together hold about the file's own
+    // size; allowing twice that (and some room) keeps a zip bomb from inflating without bound.
+    let mut budget = 2 * bytes.len() as u64 + (64 << 20);
     let mut storages = HashMap::new();
     for key in storage_element_sizes(&object).into_keys() {
-        let data = read_entry(&mut archive, &format!("{prefix}data/{key}"))?;
+        let data = read_entry(&mut archive, &format!("{prefix}data/{key}"), budget)?;
+        budget -= data.len() as u64;
         storages.insert(key, data);
     }
     Ok((object, storages))
 }
 
-fn read_entry(archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>, String> {
-    let mut entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+/// A member's bytes, refused once it inflates past `limit` (whatever size its header claims).
+fn read_entry(archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+    let entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
     let mut data = Vec::new();
-    entry.read_to_end(&mut data).map_err(|e| format!("{name}: {e}"))?;
+    entry.take(limit + 1).read_to_end(&mut data).map_err(|e| format!("{name}: {e}"))?;
+    if data.len() as u64 > limit {
+        return Err(format!("{name} inflates to more than {limit} bytes: not a checkpoint torch.save wrote (a zip bomb?)"));
+    }
     Ok(data)
 }
 
@@ -680,6 +691,23 @@ mod tests {
         bytes.push(b'.');
         let err = run(&bytes).unwrap_err();
         assert!(err.contains("expands"), "{err}");
+    }
+
+    #[test]
+    fn a_member_is_read_no_further_than_its_limit() {
+        use std::io::Write;
+        let mut zipped = Vec::new();
+        {
+            let mut writer = zip::ZipWriter::new(std::io::Cursor::new(&mut zipped));
+            let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            writer.start_file("archive/data.pkl", stored).unwrap();
+            writer.write_all(&[b'N'; 1000]).unwrap();
+            writer.finish().unwrap();
+        }
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zipped.as_slice())).unwrap();
+        let err = read_entry(&mut archive, "archive/data.pkl", 100).unwrap_err();
+        assert!(err.contains("inflates to more than 100 bytes"), "{err}");
+        assert_eq!(read_entry(&mut archive, "archive/data.pkl", 1000).unwrap().len(), 1000);
     }
 
     #[test]
