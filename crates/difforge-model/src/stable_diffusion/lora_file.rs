@@ -197,10 +197,31 @@ impl AdapterConfig {
     fn read(path: &Path, metadata: &HashMap<String, String>) -> Result<AdapterConfig, ModelError> {
         let Some(text) = metadata.get(ADAPTER_METADATA) else { return Ok(AdapterConfig(Default::default())) };
         let value: Value = serde_json::from_str(text).map_err(|e| ModelError::checkpoint(path, format!("its lora_adapter_metadata is not valid JSON: {e}")))?;
-        match value {
-            Value::Object(map) => Ok(AdapterConfig(map)),
-            _ => Err(ModelError::checkpoint(path, "its lora_adapter_metadata is not a JSON object")),
+        let Value::Object(map) = value else { return Err(ModelError::checkpoint(path, "its lora_adapter_metadata is not a JSON object")) };
+        let config = AdapterConfig(map);
+        config.check().map_err(|why| ModelError::checkpoint(path, format!("its lora_adapter_metadata: {why}")))?;
+        Ok(config)
+    }
+
+    /// The values that scale the update: alphas (plain and per pattern) finite and positive,
+    /// ranks whole and positive, `use_rslora` a boolean; the key is named.
+    fn check(&self) -> Result<(), String> {
+        let alpha_ok = |v: &Value| v.as_f64().is_some_and(|a| a.is_finite() && a > 0.0 && a <= 1e6);
+        let rank_ok = |v: &Value| v.as_u64().is_some_and(|r| (1..=65536).contains(&r));
+        for (key, value) in &self.0 {
+            let field = key.rsplit('.').next().unwrap_or(key);
+            let bad = |expected: &str| Err(format!("`{key}` = {value}: expected {expected}"));
+            let each = |v: &Value, ok: &dyn Fn(&Value) -> bool| v.as_object().is_some_and(|m| m.values().all(ok));
+            match field {
+                "lora_alpha" if !alpha_ok(value) => return bad("a positive number (at most 1e6)"),
+                "r" if !rank_ok(value) => return bad("a whole number in 1..=65536"),
+                "alpha_pattern" if !each(value, &alpha_ok) => return bad("an object of positive numbers"),
+                "rank_pattern" if !each(value, &rank_ok) => return bad("an object of whole numbers in 1..=65536"),
+                "use_rslora" if !value.is_boolean() => return bad("true or false"),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Scale for a module of `part` at `module_path` with rank `rank`, if the config gives an
@@ -215,6 +236,15 @@ impl AdapterConfig {
         let rslora = get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
         Some(if rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 })
     }
+}
+
+/// A NaN or infinite value in a LoRA tensor turns the whole image black: refused by key.
+fn check_finite(key: &str, tensor: &Tensor) -> Result<(), String> {
+    let bad = tensor.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    if bad > 0 {
+        return Err(format!("`{key}`: {bad} of its {} values are NaN or infinite", tensor.numel()));
+    }
+    Ok(())
 }
 
 /// Shapes as `[a, b, c]`.
@@ -272,6 +302,7 @@ fn plan(path: &Path, networks: &[(Part, &VarStore)]) -> Result<Plan, ModelError>
             modules.insert(stem.to_string(), Module { network, variable, format, down: None, up: None, alpha: None });
         }
         let Some(module) = modules.get_mut(stem) else { continue };
+        check_finite(&key, &tensor).map_err(err)?;
         match role {
             Role::Down => module.down = Some(tensor),
             Role::Up => module.up = Some(tensor),

@@ -116,6 +116,36 @@ fn a_shape_that_does_not_fit_names_both_shapes() {
     assert!(err.contains(TO_Q) && err.contains("up [5, 4]") && err.contains("of shape [8, 8]"), "{err}");
 }
 
+/// A NaN or infinite weight rendered a black image with exit 0; adapter metadata whose values
+/// scale nothing sensible (a negative or string alpha, rank 0) was accepted.
+#[test]
+fn non_finite_weights_and_bad_adapter_metadata_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_kohya(dir.path(), |tensors| {
+        let up = tensors.iter_mut().find(|(n, _)| *n == format!("{TO_Q}.lora_up.weight")).unwrap();
+        let _ = up.1.get(0).get(0).fill_(f64::NAN);
+    });
+    let mut sd = StableDiffusion::load(&sd15(), Device::Cpu).unwrap();
+    let (base_unet, _) = outputs(&sd);
+    let err = sd.apply_lora(&path, 1.0).unwrap_err().to_string();
+    assert!(err.contains(&format!("{TO_Q}.lora_up.weight")) && err.contains("1 of its 32 values are NaN or infinite"), "{err}");
+    assert!(outputs(&sd).0.equal(&base_unet), "a file that fails changes nothing");
+
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(lora_fixture("peft.safetensors")).unwrap();
+    for (config, expected) in [
+        (r#"{"unet.lora_alpha": -1e30}"#, "`unet.lora_alpha` = -1e+30"),
+        (r#"{"unet.lora_alpha": "8"}"#, "`unet.lora_alpha` = \"8\""),
+        (r#"{"unet.r": 0}"#, "`unet.r` = 0"),
+        (r#"{"unet.alpha_pattern": {"to_q": "NaN"}}"#, "`unet.alpha_pattern`"),
+    ] {
+        let path = dir.path().join("peft-bad.safetensors");
+        let metadata = HashMap::from([("lora_adapter_metadata".to_string(), config.to_string())]);
+        difforge_nn::weights::save_with_metadata(&path, &tensors, &metadata).unwrap();
+        let err = sd.apply_lora(&path, 1.0).unwrap_err().to_string();
+        assert!(err.contains("lora_adapter_metadata") && err.contains(expected), "{config}: {err}");
+    }
+}
+
 #[test]
 fn keys_of_other_layouts_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
