@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod model;
 pub mod new_sd_model;
 pub mod overrides;
+mod public;
 pub mod run;
 pub mod stable_diffusion;
 pub mod suggest;

@@ -73,7 +73,9 @@ impl RunConfig {
             ),
             None => (DEFAULT_CONFIG.to_string(), "the built-in digits config".to_string()),
         };
-        RunConfig::from_toml_with(&text, sets, &origin, defaults)
+        let cfg = RunConfig::from_toml_with(&text, sets, &origin, defaults)?;
+        cfg.data.check_path_is_read().map_err(|e| blame(e, sets, &origin))?;
+        Ok(cfg)
     }
 
     /// Parses TOML text, applies `--set` overrides, resolves and validates. Errors carry

@@ -198,13 +198,6 @@ impl DataConfig {
             self.validate_subsets()?;
         } else if self.source != SourceKind::Digits && self.path.is_none() {
             return Err(ConfigError::problem("data.path", format!("required for data.source = \"{}\"", self.source.name())));
-        } else if let (SourceKind::Digits, Some(path)) = (self.source, &self.path) {
-            // The embedded digits would train while the user believes their folder does.
-            return Err(ConfigError::new(
-                "data.path",
-                path.display(),
-                "absent with data.source = \"digits\" (the embedded digits); for this folder set data.source = \"folder\"",
-            ));
         }
         if self.pad > 1024 {
             return Err(ConfigError::new("data.pad", self.pad, "0..=1024 pixels"));
@@ -266,6 +259,20 @@ impl DataConfig {
     }
 
     /// This section for one folder alone (a subset, a validation or samples folder).
+    /// Refuses a `data.path` the source would not read: with the embedded digits, the digits
+    /// would train while the user believes their folder does. For configs a user gives; a
+    /// checkpoint's saved config (written before this check) still loads.
+    pub fn check_path_is_read(&self) -> Result<(), ConfigError> {
+        match (self.source, &self.path) {
+            (SourceKind::Digits, Some(path)) => Err(ConfigError::new(
+                "data.path",
+                path.display(),
+                "absent with data.source = \"digits\" (the embedded digits); for this folder set data.source = \"folder\"",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn for_folder(&self, path: &std::path::Path) -> DataConfig {
         DataConfig { source: SourceKind::Folder, path: Some(path.to_path_buf()), subsets: Vec::new(), ..self.clone() }
     }
@@ -314,8 +321,9 @@ mod tests {
     fn a_folder_with_the_embedded_digits_is_refused_rather_than_ignored() {
         let data = DataConfig { path: Some("/my/images".into()), ..DataConfig::default() };
         assert_eq!(data.source, SourceKind::Digits);
-        let err = data.validate().unwrap_err().to_string();
+        data.validate().unwrap();
+        let err = data.check_path_is_read().unwrap_err().to_string();
         assert!(err.contains("data.path") && err.contains("/my/images") && err.contains("data.source = \"folder\""), "{err}");
-        DataConfig { source: SourceKind::Folder, ..data }.validate().unwrap();
+        DataConfig { source: SourceKind::Folder, ..data }.check_path_is_read().unwrap();
     }
 }

@@ -17,6 +17,6 @@ pub use forward::{ForwardProcess, Noised};
 pub use loss::{Loss, LossKind};
 pub use noise::{NoiseSource, StartNoise};
 pub use prediction::Prediction;
-pub use sample::{sample, Denoiser, SampleRequest, TrajectoryStep};
+pub use sample::{sample, sample_until, Denoiser, SampleRequest, TrajectoryStep};
 pub use sampler::{Sampler, SamplerKind};
 pub use schedule::{NoiseSchedule, ScheduleKind};

@@ -83,7 +83,17 @@ fn guided(model: &dyn Denoiser, x: &Tensor, t: &Tensor, sigma: f64, req: &Sample
 }
 
 /// Generates one image per noise seed; images in [-1, 1] (not clamped).
-pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&mut dyn FnMut(TrajectoryStep)>) -> Tensor {
+pub fn sample(model: &dyn Denoiser, req: &SampleRequest, observer: Option<&mut dyn FnMut(TrajectoryStep)>) -> Tensor {
+    denoise(model, req, observer, &|| false).expect("sampling without a stop condition runs every step")
+}
+
+/// [`sample`], given up before any step at which `stop` says so (a server's request that timed
+/// out or whose client left): None then. One step is the unit of work that cannot be cut.
+pub fn sample_until(model: &dyn Denoiser, req: &SampleRequest, stop: &dyn Fn() -> bool) -> Option<Tensor> {
+    denoise(model, req, None, stop)
+}
+
+fn denoise(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&mut dyn FnMut(TrajectoryStep)>, stop: &dyn Fn() -> bool) -> Option<Tensor> {
     tch::no_grad(|| {
         let mut s = sampler::build(req.sampler, req.schedule);
         let start = s.start_scale();
@@ -93,6 +103,9 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
         let ts = s.timesteps().to_vec();
         let prepared = Prepared::new(model, req);
         for (i, &t) in ts.iter().enumerate() {
+            if stop() {
+                return None;
+            }
             let (a, sg) = sampler::output_coefficients(s.as_ref(), req.schedule, i, device);
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
             let out = guided(model, &x, &tt, req.schedule.sigma(t), req, &prepared).to_kind(Kind::Float);
@@ -108,7 +121,7 @@ pub fn sample(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&m
             }
             x = next;
         }
-        x
+        Some(x)
     })
 }
 
@@ -131,6 +144,11 @@ mod tests {
     }
 
     fn run(sampler: SamplerConfig) -> (Tensor, Vec<i64>) {
+        let (out, calls) = run_until(sampler, &|| false);
+        (out.expect("not stopped"), calls)
+    }
+
+    fn run_until(sampler: SamplerConfig, stop: &dyn Fn() -> bool) -> (Option<Tensor>, Vec<i64>) {
         let schedule = NoiseSchedule::new(ScheduleKind::Cosine, 1000, 1e-4, 0.02);
         let noise = NoiseSource::new(vec![1, 2], [1, 4, 4], Device::Cpu);
         let req = SampleRequest {
@@ -142,8 +160,20 @@ mod tests {
             noise: &noise,
         };
         let d = Recorder(RefCell::new(Vec::new()));
-        let out = sample(&d, &req, None);
+        let out = sample_until(&d, &req, stop);
         (out, d.0.into_inner())
+    }
+
+    #[test]
+    fn a_stop_is_obeyed_before_the_next_step() {
+        let asked = std::cell::Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 3
+        };
+        let (out, calls) = run_until(SamplerConfig { steps: 10, guidance: 3.0, ..Default::default() }, &stop);
+        assert!(out.is_none());
+        assert_eq!(calls.len(), 3, "three steps ran, then the fourth was not started");
     }
 
     #[test]

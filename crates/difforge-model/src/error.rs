@@ -15,6 +15,9 @@ pub enum ModelError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Generation stopped on request before it finished (see `generate_until`).
+    #[error("generation was cancelled")]
+    Cancelled,
     #[error("{0}")]
     Other(String),
 }

@@ -6,7 +6,7 @@ use crate::error::ModelError;
 use crate::family::{Condition, ConditionKind, Family};
 use crate::graphed_denoiser::GraphedDenoiser;
 use crate::model::{DiffusionModel, Weights};
-use difforge_diffusion::{sample, Denoiser, NoiseSource, SampleRequest, SamplerConfig};
+use difforge_diffusion::{sample_until, Denoiser, NoiseSource, SampleRequest, SamplerConfig};
 use tch::{Device, Tensor};
 
 pub struct GenerateSpec<'a> {
@@ -33,6 +33,12 @@ pub struct GenerateSpec<'a> {
 
 /// Images (N, C, H, W) on the CPU, clamped to [-1, 1].
 pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, ModelError> {
+    generate_until(model, spec, &|| false)
+}
+
+/// [`generate`], given up with [`ModelError::Cancelled`] before any denoising step (or chunk)
+/// at which `stop` says so: a server stops work nobody waits for any more.
+pub fn generate_until(model: &DiffusionModel, spec: &GenerateSpec, stop: &dyn Fn() -> bool) -> Result<Tensor, ModelError> {
     if spec.conditions.len() != spec.seeds.len() {
         return Err(ModelError::Other(format!("{} conditions for {} seeds: one per image is needed", spec.conditions.len(), spec.seeds.len())));
     }
@@ -73,7 +79,7 @@ pub fn generate(model: &DiffusionModel, spec: &GenerateSpec) -> Result<Tensor, M
         }
         let noise = NoiseSource::new(seeds, shape, model.device()).with_start(spec.sampler.noise);
         let req = SampleRequest { schedule: model.schedule(), prediction: model.config().diffusion.prediction, sampler: &sampler, cond, null, noise: &noise };
-        let latents = sample(denoiser, &req, None).narrow(0, 0, real as i64);
+        let latents = sample_until(denoiser, &req, stop).ok_or(ModelError::Cancelled)?.narrow(0, 0, real as i64);
         parts.push(model.codec().decode(&latents).clamp(-1.0, 1.0).to_device(Device::Cpu));
     }
     if parts.is_empty() {

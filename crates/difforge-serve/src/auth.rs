@@ -27,6 +27,27 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+/// A key shorter than this is refused: a secret of a few characters is guessed in seconds.
+pub const MIN_KEY_CHARS: usize = 8;
+
+/// Every key among `entries` (as [`Keys::parse`] reads them) is at least [`MIN_KEY_CHARS`]
+/// long; the error names the source and the entry's position, never the key.
+fn check_lengths<'a>(entries: impl IntoIterator<Item = &'a str>, source: impl Fn() -> String) -> Result<(), ConfigError> {
+    for (i, entry) in entries.into_iter().enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let key = entry.strip_prefix("admin:").map_or(entry, str::trim);
+        if key.chars().count() < MIN_KEY_CHARS {
+            let why =
+                format!("keys of at least {MIN_KEY_CHARS} characters (entry {} has {}; e.g. `openssl rand -hex 16` makes one)", i + 1, key.chars().count());
+            return Err(ConfigError::problem(source(), why));
+        }
+    }
+    Ok(())
+}
+
 impl Keys {
     /// Parses key entries; blank lines and lines starting with '#' are ignored.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Keys {
@@ -51,8 +72,10 @@ impl Keys {
             if Keys::parse(text.lines()).is_open() {
                 return Err(ConfigError::new("--api-keys-file", path.display(), "a file with at least one key (it has only blank lines and comments)"));
             }
+            check_lengths(text.lines(), || format!("--api-keys-file {}", path.display()))?;
         }
         let env = env.unwrap_or_default();
+        check_lengths(env.split(','), || "DIFFORGE_API_KEYS".to_string())?;
         let keys = Keys::parse(text.lines().chain(env.split(',')));
         match (keys.is_open(), no_auth) {
             (true, false) => {
@@ -95,5 +118,12 @@ mod tests {
         assert!(!k.is_open());
         assert!(Keys::parse(["", " "]).is_open());
         assert!(!format!("{k:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn short_keys_are_refused_without_being_shown() {
+        let err = Keys::load(None, Some("long-enough-key,admin:x".into()), false).unwrap_err().to_string();
+        assert!(err.contains("DIFFORGE_API_KEYS") && err.contains("entry 2 has 1") && !err.contains(":x"), "{err}");
+        assert!(Keys::load(None, Some("long-enough-key, admin:another-long-key".into()), false).is_ok());
     }
 }

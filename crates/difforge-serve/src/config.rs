@@ -47,8 +47,12 @@ pub struct ServeConfig {
     /// Request headers must arrive within this many milliseconds of a connection opening (or of
     /// the previous response on a kept-alive connection), or the connection is closed.
     pub header_timeout_ms: u64,
-    /// On SIGTERM/SIGINT, connections still open this many milliseconds after the listener
-    /// closed are dropped (requests already queued are still answered).
+    /// A request's body must arrive within this many milliseconds of its headers (408, and the
+    /// connection's slot is free again): a client that declares a body and stalls holds nothing.
+    pub body_timeout_ms: u64,
+    /// On SIGTERM/SIGINT the server stops accepting and exits within this many milliseconds:
+    /// queued and running work goes on until shortly before (then it is cancelled at its next
+    /// denoising step and answered 503), and connections still open at the end are dropped.
     pub shutdown_timeout_ms: u64,
     /// Folders /admin/reload may load checkpoints from (default: the folder that holds the served
     /// checkpoint or run folder).
@@ -75,6 +79,7 @@ impl Default for ServeConfig {
             threads: 0,
             max_connections: 4096,
             header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
             reload_roots: Vec::new(),
         }
@@ -116,6 +121,7 @@ impl ServeConfig {
             ("max_wait_ms", self.max_wait_ms, 0, 60_000),
             ("request_timeout_ms", self.request_timeout_ms, 1, 86_400_000),
             ("header_timeout_ms", self.header_timeout_ms, 1, 3_600_000),
+            ("body_timeout_ms", self.body_timeout_ms, 1, 3_600_000),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms, 1, 3_600_000),
         ] {
             if !(min..=max).contains(&v) {

@@ -60,13 +60,7 @@ impl ModelInfo {
         let mut info = self.clone();
         info.checkpoint = info.checkpoint.file_name().map(PathBuf::from).unwrap_or_default();
         info.adapter = info.adapter.map(|(p, s)| (p.file_name().map(PathBuf::from).unwrap_or_default(), s));
-        let cfg = &mut info.config;
-        cfg.data.path = None;
-        cfg.data.val_path = None;
-        cfg.data.labels_path = None;
-        cfg.finetune.from = None;
-        cfg.train.eval_classifier = None;
-        cfg.train.eval_inception_weights = None;
+        info.config = info.config.without_paths();
         info
     }
 }

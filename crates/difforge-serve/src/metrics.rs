@@ -18,6 +18,8 @@ pub struct Metrics {
     pub drift_images: IntCounter,
     pub drift_dropped: IntCounter,
     pub reloads: IntCounterVec,
+    /// Requests dropped before or during their batch: nobody waited for them any more.
+    pub abandoned: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -52,9 +54,17 @@ impl Metrics {
             drift_images: IntCounter::new("difforge_feature_drift_images_total", "Generated images the feature drift monitor has scored")?,
             drift_dropped: IntCounter::new("difforge_feature_drift_dropped_total", "Generated images the feature drift monitor skipped because it was behind")?,
             reloads: IntCounterVec::new(Opts::new("difforge_reloads_total", "Model reloads by result"), &["result"])?,
+            abandoned: IntCounterVec::new(
+                Opts::new(
+                    "difforge_abandoned_requests_total",
+                    "Generation requests given up because nobody waited for them (timed out, client gone, shutdown), by when",
+                ),
+                &["when"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.abandoned.clone()))?;
         m.registry.register(Box::new(m.queue_wait.clone()))?;
         m.registry.register(Box::new(m.compute.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;

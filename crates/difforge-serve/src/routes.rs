@@ -86,6 +86,31 @@ pub async fn authorize(State(app): State<Arc<AppState>>, req: Request, next: Nex
     }
 }
 
+/// Reads a request's body before any handler sees it: 413 as soon as the declared
+/// `Content-Length` exceeds `max_body_bytes` (without waiting for a byte of it), 413 when more
+/// arrives than that, 408 when it does not all arrive within `body_timeout_ms`.
+pub async fn read_body(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = app.config.max_body_bytes;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return close(body_too_large(limit));
+    }
+    let (parts, body) = req.into_parts();
+    let timeout = Duration::from_millis(app.config.body_timeout_ms);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => close(error(StatusCode::REQUEST_TIMEOUT, None, format!("the body did not arrive within {} ms", app.config.body_timeout_ms))),
+        Ok(Err(_)) => close(body_too_large(limit)),
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    }
+}
+
+/// `resp` with `Connection: close`: the unread rest of the body must not be parsed as the next
+/// request, and the slot should go to someone else.
+fn close(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive).
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -203,6 +228,7 @@ pub async fn generate(State(app): State<Arc<AppState>>, body: Bytes) -> Response
         }
         Ok(Ok(Err(JobError::Conflict(field, why)))) => error(StatusCode::CONFLICT, Some(field), why),
         Ok(Ok(Err(JobError::Failed(why)))) => error(StatusCode::INTERNAL_SERVER_ERROR, None, why),
+        Ok(Ok(Err(JobError::ShuttingDown))) => error(StatusCode::SERVICE_UNAVAILABLE, None, "the server is shutting down; retry on another instance"),
         Ok(Err(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, None, "generation failed"),
         Ok(Ok(Ok(images))) => {
             let resp = tokio::task::spawn_blocking(move || encode(&images, format, seed, &condition)).await;

@@ -34,6 +34,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/generate", post(routes::generate))
         .route("/admin/reload", post(routes::reload))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), routes::read_body))
         .layer(axum::middleware::from_fn_with_state(app.clone(), routes::authorize))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(move |r: axum::response::Response| async move {
@@ -128,6 +129,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         feature_drift,
         ready: AtomicBool::new(true),
         worker_alive: AtomicBool::new(true),
+        work_until: Mutex::new(None),
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue_capacity);
     let worker = worker::spawn(shared.clone(), rx, cfg.clone());
@@ -149,6 +151,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         seeds: AtomicU64::new(seed0),
         request_ids: AtomicU64::new(1),
     });
+    let shutdown_timeout = std::time::Duration::from_millis(cfg.shutdown_timeout_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| ServeError::Other(e.to_string()))?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&cfg.bind).await.map_err(|e| ServeError::Other(format!("cannot listen on {}: {e}", cfg.bind)))?;
@@ -162,14 +165,32 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         let limits = crate::connections::Limits {
             max_connections: crate::connections::fit_to_file_limit(cfg.max_connections),
             header_timeout: std::time::Duration::from_millis(cfg.header_timeout_ms),
-            shutdown_timeout: std::time::Duration::from_millis(cfg.shutdown_timeout_ms),
+            shutdown_timeout,
         };
-        crate::connections::serve(listener, router(app.clone()), limits, shutdown_signal()).await;
+        let shared = app.shared.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            shared.stop_work_at(std::time::Instant::now() + work_after_signal(shutdown_timeout));
+        };
+        crate::connections::serve(listener, router(app.clone()), limits, shutdown).await;
         Ok::<(), ServeError>(())
     })?;
-    // Every connection is closed: drop the queue's sender so the worker ends once drained.
+    // Every connection is closed: drop the queue's sender so the worker ends once drained (what
+    // is left is answered 503 without work). A step already running is not waited for long.
     app.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let _ = worker.join();
+    if !worker.finished_within(WORKER_GRACE) {
+        tracing::warn!("the model worker is still inside a denoising step; exiting without it");
+        return Ok(());
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long after the connections are closed the worker may take to end its current step.
+const WORKER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Of the shutdown deadline, the time queued and running work may go on: the rest is left to
+/// answer what is still waiting (503) before the connections are closed.
+fn work_after_signal(shutdown_timeout: std::time::Duration) -> std::time::Duration {
+    shutdown_timeout.saturating_sub((shutdown_timeout / 4).min(std::time::Duration::from_secs(2)))
 }

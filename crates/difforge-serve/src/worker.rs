@@ -8,7 +8,8 @@ use crate::drift::Rolling;
 use crate::loaded::{Loaded, ModelInfo};
 use crate::metrics::Metrics;
 use crate::request::Generate;
-use difforge_model::{generate, Condition, ConditionKind, GenerateSpec, Weights};
+use difforge_model::generate::generate_until;
+use difforge_model::{Condition, ConditionKind, GenerateSpec, ModelError, Weights};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -35,6 +36,8 @@ pub enum JobError {
     Conflict(&'static str, String),
     /// The model failed on its batch (500).
     Failed(String),
+    /// The server is shutting down and its deadline for work has passed (503).
+    ShuttingDown,
 }
 
 pub struct Job {
@@ -56,6 +59,29 @@ pub struct Shared {
     pub feature_drift: Option<crate::feature_drift::FeatureDrift>,
     pub ready: AtomicBool,
     pub worker_alive: AtomicBool,
+    /// Set at SIGTERM/SIGINT: when work must stop so that every waiting request can still be
+    /// answered (503) before the connections are closed.
+    pub work_until: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Work stops at `deadline`: the batch running then is cancelled at its next step, and
+    /// every request not yet done is answered 503.
+    pub fn stop_work_at(&self, deadline: Instant) {
+        *self.work_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+    }
+
+    fn past_work_deadline(&self) -> bool {
+        self.work_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+impl Job {
+    /// Nobody will read this job's images: its deadline passed or its handler is gone (timed
+    /// out, or the client disconnected).
+    fn abandoned(&self, now: Instant) -> bool {
+        now >= self.deadline || self.reply.is_closed()
+    }
 }
 
 /// Requests that can share a batch agree on these (every sampler setting and the image size).
@@ -132,9 +158,13 @@ impl Worker {
 
     fn run(&mut self, jobs: Vec<Job>) {
         let now = Instant::now();
-        let (live, expired): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
-        for j in expired {
-            let _ = j.reply.send(Err(JobError::TimedOut));
+        let stopping = self.shared.past_work_deadline();
+        let (live, given_up): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !stopping && !j.abandoned(now));
+        if !given_up.is_empty() {
+            self.shared.metrics.abandoned.with_label_values(&["queued"]).inc_by(given_up.len() as u64);
+        }
+        for j in given_up {
+            let _ = j.reply.send(Err(if stopping { JobError::ShuttingDown } else { JobError::TimedOut }));
         }
         // One lock for the check and the batch: a reload between them would hand the batch
         // to a model its requests were not checked against.
@@ -146,12 +176,22 @@ impl Worker {
         for j in &live {
             self.shared.metrics.queue_wait.observe(now.duration_since(j.enqueued).as_secs_f64());
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live, &loaded)));
+        // Checked before each denoising step: the batch goes on while anyone waits for it.
+        let stop = || self.shared.past_work_deadline() || live.iter().all(|j| j.abandoned(Instant::now()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.compute(&live, &loaded, &stop)));
         drop(loaded);
         match outcome {
-            Ok(Ok(per_job)) => {
+            Ok(Ok(Some(per_job))) => {
                 for (job, images) in live.into_iter().zip(per_job) {
                     let _ = job.reply.send(Ok(images));
+                }
+            }
+            Ok(Ok(None)) => {
+                let stopping = self.shared.past_work_deadline();
+                tracing::info!("a batch of {} request(s) was cancelled: {}", live.len(), if stopping { "shutting down" } else { "nobody waits for it" });
+                self.shared.metrics.abandoned.with_label_values(&["running"]).inc_by(live.len() as u64);
+                for job in live {
+                    let _ = job.reply.send(Err(if stopping { JobError::ShuttingDown } else { JobError::TimedOut }));
                 }
             }
             Ok(Err(e)) => {
@@ -198,7 +238,8 @@ impl Worker {
         ok
     }
 
-    fn compute(&self, jobs: &[Job], loaded: &Loaded) -> Result<Vec<Images>, String> {
+    /// Each job's images, or None when `stop` cancelled the batch.
+    fn compute(&self, jobs: &[Job], loaded: &Loaded, stop: &dyn Fn() -> bool) -> Result<Option<Vec<Images>>, String> {
         let mut conditions = Vec::new();
         let mut negatives = Vec::new();
         let mut seeds = Vec::new();
@@ -225,7 +266,11 @@ impl Worker {
             negatives,
             size: jobs[0].request.size,
         };
-        let images = generate(&loaded.model, &spec).map_err(|e| e.to_string())?;
+        let images = match generate_until(&loaded.model, &spec, stop) {
+            Ok(images) => images,
+            Err(ModelError::Cancelled) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         if let Some(monitor) = &self.shared.feature_drift {
             monitor.offer(&images);
         }
@@ -262,15 +307,37 @@ impl Worker {
             out.push(Images { data: data[offset * per..(offset + n) * per].to_vec(), count: n, channels: c, height: h, width: w });
             offset += n;
         }
-        Ok(out)
+        Ok(Some(out))
+    }
+}
+
+/// The running worker thread.
+pub struct WorkerHandle {
+    thread: std::thread::JoinHandle<()>,
+    /// Closed when the thread ends.
+    done: Receiver<()>,
+}
+
+impl WorkerHandle {
+    /// Waits at most `limit` for the worker to end; false if it is still running.
+    pub fn finished_within(self, limit: Duration) -> bool {
+        match self.done.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            _ => {
+                let _ = self.thread.join();
+                true
+            }
+        }
     }
 }
 
 /// Starts the worker; it ends when every sender is dropped and the queue is drained.
-pub fn spawn(shared: Arc<Shared>, rx: Receiver<Job>, cfg: ServeConfig) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
+pub fn spawn(shared: Arc<Shared>, rx: Receiver<Job>, cfg: ServeConfig) -> WorkerHandle {
+    let (ended, done) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("difforge-worker".into())
         .spawn(move || {
+            let _ended = ended; // dropped when the thread ends, however it ends
             let mut w = Worker { shared: shared.clone(), rx, cfg, pending: VecDeque::new() };
             while let Some(first) = w.next(None) {
                 let batch = w.collect(first);
@@ -278,5 +345,6 @@ pub fn spawn(shared: Arc<Shared>, rx: Receiver<Job>, cfg: ServeConfig) -> std::t
             }
             shared.worker_alive.store(false, Ordering::SeqCst);
         })
-        .expect("the worker thread starts")
+        .expect("the worker thread starts");
+    WorkerHandle { thread, done }
 }

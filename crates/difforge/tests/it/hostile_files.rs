@@ -48,11 +48,14 @@ fn sample_args(model: &Path, out: &Path) -> Vec<std::ffi::OsString> {
     args
 }
 
+/// A change made to a config.json.
+type Edit = dyn Fn(&mut serde_json::Value);
+
 #[test]
 fn config_values_out_of_range_are_refused_by_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let set = |key: &'static str, value: serde_json::Value| move |json: &mut serde_json::Value| json[key] = value.clone();
-    let cases: Vec<(&str, &str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(&str, &str, Box<Edit>, &str)> = vec![
         ("groups", "unet/config.json", Box::new(set("norm_num_groups", 0.into())), "norm_num_groups = 0"),
         ("layers", "unet/config.json", Box::new(set("layers_per_block", 100_000.into())), "layers_per_block = 100000"),
         (

@@ -143,6 +143,15 @@ fn keys_paths_and_reload_roots() {
         assert!(err.contains(expected), "{args:?}: {err}");
     };
     refused(&["--api-keys-file", comments.to_str().unwrap()], "at least one key");
+    let short = dir.path().join("short.txt");
+    std::fs::write(
+        &short,
+        "a-long-enough-key
+admin:k
+",
+    )
+    .unwrap();
+    refused(&["--api-keys-file", short.to_str().unwrap()], "keys of at least 8 characters (entry 2 has 1");
     refused(&[], "--no-auth");
     let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "queue_capacity = 100000000000\n").unwrap();
@@ -225,4 +234,97 @@ fn a_reload_to_fewer_classes_answers_queued_requests_409_and_the_data_is_not_nee
     assert!(metrics.lines().any(|l| l.starts_with("difforge_output_drift ") && !l.ends_with(" 0")), "{metrics}");
     let log = std::fs::read_to_string(&s.stderr).unwrap();
     assert!(!log.contains("skipping") && !log.contains("computing them once"), "{log}");
+}
+
+/// Raw HTTP on `stream`: sends `head` (and `body`), returns the status line's code, or None when
+/// nothing comes back within `wait`.
+fn status_of(stream: &mut TcpStream, head: &str, body: &[u8], wait: Duration) -> Option<u16> {
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().ok()?).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn generate_head(key: &str, length: u64) -> String {
+    format!("POST /v1/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+}
+
+/// A body declared too large is 413 before a byte of it arrives; one that stalls is 408 after
+/// `body_timeout_ms`; 60 stalled bodies over `max_connections = 50` leave /healthz and
+/// /v1/generate answering once their deadline passes (they waited forever before).
+#[test]
+fn stalled_and_oversized_bodies_are_answered_and_free_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_tiny(&run, &["train.steps=2"]);
+    let s = start(dir.path(), &run, "body_timeout_ms = 1000\nmax_connections = 50\n", None, &[]);
+    let addr = address(&s.base);
+    let started = Instant::now();
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    assert_eq!(status_of(&mut huge, &generate_head(KEY, 99_999_999_999), b"{", Duration::from_secs(5)), Some(413));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    assert_eq!(status_of(&mut stalled, &generate_head(KEY, 16_000), b"{", Duration::from_secs(10)), Some(408));
+
+    let flood: Vec<TcpStream> = (0..60)
+        .filter_map(|_| {
+            let mut c = TcpStream::connect(&addr).ok()?;
+            c.write_all(generate_head(KEY, 16_000).as_bytes()).ok()?;
+            c.write_all(b"{").ok()?;
+            Some(c)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let health = get(&format!("{}/healthz", s.base), None, Duration::from_secs(10));
+    assert_eq!(health.as_ref().map(|h| h.0), Ok(200), "{health:?}");
+    let (status, body) = post(&format!("{}/v1/generate", s.base), KEY, r#"{"class": 3, "steps": 2}"#);
+    assert_eq!(status, 200, "{body}");
+    drop(flood);
+}
+
+/// `difforge serve` with a request that would run for minutes: it times out (504) and its work
+/// is cancelled, so the requests after it are answered in their own time; SIGTERM during such
+/// work answers it 503 and exits within `shutdown_timeout_ms`.
+#[test]
+fn abandoned_work_is_cancelled_and_shutdown_keeps_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_tiny(&run, &["train.steps=2"]);
+    let toml = "max_steps = 1000\nmax_images = 64\nrequest_timeout_ms = 1500\nshutdown_timeout_ms = 1000\nmax_wait_ms = 0\n";
+    let mut s = start(dir.path(), &run, toml, None, &[]);
+    let url = format!("{}/v1/generate", s.base);
+    // 8 batches of 8 images, 1,000 steps each: tens of seconds on this model.
+    let endless = r#"{"class": 1, "n": 64, "steps": 1000}"#;
+    for _ in 0..3 {
+        let (status, body) = post(&url, KEY, endless);
+        assert_eq!(status, 504, "{body}");
+    }
+    for i in 0..20 {
+        let started = Instant::now();
+        let (status, body) = post(&url, KEY, r#"{"class": 2, "steps": 2}"#);
+        assert_eq!(status, 200, "request {i} after the abandoned ones ({:?}): {body}", started.elapsed());
+    }
+    let (_, metrics) = get(&format!("{}/metrics", s.base), Some(KEY), Duration::from_secs(10)).unwrap();
+    let cancelled = metrics.lines().find(|l| l.starts_with("difforge_abandoned_requests_total{when=\"running\"}")).unwrap_or_else(|| panic!("{metrics}"));
+    assert!(cancelled.ends_with(" 3"), "{cancelled}");
+
+    let waiting = {
+        let url = url.clone();
+        std::thread::spawn(move || post(&url, KEY, endless))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap().success());
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(signalled.elapsed() < Duration::from_millis(1000 + 2000), "alive {:?} after SIGTERM", signalled.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&s.stderr).unwrap_or_default());
+    let (status, body) = waiting.join().unwrap();
+    assert_eq!(status, 503, "the request running at SIGTERM: {body}");
 }

@@ -28,6 +28,10 @@ fn a_published_folder_is_served_as_difforge_sample_generates_it() {
     let models = call("GET", &format!("{}/v1/models", server.base), Some(KEY), None).json();
     let model = &models["models"][0];
     assert_eq!((model["conditioning"].as_str(), model["checkpoint"].as_str(), model["step"].as_u64()), (Some("text"), Some("tiny-sd15"), Some(0)), "{model}");
+    // A user key learns no path of the server's disk, the base model's included (its name only).
+    let parent = folder.parent().unwrap().display().to_string();
+    assert!(!models.to_string().contains(&parent), "{parent} shown to a user key: {models}");
+    assert_eq!(model["config"]["model"]["base"].as_str(), Some("tiny-sd15"), "{model}");
     // The folder's scheduler (SD's DDIM, leading spacing with offset 1) and diffusers' defaults.
     let defaults = &model["defaults"];
     assert_eq!(
