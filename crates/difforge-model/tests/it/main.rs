@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod checkpoint;
+mod fuzz_readers;
 mod generate;
 mod init_device;
 mod sd_lora;
