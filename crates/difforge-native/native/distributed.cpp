@@ -40,12 +40,44 @@ c10::intrusive_ptr<c10d::Store> connect_store(const char* host, int port, int wo
   opts.isServer = server;
   // As torch.distributed.TCPStore(world_size=world) does on every rank: clients count themselves
   // in, and the server waits until all have.
+  // The server does not wait for the clients itself: check_peers below does, comparing how
+  // each rank was started first (a server waiting for a WORLD_SIZE of clients that another
+  // rank disagrees with would only time out).
   opts.numWorkers = static_cast<std::size_t>(world);
-  opts.waitWorkers = true;
+  opts.waitWorkers = false;
   opts.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(host, opts);
   if (prefix != nullptr && prefix[0] != '\0') store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
   return store;
+}
+
+// Every rank publishes how it was started (`mine`: world size, backend, config hash); rank 0
+// compares every other rank's with its own and the others compare rank 0's, so ranks started
+// differently fail at once naming the difference, instead of timing out inside the backend's
+// rendezvous (Gloo's connectFullMesh retried for five timeouts).
+void check_peers(c10d::Store& store, int rank, int world, const std::string& mine, std::chrono::milliseconds timeout) {
+  auto key = [](int r) { return "difforge/started/" + std::to_string(r); };
+  store.set(key(rank), std::vector<uint8_t>(mine.begin(), mine.end()));
+  std::vector<int> peers;
+  if (rank == 0) {
+    for (int r = 1; r < world; ++r) peers.push_back(r);
+  } else {
+    peers.push_back(0);
+  }
+  for (int r : peers) {
+    try {
+      store.wait({key(r)}, timeout);
+    } catch (const std::exception&) {
+      throw std::runtime_error("rank " + std::to_string(r) + " did not join within " + std::to_string(timeout.count() / 1000) +
+                               " s (train.dist_timeout_s): is it running, with the same MASTER_ADDR and MASTER_PORT?");
+    }
+    auto bytes = store.get(key(r));
+    std::string theirs(bytes.begin(), bytes.end());
+    if (theirs != mine) {
+      throw std::invalid_argument("rank " + std::to_string(r) + " was started with " + theirs + ", rank " + std::to_string(rank) + " with " + mine +
+                                  ": start every rank with the same WORLD_SIZE, train.dist_backend and config");
+    }
+  }
 }
 
 // The network device Gloo binds: an interface by name (GLOO_SOCKET_IFNAME, as torch reads it),
@@ -116,13 +148,14 @@ int dfn_built_with_nccl() {
 // `store_server` is 1; under torchrun's agent store every rank is a client) and builds the
 // backend ("gloo" or "nccl"). Every wait, the rendezvous included, ends after `timeout_ms`.
 int dfn_group_new(const char* backend, const char* host, int port, int rank, int world, int store_server, const char* store_prefix,
-                  const char* gloo_interface, const char* gloo_host, int64_t timeout_ms, void** out) {
+                  const char* gloo_interface, const char* gloo_host, int64_t timeout_ms, const char* fingerprint, void** out) {
   *out = nullptr;
   return guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto group = std::make_unique<Group>();
     group->timeout = timeout;
     group->store = connect_store(host, port, world, store_server != 0, store_prefix, timeout);
+    check_peers(*group->store, rank, world, fingerprint, timeout);
     group->backend = make_backend(backend, group->store, rank, world, gloo_interface, gloo_host, timeout);
     *out = group.release();
   });

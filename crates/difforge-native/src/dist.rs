@@ -55,6 +55,9 @@ pub struct GroupOptions {
     pub gloo_host: Option<String>,
     /// Every wait (the rendezvous and each collective) fails after this long.
     pub timeout: Duration,
+    /// How this process was started (world size, backend, config hash, in words): every rank
+    /// must give the same, or joining fails at once naming the difference.
+    pub fingerprint: String,
 }
 
 /// A c10d process group of `world` processes, this one being `rank`.
@@ -112,6 +115,7 @@ impl ProcessGroup {
         let prefix = c_string("store prefix", &o.store_prefix)?;
         let interface = c_string("gloo interface", o.gloo_interface.as_deref().unwrap_or(""))?;
         let gloo_host = c_string("gloo host", o.gloo_host.as_deref().unwrap_or(""))?;
+        let fingerprint = c_string("fingerprint", &o.fingerprint)?;
         let timeout_ms = i64::try_from(o.timeout.as_millis()).unwrap_or(i64::MAX);
         let mut handle = std::ptr::null_mut();
         // SAFETY: NUL-terminated strings that outlive the call, plain numbers, and an out-pointer
@@ -128,6 +132,7 @@ impl ProcessGroup {
                 interface.as_ptr(),
                 gloo_host.as_ptr(),
                 timeout_ms,
+                fingerprint.as_ptr(),
                 &mut handle,
             )
         };

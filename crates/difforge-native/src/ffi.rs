@@ -51,6 +51,7 @@ extern "C" {
         gloo_interface: *const c_char,
         gloo_host: *const c_char,
         timeout_ms: i64,
+        fingerprint: *const c_char,
         out: *mut *mut c_void,
     ) -> c_int;
     pub fn dfn_group_all_reduce(group: *mut c_void, tensors: *const *mut C_tensor, n: c_int, op: c_int) -> c_int;

@@ -24,6 +24,7 @@ fn options(port: u16, rank: usize, world: usize, timeout: Duration) -> GroupOpti
         gloo_interface: None,
         gloo_host: Some("127.0.0.1".into()),
         timeout,
+        fingerprint: format!("world={world}"),
     }
 }
 
@@ -72,6 +73,24 @@ fn a_rank_that_never_comes_ends_the_rendezvous_with_an_error() {
     assert!(msg.contains("rank 0 of 2") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
     assert!(!msg.contains("frame #"), "the C++ stack is left out: {msg}");
     assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+}
+
+/// Ranks started with different world sizes (2 and 3) both fail at once, each naming what the
+/// other was started with (before, rank 0 ended after five timeouts in Gloo's connectFullMesh).
+#[test]
+fn ranks_started_with_different_world_sizes_fail_at_once_naming_both() {
+    let port = free_port();
+    let start = Instant::now();
+    let timeout = Duration::from_secs(20);
+    let ranks: Vec<_> = [(0, 2), (1, 3)]
+        .into_iter()
+        .map(|(rank, world)| std::thread::spawn(move || ProcessGroup::new(&options(port, rank, world, timeout)).err().map(|e| e.to_string())))
+        .collect();
+    for rank in ranks {
+        let msg = rank.join().unwrap().expect("a mismatched rank must not join");
+        assert!(msg.contains("world=2") && msg.contains("world=3") && msg.contains("WORLD_SIZE"), "{msg}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
 }
 
 #[test]

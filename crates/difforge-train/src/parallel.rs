@@ -84,7 +84,9 @@ pub fn check_batch(t: &TrainConfig, world: &World) -> Result<(), TrainError> {
 impl DataParallel {
     /// Joins the run's process group (None for a single process): rank 0 hosts the rendezvous
     /// store unless torchrun's agent does.
-    pub fn join(world: &World, t: &TrainConfig, device: Device) -> Result<Option<DataParallel>, TrainError> {
+    /// `config_hash` identifies the run's config: ranks started with different configs (or
+    /// world sizes, or backends) are refused at the rendezvous.
+    pub fn join(world: &World, t: &TrainConfig, config_hash: &str, device: Device) -> Result<Option<DataParallel>, TrainError> {
         if !world.is_distributed() {
             return Ok(None);
         }
@@ -105,6 +107,7 @@ impl DataParallel {
             gloo_interface: std::env::var("GLOO_SOCKET_IFNAME").ok().and_then(|v| v.split(',').next().map(str::to_string)).filter(|v| !v.is_empty()),
             gloo_host: loopback.then(|| "127.0.0.1".to_string()),
             timeout: Duration::from_secs(t.dist_timeout_s),
+            fingerprint: format!("world={} backend={} config={}", world.size, backend.name(), &config_hash[..config_hash.len().min(12)]),
         };
         let group = Arc::new(ProcessGroup::new(&options).map_err(|e| TrainError::Other(e.to_string()))?);
         let alive = Arc::new(AtomicBool::new(true));

@@ -417,7 +417,8 @@ pub fn train(config: RunConfig, mut opts: TrainOptions) -> Result<TrainSummary, 
     parallel::check_batch(&cfg.train, &world)?;
     let device = prepare_device(&cfg, &world)?;
     device::reset_cuda_peak_memory(device);
-    let data_parallel = DataParallel::join(&world, &cfg.train, device)?;
+    let config_hash = difforge_core::sha256_hex(cfg.to_toml().as_bytes());
+    let data_parallel = DataParallel::join(&world, &cfg.train, &config_hash, device)?;
     let run_dir = opts.out_dir.clone();
     if writes {
         difforge_core::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.toml"), e))?;

@@ -112,6 +112,34 @@ fn a_killed_rank_ends_the_other_with_an_error_naming_it() {
     assert!(stderr.contains("rank 1 stopped"), "the error names the dead rank: {stderr}");
 }
 
+/// Ranks started with WORLD_SIZE 2 and 3 both stop at the rendezvous naming the difference,
+/// well within train.dist_timeout_s (rank 0 used to wait five timeouts for Gloo's mesh).
+#[test]
+fn ranks_started_with_different_world_sizes_stop_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    // A batch both world sizes divide, so that each rank gets as far as the rendezvous.
+    let args = tiny_args(&["train.steps=4", "train.threads=1", "train.batch_size=12", "train.dist_timeout_s=60"]);
+    let started = Instant::now();
+    let ranks: Vec<_> = [("0", "2"), ("1", "3")]
+        .into_iter()
+        .map(|(rank, world)| {
+            let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("difforge"));
+            cmd.arg("train").args(&args).arg("--out").arg(dir.path().join("run"));
+            cmd.envs([("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", rank), ("LOCAL_WORLD_SIZE", world)]);
+            cmd.envs([("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())]);
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for rank in ranks {
+        let out = rank.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("world=2") && stderr.contains("world=3") && stderr.contains("WORLD_SIZE"), "{stderr}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+}
+
 #[test]
 fn two_ranks_stream_their_own_webdataset_shards() {
     let dir = tempfile::tempdir().unwrap();
