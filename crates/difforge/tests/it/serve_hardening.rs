@@ -306,9 +306,19 @@ fn abandoned_work_is_cancelled_and_shutdown_keeps_its_deadline() {
         let (status, body) = post(&url, KEY, r#"{"class": 2, "steps": 2}"#);
         assert_eq!(status, 200, "request {i} after the abandoned ones ({:?}): {body}", started.elapsed());
     }
+    // A client that leaves: its work stops at once, not at its timeout.
+    let mut leaving = TcpStream::connect(address(&s.base)).unwrap();
+    leaving.write_all(generate_head(KEY, endless.len() as u64).as_bytes()).unwrap();
+    leaving.write_all(endless.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(leaving);
+    let started = Instant::now();
+    let (status, body) = post(&url, KEY, r#"{"class": 2, "steps": 2}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "answered {:?} after the client left", started.elapsed());
     let (_, metrics) = get(&format!("{}/metrics", s.base), Some(KEY), Duration::from_secs(10)).unwrap();
     let cancelled = metrics.lines().find(|l| l.starts_with("difforge_abandoned_requests_total{when=\"running\"}")).unwrap_or_else(|| panic!("{metrics}"));
-    assert!(cancelled.ends_with(" 3"), "{cancelled}");
+    assert!(cancelled.ends_with(" 4"), "{cancelled}");
 
     let waiting = {
         let url = url.clone();
