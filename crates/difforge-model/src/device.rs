@@ -16,12 +16,22 @@ pub struct DeviceSettings<'a> {
     pub threads: usize,
     pub precision: Precision,
     pub kernels: CpuKernels,
+    /// The process runs backward passes: in portable mode on CUDA, attention then takes the
+    /// math backend, the only one whose backward repeats.
+    pub trains: bool,
 }
 
 impl<'a> DeviceSettings<'a> {
     /// The settings of a run's `[train]` section.
     pub fn of_run(train: &'a TrainConfig) -> DeviceSettings<'a> {
-        DeviceSettings { key: "train.device", device: &train.device, threads: train.threads, precision: train.precision, kernels: train.cpu_kernels }
+        DeviceSettings {
+            key: "train.device",
+            device: &train.device,
+            threads: train.threads,
+            precision: train.precision,
+            kernels: train.cpu_kernels,
+            trains: true,
+        }
     }
 }
 
@@ -29,6 +39,10 @@ impl<'a> DeviceSettings<'a> {
 /// conditional numerical reproducibility branch to AVX2: what every x86-64 server of the last
 /// decade has. Each library reads its variable once, at its first use.
 pub const PORTABLE_ENV: [(&str, &str); 3] = [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2")];
+
+/// cuBLAS's fixed workspace, without which its matmuls may pick split-K reductions that differ
+/// from run to run (read when cuBLAS starts, so set before any CUDA work).
+const CUBLAS_DETERMINISM: (&str, &str) = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
 
 /// A description of the kernels in use, for summaries and benchmarks.
 pub fn describe_kernels(kernels: CpuKernels) -> String {
@@ -42,7 +56,7 @@ pub fn describe_kernels(kernels: CpuKernels) -> String {
 /// the environment says; the native one leaves it alone.
 fn pin_kernels(kernels: CpuKernels) {
     if kernels == CpuKernels::Portable {
-        for (key, value) in PORTABLE_ENV {
+        for (key, value) in PORTABLE_ENV.into_iter().chain([CUBLAS_DETERMINISM]) {
             std::env::set_var(key, value);
         }
     }
@@ -72,8 +86,13 @@ pub fn prepare(s: &DeviceSettings) -> Result<Device, ConfigError> {
     };
     if dev.is_cuda() {
         // Shapes are fixed during training, so cuDNN can pick the fastest kernels once; the
-        // portable mode keeps its default, deterministic choice.
-        tch::Cuda::cudnn_set_benchmark(s.kernels == CpuKernels::Native);
+        // portable mode keeps its default, deterministic choice, and asks libtorch for
+        // deterministic algorithms (see the README's Reproducibility).
+        let portable = s.kernels == CpuKernels::Portable;
+        tch::Cuda::cudnn_set_benchmark(!portable);
+        if let Err(e) = difforge_native::cuda::set_deterministic(portable, portable && s.trains) {
+            tracing::warn!("could not switch deterministic CUDA algorithms {}: {e}", if portable { "on" } else { "off" });
+        }
     }
     set_tf32(s.precision);
     if !dev.is_cuda() && s.precision == Precision::Bf16 {

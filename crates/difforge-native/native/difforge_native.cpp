@@ -133,6 +133,35 @@ int dfn_tf32(int* matmul, int* cudnn) {
   });
 }
 
+// What makes a CUDA run repeat (PyTorch's reproducibility notes): deterministic cuDNN
+// algorithms, torch.use_deterministic_algorithms(True, warn_only=True) (ops without a
+// deterministic kernel warn instead of failing), and scaled-dot-product attention on the math
+// backend, whose backward is the only deterministic one (flash, memory-efficient and cuDNN
+// attention accumulate in a varying order). `on` = 0 restores libtorch's defaults.
+// `math_attention` = 0 keeps the fused attention backends (their forward passes repeat; only
+// a process that trains needs the math one).
+int dfn_set_deterministic(int on, int math_attention) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    ctx.setDeterministicCuDNN(on != 0);
+    ctx.setDeterministicAlgorithms(on != 0, /*warn_only=*/true);
+    const bool fused = on == 0 || math_attention == 0;
+    ctx.setSDPUseFlash(fused);
+    ctx.setSDPUseMemEfficient(fused);
+    ctx.setSDPUseCuDNN(fused);
+  });
+}
+
+// The switches dfn_set_deterministic sets, read back: cuDNN, algorithms, fused attention allowed.
+int dfn_deterministic(int* cudnn, int* algorithms, int* fused_attention) {
+  return guarded([&] {
+    auto& ctx = at::globalContext();
+    *cudnn = ctx.deterministicCuDNN() ? 1 : 0;
+    *algorithms = ctx.deterministicAlgorithms() ? 1 : 0;
+    *fused_attention = (ctx.userEnabledFlashSDP() || ctx.userEnabledMemEfficientSDP() || ctx.userEnabledCuDNNSDP()) ? 1 : 0;
+  });
+}
+
 // Name, memory and compute capability of CUDA device `index`.
 int dfn_cuda_device_properties(int64_t index, char* name, size_t name_len, uint64_t* total_memory, int* major, int* minor,
                                int* multiprocessors) {

@@ -19,6 +19,31 @@ pub fn tf32() -> Result<(bool, bool), NativeError> {
     Ok((matmul != 0, cudnn != 0))
 }
 
+/// Makes CUDA runs repeat (or, with `on = false`, restores libtorch's defaults): deterministic
+/// cuDNN, deterministic algorithms where an op has one (a warning where not), and with
+/// `math_attention` attention on the math backend, the only one whose backward repeats.
+/// Process-wide; on the CPU it changes which attention kernel runs, so call it for CUDA only.
+pub fn set_deterministic(on: bool, math_attention: bool) -> Result<(), NativeError> {
+    // SAFETY: plain integers.
+    check(unsafe { ffi::dfn_set_deterministic(c_int::from(on), c_int::from(math_attention)) })
+}
+
+/// The switches [`set_deterministic`] sets, as libtorch has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Determinism {
+    pub cudnn: bool,
+    pub algorithms: bool,
+    /// Whether any fused (flash, memory-efficient, cuDNN) attention backend may run.
+    pub fused_attention: bool,
+}
+
+pub fn determinism() -> Result<Determinism, NativeError> {
+    let (mut cudnn, mut algorithms, mut fused) = (0, 0, 0);
+    // SAFETY: three valid out-pointers.
+    check(unsafe { ffi::dfn_deterministic(&mut cudnn, &mut algorithms, &mut fused) })?;
+    Ok(Determinism { cudnn: cudnn != 0, algorithms: algorithms != 0, fused_attention: fused != 0 })
+}
+
 /// What `difforge info` and the benchmarks say about a card.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceProperties {

@@ -25,6 +25,8 @@ extern "C" {
     pub fn dfn_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
     pub fn dfn_set_tf32(matmul: c_int, cudnn: c_int) -> c_int;
     pub fn dfn_tf32(matmul: *mut c_int, cudnn: *mut c_int) -> c_int;
+    pub fn dfn_set_deterministic(on: c_int, math_attention: c_int) -> c_int;
+    pub fn dfn_deterministic(cudnn: *mut c_int, algorithms: *mut c_int, fused_attention: *mut c_int) -> c_int;
     pub fn dfn_cuda_device_properties(
         index: i64,
         name: *mut c_char,

@@ -49,6 +49,16 @@ fn tf32_switches_round_trip() {
 }
 
 #[test]
+fn determinism_switches_round_trip() {
+    cuda::set_deterministic(true, true).unwrap();
+    assert_eq!(cuda::determinism().unwrap(), cuda::Determinism { cudnn: true, algorithms: true, fused_attention: false });
+    cuda::set_deterministic(true, false).unwrap();
+    assert_eq!(cuda::determinism().unwrap(), cuda::Determinism { cudnn: true, algorithms: true, fused_attention: true });
+    cuda::set_deterministic(false, false).unwrap(); // libtorch's defaults
+    assert_eq!(cuda::determinism().unwrap(), cuda::Determinism { cudnn: false, algorithms: false, fused_attention: true });
+}
+
+#[test]
 fn cuda_queries_fail_cleanly_without_a_gpu() {
     if tch::Cuda::is_available() {
         let props = cuda::device_properties(0).unwrap();

@@ -107,6 +107,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         threads: cfg.threads,
         precision: difforge_config::Precision::Fp32,
         kernels: difforge_config::CpuKernels::Portable,
+        trains: false,
     };
     let device = difforge_model::device::prepare(&settings)?;
     let loaded = crate::loaded::load(&opts.checkpoint, opts.adapter.as_ref(), device)?;

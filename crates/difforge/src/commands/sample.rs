@@ -28,7 +28,7 @@ fn sampler_flag(key: &str) -> Option<&'static str> {
 /// (threads, CPU kernels).
 pub fn device(flag: &str, train: &difforge_config::TrainConfig) -> Result<tch::Device, ConfigError> {
     use difforge_model::device::{prepare, DeviceSettings};
-    prepare(&DeviceSettings { key: "--device", device: flag, ..DeviceSettings::of_run(train) })
+    prepare(&DeviceSettings { key: "--device", device: flag, trains: false, ..DeviceSettings::of_run(train) })
 }
 
 /// Loads the checkpoint named by `--checkpoint` (with its adapter) and the sampler settings.
