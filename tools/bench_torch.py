@@ -638,6 +638,7 @@ def parse_args():
     ap.add_argument("--channels", type=int, default=None, help="base channels of the reference UNet (default 64 = ref6m; not with --config)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick kernels by timing (difforge's native mode does)")
     ap.add_argument("--profile", action="store_true",
                     help="also time each phase of the training step (as difforge bench --profile), synchronising at each boundary")
     args = ap.parse_args()
@@ -664,7 +665,8 @@ def main():
     tf32 = args.mode != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
+    # Off unless asked, as in difforge's portable mode (the default a difforge run compares with).
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     # bf16 autocast on the device the run is on, CUDA or CPU (as in difforge).
     autocast = args.mode == "bf16"
     notes = []
