@@ -89,7 +89,7 @@ std::shared_ptr<gloo::transport::Device> gloo_device(const char* interface, cons
 }
 
 c10::intrusive_ptr<c10d::Backend> make_backend(const std::string& name, const c10::intrusive_ptr<c10d::Store>& store, int rank, int world,
-                                               const char* interface, const char* host, std::chrono::milliseconds timeout) {
+                                               const char* interface, const char* host, std::chrono::milliseconds timeout, int cuda_device) {
   if (name == "gloo") {
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     opts->devices.push_back(gloo_device(interface, host));
@@ -98,8 +98,19 @@ c10::intrusive_ptr<c10d::Backend> make_backend(const std::string& name, const c1
   if (name == "nccl") {
 #ifdef DIFFORGE_NATIVE_NCCL
     auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = timeout;
-    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+    // The watchdog, which ends the process when a collective hangs, fires well after our own
+    // wait(timeout) gives up: the trainer first learns which rank stopped and says so.
+    opts->timeout = timeout * 2 + std::chrono::seconds(30);
+    auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, opts);
+    if (cuda_device >= 0) {
+      // As init_process_group(device_id=...): the communicator is made now, on this rank's
+      // card, so a wrong device or a peer that cannot connect fails here rather than at the
+      // first collective.
+      const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device));
+      group->setBoundDeviceId(device);
+      group->eagerConnectSingleDevice(device);
+    }
+    return group;
 #else
     throw std::invalid_argument("the nccl backend needs a CUDA build of difforge (a libtorch with libtorch_cuda)");
 #endif
@@ -148,7 +159,7 @@ int dfn_built_with_nccl() {
 // `store_server` is 1; under torchrun's agent store every rank is a client) and builds the
 // backend ("gloo" or "nccl"). Every wait, the rendezvous included, ends after `timeout_ms`.
 int dfn_group_new(const char* backend, const char* host, int port, int rank, int world, int store_server, const char* store_prefix,
-                  const char* gloo_interface, const char* gloo_host, int64_t timeout_ms, const char* fingerprint, void** out) {
+                  const char* gloo_interface, const char* gloo_host, int64_t timeout_ms, const char* fingerprint, int cuda_device, void** out) {
   *out = nullptr;
   return guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -156,7 +167,7 @@ int dfn_group_new(const char* backend, const char* host, int port, int rank, int
     group->timeout = timeout;
     group->store = connect_store(host, port, world, store_server != 0, store_prefix, timeout);
     check_peers(*group->store, rank, world, fingerprint, timeout);
-    group->backend = make_backend(backend, group->store, rank, world, gloo_interface, gloo_host, timeout);
+    group->backend = make_backend(backend, group->store, rank, world, gloo_interface, gloo_host, timeout, cuda_device);
     *out = group.release();
   });
 }
@@ -216,8 +227,13 @@ int dfn_group_store_add(void* group, const char* key, int64_t delta, int64_t* va
 }
 
 void dfn_group_free(void* group) {
-  // A destructor that throws (a peer already gone) must not cross into Rust either.
-  guarded([&] { delete static_cast<Group*>(group); });
+  // A destructor that throws (a peer already gone) must not cross into Rust either. NCCL wants
+  // an explicit shutdown first (else it warns at every exit that resources may leak).
+  guarded([&] {
+    auto* g = static_cast<Group*>(group);
+    g->backend->shutdown();
+    delete g;
+  });
 }
 
 }  // extern "C"

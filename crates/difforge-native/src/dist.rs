@@ -58,6 +58,8 @@ pub struct GroupOptions {
     /// How this process was started (world size, backend, config hash, in words): every rank
     /// must give the same, or joining fails at once naming the difference.
     pub fingerprint: String,
+    /// NCCL: this rank's card, bound to the group and connected at once (None: not bound).
+    pub cuda_device: Option<usize>,
 }
 
 /// A c10d process group of `world` processes, this one being `rank`.
@@ -133,6 +135,7 @@ impl ProcessGroup {
                 gloo_host.as_ptr(),
                 timeout_ms,
                 fingerprint.as_ptr(),
+                o.cuda_device.map_or(-1, |d| d as c_int),
                 &mut handle,
             )
         };

@@ -54,6 +54,7 @@ extern "C" {
         gloo_host: *const c_char,
         timeout_ms: i64,
         fingerprint: *const c_char,
+        cuda_device: c_int,
         out: *mut *mut c_void,
     ) -> c_int;
     pub fn dfn_group_all_reduce(group: *mut c_void, tensors: *const *mut C_tensor, n: c_int, op: c_int) -> c_int;

@@ -25,6 +25,7 @@ fn options(port: u16, rank: usize, world: usize, timeout: Duration) -> GroupOpti
         gloo_host: Some("127.0.0.1".into()),
         timeout,
         fingerprint: format!("world={world}"),
+        cuda_device: None,
     }
 }
 

@@ -108,6 +108,10 @@ impl DataParallel {
             gloo_host: loopback.then(|| "127.0.0.1".to_string()),
             timeout: Duration::from_secs(t.dist_timeout_s),
             fingerprint: format!("world={} backend={} config={}", world.size, backend.name(), &config_hash[..config_hash.len().min(12)]),
+            cuda_device: match (backend, device) {
+                (Backend::Nccl, Device::Cuda(n)) => Some(n),
+                _ => None,
+            },
         };
         let group = Arc::new(ProcessGroup::new(&options).map_err(|e| TrainError::Other(e.to_string()))?);
         let alive = Arc::new(AtomicBool::new(true));
