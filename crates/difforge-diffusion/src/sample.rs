@@ -102,11 +102,12 @@ fn denoise(model: &dyn Denoiser, req: &SampleRequest, mut observer: Option<&mut 
         let n = req.noise.batch_size() as i64;
         let ts = s.timesteps().to_vec();
         let prepared = Prepared::new(model, req);
+        let (a_all, sg_all) = sampler::output_coefficient_table(s.as_ref(), req.schedule, device);
         for (i, &t) in ts.iter().enumerate() {
             if stop() {
                 return None;
             }
-            let (a, sg) = sampler::output_coefficients(s.as_ref(), req.schedule, i, device);
+            let (a, sg) = (a_all.get(i as i64), sg_all.get(i as i64));
             let tt = Tensor::full([n], t as i64, (Kind::Int64, device));
             let out = guided(model, &x, &tt, req.schedule.sigma(t), req, &prepared).to_kind(Kind::Float);
             let (mut x0, mut eps) = req.prediction.split(&out, &x, &a, &sg);

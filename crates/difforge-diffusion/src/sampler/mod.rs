@@ -152,6 +152,18 @@ pub fn output_coefficients(sampler: &dyn Sampler, schedule: &NoiseSchedule, i: u
     }
 }
 
+/// [`output_coefficients`] of every step at once, as two float64 vectors on `device` (one host
+/// copy for the whole run): step i's pair is `.get(i)` of each, read on the device, so the
+/// sampling loop copies nothing to the device per step (a synchronous copy, illegal inside a
+/// CUDA graph capture).
+pub fn output_coefficient_table(sampler: &dyn Sampler, schedule: &NoiseSchedule, device: tch::Device) -> (Tensor, Tensor) {
+    let alpha_bars: Vec<f64> =
+        (0..sampler.timesteps().len()).map(|i| sampler.alpha_bar(i).unwrap_or_else(|| schedule.alpha_bar(Some(sampler.timesteps()[i])))).collect();
+    let a: Vec<f64> = alpha_bars.iter().map(|ab| ab.sqrt()).collect();
+    let sg: Vec<f64> = alpha_bars.iter().map(|ab| (1.0 - ab).sqrt()).collect();
+    (Tensor::from_slice(&a).to_device(device), Tensor::from_slice(&sg).to_device(device))
+}
+
 /// Descending sampling timesteps, as diffusers' `timestep_spacing` (and `steps_offset` for
 /// leading spacing) defines them.
 pub fn sampling_timesteps(train_steps: usize, steps: usize, spacing: Spacing, steps_offset: usize) -> Vec<usize> {
@@ -191,6 +203,21 @@ mod tests {
     use super::*;
     use crate::schedule::ScheduleKind;
     use tch::{Device, Kind};
+
+    #[test]
+    fn the_coefficient_table_holds_each_steps_coefficients_bit_for_bit() {
+        let schedule = NoiseSchedule::new(ScheduleKind::ScaledLinear, 1000, 0.00085, 0.012);
+        for name in ["ddim", "dpm++2m-karras", "euler"] {
+            let kind = SamplerKind::parse(name).expect("a registered sampler");
+            let cfg = SamplerConfig { sampler: kind, steps: 7, ..Default::default() };
+            let s = build(&cfg, &schedule);
+            let (a_all, sg_all) = output_coefficient_table(s.as_ref(), &schedule, Device::Cpu);
+            for i in 0..s.timesteps().len() {
+                let (a, sg) = output_coefficients(s.as_ref(), &schedule, i, Device::Cpu);
+                assert!(a_all.get(i as i64).equal(&a) && sg_all.get(i as i64).equal(&sg), "{name} step {i}");
+            }
+        }
+    }
 
     #[test]
     fn trailing_spacing_matches_diffusers() {
