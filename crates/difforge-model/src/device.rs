@@ -151,3 +151,21 @@ pub fn describe(dev: Device) -> String {
         other => format!("{other:?}").to_lowercase(),
     }
 }
+
+/// Moves every variable of `vs` to `device` in place (the networks built over them hold the same
+/// tensors, so they follow), or says why it cannot: tch's `VarStore::set_device` would panic.
+pub fn move_var_store(vs: &mut tch::nn::VarStore, device: Device) -> Result<(), crate::ModelError> {
+    if device == vs.device() {
+        return Ok(());
+    }
+    tch::no_grad(|| -> Result<(), crate::ModelError> {
+        for (name, mut var) in vs.variables() {
+            let moved = var.f_to_device(device).map_err(|e| crate::ModelError::Other(format!("cannot move the model's {name} to {device:?}: {e}")))?;
+            var.set_data(&moved);
+        }
+        Ok(())
+    })?;
+    // Every variable is there already: this only records the device for variables made later.
+    vs.set_device(device);
+    Ok(())
+}

@@ -62,24 +62,6 @@ fn share_frozen(vs: &VarStore, ema_vs: &VarStore, trains: impl Fn(&str) -> bool)
     }
 }
 
-/// Moves every variable of `vs` to `device` in place (the networks built over them hold the same
-/// tensors, so they follow), or says why it cannot: tch's `VarStore::set_device` would panic.
-fn move_to(vs: &mut VarStore, device: Device) -> Result<(), ModelError> {
-    if device == vs.device() {
-        return Ok(());
-    }
-    tch::no_grad(|| -> Result<(), ModelError> {
-        for (name, mut var) in vs.variables() {
-            let moved = var.f_to_device(device).map_err(|e| ModelError::Other(format!("cannot move the model's {name} to {device:?}: {e}")))?;
-            var.set_data(&moved);
-        }
-        Ok(())
-    })?;
-    // Every variable is there already: this only records the device for variables made later.
-    vs.set_device(device);
-    Ok(())
-}
-
 /// `x` (N, C, H, W) with NHWC strides (PyTorch's `x.contiguous(memory_format=torch.channels_last)`;
 /// tch has no memory formats): convolutions given such an input return the same layout.
 fn channels_last(x: &Tensor) -> Tensor {
@@ -114,8 +96,8 @@ impl DiffusionModel {
         let mut ema_vs = VarStore::new(Device::Cpu);
         let ema = family.build_network(&ema_vs.root(), spec.as_ref())?;
         ema_vs.copy(&vs)?;
-        move_to(&mut vs, device)?;
-        move_to(&mut ema_vs, device)?;
+        crate::device::move_var_store(&mut vs, device)?;
+        crate::device::move_var_store(&mut ema_vs, device)?;
         ema_vs.freeze();
         if let Some(lora) = &config.lora {
             share_frozen(&vs, &ema_vs, |name| family.adapter_carries(lora, name));

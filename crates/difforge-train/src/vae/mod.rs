@@ -150,10 +150,13 @@ pub fn train_vae(cfg: VaeRunConfig, opts: VaeTrainOptions) -> Result<VaeSummary,
     difforge_core::write_atomic(&config_path, cfg.to_toml().as_bytes()).map_err(|e| TrainError::io(&config_path, e))?;
     let data = load_data(&cfg)?;
 
+    // Initialised on the CPU, then moved: the CPU generator draws the weights, so the seed alone
+    // decides them whatever the device (the CUDA generator would draw others).
     tch::manual_seed((derive_seed(cfg.seed, Stream::Init, 0) >> 1) as i64);
-    let mut vs = VarStore::new(device);
+    let mut vs = VarStore::new(Device::Cpu);
     let net = export::network_config(&cfg, 1.0);
     let vae = AutoencoderKl::new(&vs.root(), &net)?;
+    difforge_model::device::move_var_store(&mut vs, device)?;
     let mut state = VaeState::default();
     if let Some((dir, st)) = &resume_from {
         difforge_nn::weights::load(&mut vs, &dir.join(VAE_FILE))?;
@@ -195,8 +198,9 @@ impl Discriminator {
     /// change), or the one of the checkpoint resumed from.
     fn new(cfg: &VaeRunConfig, device: Device, adamw: AdamWConfig, resume_from: Option<&(PathBuf, VaeState)>) -> Result<Discriminator, TrainError> {
         tch::manual_seed((derive_seed(cfg.seed, Stream::Init, 1) >> 1) as i64);
-        let mut vs = VarStore::new(device);
+        let mut vs = VarStore::new(Device::Cpu);
         let net = PatchDiscriminator::new(&vs.root(), cfg.data.channels as i64);
+        difforge_model::device::move_var_store(&mut vs, device)?;
         if let Some((dir, _)) = resume_from {
             difforge_nn::weights::load(&mut vs, &dir.join(DISCRIMINATOR_FILE))?;
         }
