@@ -165,6 +165,36 @@ mod tests {
         (out, d.0.into_inner())
     }
 
+    /// The sampling loop and every sampler's step run once per denoising step, on the device:
+    /// a tensor made on the host there is a synchronous copy per step (and breaks CUDA graph
+    /// capture). What is made once per run (the coefficient table, in sampler/mod.rs) is not
+    /// checked here; the per-image noise is drawn on the host by design (portable seeds).
+    #[test]
+    fn the_sampling_loop_and_sampler_steps_make_no_host_tensors() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join("sample.rs")];
+        for entry in std::fs::read_dir(src.join("sampler")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n != "mod.rs") {
+                files.push(path);
+            }
+        }
+        let host_bound = ["Device::Cpu", "Tensor::from_slice", "Tensor::from(", ".to_device(", "_value(&", "try_from("];
+        let mut found = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, line) in code.lines().enumerate() {
+                let code_part = line.split("//").next().unwrap_or_default();
+                if let Some(p) = host_bound.iter().find(|p| code_part.contains(**p)) {
+                    found.push(format!("{}:{}: {p}: {}", file.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(files.len() > 5, "{files:?}");
+        assert!(found.is_empty(), "host tensors in per-step code:\n{}", found.join("\n"));
+    }
+
     #[test]
     fn a_stop_is_obeyed_before_the_next_step() {
         let asked = std::cell::Cell::new(0);
