@@ -3,6 +3,7 @@
 //! trait (one per file, listed in one registry), classifier-free guidance and the sampling loop.
 
 pub mod config;
+pub mod flow;
 pub mod forward;
 pub mod guidance;
 pub mod loss;
