@@ -2,6 +2,7 @@
 //! config, and text-to-image generation.
 
 pub mod components;
+pub mod flow_scheduler;
 pub mod lora_export;
 pub mod lora_file;
 pub mod lora_merge;
