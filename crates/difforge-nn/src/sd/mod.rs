@@ -15,6 +15,7 @@ pub mod load;
 pub mod presets;
 pub mod resample;
 pub mod resnet;
+pub mod t5_encoder;
 pub mod tokenizer;
 
 pub use clip_text::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput};

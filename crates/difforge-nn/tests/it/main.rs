@@ -9,6 +9,7 @@ mod sd_bin;
 mod sd_clip;
 mod sd_device;
 mod sd_reference;
+mod sd_t5;
 mod sd_tokenizer;
 mod sd_unet;
 mod sd_vae;

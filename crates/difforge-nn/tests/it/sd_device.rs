@@ -76,8 +76,9 @@ fn sdxl_unet_time_and_size_embedding_runs_on_the_inputs_device() {
 /// What makes a tensor on the host or reads one back inside a forward pass.
 const HOST_BOUND: [&str; 5] = ["Device::Cpu", "Tensor::from_slice", ".to_device(", "_value(&", "try_from("];
 
-/// The source files of the denoisers' forward passes (SD UNet and the pixel UNet, LoRA layers).
-const FORWARD_SOURCES: [&str; 15] = [
+/// The source files of the denoisers' forward passes (SD UNet and the pixel UNet, LoRA layers)
+/// and of SD3's T5 encoder.
+const FORWARD_SOURCES: [&str; 16] = [
     "sd/unet_2d_condition.rs",
     "sd/unet_blocks.rs",
     "sd/resnet.rs",
@@ -85,6 +86,7 @@ const FORWARD_SOURCES: [&str; 15] = [
     "sd/transformer_2d.rs",
     "sd/resample.rs",
     "sd/embeddings.rs",
+    "sd/t5_encoder.rs",
     "unet/mod.rs",
     "unet/attention.rs",
     "unet/embedding.rs",
