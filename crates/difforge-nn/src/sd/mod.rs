@@ -16,6 +16,7 @@ pub mod presets;
 pub mod resample;
 pub mod resnet;
 pub mod t5_encoder;
+pub mod t5_tokenizer;
 pub mod tokenizer;
 
 pub use clip_text::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput};

@@ -1,9 +1,11 @@
 //! The T5 encoder (SD3's third text encoder) against transformers 4.57.1's `T5EncoderModel` on
 //! a tiny random one (tools/make_t5_fixtures.py): gated-GELU, relative position buckets in both
-//! directions past the exact range, RMS norms, a padded prompt with its attention mask.
+//! directions past the exact range, RMS norms, a padded prompt with its attention mask; and its
+//! tokenizer against T5TokenizerFast on a tiny `tokenizer.json` (tools/make_t5_tokenizer_fixture.py).
 
 use difforge_nn::sd::load::read_config;
 use difforge_nn::sd::t5_encoder::{T5Config, T5Encoder};
+use difforge_nn::sd::t5_tokenizer::T5Tokenizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -47,4 +49,29 @@ fn configs_out_of_range_are_refused_by_field() {
         let err = read_config::<T5Config>(dir.path()).unwrap_err().to_string();
         assert!(err.contains("config.json") && err.contains(expected), "{field}: {err}");
     }
+}
+
+#[test]
+fn the_tokenizer_gives_t5_tokenizer_fasts_ids_padded_and_cut_as_sd3_asks() {
+    let tokenizer = T5Tokenizer::load(&fixtures().join("tiny-t5-tokenizer")).unwrap();
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("tiny-t5-tokenizer-reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let (prompt, max_length) = (case["prompt"].as_str().unwrap(), case["max_length"].as_u64().unwrap() as usize);
+        let want: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let tokens = tokenizer.encode(prompt, max_length).unwrap();
+        assert_eq!(tokens.ids, want, "{prompt:?} at {max_length}");
+        let end = want.iter().position(|&i| i == 1).unwrap();
+        assert_eq!(tokens.len, end + 1, "{prompt:?}: up to </s>");
+        // What was cut is reported; only a full sequence can have lost anything.
+        assert!(tokens.truncated.is_none() || tokens.len == max_length, "{prompt:?} at {max_length}: {:?}", tokens.truncated);
+    }
+    let long = tokenizer.encode(&"a cat ".repeat(20), 32).unwrap();
+    assert!(long.truncated.as_deref().is_some_and(|t| t.trim_end().ends_with("cat")), "{:?}", long.truncated);
+    assert_eq!(tokenizer.encode("a cat", 32).unwrap().truncated, None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spiece.model"), b"x").unwrap();
+    let err = T5Tokenizer::load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("spiece.model") && err.contains("tokenizer.json"), "{err}");
 }
