@@ -364,6 +364,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf, ModelError> {
 pub fn resolve_latest(path: &Path) -> Result<PathBuf, ModelError> {
     let all = list(path)?;
     if all.is_empty() {
+        if let Some(what) = crate::stable_diffusion::pipeline::unsupported_pipeline(path) {
+            return Err(ModelError::checkpoint(path, what));
+        }
         return Err(ModelError::checkpoint(path, "neither a checkpoint folder (no manifest.json) nor a run folder with checkpoints/step-*"));
     }
     for (_, dir) in all.iter().rev() {

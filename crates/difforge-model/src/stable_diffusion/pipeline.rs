@@ -36,6 +36,19 @@ pub fn is_diffusers_folder(dir: &Path) -> bool {
     dir.join("model_index.json").is_file() && dir.join("unet").is_dir()
 }
 
+/// For a diffusers folder of a pipeline difforge does not load (a `model_index.json` without
+/// `unet/`: SD3, Flux, ...), what it is, in words for an error; None for anything else.
+pub fn unsupported_pipeline(dir: &Path) -> Option<String> {
+    if is_diffusers_folder(dir) {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("model_index.json")).ok()?;
+    let class = serde_json::from_str::<ModelIndex>(&text).map_or_else(|_| "an unknown pipeline".to_string(), |m| m.class_name);
+    Some(format!(
+        "a diffusers {class} folder; difforge loads StableDiffusionPipeline and StableDiffusionXLPipeline folders (SD 1.x, 2.x, XL): {class} is not supported yet"
+    ))
+}
+
 /// The generations of the family; they differ in how prompts become conditioning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {

@@ -73,6 +73,9 @@ fn check_args(args: &ConvertArgs) -> Result<(), ConfigError> {
 fn load(args: &ConvertArgs) -> anyhow::Result<(Networks, PathBuf)> {
     let from = &args.from;
     if from.is_dir() {
+        if let Some(what) = difforge_model::stable_diffusion::pipeline::unsupported_pipeline(from) {
+            return Err(ConfigError::new("--from", from.display(), format!("a folder difforge loads; this is {what}")).into());
+        }
         if !is_diffusers_folder(from) {
             return Err(ConfigError::new("--from", from.display(), "a diffusers folder (with model_index.json and unet/) or a single-file checkpoint").into());
         }

@@ -127,3 +127,30 @@ fn prompt_files_are_read_within_a_limit_and_named() {
         assert!(start.elapsed().as_secs() < 30, "{}: refused without reading it all", file.display());
     }
 }
+
+/// A diffusers folder of a pipeline difforge does not load yet (SD3: `transformer/`, no
+/// `unet/`) is named as such, not as "no manifest.json".
+#[test]
+fn a_pipeline_folder_difforge_does_not_load_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd3 = dir.path().join("sd3");
+    std::fs::create_dir_all(sd3.join("transformer")).unwrap();
+    std::fs::write(sd3.join("model_index.json"), r#"{"_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.35.2"}"#).unwrap();
+    let out = dir.path().join("x.png");
+    for args in [
+        vec!["sample".as_ref(), "--checkpoint".as_ref(), sd3.as_os_str(), "--prompt".as_ref(), "a cat".as_ref(), "--out".as_ref(), out.as_os_str()],
+        vec![
+            "convert".as_ref(),
+            "--from".as_ref(),
+            sd3.as_os_str(),
+            "--to".as_ref(),
+            "single-file".as_ref(),
+            "--out".as_ref(),
+            dir.path().join("x.safetensors").as_os_str(),
+        ],
+    ] {
+        let run = difforge().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && err.contains("StableDiffusion3Pipeline is not supported yet"), "{args:?}: {err}");
+    }
+}
