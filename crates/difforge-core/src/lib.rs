@@ -16,7 +16,7 @@ pub use config_error::{check_range, short_number, ConfigError};
 pub use hash::{sha256_file, sha256_hex};
 pub use progress::Progress;
 pub use seed::{derive_seed, rng_for, Stream};
-pub use text_file::read_text_capped;
+pub use text_file::{read_text_capped, utf8_text};
 
 /// The generator every seeded stream uses.
 pub type StreamRng = rand_chacha::ChaCha8Rng;

@@ -13,7 +13,14 @@ pub fn read_text_capped(path: &Path, max_bytes: u64) -> Result<String, String> {
     if bytes.len() as u64 > max_bytes {
         return Err(format!("a text file of at most {} bytes (this one is larger)", max_bytes));
     }
-    let text = String::from_utf8(bytes).map_err(|e| format!("UTF-8 text (byte {} is not valid UTF-8)", e.utf8_error().valid_up_to()))?;
+    utf8_text(bytes).map_err(|e| format!("UTF-8 text ({e})"))
+}
+
+/// Bytes a user gave as text (a caption, a prompt list, a metadata file), without a
+/// byte-order mark; the error says which byte is not UTF-8 ("byte 3 is not valid UTF-8"), for
+/// the caller to put beside the file's name.
+pub fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
+    let text = String::from_utf8(bytes).map_err(|e| format!("byte {} is not valid UTF-8", e.utf8_error().valid_up_to()))?;
     Ok(text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text))
 }
 

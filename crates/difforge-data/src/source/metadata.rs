@@ -121,11 +121,7 @@ pub fn folder_captions(root: &Path, files: &[PathBuf], source: &CaptionSource) -
 /// naming the file and where (a caption read as none would train silently without it).
 fn read_text(path: &Path) -> Result<String, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        DataError::metadata(path, format!("not UTF-8 text (byte {at} is not valid UTF-8): save it as UTF-8"))
-    })?;
-    Ok(text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text))
+    difforge_core::utf8_text(bytes).map_err(|why| DataError::metadata(path, format!("not UTF-8 text ({why}): save it as UTF-8")))
 }
 
 /// The metadata file at `root`, if there is one (both kinds at once is an error).

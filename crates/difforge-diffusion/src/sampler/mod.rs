@@ -146,10 +146,14 @@ pub trait Sampler {
 /// The coefficients (sqrt(alpha_bar), sqrt(1 - alpha_bar)) the model's output at step `i` of
 /// `sampler` is read with, as 0-d float64 tensors.
 pub fn output_coefficients(sampler: &dyn Sampler, schedule: &NoiseSchedule, i: usize, device: tch::Device) -> (Tensor, Tensor) {
-    match sampler.alpha_bar(i) {
-        Some(ab) => (Tensor::from(ab.sqrt()).to_device(device), Tensor::from((1.0 - ab).sqrt()).to_device(device)),
-        None => schedule.coefficients_at(sampler.timesteps()[i], device),
-    }
+    let ab = output_alpha_bar(sampler, schedule, i);
+    (Tensor::from(ab.sqrt()).to_device(device), Tensor::from((1.0 - ab).sqrt()).to_device(device))
+}
+
+/// The alpha_bar step `i`'s output is read with: the sampler's own, else the schedule's at the
+/// step's timestep.
+fn output_alpha_bar(sampler: &dyn Sampler, schedule: &NoiseSchedule, i: usize) -> f64 {
+    sampler.alpha_bar(i).unwrap_or_else(|| schedule.alpha_bar(Some(sampler.timesteps()[i])))
 }
 
 /// [`output_coefficients`] of every step at once, as two float64 vectors on `device` (one host
@@ -157,8 +161,7 @@ pub fn output_coefficients(sampler: &dyn Sampler, schedule: &NoiseSchedule, i: u
 /// sampling loop copies nothing to the device per step (a synchronous copy, illegal inside a
 /// CUDA graph capture).
 pub fn output_coefficient_table(sampler: &dyn Sampler, schedule: &NoiseSchedule, device: tch::Device) -> (Tensor, Tensor) {
-    let alpha_bars: Vec<f64> =
-        (0..sampler.timesteps().len()).map(|i| sampler.alpha_bar(i).unwrap_or_else(|| schedule.alpha_bar(Some(sampler.timesteps()[i])))).collect();
+    let alpha_bars: Vec<f64> = (0..sampler.timesteps().len()).map(|i| output_alpha_bar(sampler, schedule, i)).collect();
     let a: Vec<f64> = alpha_bars.iter().map(|ab| ab.sqrt()).collect();
     let sg: Vec<f64> = alpha_bars.iter().map(|ab| (1.0 - ab).sqrt()).collect();
     (Tensor::from_slice(&a).to_device(device), Tensor::from_slice(&sg).to_device(device))

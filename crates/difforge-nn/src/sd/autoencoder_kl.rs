@@ -3,7 +3,7 @@
 //! (`decode_sliced`) or in overlapping, blended tiles (`decode_tiled`) as diffusers'
 //! `enable_slicing` and `enable_tiling` do. Loads a diffusers `vae/` folder as it is.
 
-use super::config_bounds::{each_within, fits_in_memory, within, ComponentConfig};
+use super::config_bounds::{each_within, fits_in_memory, sizes_within, within, ComponentConfig};
 use super::load::{load_component, read_config};
 use super::vae_blocks::{Decoder, Encoder, VaeShape};
 use crate::error::NnError;
@@ -66,15 +66,13 @@ impl ComponentConfig for AutoencoderKlConfig {
     fn check_sizes(&self) -> Result<(), ConfigError> {
         within("block_out_channels (its length)", self.block_out_channels.len() as i64, 1, MAX_LEVELS as i64)?;
         each_within("block_out_channels", &self.block_out_channels, 1, 8192)?;
-        for (field, value, most) in [
+        sizes_within(&[
             ("in_channels", self.in_channels, 64),
             ("out_channels", self.out_channels, 64),
             ("latent_channels", self.latent_channels, 256),
             ("layers_per_block", self.layers_per_block, 32),
             ("norm_num_groups", self.norm_num_groups, 8192),
-        ] {
-            within(field, value, 1, most)?;
-        }
+        ])?;
         // Encoder and decoder: `layers` and `layers + 1` resnets of two 3x3 convolutions a level.
         let per_level = 18.0 * (2.0 * self.layers_per_block as f64 + 1.0);
         fits_in_memory(self.block_out_channels.iter().map(|&c| (c as f64).powi(2) * per_level).sum())

@@ -10,7 +10,7 @@
 //! with the end token instead, which the causal mask keeps from changing the prompt's tokens.
 
 use super::clip_encoder::{EncoderLayer, LayerShape};
-use super::config_bounds::{fits_in_memory, within};
+use super::config_bounds::{fits_in_memory, sizes_within};
 use super::lazy_tensor::LazyTensor;
 use super::load;
 use crate::error::NnError;
@@ -132,9 +132,7 @@ impl ClipTextConfig {
             ("max_position_embeddings", self.max_position_embeddings, 65536),
             ("projection_dim", self.projection_dim, 16384),
         ];
-        for (key, value, most) in sizes {
-            within(key, value, 1, most)?;
-        }
+        sizes_within(&sizes)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(ConfigError::new("hidden_size", self.hidden_size, format!("a multiple of num_attention_heads ({})", self.num_attention_heads)));
         }

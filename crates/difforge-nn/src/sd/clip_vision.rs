@@ -12,7 +12,7 @@
 
 use super::clip_encoder::{EncoderLayer, LayerShape};
 use super::clip_text::ClipActivation;
-use super::config_bounds::{within, ComponentConfig};
+use super::config_bounds::{sizes_within, ComponentConfig};
 use super::load;
 use crate::error::NnError;
 use difforge_core::ConfigError;
@@ -128,9 +128,7 @@ impl ClipVisionConfig {
             ("patch_size", self.patch_size, 4096),
             ("projection_dim", self.projection_dim, 16384),
         ];
-        for (key, value, most) in sizes {
-            within(key, value, 1, most)?;
-        }
+        sizes_within(&sizes)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(ConfigError::new("hidden_size", self.hidden_size, format!("a multiple of num_attention_heads ({})", self.num_attention_heads)));
         }

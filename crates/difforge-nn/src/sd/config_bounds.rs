@@ -29,6 +29,11 @@ pub fn within(field: &str, value: i64, lo: i64, hi: i64) -> Result<(), ConfigErr
     }
 }
 
+/// Each (field, value, most) within `1..=most`: the sizes of a config, first failing one named.
+pub fn sizes_within(sizes: &[(&str, i64, i64)]) -> Result<(), ConfigError> {
+    sizes.iter().try_for_each(|&(field, value, most)| within(field, value, 1, most))
+}
+
 /// Each of `values` within `lo..=hi`.
 pub fn each_within(field: &str, values: &[i64], lo: i64, hi: i64) -> Result<(), ConfigError> {
     values.iter().try_for_each(|&v| within(field, v, lo, hi))

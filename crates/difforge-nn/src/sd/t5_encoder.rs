@@ -9,7 +9,7 @@
 //! feed-forward is gated: act(wi_0 x) * wi_1 x, then wo (gated-GELU with the tanh GELU for
 //! v1.1 and XXL; ReLU for the original T5).
 
-use super::config_bounds::{fits_in_memory, within, ComponentConfig};
+use super::config_bounds::{fits_in_memory, sizes_within, ComponentConfig};
 use super::load;
 use crate::error::NnError;
 use difforge_core::ConfigError;
@@ -80,7 +80,7 @@ impl T5Config {
 impl ComponentConfig for T5Config {
     /// Upper bounds far above T5-XXL (4,096 wide, 64 heads, 24 layers, 10,240 feed-forward).
     fn check_sizes(&self) -> Result<(), ConfigError> {
-        for (field, value, most) in [
+        sizes_within(&[
             ("vocab_size", self.vocab_size, 1 << 20),
             ("d_model", self.d_model, 16384),
             ("d_kv", self.d_kv, 1024),
@@ -89,9 +89,7 @@ impl ComponentConfig for T5Config {
             ("num_heads", self.num_heads, 1024),
             ("relative_attention_num_buckets", self.relative_attention_num_buckets, 4096),
             ("relative_attention_max_distance", self.relative_attention_max_distance, 1 << 20),
-        ] {
-            within(field, value, 1, most)?;
-        }
+        ])?;
         if self.relative_attention_num_buckets < 4 {
             return Err(ConfigError::new(
                 "relative_attention_num_buckets",

@@ -2,32 +2,19 @@
 //! message naming the file and the field, before anything is allocated from it, instead of a
 //! panic, an abort or a silently wrong image.
 
-use super::sd_finetune::base;
+use super::sd_finetune::{base, copy_dir};
 use crate::common::difforge;
 use std::path::{Path, PathBuf};
 
 /// A copy of the tiny SD 1.5 folder in `dir` with `edit` applied to the JSON file `file`.
 fn edited_copy(dir: &Path, name: &str, file: &str, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
     let copy = dir.join(name);
-    copy_tree(&base(), &copy);
+    copy_dir(&base(), &copy);
     let path = copy.join(file);
     let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut json);
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     copy
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// `difforge ARGS` must exit 2, without a panic, naming each of `expected`.

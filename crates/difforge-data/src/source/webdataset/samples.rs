@@ -99,11 +99,9 @@ impl ShardReader {
     /// A `.txt` entry as its caption; bytes that are not UTF-8 are an error, as for a folder's
     /// caption files (read as "no caption", they trained silently without it).
     fn parse_caption(&self, key: &str, data: Vec<u8>) -> Result<String, DataError> {
-        let text = String::from_utf8(data).map_err(|e| {
-            let at = e.utf8_error().valid_up_to();
-            DataError::shard(&*self.path, format!("sample `{key}`: its .txt entry is not UTF-8 text (byte {at} is not valid UTF-8)"))
-        })?;
-        Ok(text.strip_prefix('\u{feff}').unwrap_or(&text).trim().to_string())
+        let text =
+            difforge_core::utf8_text(data).map_err(|why| DataError::shard(&*self.path, format!("sample `{key}`: its .txt entry is not UTF-8 text ({why})")))?;
+        Ok(text.trim().to_string())
     }
 
     fn parse_label(&self, key: &str, data: &[u8]) -> Result<usize, DataError> {
